@@ -1,0 +1,56 @@
+/**
+ * What one node receives. The node agent installs `files`, fetches `secrets`, validates
+ * every file that names a validator before it replaces the live file, then reloads the
+ * services whose files changed.
+ */
+
+/** The daemon-side check the agent runs on a candidate before installing it. */
+export type Validator = "nginx" | "apache" | "haproxy" | "sshd" | "postgres" | "drbd" | "sh";
+
+/** Services the agent knows how to (re)load. */
+export type ServiceName =
+  | "nginx"
+  | "haproxy"
+  | "heartbeat"
+  | "apache2"
+  | "ssh"
+  | "postgresql"
+  | "drbd"
+  | "nfs-server"
+  | "pypi-index-register";
+
+export interface BundleFile {
+  /** Absolute path on the node; never contains `..`. */
+  readonly path: string;
+  /** Octal mode, e.g. "0644". */
+  readonly mode: string;
+  readonly owner: string;
+  readonly group: string;
+  readonly content: string;
+  readonly validator?: Validator;
+  /** Services to reload when this file changes. */
+  readonly reloads: readonly ServiceName[];
+}
+
+export interface SecretFetch {
+  /** SSM parameter name (AWS) or lab secret-store key. Never a value. */
+  readonly parameter: string;
+  readonly path: string;
+  readonly mode: string;
+  readonly owner: string;
+  readonly group: string;
+  /** `raw` writes the value as is; `heartbeat-authkeys` wraps it as `auth 1` / `1 sha1 <value>`. */
+  readonly format: "raw" | "heartbeat-authkeys";
+  readonly reloads: readonly ServiceName[];
+}
+
+export interface NodeBundle {
+  readonly node: string;
+  readonly role: "balancer" | "app" | "db";
+  /** Debian packages the node needs. */
+  readonly packages: readonly string[];
+  /** Services that run on the node, in start order. */
+  readonly services: readonly ServiceName[];
+  readonly files: readonly BundleFile[];
+  readonly secrets: readonly SecretFetch[];
+}

@@ -1,0 +1,155 @@
+/**
+ * The fully resolved description of one deployment. The stack builds it from resolved
+ * Pulumi outputs, the lab from `lab/topology.json`; `buildBundles` turns it into files.
+ * Secrets appear only as references (SSM parameter names), never as values.
+ */
+
+export type NodeRole = "balancer" | "app" | "db";
+export type AgentBackend = "aws" | "lab";
+export type AppRuntime = "fcgid" | "wsgi" | "gunicorn";
+
+export interface NodeSpec {
+  /** Hostname; Heartbeat and DRBD match it against `uname -n`. */
+  readonly name: string;
+  readonly role: NodeRole;
+  readonly az: string;
+  readonly privateIp: string;
+  /** Balancers only: one spare secondary private IP per floating IP, in floating-IP order. */
+  readonly secondaryIps: readonly string[];
+  /** Network interface that carries `privateIp` (ens5 on Nitro, eth0 in the lab). */
+  readonly interface: string;
+}
+
+export interface FloatingIp {
+  readonly address: string;
+  /** EIP allocation id (`eipalloc-…`); the lab uses a placeholder. */
+  readonly allocationId: string;
+  /** Name of the balancer that holds this address while it is up. */
+  readonly home: string;
+}
+
+export interface SecretRef {
+  /** SSM SecureString parameter name (AWS) or key in the lab secret store. */
+  readonly parameter: string;
+}
+
+export interface Topology {
+  /** Stack name: `staging`, `prod`, `lab`. Used in names and in the runbooks. */
+  readonly environment: string;
+  readonly backend: AgentBackend;
+  readonly region: string;
+  readonly vpcCidr: string;
+  /** Public host name served by nginx and put in the runbooks. */
+  readonly domain: string;
+  readonly nodes: readonly NodeSpec[];
+  readonly floatingIps: readonly FloatingIp[];
+  readonly overlay: {
+    /** Writer address that follows the Postgres primary; outside the VPC CIDR. */
+    readonly dbWriter: string;
+    /** NFS address that follows the DRBD primary; outside the VPC CIDR. */
+    readonly storage: string;
+    /** Route tables whose overlay routes the agent replaces on failover (AWS backend). */
+    readonly routeTableIds: readonly string[];
+  };
+  readonly postgres: {
+    /** Major version: 9.6, 10 and 11 render recovery.conf; 12 and later standby.signal. */
+    readonly version: number;
+    readonly synchronous: boolean;
+    readonly port: number;
+    readonly database: string;
+    readonly appUser: string;
+    readonly replicationUser: string;
+    readonly slotName: string;
+    /** WAL kept for a lagging standby, in MB (wal_keep_size, or segments before 13). */
+    readonly walKeepMb: number;
+    /** Directory of the server binaries; Debian's layout unless overridden (the lab's Postgres 11). */
+    readonly binDir: string;
+  };
+  readonly heartbeat: {
+    readonly udpPort: number;
+    readonly keepaliveMs: number;
+    readonly warntimeMs: number;
+    readonly deadtimeMs: number;
+    readonly initdeadMs: number;
+    readonly autoFailback: boolean;
+  };
+  readonly upload: {
+    /** Port HAProxy listens on at the floating IPs. */
+    readonly port: number;
+    /** Port of the upload sshd on the app servers. */
+    readonly backendPort: number;
+    readonly users: readonly { readonly name: string; readonly publicKey: string }[];
+    readonly maxFileBytes: number;
+  };
+  readonly app: {
+    readonly runtime: AppRuntime;
+    readonly httpPort: number;
+    readonly maxProcesses: number;
+    readonly requestTimeoutSeconds: number;
+  };
+  readonly storage: {
+    /** Block device DRBD sits on (the EBS data volume). */
+    readonly device: string;
+    readonly drbdPort: number;
+    readonly drbdMinor: number;
+    /** Where the DRBD primary mounts the volume. */
+    readonly volumeMount: string;
+    /** Where every app server mounts the NFS export (the package root). */
+    readonly packageRoot: string;
+  };
+  readonly tls: {
+    readonly certificatePath: string;
+    readonly keyPath: string;
+  };
+  readonly secrets: {
+    readonly balancerAuthkey: SecretRef;
+    readonly storageAuthkey: SecretRef;
+    readonly postgresReplicationPassword: SecretRef;
+    readonly postgresAppPassword: SecretRef;
+    readonly tlsKey: SecretRef;
+    /** DRBD peer authentication (`shared-secret`). */
+    readonly drbdSecret: SecretRef;
+  };
+  /** Where nodes fetch their bundle from: `s3://bucket/prefix` (AWS) or a directory (lab). */
+  readonly bundleLocation: string;
+}
+
+export const nodesWithRole = (t: Topology, role: NodeRole): NodeSpec[] => t.nodes.filter((n) => n.role === role);
+
+export function nodeByName(t: Topology, name: string): NodeSpec {
+  const node = t.nodes.find((n) => n.name === name);
+  if (!node) throw new Error(`no node named "${name}" in topology ${t.environment}`);
+  return node;
+}
+
+/** The other member of a two-node pair. */
+export function peerOf(t: Topology, node: NodeSpec): NodeSpec {
+  const peers = nodesWithRole(t, node.role).filter((n) => n.name !== node.name);
+  const peer = peers[0];
+  if (!peer) throw new Error(`node "${node.name}" has no peer of role ${node.role}`);
+  return peer;
+}
+
+/** The two app servers that form the DRBD/NFS storage pair: the first two by name order. */
+export function storagePair(t: Topology): [NodeSpec, NodeSpec] {
+  const [a, b] = nodesWithRole(t, "app");
+  if (!a || !b) throw new Error(`topology ${t.environment} needs at least two app servers`);
+  return [a, b];
+}
+
+export const pgDialect = (version: number): "recovery.conf" | "standby.signal" =>
+  version < 12 ? "recovery.conf" : "standby.signal";
+
+/** Paths shared by renderers, the node agent and the runbooks. */
+export const paths = {
+  agent: "/usr/local/sbin/pypi-node",
+  agentConfig: "/etc/pypi-node/node.env",
+  agentState: "/var/lib/pypi-node",
+  haproxySocket: "/run/haproxy/admin.sock",
+  staticRoot: "/srv/www/pypi-static",
+  appRoot: "/opt/pypi-index",
+} as const;
+
+export const pgBinDir = (version: number): string => `/usr/lib/postgresql/${version}/bin`;
+export const pgDataDir = (version: number): string => `/var/lib/postgresql/${version}/main`;
+export const pgConfDir = (version: number): string => `/etc/postgresql/${version}/main`;
