@@ -28,6 +28,8 @@ export interface BundleFile {
   readonly group: string;
   readonly content: string;
   readonly validator?: Validator;
+  /** When set, the entry is a symlink to this (relative) target and `content` is empty. */
+  readonly symlinkTo?: string;
   /** Services to reload when this file changes. */
   readonly reloads: readonly ServiceName[];
 }
@@ -39,8 +41,13 @@ export interface SecretFetch {
   readonly mode: string;
   readonly owner: string;
   readonly group: string;
-  /** `raw` writes the value as is; `heartbeat-authkeys` wraps it as `auth 1` / `1 sha1 <value>`. */
-  readonly format: "raw" | "heartbeat-authkeys";
+  /**
+   * `raw` writes the value as is; `heartbeat-authkeys` wraps it as `auth 1` / `1 sha1 <value>`;
+   * `pgpass` writes `<pgpassEntry>:<value>`.
+   */
+  readonly format: "raw" | "heartbeat-authkeys" | "pgpass";
+  /** `host:port:database:user` for the pgpass format. */
+  readonly pgpassEntry?: string;
   readonly reloads: readonly ServiceName[];
 }
 
@@ -52,5 +59,7 @@ export interface NodeBundle {
   /** Services that run on the node, in start order. */
   readonly services: readonly ServiceName[];
   readonly files: readonly BundleFile[];
+  /** Paths the agent removes (e.g. Debian's default site). */
+  readonly absent: readonly string[];
   readonly secrets: readonly SecretFetch[];
 }

@@ -18,6 +18,10 @@ export interface NodeSpec {
   readonly secondaryIps: readonly string[];
   /** Network interface that carries `privateIp` (ens5 on Nitro, eth0 in the lab). */
   readonly interface: string;
+  /** EC2 instance id, when known; the runbooks print it. */
+  readonly instanceId?: string;
+  /** Pulumi URN of the node's instance, when known; the rebuild runbook replaces it. */
+  readonly urn?: string;
 }
 
 export interface FloatingIp {
@@ -114,7 +118,8 @@ export interface Topology {
   readonly bundleLocation: string;
 }
 
-export const nodesWithRole = (t: Topology, role: NodeRole): NodeSpec[] => t.nodes.filter((n) => n.role === role);
+export const nodesWithRole = (t: Topology, role: NodeRole): NodeSpec[] =>
+  t.nodes.filter((n) => n.role === role);
 
 export function nodeByName(t: Topology, name: string): NodeSpec {
   const node = t.nodes.find((n) => n.name === name);

@@ -1,7 +1,9 @@
 import { pgBinDir, type Topology } from "../../src/topology.js";
 
-const TEST_KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOSo4zAbY5A+HZv+4ykxh0PPHxpDXhjQIErpyHgcDoc2 alice@example.org";
-const TEST_KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDyuNTHgWmMtuSXjL2pS2qfGKG0IsZnXPQap8ez2xamf bob@example.org";
+const TEST_KEY_A =
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOSo4zAbY5A+HZv+4ykxh0PPHxpDXhjQIErpyHgcDoc2 alice@example.org";
+const TEST_KEY_B =
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDyuNTHgWmMtuSXjL2pS2qfGKG0IsZnXPQap8ez2xamf bob@example.org";
 
 export type Shape = "staging" | "prod";
 
@@ -18,8 +20,22 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
     vpcCidr: "10.40.0.0/16",
     domain: prod ? "pypi.example.org" : "staging.pypi.example.org",
     nodes: [
-      { name: "lb-a", role: "balancer", az: azs[0]!, privateIp: "10.40.0.10", secondaryIps: fips.map((_, i) => `10.40.0.${20 + i}`), interface: "ens5" },
-      { name: "lb-b", role: "balancer", az: azs[1]!, privateIp: "10.40.1.10", secondaryIps: fips.map((_, i) => `10.40.1.${20 + i}`), interface: "ens5" },
+      {
+        name: "lb-a",
+        role: "balancer",
+        az: azs[0]!,
+        privateIp: "10.40.0.10",
+        secondaryIps: fips.map((_, i) => `10.40.0.${20 + i}`),
+        interface: "ens5",
+      },
+      {
+        name: "lb-b",
+        role: "balancer",
+        az: azs[1]!,
+        privateIp: "10.40.1.10",
+        secondaryIps: fips.map((_, i) => `10.40.1.${20 + i}`),
+        interface: "ens5",
+      },
       ...apps.map((name, i) => ({
         name,
         role: "app" as const,
@@ -28,8 +44,22 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
         secondaryIps: [],
         interface: "ens5",
       })),
-      { name: "db-a", role: "db", az: azs[0]!, privateIp: "10.40.20.10", secondaryIps: [], interface: "ens5" },
-      { name: "db-b", role: "db", az: azs[1]!, privateIp: "10.40.21.10", secondaryIps: [], interface: "ens5" },
+      {
+        name: "db-a",
+        role: "db",
+        az: azs[0]!,
+        privateIp: "10.40.20.10",
+        secondaryIps: [],
+        interface: "ens5",
+      },
+      {
+        name: "db-b",
+        role: "db",
+        az: azs[1]!,
+        privateIp: "10.40.21.10",
+        secondaryIps: [],
+        interface: "ens5",
+      },
     ],
     floatingIps: fips.map((address, i) => ({
       address,
@@ -48,7 +78,14 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
       walKeepMb: 1024,
       binDir: pgBinDir(pgVersion),
     },
-    heartbeat: { udpPort: 694, keepaliveMs: 500, warntimeMs: 1000, deadtimeMs: 1500, initdeadMs: 10000, autoFailback: true },
+    heartbeat: {
+      udpPort: 694,
+      keepaliveMs: 500,
+      warntimeMs: 1000,
+      deadtimeMs: 1500,
+      initdeadMs: 10000,
+      autoFailback: true,
+    },
     upload: {
       port: 22,
       backendPort: 22,

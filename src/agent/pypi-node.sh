@@ -1,0 +1,624 @@
+#!/bin/sh
+# pypi-node: the node agent. Installs config bundles (validating every candidate with its
+# daemon before it replaces the live file) and carries out the failover actions the
+# runbooks call. Every cloud action has an `aws` and a `lab` backend, chosen by node.env.
+set -eu
+
+PYPI_NODE_CONFIG=${PYPI_NODE_CONFIG:-/etc/pypi-node/node.env}
+PYPI_BUNDLE_DIR_DEFAULT=/var/lib/pypi-node/incoming
+TAB=$(printf '\t')
+
+log() { printf '%s\n' "pypi-node: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+load_config() {
+  config=${1:-$PYPI_NODE_CONFIG}
+  [ -r "$config" ] || die "config $config not readable"
+  # shellcheck disable=SC1090
+  . "$config"
+  : "${PYPI_BACKEND:?} ${PYPI_NODE:?} ${PYPI_ROLE:?} ${PYPI_IFACE:?}"
+  PYPI_SERVICE_MANAGER=${PYPI_SERVICE_MANAGER:-systemd}
+}
+
+# ---------------------------------------------------------------- AWS plumbing (IMDSv2)
+
+imds() {
+  token=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+    http://169.254.169.254/latest/api/token) || die "IMDSv2 token request failed"
+  curl -sf -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1" ||
+    die "IMDS lookup $1 failed"
+}
+
+own_eni() {
+  mac=$(imds mac)
+  imds "network/interfaces/macs/$mac/interface-id"
+}
+
+awsc() { aws --region "$PYPI_REGION" --output text "$@"; }
+
+# ---------------------------------------------------------------- service control
+
+svc_running() {
+  case $PYPI_SERVICE_MANAGER in
+    systemd) systemctl is-active --quiet "$1" ;;
+    direct) direct_running "$1" ;;
+  esac
+}
+
+svc_reload() {
+  case $PYPI_SERVICE_MANAGER in
+    systemd) systemctl reload-or-restart "$1" ;;
+    direct) direct_reload "$1" ;;
+  esac
+}
+
+svc_start() {
+  case $PYPI_SERVICE_MANAGER in
+    systemd) systemctl enable --now "$1" ;;
+    direct) direct_start "$1" ;;
+  esac
+}
+
+svc_stop() {
+  case $PYPI_SERVICE_MANAGER in
+    systemd) systemctl stop "$1" ;;
+    direct) direct_stop "$1" ;;
+  esac
+}
+
+pid_alive() { [ -r "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+pg() {
+  tool=$1
+  shift
+  runuser -u postgres -- "$PYPI_PG_BIN/$tool" "$@"
+}
+pgsql() { runuser -u postgres -- psql -X -q -At -p "$PYPI_PG_PORT" -h /var/run/postgresql -d postgres -c "$1"; }
+pg_ctl_() { runuser -u postgres -- "$PYPI_PG_BIN/pg_ctl" -D "$PYPI_PG_DATA" "$@"; }
+
+# Without systemd (the lab), daemons are started and signalled directly.
+direct_running() {
+  case $1 in
+    nginx) pid_alive /run/nginx.pid ;;
+    haproxy) pid_alive /run/haproxy.pid ;;
+    apache2) pid_alive /run/apache2/apache2.pid ;;
+    ssh) pid_alive /run/sshd.pid ;;
+    heartbeat) pid_alive /run/heartbeat.pid ;;
+    postgresql) pg_ctl_ status >/dev/null 2>&1 ;;
+    *) return 1 ;;
+  esac
+}
+
+direct_start() {
+  case $1 in
+    nginx) nginx ;;
+    haproxy) mkdir -p /run/haproxy && haproxy -D -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg ;;
+    apache2) mkdir -p /run/apache2 /var/log/apache2 && apache2ctl start ;;
+    ssh) mkdir -p /run/sshd && /usr/sbin/sshd ;;
+    heartbeat) /usr/libexec/heartbeat/heartbeat ;;
+    postgresql)
+      mkdir -p /var/run/postgresql && chown postgres:postgres /var/run/postgresql
+      pg_ctl_ -w -t 60 -l "/var/log/postgresql/postgresql-$PYPI_PG_VERSION-main.log" \
+        -o "-c config_file=$PYPI_PG_CONF/postgresql.conf" start >/dev/null
+      ;;
+    *) log "no direct start for $1; skipped" ;;
+  esac
+}
+
+direct_reload() {
+  direct_running "$1" || {
+    direct_start "$1"
+    return
+  }
+  case $1 in
+    nginx) nginx -s reload ;;
+    haproxy) kill -USR2 "$(cat /run/haproxy.pid)" ;;
+    apache2) apache2ctl graceful ;;
+    ssh) kill -HUP "$(cat /run/sshd.pid)" ;;
+    heartbeat) kill -HUP "$(cat /run/heartbeat.pid)" ;;
+    postgresql) pg_ctl_ reload >/dev/null ;;
+    *) log "no direct reload for $1; skipped" ;;
+  esac
+}
+
+direct_stop() {
+  case $1 in
+    nginx) nginx -s quit ;;
+    haproxy) kill "$(cat /run/haproxy.pid)" ;;
+    apache2) apache2ctl graceful-stop ;;
+    ssh) kill "$(cat /run/sshd.pid)" ;;
+    heartbeat) /usr/libexec/heartbeat/heartbeat -k ;;
+    postgresql) pg_ctl_ -w -m fast stop >/dev/null ;;
+    *) log "no direct stop for $1; skipped" ;;
+  esac
+}
+
+# ---------------------------------------------------------------- secrets
+
+secret_value() {
+  case $PYPI_BACKEND in
+    aws) awsc ssm get-parameter --name "$1" --with-decryption --query Parameter.Value ;;
+    lab) cat "${PYPI_SECRETS_DIR:?}/$1" ;;
+  esac
+}
+
+# ---------------------------------------------------------------- validation
+
+# Copy a daemon's config dir and overlay every candidate of the bundle that lives in it,
+# so the daemon checks the configuration it would really load.
+stage_confdir() {
+  bundle=$1 confdir=$2 stage=$3
+  cp -a "$confdir/." "$stage/"
+  while IFS=$TAB read -r kind path _mode _owner _group _validator _reloads target; do
+    case $path in "$confdir"/*) ;; *) continue ;; esac
+    rel=${path#"$confdir"/}
+    mkdir -p "$stage/$(dirname "$rel")"
+    case $kind in
+      file) cp "$bundle/files$path" "$stage/$rel" ;;
+      symlink) ln -sfn "$target" "$stage/$rel" ;;
+      absent) rm -f "$stage/$rel" ;;
+    esac
+  done <"$bundle/manifest"
+}
+
+# validate_tool TOOL BUNDLE CANDIDATE_PATH LIVE_PATH; prints the daemon's complaint on failure.
+validate_tool() {
+  tool=$1 bundle=$2 candidate=$3
+  case $tool in
+    nginx)
+      stage=$(mktemp -d)
+      stage_confdir "$bundle" /etc/nginx "$stage"
+      rc=0
+      nginx -t -q -c "$stage/nginx.conf" -g "pid $stage/nginx.pid;" 2>&1 || rc=$?
+      rm -rf "$stage"
+      return "$rc"
+      ;;
+    apache)
+      stage=$(mktemp -d)
+      stage_confdir "$bundle" /etc/apache2 "$stage"
+      rc=0
+      APACHE_CONFDIR=$stage apache2ctl -t 2>&1 || rc=$?
+      rm -rf "$stage"
+      return "$rc"
+      ;;
+    haproxy) haproxy -c -q -f "$candidate" 2>&1 ;;
+    sshd) /usr/sbin/sshd -t -f "$candidate" 2>&1 ;;
+    postgres)
+      # -C parses the whole file (and fails on unknown or invalid settings) without starting.
+      runuser -u postgres -- "$PYPI_PG_BIN/postgres" -C data_directory \
+        -c "config_file=$candidate" -D "$PYPI_PG_DATA" >/dev/null 2>&1 ||
+        runuser -u postgres -- "$PYPI_PG_BIN/postgres" -C data_directory -c "config_file=$candidate" \
+          -D "$PYPI_PG_DATA" 2>&1
+      ;;
+    drbd)
+      drbdadm84=/usr/lib/drbd/drbdadm-84
+      [ -x "$drbdadm84" ] || drbdadm84=drbdadm
+      stage=$(mktemp -d)
+      stage_confdir "$bundle" /etc/drbd.d "$stage"
+      rc=0
+      "$drbdadm84" -c "$stage/$(basename "$candidate")" -d up all >/dev/null 2>&1 ||
+        "$drbdadm84" -c "$stage/$(basename "$candidate")" -d up all 2>&1 || rc=$?
+      rm -rf "$stage"
+      return "$rc"
+      ;;
+    sh) sh -n "$candidate" 2>&1 ;;
+    *) die "unknown validator $tool" ;;
+  esac
+}
+
+# ---------------------------------------------------------------- apply / check
+
+same_content() { [ -e "$2" ] && cmp -s "$1" "$2"; }
+
+same_link() { [ -L "$1" ] && [ "$(readlink "$1")" = "$2" ]; }
+
+add_reloads() {
+  [ "$1" = - ] && return 0
+  for svc in $(printf '%s' "$1" | tr ',' ' '); do
+    case " $RELOAD " in *" $svc "*) ;; *) RELOAD="$RELOAD $svc" ;; esac
+  done
+}
+
+cmd_check() {
+  bundle=${1:-$PYPI_BUNDLE_DIR_DEFAULT}
+  [ -r "$bundle/manifest" ] || die "no manifest in $bundle"
+  load_config "$bundle/files$PYPI_NODE_CONFIG"
+  failed=0
+  checked=""
+  while IFS=$TAB read -r kind path _mode _owner _group validator _reloads _target; do
+    if [ "$kind" != file ] || [ "$validator" = - ]; then continue; fi
+    # Directory-wide validators check the whole tree once; count each file they cover.
+    case " $checked " in
+      *" $validator "*) ;;
+      *)
+        if out=$(validate_tool "$validator" "$bundle" "$bundle/files$path"); then
+          status=ok
+        else
+          status=fail
+        fi
+        case $validator in nginx | apache | drbd) checked="$checked $validator" ;; esac
+        eval "verdict_$validator=\$status"
+        [ "$status" = ok ] || {
+          failed=1
+          log "$validator rejected $path: $out"
+        }
+        ;;
+    esac
+    eval "status=\$verdict_$validator"
+    printf 'validated\t%s\t%s\t%s\n' "$validator" "$path" "$status"
+  done <"$bundle/manifest"
+  return "$failed"
+}
+
+cmd_apply() {
+  bundle=${1:-$PYPI_BUNDLE_DIR_DEFAULT}
+  [ -r "$bundle/manifest" ] || die "no manifest in $bundle"
+  load_config "$bundle/files$PYPI_NODE_CONFIG"
+  RELOAD=""
+  changed=0
+  rejected=0
+  # Pass 1: validate every changed candidate; nothing is installed if any is rejected.
+  while IFS=$TAB read -r kind path _mode _owner _group validator _reloads target; do
+    case $kind in
+      file) same_content "$bundle/files$path" "$path" && continue ;;
+      symlink) same_link "$path" "$target" && continue ;;
+      absent) [ -e "$path" ] || [ -L "$path" ] || continue ;;
+    esac
+    if [ "$kind" != file ] || [ "$validator" = - ]; then continue; fi
+    if ! out=$(validate_tool "$validator" "$bundle" "$bundle/files$path"); then
+      log "rejected $path ($validator): $out"
+      rejected=1
+    fi
+  done <"$bundle/manifest"
+  [ "$rejected" = 0 ] || die "candidate rejected; live configuration left untouched"
+
+  # Pass 2: install atomically (temp file in the same dir, then rename).
+  while IFS=$TAB read -r kind path mode owner group _validator reloads target; do
+    case $kind in
+      file)
+        same_content "$bundle/files$path" "$path" && continue
+        mkdir -p "$(dirname "$path")"
+        tmp="$path.pypi-node.$$"
+        cp "$bundle/files$path" "$tmp"
+        chown "$owner:$group" "$tmp"
+        chmod "$mode" "$tmp"
+        mv -f "$tmp" "$path"
+        ;;
+      symlink)
+        same_link "$path" "$target" && continue
+        mkdir -p "$(dirname "$path")"
+        ln -sfn "$target" "$path"
+        ;;
+      absent)
+        [ -e "$path" ] || [ -L "$path" ] || continue
+        rm -f "$path"
+        ;;
+    esac
+    printf 'changed\t%s\t%s\n' "$kind" "$path"
+    changed=$((changed + 1))
+    add_reloads "$reloads"
+  done <"$bundle/manifest"
+
+  # Secrets come from the secret store at apply time; they never travel in the bundle.
+  if [ -r "$bundle/secrets" ]; then
+    while IFS=$TAB read -r parameter path mode owner group format reloads pgpass_entry; do
+      value=$(secret_value "$parameter") || die "cannot read secret $parameter"
+      tmp="$path.pypi-node.$$"
+      mkdir -p "$(dirname "$path")"
+      (
+        umask 077
+        case $format in
+          raw) printf '%s\n' "$value" >"$tmp" ;;
+          heartbeat-authkeys) printf 'auth 1\n1 sha1 %s\n' "$value" >"$tmp" ;;
+          pgpass) printf '%s:%s\n' "$pgpass_entry" "$value" >"$tmp" ;;
+          *) die "unknown secret format $format" ;;
+        esac
+      )
+      if same_content "$tmp" "$path"; then
+        rm -f "$tmp"
+        continue
+      fi
+      chown "$owner:$group" "$tmp"
+      chmod "$mode" "$tmp"
+      mv -f "$tmp" "$path"
+      printf 'changed\tsecret\t%s\n' "$path"
+      changed=$((changed + 1))
+      add_reloads "$reloads"
+    done <"$bundle/secrets"
+  fi
+
+  for svc in $RELOAD; do
+    if svc_reload "$svc"; then printf 'reloaded\t%s\n' "$svc"; else die "reload of $svc failed"; fi
+  done
+  [ "${PYPI_APPLY_START:-yes}" = yes ] && [ -r "$bundle/services" ] && while read -r svc; do
+    svc_running "$svc" || {
+      svc_start "$svc"
+      printf 'started\t%s\n' "$svc"
+    }
+  done <"$bundle/services"
+  printf 'applied\t%s changes\n' "$changed"
+}
+
+# ---------------------------------------------------------------- floating IPs
+
+# PYPI_FIPS holds "address=allocation=secondary-ip" triples, one per floating IP.
+fip_field() {
+  for triple in $PYPI_FIPS; do
+    case $triple in "$1="*)
+      printf '%s\n' "$triple" | cut -d= -f"$2"
+      return 0
+      ;;
+    esac
+  done
+  die "$1 is not a floating IP of this stack"
+}
+
+lab_addr_held() { ip -o addr show dev "$PYPI_IFACE" | grep -q " $1/"; }
+
+cmd_fip() {
+  addr=$1 action=$2
+  alloc=$(fip_field "$addr" 2)
+  secondary=$(fip_field "$addr" 3)
+  case $PYPI_BACKEND:$action in
+    lab:start)
+      lab_addr_held "$addr" || ip addr add "$addr/32" dev "$PYPI_IFACE"
+      # Gratuitous ARP so peers update their caches now rather than after a timeout.
+      arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true
+      ;;
+    lab:stop) if lab_addr_held "$addr"; then ip addr del "$addr/32" dev "$PYPI_IFACE"; fi ;;
+    lab:status) if lab_addr_held "$addr"; then echo running; else echo stopped; fi ;;
+    aws:start)
+      ip -o addr show dev "$PYPI_IFACE" | grep -q " $secondary/" ||
+        ip addr add "$secondary/${PYPI_SUBNET_PREFIX:-24}" dev "$PYPI_IFACE"
+      awsc ec2 associate-address --allocation-id "$alloc" --network-interface-id "$(own_eni)" \
+        --private-ip-address "$secondary" --allow-reassociation >/dev/null
+      ;;
+    aws:stop)
+      holder=$(awsc ec2 describe-addresses --allocation-ids "$alloc" \
+        --query 'Addresses[0].NetworkInterfaceId')
+      if [ "$holder" = "$(own_eni)" ]; then
+        assoc=$(awsc ec2 describe-addresses --allocation-ids "$alloc" --query 'Addresses[0].AssociationId')
+        awsc ec2 disassociate-address --association-id "$assoc"
+      fi
+      ;;
+    aws:status)
+      holder=$(awsc ec2 describe-addresses --allocation-ids "$alloc" \
+        --query 'Addresses[0].NetworkInterfaceId')
+      if [ "$holder" = "$(own_eni)" ]; then echo running; else echo stopped; fi
+      ;;
+    *) die "fip: unknown action $action (start|stop|status)" ;;
+  esac
+}
+
+# ---------------------------------------------------------------- overlay IPs
+
+cmd_overlay() {
+  addr=$1 action=$2
+  case $PYPI_BACKEND:$action in
+    lab:start | lab:take)
+      lab_addr_held "$addr" || ip addr add "$addr/32" dev "$PYPI_IFACE"
+      arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true
+      ;;
+    lab:stop | lab:release) if lab_addr_held "$addr"; then ip addr del "$addr/32" dev "$PYPI_IFACE"; fi ;;
+    lab:status) if lab_addr_held "$addr"; then echo running; else echo stopped; fi ;;
+    aws:start | aws:take)
+      ip -o addr show dev lo | grep -q " $addr/" || ip addr add "$addr/32" dev lo
+      eni=$(own_eni)
+      for rtb in $PYPI_ROUTE_TABLES; do
+        awsc ec2 replace-route --route-table-id "$rtb" --destination-cidr-block "$addr/32" \
+          --network-interface-id "$eni" >/dev/null
+      done
+      ;;
+    aws:stop | aws:release) if ip -o addr show dev lo | grep -q " $addr/"; then ip addr del "$addr/32" dev lo; fi ;;
+    aws:status)
+      eni=$(own_eni)
+      for rtb in $PYPI_ROUTE_TABLES; do
+        target=$(awsc ec2 describe-route-tables --route-table-ids "$rtb" \
+          --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]")
+        [ "$target" = "$eni" ] || {
+          echo stopped
+          return 0
+        }
+      done
+      echo running
+      ;;
+    *) die "overlay: unknown action $action (take|release|status)" ;;
+  esac
+}
+
+# ---------------------------------------------------------------- Postgres
+
+pg_in_recovery() { pgsql 'SELECT pg_is_in_recovery()'; }
+
+cmd_db_fence() {
+  # Stop the local server and drop the writer address; the fence marker keeps the agent
+  # from starting this node as a primary until it has been re-attached as a standby.
+  mkdir -p "$PYPI_AGENT_STATE"
+  : >"$PYPI_AGENT_STATE/db-fenced"
+  if svc_running postgresql; then svc_stop postgresql || pg_ctl_ -m immediate stop; fi
+  cmd_overlay "$PYPI_OVERLAY_DB" release
+  echo "fenced $PYPI_NODE"
+}
+
+cmd_db_promote() {
+  [ "$(pg_in_recovery)" = t ] || die "$PYPI_NODE is not a standby; refusing to promote"
+  pg_ctl_ -w -t 60 promote >/dev/null
+  [ "$(pg_in_recovery)" = f ] || die "promotion did not finish"
+  # The old primary re-attaches through this slot.
+  pgsql "SELECT pg_create_physical_replication_slot('$PYPI_PG_SLOT') WHERE NOT EXISTS \
+(SELECT 1 FROM pg_replication_slots WHERE slot_name = '$PYPI_PG_SLOT')" >/dev/null
+  echo "promoted $PYPI_NODE"
+}
+
+# Synchronous replication stalls commits while the standby is away; `off` relieves it.
+cmd_db_sync() {
+  case $1 in
+    off) value="''" ;;
+    on) value="'$PYPI_PG_SYNC_NAMES'" ;;
+    *) die "db-sync: on|off" ;;
+  esac
+  pgsql "ALTER SYSTEM SET synchronous_standby_names = $value" >/dev/null
+  pgsql 'SELECT pg_reload_conf()' >/dev/null
+  echo "synchronous_standby_names = $value"
+}
+
+install_standby_files() {
+  case $PYPI_PG_DIALECT in
+    standby.signal) runuser -u postgres -- touch "$PYPI_PG_DATA/standby.signal" ;;
+    recovery.conf) install -o postgres -g postgres -m 0600 /etc/pypi-node/postgres/recovery.conf \
+      "$PYPI_PG_DATA/recovery.conf" ;;
+  esac
+}
+
+cmd_db_reattach() {
+  [ -e "$PYPI_AGENT_STATE/db-fenced" ] || die "$PYPI_NODE is not fenced; run db-fence first"
+  if svc_running postgresql; then svc_stop postgresql; fi
+  source_conn="host=$PYPI_PG_PEER port=$PYPI_PG_PORT user=$PYPI_PG_REPL_USER dbname=postgres passfile=$PYPI_PG_PASSFILE"
+  if pg pg_rewind --target-pgdata="$PYPI_PG_DATA" --source-server="$source_conn" --progress; then
+    method=pg_rewind
+  else
+    log "pg_rewind failed; taking a fresh base backup"
+    rm -rf "$PYPI_PG_DATA.old"
+    mv "$PYPI_PG_DATA" "$PYPI_PG_DATA.old"
+    runuser -u postgres -- pg_basebackup -D "$PYPI_PG_DATA" -X stream -S "$PYPI_PG_SLOT" \
+      -d "$source_conn" -c fast
+    method=pg_basebackup
+  fi
+  install_standby_files
+  rm -f "$PYPI_AGENT_STATE/db-fenced"
+  svc_start postgresql
+  [ "$(pg_in_recovery)" = t ] || die "re-attached node is not in recovery"
+  echo "reattached $PYPI_NODE via $method"
+}
+
+# ---------------------------------------------------------------- upload backends
+
+cmd_upload_backend() {
+  action=$1 server=$2
+  case $action in
+    enable | disable) ;;
+    *) die "upload-backend: enable|disable NODE" ;;
+  esac
+  printf '%s server %s/%s\n' "$action" "$PYPI_UPLOAD_BACKEND" "$server" |
+    socat - "UNIX-CONNECT:$PYPI_HAPROXY_SOCKET"
+  printf 'show servers state %s\n' "$PYPI_UPLOAD_BACKEND" | socat - "UNIX-CONNECT:$PYPI_HAPROXY_SOCKET" |
+    awk -v s="$server" '$4 == s { print s, "admin_state=" $7, "op_state=" $6 }'
+}
+
+cmd_upload_backends() {
+  printf 'show servers state %s\n' "$PYPI_UPLOAD_BACKEND" | socat - "UNIX-CONNECT:$PYPI_HAPROXY_SOCKET" |
+    awk 'NR > 2 && NF > 6 { state = ($6 == 2) ? "UP" : "DOWN"; if ($7 != 0) state = "MAINT"; print $4, state }'
+}
+
+cmd_db_replication() {
+  pgsql "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication"
+}
+
+# Run on an app server: the writer address must reach a primary that accepts writes.
+cmd_db_writer_check() {
+  conn="host=$PYPI_OVERLAY_DB port=$PYPI_PG_PORT dbname=$PYPI_PG_DATABASE user=$PYPI_PG_APP_USER passfile=$PYPI_APP_PASSFILE connect_timeout=3"
+  in_recovery=$(psql -X -At -d "$conn" -c 'SELECT pg_is_in_recovery()') || die "writer $PYPI_OVERLAY_DB unreachable"
+  [ "$in_recovery" = f ] || die "writer $PYPI_OVERLAY_DB answers but is in recovery"
+  echo "writer $PYPI_OVERLAY_DB is primary"
+}
+
+cmd_storage_check() {
+  probe="$PYPI_PACKAGE_ROOT/.pypi-node-probe.$PYPI_NODE"
+  mountpoint -q "$PYPI_PACKAGE_ROOT" || [ "$PYPI_BACKEND" = lab ] || die "$PYPI_PACKAGE_ROOT is not mounted"
+  date >"$probe" || die "$PYPI_PACKAGE_ROOT is not writable"
+  rm -f "$probe"
+  echo "storage $PYPI_PACKAGE_ROOT writable"
+}
+
+cmd_service() {
+  case $2 in
+    start) svc_start "$1" ;;
+    stop) svc_stop "$1" ;;
+    restart) if svc_running "$1"; then svc_stop "$1"; fi && svc_start "$1" ;;
+    status) if svc_running "$1"; then echo "$1 running"; else echo "$1 stopped"; fi ;;
+    *) die "service NAME start|stop|restart|status" ;;
+  esac
+}
+
+# ---------------------------------------------------------------- status
+
+cmd_status() {
+  printf 'node\t%s\nrole\t%s\nbackend\t%s\n' "$PYPI_NODE" "$PYPI_ROLE" "$PYPI_BACKEND"
+  for svc in ${PYPI_SERVICES:-}; do
+    if svc_running "$svc"; then s=running; else s=stopped; fi
+    printf 'service\t%s\t%s\n' "$svc" "$s"
+  done
+  case $PYPI_ROLE in
+    balancer) for triple in $PYPI_FIPS; do
+      addr=${triple%%=*}
+      printf 'fip\t%s\t%s\n' "$addr" "$(cmd_fip "$addr" status)"
+    done ;;
+    db)
+      printf 'writer\t%s\t%s\n' "$PYPI_OVERLAY_DB" "$(cmd_overlay "$PYPI_OVERLAY_DB" status)"
+      if svc_running postgresql; then
+        if [ "$(pg_in_recovery)" = t ]; then r=standby; else r=primary; fi
+        printf 'postgres\t%s\n' "$r"
+      fi
+      ;;
+    app) printf 'storage\t%s\t%s\n' "$PYPI_OVERLAY_STORAGE" "$(cmd_overlay "$PYPI_OVERLAY_STORAGE" status)" ;;
+  esac
+}
+
+usage() {
+  cat >&2 <<'EOF'
+usage: pypi-node COMMAND
+  apply [BUNDLE_DIR]          validate changed files, install them, reload what changed
+  check [BUNDLE_DIR]          validate every file of a bundle without installing
+  status                      services, addresses and database role of this node
+  fip ADDRESS start|stop|status        floating IP (Heartbeat resource-script form)
+  overlay ADDRESS take|release|status  overlay IP (writer or storage address)
+  nfs start|stop|status       NFS server for the storage pair
+  db-fence | db-promote | db-reattach | db-sync on|off | db-replication
+  db-writer-check             (app) the writer address reaches a writable primary
+  storage-check               (app) the package root is mounted and writable
+  upload-backend enable|disable NODE | upload-backends
+  service NAME start|stop|restart|status
+EOF
+  exit 2
+}
+
+cmd_nfs() {
+  case $1 in
+    start) svc_start nfs-server && exportfs -ra ;;
+    stop) svc_stop nfs-server ;;
+    status) if svc_running nfs-server; then echo running; else echo stopped; fi ;;
+    *) die "nfs: start|stop|status" ;;
+  esac
+}
+
+main() {
+  [ $# -ge 1 ] || usage
+  command=$1
+  shift
+  case $command in
+    check) cmd_check "$@" ;;
+    apply) cmd_apply "$@" ;;
+    *) load_config ;;
+  esac
+  PYPI_AGENT_STATE=${PYPI_AGENT_STATE:-/var/lib/pypi-node}
+  case $command in
+    check | apply) ;;
+    status) cmd_status ;;
+    fip) [ $# -eq 2 ] || usage && cmd_fip "$1" "$2" ;;
+    overlay) [ $# -eq 2 ] || usage && cmd_overlay "$1" "$2" ;;
+    nfs) [ $# -eq 1 ] || usage && cmd_nfs "$1" ;;
+    db-fence) cmd_db_fence ;;
+    db-promote) cmd_db_promote ;;
+    db-reattach) cmd_db_reattach ;;
+    db-sync) [ $# -eq 1 ] || usage && cmd_db_sync "$1" ;;
+    upload-backend) [ $# -eq 2 ] || usage && cmd_upload_backend "$1" "$2" ;;
+    upload-backends) cmd_upload_backends ;;
+    db-replication) cmd_db_replication ;;
+    db-writer-check) cmd_db_writer_check ;;
+    storage-check) cmd_storage_check ;;
+    service) [ $# -eq 2 ] || usage && cmd_service "$1" "$2" ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

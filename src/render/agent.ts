@@ -1,0 +1,82 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  nodesWithRole,
+  type NodeSpec,
+  paths,
+  peerOf,
+  pgConfDir,
+  pgDataDir,
+  pgDialect,
+  type Topology,
+} from "../topology.js";
+
+/** POSIX shell single-quoting: the only escaping node.env needs. */
+export function shQuote(value: string): string {
+  return `'${value.replaceAll("'", `'"'"'`)}'`;
+}
+
+/** The agent script itself; it is the same on every node and in the lab. */
+export function agentScript(): string {
+  return readFileSync(join(__dirname, "..", "agent", "pypi-node.sh"), "utf8");
+}
+
+export const UPLOAD_BACKEND_NAME = "upload_sshd";
+export const PG_PASSFILE = "/var/lib/postgresql/.pgpass";
+/** The app's database credentials as a pgpass file, readable by the app's user only. */
+export const APP_PASSFILE = "/etc/pypi-index/pgpass";
+
+/** `/etc/pypi-node/node.env`: everything the agent needs to know about this node. */
+export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly string[]): string {
+  const vars: [string, string][] = [
+    ["PYPI_ENVIRONMENT", t.environment],
+    ["PYPI_BACKEND", t.backend],
+    ["PYPI_SERVICE_MANAGER", t.backend === "aws" ? "systemd" : "direct"],
+    ["PYPI_NODE", node.name],
+    ["PYPI_ROLE", node.role],
+    ["PYPI_IFACE", node.interface],
+    ["PYPI_REGION", t.region],
+    ["PYPI_SERVICES", services.join(" ")],
+    ["PYPI_AGENT_STATE", paths.agentState],
+    ["PYPI_OVERLAY_DB", t.overlay.dbWriter],
+    ["PYPI_OVERLAY_STORAGE", t.overlay.storage],
+    ["PYPI_ROUTE_TABLES", t.overlay.routeTableIds.join(" ")],
+  ];
+  if (t.backend === "lab") vars.push(["PYPI_SECRETS_DIR", `${t.bundleLocation}/secrets`]);
+  if (node.role === "balancer") {
+    const fips = t.floatingIps.map(
+      (fip, i) => `${fip.address}=${fip.allocationId}=${node.secondaryIps[i] ?? ""}`,
+    );
+    vars.push(
+      ["PYPI_FIPS", fips.join(" ")],
+      ["PYPI_UPLOAD_BACKEND", UPLOAD_BACKEND_NAME],
+      ["PYPI_HAPROXY_SOCKET", paths.haproxySocket],
+    );
+  }
+  if (node.role === "db") {
+    const pg = t.postgres;
+    const peer = peerOf(t, node);
+    vars.push(
+      ["PYPI_PG_VERSION", String(pg.version)],
+      ["PYPI_PG_DIALECT", pgDialect(pg.version)],
+      ["PYPI_PG_BIN", pg.binDir],
+      ["PYPI_PG_DATA", pgDataDir(pg.version)],
+      ["PYPI_PG_CONF", pgConfDir(pg.version)],
+      ["PYPI_PG_PORT", String(pg.port)],
+      ["PYPI_PG_PEER", peer.privateIp],
+      ["PYPI_PG_REPL_USER", pg.replicationUser],
+      ["PYPI_PG_SLOT", pg.slotName],
+      ["PYPI_PG_PASSFILE", PG_PASSFILE],
+      ["PYPI_PG_SYNC_NAMES", pg.synchronous ? `"${peer.name.replaceAll("-", "_")}"` : ""],
+    );
+  }
+  if (node.role === "app") {
+    vars.push([
+      "PYPI_APP_SERVERS",
+      nodesWithRole(t, "app")
+        .map((n) => n.name)
+        .join(" "),
+    ]);
+  }
+  return `${vars.map(([key, value]) => `${key}=${shQuote(value)}`).join("\n")}\n`;
+}

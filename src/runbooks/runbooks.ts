@@ -1,0 +1,334 @@
+import { paths, nodesWithRole, type NodeSpec, peerOf, storagePair, type Topology } from "../topology.js";
+
+/** The operator's workstation (AWS) or the client namespace (lab). */
+export const OPERATOR = "operator";
+
+export interface RunbookStep {
+  readonly title: string;
+  /** Node name, or OPERATOR. */
+  readonly host: string;
+  readonly command: string;
+  /** What a human should see. */
+  readonly expect: string;
+  /** A regular expression the command's output must match; exit status must be 0 either way. */
+  readonly expectOutput?: string;
+  /** What to run instead when `host` cannot be reached (e.g. the instance is gone). */
+  readonly fallback?: { readonly host: string; readonly command: string };
+}
+
+export interface Runbook {
+  readonly id: string;
+  readonly title: string;
+  readonly summary: string;
+  readonly steps: readonly RunbookStep[];
+  /** Why the lab cannot execute it, when it cannot. */
+  readonly labLimitation?: string;
+}
+
+const agent = (args: string): string => `${paths.agent} ${args}`;
+const escapeRegex = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+function healthChecks(t: Topology): RunbookStep[] {
+  return t.floatingIps.map((fip) => ({
+    title: `HTTPS answers on ${fip.address}`,
+    host: OPERATOR,
+    command: `curl -fsS --max-time 5 --resolve ${t.domain}:443:${fip.address} https://${t.domain}/_health`,
+    expect: "HTTP 200 with a JSON body",
+  }));
+}
+
+function balancerLoss(t: Topology, lost: NodeSpec): Runbook {
+  const survivor = peerOf(t, lost);
+  const fipsOfLost = t.floatingIps.filter((f) => f.home === lost.name);
+  return {
+    id: `balancer-loss-${lost.name}`,
+    title: `Balancer ${lost.name} lost`,
+    summary: `Heartbeat on ${survivor.name} takes over every floating IP within deadtime (${t.heartbeat.deadtimeMs} ms). These steps confirm it and force it if Heartbeat did not.`,
+    steps: [
+      ...t.floatingIps.map((fip) => ({
+        title: `${survivor.name} holds ${fip.address}`,
+        host: survivor.name,
+        command: agent(`fip ${fip.address} start`),
+        expect: "exit 0; idempotent if Heartbeat already took it",
+      })),
+      {
+        title: `${survivor.name} reports every floating IP`,
+        host: survivor.name,
+        command: agent("status"),
+        expect: t.floatingIps.map((f) => `fip ${f.address} running`).join("; "),
+        expectOutput: t.floatingIps.map((f) => `fip\\t${escapeRegex(f.address)}\\trunning`).join("[\\s\\S]*"),
+      },
+      ...healthChecks(t),
+      {
+        title: `Rebuild ${lost.name}`,
+        host: OPERATOR,
+        command: `see runbook rebuild-${lost.name}`,
+        expect: `${fipsOfLost.map((f) => f.address).join(", ") || "its home addresses"} fail back once it rejoins (auto_failback ${t.heartbeat.autoFailback ? "on" : "off"})`,
+      },
+    ],
+  };
+}
+
+function uploadBackendSteps(t: Topology, app: NodeSpec, action: "enable" | "disable"): RunbookStep[] {
+  return nodesWithRole(t, "balancer").map((lb) => ({
+    title: `${action} upload backend ${app.name} on ${lb.name}`,
+    host: lb.name,
+    command: agent(`upload-backend ${action} ${app.name}`),
+    expect: `${app.name} admin_state=${action === "disable" ? "1" : "0"}`,
+    expectOutput: `${escapeRegex(app.name)} admin_state=${action === "disable" ? "[1-9]" : "0"}`,
+  }));
+}
+
+function appServerLoss(t: Topology, lost: NodeSpec): Runbook {
+  const [storagePrimary] = storagePair(t);
+  return {
+    id: `app-server-loss-${lost.name}`,
+    title: `App server ${lost.name} lost`,
+    summary: `nginx stops sending to ${lost.name} after max_fails and HAProxy marks its upload sshd down within about 3 s; both happen without an operator. Drain it explicitly so it does not come back half-built.`,
+    steps: [
+      ...uploadBackendSteps(t, lost, "disable"),
+      ...healthChecks(t),
+      ...(lost.name === storagePrimary.name
+        ? [
+            {
+              title: `${lost.name} was the storage primary`,
+              host: OPERATOR,
+              command: `see runbook storage-primary-loss-${lost.name}`,
+              expect: "the package volume is served by the peer",
+            },
+          ]
+        : []),
+      {
+        title: `Rebuild ${lost.name}`,
+        host: OPERATOR,
+        command: `see runbook rebuild-${lost.name}`,
+        expect: "node back",
+      },
+      ...uploadBackendSteps(t, lost, "enable"),
+    ],
+  };
+}
+
+function uploadBackendLoss(t: Topology, lost: NodeSpec): Runbook {
+  const [lb] = nodesWithRole(t, "balancer");
+  if (!lb) throw new Error("no balancer");
+  return {
+    id: `upload-backend-loss-${lost.name}`,
+    title: `Upload sshd on ${lost.name} down`,
+    summary:
+      "HAProxy's SSH banner check takes the backend out within about 3 s and new SFTP sessions go to the other app servers. Restart sshd and confirm HAProxy puts it back.",
+    steps: [
+      {
+        title: `HAProxy sees ${lost.name} down`,
+        host: lb.name,
+        command: agent("upload-backends"),
+        expect: `${lost.name} DOWN, the others UP`,
+        expectOutput: `${escapeRegex(lost.name)} (DOWN|MAINT)`,
+      },
+      {
+        title: `Restart sshd on ${lost.name}`,
+        host: lost.name,
+        command: agent("service ssh restart"),
+        expect: "exit 0",
+      },
+      {
+        title: `HAProxy sees ${lost.name} up`,
+        host: lb.name,
+        command: `sleep 3; ${agent("upload-backends")}`,
+        expect: `${lost.name} UP`,
+        expectOutput: `${escapeRegex(lost.name)} UP`,
+      },
+    ],
+  };
+}
+
+function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
+  const standby = peerOf(t, primary);
+  const [app] = nodesWithRole(t, "app");
+  if (!app) throw new Error("no app server");
+  const sync = t.postgres.synchronous;
+  const standbyApp = primary.name.replaceAll("-", "_");
+  return {
+    id: `db-primary-loss-${primary.name}`,
+    title: `Database primary ${primary.name} lost`,
+    summary: `Fence ${primary.name}, promote ${standby.name}, move the writer address ${t.overlay.dbWriter}, verify, then re-attach ${primary.name} as the new standby with pg_rewind.${sync ? " Replication is synchronous: commits stall while no standby is attached, so synchronous_standby_names is relaxed until the re-attach." : ""}`,
+    steps: [
+      {
+        title: `Fence ${primary.name}`,
+        host: primary.name,
+        command: agent("db-fence"),
+        expect: `fenced ${primary.name}`,
+        expectOutput: `fenced ${escapeRegex(primary.name)}`,
+        fallback: {
+          host: OPERATOR,
+          command: `aws ec2 stop-instances --region ${t.region} --force --instance-ids ${primary.instanceId ?? `<${primary.name} instance id>`}`,
+        },
+      },
+      {
+        title: `Promote ${standby.name}`,
+        host: standby.name,
+        command: agent("db-promote"),
+        expect: `promoted ${standby.name}`,
+        expectOutput: `promoted ${escapeRegex(standby.name)}`,
+      },
+      ...(sync
+        ? [
+            {
+              title: "Let commits proceed without a synchronous standby",
+              host: standby.name,
+              command: agent("db-sync off"),
+              expect: "synchronous_standby_names = ''",
+              expectOutput: "synchronous_standby_names = ''",
+            },
+          ]
+        : []),
+      {
+        title: `Move the writer address ${t.overlay.dbWriter} to ${standby.name}`,
+        host: standby.name,
+        command: agent(`overlay ${t.overlay.dbWriter} take`),
+        expect: "exit 0",
+      },
+      {
+        title: `${standby.name} is primary and holds the writer address`,
+        host: standby.name,
+        command: agent("status"),
+        expect: `postgres primary; writer ${t.overlay.dbWriter} running`,
+        expectOutput: `writer\\t${escapeRegex(t.overlay.dbWriter)}\\trunning[\\s\\S]*postgres\\tprimary`,
+      },
+      {
+        title: "The app reaches a writable primary through the writer address",
+        host: app.name,
+        command: agent("db-writer-check"),
+        expect: `writer ${t.overlay.dbWriter} is primary`,
+        expectOutput: "is primary",
+      },
+      {
+        title: `Re-attach ${primary.name} as standby`,
+        host: primary.name,
+        command: agent("db-reattach"),
+        expect: `reattached ${primary.name} via pg_rewind (pg_basebackup if the timelines cannot be rewound)`,
+        expectOutput: `reattached ${escapeRegex(primary.name)} via`,
+      },
+      {
+        title: `${primary.name} streams from ${standby.name}`,
+        host: standby.name,
+        command: `sleep 2; ${agent("db-replication")}`,
+        expect: `${standbyApp} streaming ${sync ? "sync" : "async"}`,
+        expectOutput: `${standbyApp} streaming`,
+      },
+      ...(sync
+        ? [
+            {
+              title: "Restore synchronous replication",
+              host: standby.name,
+              command: agent("db-sync on"),
+              expect: `synchronous_standby_names = '"${standbyApp}"'`,
+              expectOutput: "synchronous_standby_names = '.+'",
+            },
+          ]
+        : []),
+    ],
+  };
+}
+
+function storagePrimaryLoss(t: Topology, lost: NodeSpec): Runbook {
+  const survivor = peerOf(t, lost);
+  const apps = nodesWithRole(t, "app");
+  return {
+    id: `storage-primary-loss-${lost.name}`,
+    title: `Storage primary ${lost.name} lost`,
+    summary: `The storage Heartbeat cluster on ${survivor.name} makes DRBD primary, mounts ${t.storage.volumeMount}, starts NFS and takes ${t.overlay.storage}. These steps confirm or force that order.`,
+    labLimitation: "the lab kernel has no DRBD module and no nfsd; the lab shares a directory instead",
+    steps: [
+      { title: "DRBD primary", host: survivor.name, command: "drbdadm primary pypi", expect: "exit 0" },
+      {
+        title: "Mount the volume",
+        host: survivor.name,
+        command: `mountpoint -q ${t.storage.volumeMount} || mount /dev/drbd${t.storage.drbdMinor} ${t.storage.volumeMount}`,
+        expect: "exit 0",
+      },
+      { title: "NFS server", host: survivor.name, command: agent("nfs start"), expect: "exit 0" },
+      {
+        title: "Storage address",
+        host: survivor.name,
+        command: agent(`overlay ${t.overlay.storage} take`),
+        expect: "exit 0",
+      },
+      ...apps
+        .filter((a) => a.name !== lost.name)
+        .map((a) => ({
+          title: `${a.name} can write the package root`,
+          host: a.name,
+          command: agent("storage-check"),
+          expect: `storage ${t.storage.packageRoot} writable`,
+          expectOutput: "writable",
+        })),
+      {
+        title: `Rebuild ${lost.name}`,
+        host: OPERATOR,
+        command: `see runbook rebuild-${lost.name}`,
+        expect: "DRBD resyncs to UpToDate/UpToDate",
+      },
+    ],
+  };
+}
+
+function rebuildNode(t: Topology, node: NodeSpec): Runbook {
+  const urn = node.urn ?? `<URN of ${node.name}'s instance: pulumi stack --show-urns>`;
+  const roleSteps: RunbookStep[] =
+    node.role === "db"
+      ? [
+          {
+            title: "Start as fenced",
+            host: node.name,
+            command: agent("db-fence"),
+            expect: `fenced ${node.name}`,
+          },
+          {
+            title: "Attach as standby",
+            host: node.name,
+            command: agent("db-reattach"),
+            expect: `reattached ${node.name}`,
+          },
+        ]
+      : node.role === "app"
+        ? uploadBackendSteps(t, node, "enable")
+        : [];
+  return {
+    id: `rebuild-${node.name}`,
+    title: `Rebuild ${node.name}`,
+    summary: `Replace ${node.name}'s instance${node.instanceId ? ` (${node.instanceId})` : ""}; cloud-init fetches its bundle and the agent applies it. Nothing else in the stack changes.`,
+    labLimitation: "the lab rebuilds a node by restarting its namespace (npm run lab), not with pulumi",
+    steps: [
+      {
+        title: `Replace ${node.name}`,
+        host: OPERATOR,
+        command: `pulumi up --stack ${t.environment} --yes --replace '${urn}'`,
+        expect: "1 replaced",
+      },
+      {
+        title: "Bundle applied",
+        host: node.name,
+        command: agent("status"),
+        expect: "every service running",
+        expectOutput: "service\\t",
+      },
+      ...roleSteps,
+    ],
+  };
+}
+
+/** Every runbook of the deployment, filled in with its hosts, addresses and ids. */
+export function buildRunbooks(t: Topology): Runbook[] {
+  const [storagePrimary] = storagePair(t);
+  const [dbPrimary] = nodesWithRole(t, "db");
+  if (!dbPrimary) throw new Error("no database node");
+  return [
+    ...nodesWithRole(t, "balancer").map((n) => balancerLoss(t, n)),
+    ...nodesWithRole(t, "app").map((n) => appServerLoss(t, n)),
+    ...nodesWithRole(t, "app").map((n) => uploadBackendLoss(t, n)),
+    ...nodesWithRole(t, "db").map((n) => dbPrimaryLoss(t, n)),
+    storagePrimaryLoss(t, storagePrimary),
+    ...t.nodes.map((n) => rebuildNode(t, n)),
+  ];
+}
