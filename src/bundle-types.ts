@@ -5,7 +5,7 @@
  */
 
 /** The daemon-side check the agent runs on a candidate before installing it. */
-export type Validator = "nginx" | "apache" | "haproxy" | "sshd" | "postgres" | "drbd" | "sh";
+export type Validator = "nginx" | "apache" | "haproxy" | "sshd" | "postgres" | "drbd" | "exportfs" | "sh";
 
 /** Services the agent knows how to (re)load. */
 export type ServiceName =
@@ -43,9 +43,9 @@ export interface SecretFetch {
   readonly group: string;
   /**
    * `raw` writes the value as is; `heartbeat-authkeys` wraps it as `auth 1` / `1 sha1 <value>`;
-   * `pgpass` writes `<pgpassEntry>:<value>`.
+   * `pgpass` writes `<pgpassEntry>:<value>`; `drbd-shared-secret` writes a DRBD `common` section.
    */
-  readonly format: "raw" | "heartbeat-authkeys" | "pgpass";
+  readonly format: "raw" | "heartbeat-authkeys" | "pgpass" | "drbd-shared-secret";
   /** `host:port:database:user` for the pgpass format. */
   readonly pgpassEntry?: string;
   readonly reloads: readonly ServiceName[];

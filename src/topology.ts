@@ -82,7 +82,8 @@ export interface Topology {
     readonly port: number;
     /** Port of the upload sshd on the app servers. */
     readonly backendPort: number;
-    readonly users: readonly { readonly name: string; readonly publicKey: string }[];
+    /** Fixed uids: uploads land on the shared volume, so every app server must agree. */
+    readonly users: readonly { readonly name: string; readonly uid: number; readonly publicKey: string }[];
     readonly maxFileBytes: number;
   };
   readonly app: {
@@ -111,6 +112,10 @@ export interface Topology {
     readonly postgresReplicationPassword: SecretRef;
     readonly postgresAppPassword: SecretRef;
     readonly tlsKey: SecretRef;
+    /** The certificate chain is public, but travels the same way as the key. */
+    readonly tlsCertificate: SecretRef;
+    /** One ed25519 host key shared by all app servers, so clients see one host behind HAProxy. */
+    readonly uploadHostKey: SecretRef;
     /** DRBD peer authentication (`shared-secret`). */
     readonly drbdSecret: SecretRef;
   };

@@ -205,12 +205,17 @@ export function validateTopology(t: Topology): Topology {
   if (up.users.length === 0)
     p.add("upload.users", up.users, "expected at least one upload user (name + SSH public key)");
   const userNames = new Set<string>();
+  const uids = new Set<number>();
   up.users.forEach((user, i) => {
     if (!UNIX_USER.test(user.name) || user.name === "root")
       p.add(`upload.users[${i}].name`, user.name, "expected a Unix user name (not root)");
     if (userNames.has(user.name))
       p.add(`upload.users[${i}].name`, user.name, "upload user names must be unique");
     userNames.add(user.name);
+    if (!Number.isInteger(user.uid) || user.uid < 2000 || user.uid > 59999 || uids.has(user.uid)) {
+      p.add(`upload.users[${i}].uid`, user.uid, "expected a unique uid from 2000 to 59999");
+    }
+    uids.add(user.uid);
     if (!isSshPublicKey(user.publicKey)) {
       p.add(
         `upload.users[${i}].publicKey`,

@@ -185,10 +185,13 @@ validate_tool() {
     sshd) /usr/sbin/sshd -t -f "$candidate" 2>&1 ;;
     postgres)
       # -C parses the whole file (and fails on unknown or invalid settings) without starting.
-      runuser -u postgres -- "$PYPI_PG_BIN/postgres" -C data_directory \
-        -c "config_file=$candidate" -D "$PYPI_PG_DATA" >/dev/null 2>&1 ||
-        runuser -u postgres -- "$PYPI_PG_BIN/postgres" -C data_directory -c "config_file=$candidate" \
-          -D "$PYPI_PG_DATA" 2>&1
+      readable=$(mktemp)
+      cp "$candidate" "$readable"
+      chmod 0644 "$readable"
+      rc=0
+      { runuser -u postgres -- "$PYPI_PG_BIN/postgres" -C data_directory -c "config_file=$readable" >/dev/null; } 2>&1 || rc=$?
+      rm -f "$readable"
+      return "$rc"
       ;;
     drbd)
       drbdadm84=/usr/lib/drbd/drbdadm-84
@@ -200,6 +203,13 @@ validate_tool() {
         "$drbdadm84" -c "$stage/$(basename "$candidate")" -d up all 2>&1 || rc=$?
       rm -rf "$stage"
       return "$rc"
+      ;;
+    exportfs)
+      # exportfs reads only /etc/exports, so check the candidate in a private mount namespace.
+      # shellcheck disable=SC2016
+      unshare --mount --propagation private sh -c '
+        mount --bind "$1" /etc/exports && mount -t tmpfs tmpfs /var/lib/nfs &&
+          touch /var/lib/nfs/etab /var/lib/nfs/rmtab && exportfs -ra' exportfs-check "$candidate" 2>&1
       ;;
     sh) sh -n "$candidate" 2>&1 ;;
     *) die "unknown validator $tool" ;;
@@ -216,6 +226,75 @@ add_reloads() {
   [ "$1" = - ] && return 0
   for svc in $(printf '%s' "$1" | tr ',' ' '); do
     case " $RELOAD " in *" $svc "*) ;; *) RELOAD="$RELOAD $svc" ;; esac
+  done
+}
+
+# Secrets come from the secret store at apply time; they never travel in the bundle. They are
+# installed before validation because validators read them (TLS key, DRBD secret).
+install_secrets() {
+  bundle=$1
+  [ -s "$bundle/secrets" ] || return 0
+  while IFS=$TAB read -r parameter path mode owner group format reloads pgpass_entry; do
+    value=$(secret_value "$parameter") || die "cannot read secret $parameter"
+    tmp="$path.pypi-node.$$"
+    mkdir -p "$(dirname "$path")"
+    (
+      umask 077
+      case $format in
+        raw) printf '%s\n' "$value" >"$tmp" ;;
+        heartbeat-authkeys) printf 'auth 1\n1 sha1 %s\n' "$value" >"$tmp" ;;
+        # pgpass needs backslash and colon escaped inside the password.
+        pgpass) printf '%s:%s\n' "$pgpass_entry" "$(printf '%s' "$value" | sed 's/[\\:]/\\&/g')" >"$tmp" ;;
+        drbd-shared-secret)
+          printf 'common {\n  net {\n    shared-secret "%s";\n  }\n}\n' \
+            "$(printf '%s' "$value" | sed 's/[\\"]/\\&/g')" >"$tmp"
+          ;;
+        *) die "unknown secret format $format" ;;
+      esac
+    )
+    if same_content "$tmp" "$path"; then
+      rm -f "$tmp"
+      continue
+    fi
+    chown "$owner:$group" "$tmp"
+    chmod "$mode" "$tmp"
+    mv -f "$tmp" "$path"
+    printf 'changed\tsecret\t%s\n' "$path"
+    changed=$((changed + 1))
+    add_reloads "$reloads"
+  done <"$bundle/secrets"
+}
+
+# On AWS the bundle names its packages, so the user data never changes with the config.
+install_packages() {
+  [ "$PYPI_BACKEND" = aws ] && [ -s "$1/packages" ] || return 0
+  missing=""
+  while read -r pkg; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $pkg"
+  done <"$1/packages"
+  [ -z "$missing" ] && return 0
+  log "installing$missing"
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2
+}
+
+# HAProxy owns port 22 on the balancers; admin access is SSM, so Debian's sshd must not run.
+disable_balancer_sshd() {
+  [ "$PYPI_ROLE" = balancer ] && [ "$PYPI_SERVICE_MANAGER" = systemd ] || return 0
+  if systemctl is-enabled --quiet ssh.service 2>/dev/null || systemctl is-active --quiet ssh.service; then
+    systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+    printf 'disabled\tssh\n'
+  fi
+}
+
+# Upload users exist on every app server with the same uid; their password is `*` (not `!`),
+# because sshd without PAM refuses accounts marked locked.
+ensure_upload_users() {
+  [ "$PYPI_ROLE" = app ] || return 0
+  for entry in $PYPI_UPLOAD_USERS; do
+    user=${entry%%:*} uid=${entry#*:}
+    id "$user" >/dev/null 2>&1 ||
+      useradd --uid "$uid" --no-create-home --home-dir / --shell /usr/sbin/nologin --password '*' "$user"
   done
 }
 
@@ -257,6 +336,10 @@ cmd_apply() {
   RELOAD=""
   changed=0
   rejected=0
+  install_packages "$bundle"
+  disable_balancer_sshd
+  ensure_upload_users
+  install_secrets "$bundle"
   # Pass 1: validate every changed candidate; nothing is installed if any is rejected.
   while IFS=$TAB read -r kind path _mode _owner _group validator _reloads target; do
     case $kind in
@@ -298,34 +381,6 @@ cmd_apply() {
     changed=$((changed + 1))
     add_reloads "$reloads"
   done <"$bundle/manifest"
-
-  # Secrets come from the secret store at apply time; they never travel in the bundle.
-  if [ -r "$bundle/secrets" ]; then
-    while IFS=$TAB read -r parameter path mode owner group format reloads pgpass_entry; do
-      value=$(secret_value "$parameter") || die "cannot read secret $parameter"
-      tmp="$path.pypi-node.$$"
-      mkdir -p "$(dirname "$path")"
-      (
-        umask 077
-        case $format in
-          raw) printf '%s\n' "$value" >"$tmp" ;;
-          heartbeat-authkeys) printf 'auth 1\n1 sha1 %s\n' "$value" >"$tmp" ;;
-          pgpass) printf '%s:%s\n' "$pgpass_entry" "$value" >"$tmp" ;;
-          *) die "unknown secret format $format" ;;
-        esac
-      )
-      if same_content "$tmp" "$path"; then
-        rm -f "$tmp"
-        continue
-      fi
-      chown "$owner:$group" "$tmp"
-      chmod "$mode" "$tmp"
-      mv -f "$tmp" "$path"
-      printf 'changed\tsecret\t%s\n' "$path"
-      changed=$((changed + 1))
-      add_reloads "$reloads"
-    done <"$bundle/secrets"
-  fi
 
   for svc in $RELOAD; do
     if svc_reload "$svc"; then printf 'reloaded\t%s\n' "$svc"; else die "reload of $svc failed"; fi
@@ -450,16 +505,17 @@ cmd_db_promote() {
   echo "promoted $PYPI_NODE"
 }
 
-# Synchronous replication stalls commits while the standby is away; `off` relieves it.
+# Synchronous replication stalls commits while the standby is away; `off` relieves it and
+# `on` drops the override so the rendered postgresql.conf applies again.
 cmd_db_sync() {
   case $1 in
-    off) value="''" ;;
-    on) value="'$PYPI_PG_SYNC_NAMES'" ;;
+    off) pgsql "ALTER SYSTEM SET synchronous_standby_names = ''" >/dev/null ;;
+    on) pgsql "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null ;;
     *) die "db-sync: on|off" ;;
   esac
-  pgsql "ALTER SYSTEM SET synchronous_standby_names = $value" >/dev/null
   pgsql 'SELECT pg_reload_conf()' >/dev/null
-  echo "synchronous_standby_names = $value"
+  sleep 0.2
+  printf "synchronous_standby_names = '%s'\n" "$(pgsql 'SHOW synchronous_standby_names')"
 }
 
 install_standby_files() {

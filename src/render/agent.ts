@@ -1,8 +1,8 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  nodesWithRole,
   type NodeSpec,
+  nodesWithRole,
   paths,
   peerOf,
   pgConfDir,
@@ -10,6 +10,8 @@ import {
   pgDialect,
   type Topology,
 } from "../topology.js";
+import { UPLOAD_BACKEND } from "./haproxy.js";
+import { PGPASS_PATH } from "./postgres.js";
 
 /** POSIX shell single-quoting: the only escaping node.env needs. */
 export function shQuote(value: string): string {
@@ -21,8 +23,7 @@ export function agentScript(): string {
   return readFileSync(join(__dirname, "..", "agent", "pypi-node.sh"), "utf8");
 }
 
-export const UPLOAD_BACKEND_NAME = "upload_sshd";
-export const PG_PASSFILE = "/var/lib/postgresql/.pgpass";
+export const PG_PASSFILE = PGPASS_PATH;
 /** The app's database credentials as a pgpass file, readable by the app's user only. */
 export const APP_PASSFILE = "/etc/pypi-index/pgpass";
 
@@ -49,7 +50,7 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     );
     vars.push(
       ["PYPI_FIPS", fips.join(" ")],
-      ["PYPI_UPLOAD_BACKEND", UPLOAD_BACKEND_NAME],
+      ["PYPI_UPLOAD_BACKEND", UPLOAD_BACKEND],
       ["PYPI_HAPROXY_SOCKET", paths.haproxySocket],
     );
   }
@@ -67,7 +68,6 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PG_REPL_USER", pg.replicationUser],
       ["PYPI_PG_SLOT", pg.slotName],
       ["PYPI_PG_PASSFILE", PG_PASSFILE],
-      ["PYPI_PG_SYNC_NAMES", pg.synchronous ? `"${peer.name.replaceAll("-", "_")}"` : ""],
     );
   }
   if (node.role === "app") {

@@ -1,4 +1,5 @@
-import { paths, nodesWithRole, type NodeSpec, peerOf, storagePair, type Topology } from "../topology.js";
+import { synchronousStandbyNames } from "../render/postgres.js";
+import { type NodeSpec, nodesWithRole, paths, peerOf, storagePair, type Topology } from "../topology.js";
 
 /** The operator's workstation (AWS) or the client namespace (lab). */
 export const OPERATOR = "operator";
@@ -147,7 +148,7 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
   const [app] = nodesWithRole(t, "app");
   if (!app) throw new Error("no app server");
   const sync = t.postgres.synchronous;
-  const standbyApp = primary.name.replaceAll("-", "_");
+  const standbyApp = primary.name;
   return {
     id: `db-primary-loss-${primary.name}`,
     title: `Database primary ${primary.name} lost`,
@@ -222,7 +223,7 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
               title: "Restore synchronous replication",
               host: standby.name,
               command: agent("db-sync on"),
-              expect: `synchronous_standby_names = '"${standbyApp}"'`,
+              expect: `synchronous_standby_names = '${synchronousStandbyNames(t, standby)}'`,
               expectOutput: "synchronous_standby_names = '.+'",
             },
           ]

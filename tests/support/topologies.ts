@@ -91,10 +91,10 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
       backendPort: 22,
       users: prod
         ? [
-            { name: "alice", publicKey: TEST_KEY_A },
-            { name: "bob", publicKey: TEST_KEY_B },
+            { name: "alice", uid: 2001, publicKey: TEST_KEY_A },
+            { name: "bob", uid: 2002, publicKey: TEST_KEY_B },
           ]
-        : [{ name: "alice", publicKey: TEST_KEY_A }],
+        : [{ name: "alice", uid: 2001, publicKey: TEST_KEY_A }],
       maxFileBytes: 100 * 1024 * 1024,
     },
     app: { runtime: "fcgid", httpPort: 80, maxProcesses: prod ? 16 : 4, requestTimeoutSeconds: 30 },
@@ -112,6 +112,8 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
       postgresReplicationPassword: { parameter: `/pypi/${shape}/postgres/replication-password` },
       postgresAppPassword: { parameter: `/pypi/${shape}/postgres/app-password` },
       tlsKey: { parameter: `/pypi/${shape}/tls/key` },
+      tlsCertificate: { parameter: `/pypi/${shape}/tls/certificate` },
+      uploadHostKey: { parameter: `/pypi/${shape}/upload/host-key` },
       drbdSecret: { parameter: `/pypi/${shape}/drbd/secret` },
     },
     bundleLocation: `s3://pypi-${shape}-bundles-0abc/bundles`,

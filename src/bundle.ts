@@ -1,0 +1,217 @@
+import type { BundleFile, NodeBundle, SecretFetch, ServiceName } from "./bundle-types.js";
+import { APP_PASSFILE, agentScript, renderAgentEnv } from "./render/agent.js";
+import {
+  apacheModules,
+  apachePortsPath,
+  apacheSecurityConfPath,
+  apacheSitePath,
+  renderApachePorts,
+  renderApacheSecurityConf,
+  renderApacheSite,
+} from "./render/apache.js";
+import { drbdPaths, renderDrbdGlobalCommon, renderDrbdResource } from "./render/drbd.js";
+import { HAPROXY_CONF_PATH, renderHaproxyCfg } from "./render/haproxy.js";
+import {
+  heartbeatPaths,
+  type ResourceScript,
+  renderBalancerHaCf,
+  renderBalancerHaresources,
+  renderResourceScript,
+  renderStorageHaCf,
+  renderStorageHaresources,
+  resourceScriptPath,
+} from "./render/heartbeat.js";
+import { nfsPaths, renderExports, renderNfsConf } from "./render/nfs.js";
+import { NGINX_CONF_PATH, renderNginxConf } from "./render/nginx.js";
+import { PGPASS_PATH, renderPostgresFiles, renderRecoveryConf } from "./render/postgres.js";
+import {
+  authorizedKeysPath,
+  renderAuthorizedKeys,
+  renderSshdConfig,
+  sshdConfigPath,
+  uploadHostKeyPath,
+} from "./render/sshd.js";
+import { type NodeSpec, paths, pgDialect, storagePair, type Topology } from "./topology.js";
+import { validateTopology } from "./validate-topology.js";
+
+/** Where db nodes keep the recovery.conf the agent installs when it re-attaches a standby. */
+export const RECOVERY_TEMPLATE_PATH = "/etc/pypi-node/postgres/recovery.conf";
+
+/** Modules whose Debian package ships a `.conf` next to the `.load`. */
+const APACHE_MODULES_WITH_CONF = new Set(["alias", "fcgid", "mime", "proxy", "setenvif", "wsgi"]);
+
+const root = { owner: "root", group: "root" } as const;
+
+function file(path: string, content: string, extra: Partial<BundleFile> = {}): BundleFile {
+  return { path, mode: "0644", ...root, content, reloads: [], ...extra };
+}
+
+function secret(
+  parameter: string,
+  path: string,
+  format: SecretFetch["format"],
+  reloads: readonly ServiceName[],
+  extra: Partial<SecretFetch> = {},
+): SecretFetch {
+  return { parameter, path, mode: "0600", ...root, format, reloads, ...extra };
+}
+
+function agentFiles(t: Topology, node: NodeSpec, services: readonly ServiceName[]): BundleFile[] {
+  return [
+    file(paths.agent, agentScript(), { mode: "0755", validator: "sh" }),
+    file(paths.agentConfig, renderAgentEnv(t, node, services)),
+  ];
+}
+
+const wrapper = (name: ResourceScript): BundleFile =>
+  file(resourceScriptPath(name), renderResourceScript(name), { mode: "0755", validator: "sh" });
+
+function balancerBundle(t: Topology, node: NodeSpec): NodeBundle {
+  const services: ServiceName[] = ["haproxy", "nginx", "heartbeat"];
+  return {
+    node: node.name,
+    role: "balancer",
+    packages: ["nginx", "haproxy", "heartbeat", "socat", "iputils-arping", "curl", "awscli"],
+    services,
+    files: [
+      ...agentFiles(t, node, services),
+      file(NGINX_CONF_PATH, renderNginxConf(t, node), { validator: "nginx", reloads: ["nginx"] }),
+      file(HAPROXY_CONF_PATH, renderHaproxyCfg(t, node), { validator: "haproxy", reloads: ["haproxy"] }),
+      file(heartbeatPaths.haCf, renderBalancerHaCf(t, node), { reloads: ["heartbeat"] }),
+      file(heartbeatPaths.haresources, renderBalancerHaresources(t), { reloads: ["heartbeat"] }),
+      wrapper("pypi-fip"),
+    ],
+    absent: [],
+    secrets: [
+      secret(t.secrets.balancerAuthkey.parameter, heartbeatPaths.authkeys, "heartbeat-authkeys", [
+        "heartbeat",
+      ]),
+      secret(t.secrets.tlsCertificate.parameter, t.tls.certificatePath, "raw", ["nginx"], { mode: "0644" }),
+      secret(t.secrets.tlsKey.parameter, t.tls.keyPath, "raw", ["nginx"]),
+    ],
+  };
+}
+
+function apacheFiles(t: Topology, node: NodeSpec): BundleFile[] {
+  const apache = { validator: "apache", reloads: ["apache2"] } as const;
+  const modules = apacheModules(t.app.runtime).flatMap((module) =>
+    (APACHE_MODULES_WITH_CONF.has(module) ? ["load", "conf"] : ["load"]).map((ext) =>
+      file(`/etc/apache2/mods-enabled/${module}.${ext}`, "", {
+        symlinkTo: `../mods-available/${module}.${ext}`,
+        reloads: ["apache2"],
+      }),
+    ),
+  );
+  return [
+    file(apacheSitePath, renderApacheSite(t, node), apache),
+    file("/etc/apache2/sites-enabled/pypi.conf", "", {
+      symlinkTo: "../sites-available/pypi.conf",
+      ...apache,
+    }),
+    file(apachePortsPath, renderApachePorts(t, node), apache),
+    file(apacheSecurityConfPath, renderApacheSecurityConf(t, node), apache),
+    ...modules,
+  ];
+}
+
+function appBundle(t: Topology, node: NodeSpec): NodeBundle {
+  const inStoragePair = storagePair(t).some((n) => n.name === node.name);
+  const services: ServiceName[] = ["ssh", "apache2", ...(inStoragePair ? (["heartbeat"] as const) : [])];
+  const storageFiles = inStoragePair
+    ? [
+        file(heartbeatPaths.haCf, renderStorageHaCf(t, node), { reloads: ["heartbeat"] }),
+        file(heartbeatPaths.haresources, renderStorageHaresources(t), { reloads: ["heartbeat"] }),
+        wrapper("pypi-nfs"),
+        wrapper("pypi-overlay"),
+        file(drbdPaths.globalCommon, renderDrbdGlobalCommon(), { validator: "drbd" }),
+        file(drbdPaths.resource, renderDrbdResource(t), { validator: "drbd", reloads: ["drbd"] }),
+        file(nfsPaths.exports, renderExports(t), { validator: "exportfs", reloads: ["nfs-server"] }),
+        file(nfsPaths.conf, renderNfsConf(), { reloads: ["nfs-server"] }),
+      ]
+    : [];
+  return {
+    node: node.name,
+    role: "app",
+    packages: [
+      "apache2",
+      ...(t.app.runtime === "fcgid" ? ["libapache2-mod-fcgid", "nodejs"] : []),
+      ...(t.app.runtime === "wsgi" ? ["libapache2-mod-wsgi-py3"] : []),
+      ...(t.app.runtime === "gunicorn" ? ["gunicorn"] : []),
+      "openssh-server",
+      "postgresql-client",
+      "nfs-common",
+      ...(inStoragePair ? ["heartbeat", "drbd-utils", "nfs-kernel-server"] : []),
+      "curl",
+      "awscli",
+    ],
+    services,
+    files: [
+      ...agentFiles(t, node, services),
+      ...apacheFiles(t, node),
+      file(sshdConfigPath, renderSshdConfig(t, node), { validator: "sshd", reloads: ["ssh"] }),
+      ...t.upload.users.map((u) => file(authorizedKeysPath(u.name), renderAuthorizedKeys(t, u.name))),
+      ...storageFiles,
+    ],
+    absent: [
+      "/etc/apache2/sites-enabled/000-default.conf",
+      "/etc/apache2/mods-enabled/status.load",
+      "/etc/apache2/mods-enabled/status.conf",
+    ],
+    secrets: [
+      secret(t.secrets.uploadHostKey.parameter, uploadHostKeyPath, "raw", ["ssh"]),
+      secret(t.secrets.postgresAppPassword.parameter, APP_PASSFILE, "pgpass", ["apache2"], {
+        owner: "www-data",
+        group: "www-data",
+        mode: "0400",
+        pgpassEntry: `${t.overlay.dbWriter}:${t.postgres.port}:${t.postgres.database}:${t.postgres.appUser}`,
+      }),
+      ...(inStoragePair
+        ? [
+            secret(t.secrets.storageAuthkey.parameter, heartbeatPaths.authkeys, "heartbeat-authkeys", [
+              "heartbeat",
+            ]),
+            secret(t.secrets.drbdSecret.parameter, drbdPaths.secret, "drbd-shared-secret", ["drbd"]),
+          ]
+        : []),
+    ],
+  };
+}
+
+function dbBundle(t: Topology, node: NodeSpec): NodeBundle {
+  const services: ServiceName[] = ["postgresql"];
+  const v = t.postgres.version;
+  // Role-independent on purpose: the standby marker is installed by `pypi-node db-reattach`,
+  // so re-applying a bundle after a failover never demotes the new primary.
+  const pgFiles = renderPostgresFiles(t, node, "primary");
+  return {
+    node: node.name,
+    role: "db",
+    packages: [`postgresql-${v}`, "postgresql-client", "curl", "awscli"],
+    services,
+    files: [
+      ...agentFiles(t, node, services),
+      ...pgFiles,
+      ...(pgDialect(v) === "recovery.conf"
+        ? [file(RECOVERY_TEMPLATE_PATH, renderRecoveryConf(t, node), { mode: "0640", group: "postgres" })]
+        : []),
+    ],
+    absent: [],
+    secrets: [
+      secret(t.secrets.postgresReplicationPassword.parameter, PGPASS_PATH, "pgpass", [], {
+        owner: "postgres",
+        group: "postgres",
+        pgpassEntry: `*:*:*:${t.postgres.replicationUser}`,
+      }),
+    ],
+  };
+}
+
+/**
+ * Every node's bundle. Pure and deterministic: the same topology gives byte-identical output.
+ * Validates the topology first, so a bad input fails with the field, value and what is allowed.
+ */
+export function buildBundles(topology: Topology): NodeBundle[] {
+  const t = validateTopology(topology);
+  const byRole = { balancer: balancerBundle, app: appBundle, db: dbBundle } as const;
+  return t.nodes.map((node) => byRole[node.role](t, node));
+}

@@ -1,0 +1,240 @@
+import { type AppRuntime, type NodeSpec, nodesWithRole, paths, type Topology } from "../topology.js";
+
+/** Site file; the agent links it into sites-enabled and disables 000-default. */
+export const apacheSitePath = "/etc/apache2/sites-available/pypi.conf";
+export const apachePortsPath = "/etc/apache2/ports.conf";
+/** Replaces Debian's own security.conf, which is enabled by default and sets ServerTokens OS. */
+export const apacheSecurityConfPath = "/etc/apache2/conf-available/security.conf";
+
+/** The fcgid script, the wsgi entry point and the gunicorn address of the index app. */
+export const indexFcgiScript = `${paths.appRoot}/index.fcgi`;
+export const indexWsgiScript = `${paths.appRoot}/wsgi.py`;
+export const gunicornAddress = { host: "127.0.0.1", port: 8000 } as const;
+
+/** The app reads its database password from this file (fetched from SSM); only the path is configured. */
+export const indexDbPasswordFile = "/etc/pypi-index/db-password";
+
+/** mod_fcgid timings that do not come from the topology. */
+const fcgid = {
+  connectTimeout: 5,
+  idleTimeout: 300,
+  maxRequestsPerProcess: 1000,
+  processLifeTime: 3600,
+  minProcesses: 1,
+} as const;
+
+const proxyConnectTimeout = 5;
+
+// biome-ignore lint/suspicious/noTemplateCurlyInString: Apache expands this from envvars
+const apacheLogDir = "${APACHE_LOG_DIR}";
+
+/**
+ * Quote one value for an Apache config line. Numbers are emitted bare. Strings are double-quoted;
+ * Apache has no escape for a backslash and expands `${VAR}` even inside quotes, so values that
+ * would need either are refused rather than mangled.
+ */
+export function apacheQuote(value: string | number): string {
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value) || value < 0)
+      throw new Error(`apache: not a non-negative integer: ${value}`);
+    return String(value);
+  }
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
+  if (/[\u0000-\u001f\u007f"\\]/.test(value) || value.includes("${") || value === "") {
+    throw new Error(`apache: value cannot be quoted safely: ${JSON.stringify(value)}`);
+  }
+  return `"${value}"`;
+}
+
+/** Modules the agent enables (`a2enmod`) for a runtime, besides Debian's defaults. */
+export function apacheModules(runtime: AppRuntime): string[] {
+  const base = ["alias", "authz_core", "authz_host", "headers", "mime", "remoteip", "setenvif"];
+  switch (runtime) {
+    case "fcgid":
+      return [...base, "fcgid"];
+    case "wsgi":
+      return [...base, "wsgi"];
+    case "gunicorn":
+      return [...base, "proxy", "proxy_http"];
+  }
+}
+
+/**
+ * Environment of the index app: where the database writer and the packages are. No secret
+ * values, only the path of the password file.
+ */
+export function indexAppEnv(t: Topology): ReadonlyArray<readonly [string, string]> {
+  return [
+    ["PYPI_DB_HOST", t.overlay.dbWriter],
+    ["PYPI_DB_PORT", String(t.postgres.port)],
+    ["PYPI_DB_NAME", t.postgres.database],
+    ["PYPI_DB_USER", t.postgres.appUser],
+    ["PYPI_DB_PASSWORD_FILE", indexDbPasswordFile],
+    ["PYPI_PACKAGE_ROOT", t.storage.packageRoot],
+    ["PYPI_PACKAGES_URL", "/packages/"],
+  ];
+}
+
+export function renderApachePorts(t: Topology, _node: NodeSpec): string {
+  return `${["# Managed by pypi-node; the only listener is the balancers' backend port.", `Listen ${apacheQuote(t.app.httpPort)}`].join("\n")}\n`;
+}
+
+export function renderApacheSecurityConf(_t: Topology, _node: NodeSpec): string {
+  return `${[
+    "# Managed by pypi-node.",
+    "ServerTokens Prod",
+    "ServerSignature Off",
+    "TraceEnable Off",
+    "FileETag MTime Size",
+  ].join("\n")}\n`;
+}
+
+function fcgidServerLines(t: Topology): string[] {
+  // FcgidMaxProcesses, FcgidIdleTimeout and FcgidProcessLifeTime are server-config only.
+  return [
+    `FcgidMaxProcesses ${apacheQuote(t.app.maxProcesses)}`,
+    `FcgidIdleTimeout ${apacheQuote(fcgid.idleTimeout)}`,
+    `FcgidProcessLifeTime ${apacheQuote(fcgid.processLifeTime)}`,
+    "",
+  ];
+}
+
+function fcgidVhostLines(t: Topology): string[] {
+  const timeout = t.app.requestTimeoutSeconds;
+  return [
+    "  # The index app: one FastCGI process class, bounded so Postgres connections stay bounded.",
+    `  FcgidMaxProcessesPerClass ${apacheQuote(t.app.maxProcesses)}`,
+    `  FcgidMinProcessesPerClass ${apacheQuote(Math.min(fcgid.minProcesses, t.app.maxProcesses))}`,
+    `  FcgidConnectTimeout ${apacheQuote(fcgid.connectTimeout)}`,
+    `  FcgidIOTimeout ${apacheQuote(timeout)}`,
+    `  FcgidBusyTimeout ${apacheQuote(timeout * 2)}`,
+    `  FcgidMaxRequestsPerProcess ${apacheQuote(fcgid.maxRequestsPerProcess)}`,
+    ...indexAppEnv(t).map(([k, v]) => `  FcgidInitialEnv ${apacheQuote(k)} ${apacheQuote(v)}`),
+    `  Alias ${apacheQuote("/simple")} ${apacheQuote(indexFcgiScript)}`,
+    `  Alias ${apacheQuote("/_health")} ${apacheQuote(indexFcgiScript)}`,
+    `  <Directory ${apacheQuote(paths.appRoot)}>`,
+    "    Options ExecCGI",
+    "    AllowOverride None",
+    "    Require all denied",
+    `    <Files ${apacheQuote(indexFcgiScript.slice(paths.appRoot.length + 1))}>`,
+    "      SetHandler fcgid-script",
+    "      AcceptPathInfo On",
+    "      Require all granted",
+    "    </Files>",
+    "  </Directory>",
+  ];
+}
+
+function wsgiVhostLines(t: Topology): string[] {
+  const timeout = t.app.requestTimeoutSeconds;
+  // mod_wsgi reads each option as key=value and parses only the value as a config word.
+  const options: ReadonlyArray<readonly [string, string | number]> = [
+    ["user", "www-data"],
+    ["group", "www-data"],
+    ["processes", t.app.maxProcesses],
+    // One thread per process: concurrency, and so Postgres connections, equal maxProcesses.
+    ["threads", 1],
+    ["display-name", "%{GROUP}"],
+    ["home", paths.appRoot],
+    ["python-path", paths.appRoot],
+    ["request-timeout", timeout],
+    ["socket-timeout", timeout],
+    ["connect-timeout", proxyConnectTimeout],
+    ["inactivity-timeout", fcgid.idleTimeout],
+    ["maximum-requests", fcgid.maxRequestsPerProcess],
+    ["graceful-timeout", 15],
+  ];
+  return [
+    "  # The index app in mod_wsgi daemon mode, bounded like the fcgid runtime.",
+    `  WSGIDaemonProcess pypi-index ${options.map(([k, v]) => `${k}=${apacheQuote(v)}`).join(" ")}`,
+    "  WSGIProcessGroup pypi-index",
+    "  WSGIApplicationGroup %{GLOBAL}",
+    ...indexAppEnv(t).map(([k, v]) => `  SetEnv ${apacheQuote(k)} ${apacheQuote(v)}`),
+    `  WSGIScriptAlias ${apacheQuote("/simple")} ${apacheQuote(indexWsgiScript)}`,
+    `  WSGIScriptAlias ${apacheQuote("/_health")} ${apacheQuote(indexWsgiScript)}`,
+    `  <Directory ${apacheQuote(paths.appRoot)}>`,
+    "    Options None",
+    "    AllowOverride None",
+    "    Require all denied",
+    `    <Files ${apacheQuote(indexWsgiScript.slice(paths.appRoot.length + 1))}>`,
+    "      Require all granted",
+    "    </Files>",
+    "  </Directory>",
+  ];
+}
+
+function gunicornVhostLines(t: Topology): string[] {
+  const timeout = t.app.requestTimeoutSeconds;
+  const origin = `http://${gunicornAddress.host}:${gunicornAddress.port}`;
+  const params = [`connectiontimeout=${proxyConnectTimeout}`, `timeout=${timeout}`, "retry=0"];
+  const pass = (path: string): string =>
+    `  ProxyPass ${apacheQuote(path)} ${apacheQuote(`${origin}${path}`)} ${params.map(apacheQuote).join(" ")}`;
+  return [
+    "  # The index app under a local gunicorn; Apache only proxies these paths.",
+    "  ProxyRequests Off",
+    "  ProxyPreserveHost On",
+    `  ProxyTimeout ${apacheQuote(timeout)}`,
+    `  ProxyPass ${apacheQuote("/packages/")} !`,
+    pass("/simple/"),
+    `  ProxyPassReverse ${apacheQuote("/simple/")} ${apacheQuote(`${origin}/simple/`)}`,
+    pass("/_health"),
+  ];
+}
+
+/** The site: static files, packages from the package volume, the index app for /simple/ and /_health. */
+export function renderApacheSite(t: Topology, _node: NodeSpec): string {
+  const balancers = nodesWithRole(t, "balancer").map((n) => n.privateIp);
+  if (balancers.length === 0) throw new Error(`apache: topology ${t.environment} has no balancers`);
+  const packagesDir = `${t.storage.packageRoot}/packages/`;
+  const runtime = t.app.runtime;
+  const appLines =
+    runtime === "fcgid" ? fcgidVhostLines(t) : runtime === "wsgi" ? wsgiVhostLines(t) : gunicornVhostLines(t);
+  const lines = [
+    "# Managed by pypi-node.",
+    `ServerName ${apacheQuote(t.domain)}`,
+    ...(runtime === "fcgid" ? fcgidServerLines(t) : []),
+    ...(runtime === "wsgi"
+      ? ["# No embedded interpreter: everything runs in the daemon group.", "WSGIRestrictEmbedded On", ""]
+      : []),
+    `<VirtualHost ${apacheQuote(`*:${t.app.httpPort}`)}>`,
+    `  ServerName ${apacheQuote(t.domain)}`,
+    `  DocumentRoot ${apacheQuote(paths.staticRoot)}`,
+    "",
+    // InternalProxy (not TrustedProxy) because clients may themselves have private addresses
+    // (the lab); only the balancers' own addresses are trusted to set the header.
+    "  RemoteIPHeader X-Forwarded-For",
+    `  RemoteIPInternalProxy ${balancers.map(apacheQuote).join(" ")}`,
+    '  LogFormat "%a %l %u %t \\"%r\\" %>s %O \\"%{Referer}i\\" \\"%{User-Agent}i\\" %D" pypi',
+    '  SetEnvIf Request_URI "^/_health$" pypi_health',
+    `  ErrorLog ${apacheLogDir}/pypi-error.log`,
+    `  CustomLog ${apacheLogDir}/pypi-access.log pypi env=!pypi_health`,
+    "",
+    '  Header always set X-Content-Type-Options "nosniff"',
+    '  Header always set X-Frame-Options "DENY"',
+    '  Header always set Referrer-Policy "strict-origin-when-cross-origin"',
+    "",
+    `  <Directory ${apacheQuote(paths.staticRoot)}>`,
+    "    Options -Indexes -ExecCGI -Includes -MultiViews",
+    "    AllowOverride None",
+    "    Require all granted",
+    "  </Directory>",
+    "",
+    `  Alias ${apacheQuote("/packages/")} ${apacheQuote(packagesDir)}`,
+    `  <Directory ${apacheQuote(packagesDir)}>`,
+    "    Options -Indexes -ExecCGI -Includes -MultiViews",
+    "    AllowOverride None",
+    "    Require all granted",
+    // Archives are served as they are stored: a Content-Encoding would make clients unpack
+    // them and fail the hash check.
+    "    RemoveEncoding .gz .tgz .bz2 .Z",
+    "    AddType application/zip .whl .egg .zip",
+    "    AddType application/gzip .gz .tgz",
+    "    AddType application/x-bzip2 .bz2",
+    "    AddType text/plain .asc .metadata",
+    "  </Directory>",
+    "",
+    ...appLines,
+    "</VirtualHost>",
+  ];
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,124 @@
+import { type NodeSpec, paths, type Topology } from "../topology.js";
+
+export const bootstrapScriptPath = "/usr/local/sbin/pypi-bootstrap";
+export const bootstrapEnvPath = "/etc/pypi-node/bootstrap.env";
+/** Where the bootstrap puts the node's bundle before the agent applies it. */
+export const bootstrapIncomingDir = `${paths.agentState}/incoming`;
+
+/** Fetch attempts before the bootstrap gives up (backoff 5s doubling, capped at 60s: about 7 minutes). */
+const maxAttempts = 10;
+
+/**
+ * Quote one scalar for YAML. Strings become double-quoted scalars via JSON (a JSON string is a
+ * valid YAML double-quoted scalar); characters YAML treats as line breaks or non-printable are
+ * escaped as well, since JSON leaves them raw.
+ */
+export function yamlQuote(value: string | number | boolean): string {
+  if (typeof value === "number" && !Number.isFinite(value))
+    throw new Error(`yaml: not a finite number: ${value}`);
+  if (typeof value !== "string") return String(value);
+  return JSON.stringify(value).replace(
+    /[\u007f-\u009f\u2028\u2029]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/** Quote one value for the bootstrap env file, which POSIX sh sources: a single-quoted word. */
+export function envQuote(value: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
+  if (/[\u0000-\u001f\u007f]/.test(value))
+    throw new Error(`env: value has control characters: ${JSON.stringify(value)}`);
+  return `'${value.replace(/'/g, "'\\''")}'`;
+}
+
+/**
+ * The bootstrap: fetch this node's bundle and run the agent shipped inside it. It reads
+ * everything node-specific from the env file, so the text never changes.
+ */
+export const bootstrapScript = `${[
+  "#!/bin/sh",
+  "# Fetch this node's config bundle and apply it with the agent that ships inside it.",
+  "set -eu",
+  "# shellcheck source=/dev/null",
+  `. ${bootstrapEnvPath}`,
+  `incoming=${bootstrapIncomingDir}`,
+  'export AWS_DEFAULT_REGION="$PYPI_REGION"',
+  "# Instance-role credentials through IMDSv2 only.",
+  "export AWS_EC2_METADATA_V1_DISABLED=true",
+  "",
+  "fetch() {",
+  '  mkdir -p "$incoming"',
+  '  case "$PYPI_BUNDLE_LOCATION" in',
+  '    s3://*) aws s3 sync --delete --only-show-errors "$PYPI_BUNDLE_LOCATION" "$incoming/" ;;',
+  '    *) rm -rf "$incoming" && mkdir -p "$incoming" && cp -R "$PYPI_BUNDLE_LOCATION/." "$incoming/" ;;',
+  "  esac",
+  "}",
+  "",
+  "attempt=1",
+  "delay=5",
+  "while :; do",
+  `  if fetch && sh "$incoming/files${paths.agent}" apply "$incoming"; then`,
+  '    echo "pypi-bootstrap: $PYPI_NODE applied"',
+  "    exit 0",
+  "  fi",
+  `  if [ "$attempt" -ge ${maxAttempts} ]; then`,
+  '    echo "pypi-bootstrap: giving up after $attempt attempts" >&2',
+  "    exit 1",
+  "  fi",
+  '  echo "pypi-bootstrap: attempt $attempt failed, retrying in $delay seconds" >&2',
+  '  sleep "$delay"',
+  "  attempt=$((attempt + 1))",
+  "  delay=$((delay * 2))",
+  '  if [ "$delay" -gt 60 ]; then delay=60; fi',
+  "done",
+].join("\n")}\n`;
+
+/** Node identity and where its bundle lives; nothing here changes when a rendered config does. */
+export function renderBootstrapEnv(t: Topology, node: NodeSpec): string {
+  const vars: ReadonlyArray<readonly [string, string]> = [
+    ["PYPI_ENVIRONMENT", t.environment],
+    ["PYPI_BACKEND", t.backend],
+    ["PYPI_NODE", node.name],
+    ["PYPI_REGION", t.region],
+    ["PYPI_BUNDLE_LOCATION", `${t.bundleLocation.replace(/\/+$/, "")}/${node.name}/`],
+  ];
+  return `${vars.map(([k, v]) => `${k}=${envQuote(v)}`).join("\n")}\n`;
+}
+
+/**
+ * User data of a node: a stable `#cloud-config` that sets the hostname (Heartbeat and DRBD match
+ * `uname -n`), installs packages and runs the bootstrap. Config changes reach the node through
+ * its bundle, never through this text, so they never touch the instance.
+ */
+export function renderCloudInit(t: Topology, node: NodeSpec, packages: readonly string[]): string {
+  if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(node.name)) {
+    throw new Error(`cloud-init: node name "${node.name}" is not a valid host name`);
+  }
+  const bad = packages.find((p) => !/^[a-z0-9][a-z0-9+.-]+$/.test(p));
+  if (bad !== undefined) throw new Error(`cloud-init: invalid Debian package name "${bad}"`);
+  // Sorted and deduplicated so the bundle's package order cannot change the user data.
+  const allPackages = [...new Set(["awscli", ...packages])].sort();
+  const file = (path: string, permissions: string, content: string): string[] => [
+    `  - path: ${yamlQuote(path)}`,
+    `    owner: ${yamlQuote("root:root")}`,
+    `    permissions: ${yamlQuote(permissions)}`,
+    `    content: ${yamlQuote(content)}`,
+  ];
+  const lines = [
+    "#cloud-config",
+    `hostname: ${yamlQuote(node.name)}`,
+    `fqdn: ${yamlQuote(node.name)}`,
+    `preserve_hostname: ${yamlQuote(false)}`,
+    `prefer_fqdn_over_hostname: ${yamlQuote(false)}`,
+    `manage_etc_hosts: ${yamlQuote(true)}`,
+    `package_update: ${yamlQuote(true)}`,
+    "packages:",
+    ...allPackages.map((p) => `  - ${yamlQuote(p)}`),
+    "write_files:",
+    ...file(bootstrapEnvPath, "0644", renderBootstrapEnv(t, node)),
+    ...file(bootstrapScriptPath, "0755", bootstrapScript),
+    "runcmd:",
+    `  - [${yamlQuote(bootstrapScriptPath)}]`,
+  ];
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,112 @@
+import { isIPv4 } from "node:net";
+import { type NodeSpec, storagePair, type Topology } from "../topology.js";
+
+/** The one DRBD resource: the package volume replicated between the storage pair. */
+export const DRBD_RESOURCE = "pypi";
+
+export const drbdPaths = {
+  resource: `/etc/drbd.d/${DRBD_RESOURCE}.res`,
+  /** Replaces Debian's, whose `common` section would clash with the one in the secret file. */
+  globalCommon: "/etc/drbd.d/global_common.conf",
+  /**
+   * Written by the agent from the DRBD secret, mode 0600, as `renderDrbdSecretFile` shows. It
+   * must exist before drbdadm reads the resource (the include is mandatory), and its name matches
+   * neither include of Debian's /etc/drbd.conf (`global_common.conf`, `*.res`).
+   */
+  secret: `/etc/drbd.d/${DRBD_RESOURCE}.secret`,
+} as const;
+
+/** drbd.conf keeps at most this many bytes of `shared-secret`. */
+export const DRBD_SECRET_MAX = 64;
+
+/**
+ * The single quoting helper for drbd.conf: a double-quoted string with `\` and `"` escaped
+ * (the drbdadm scanner unescapes both). Control characters cannot be represented and are rejected.
+ */
+export function drbdString(field: string, value: string): string {
+  if (value === "" || [...value].some((c) => c.charCodeAt(0) < 0x20 || c === "\x7f")) {
+    throw new Error(
+      `drbd: ${field} must be non-empty without control characters; got ${JSON.stringify(value)}`,
+    );
+  }
+  return `"${value.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+}
+
+/** `address` is the one value drbdadm refuses in quotes; it must be a literal `ipv4:port`. */
+function drbdAddress(node: NodeSpec, port: number): string {
+  if (!isIPv4(node.privateIp)) {
+    throw new Error(
+      `drbd: ${node.name}.privateIp must be an IPv4 address; got ${JSON.stringify(node.privateIp)}`,
+    );
+  }
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new Error(`drbd: storage.drbdPort must be a port number; got ${JSON.stringify(port)}`);
+  }
+  return `${node.privateIp}:${port}`;
+}
+
+/** `/etc/drbd.d/pypi.res` for both members of the storage pair (DRBD 8.4 syntax). */
+export function renderDrbdResource(t: Topology): string {
+  const s = t.storage;
+  if (!Number.isInteger(s.drbdMinor) || s.drbdMinor < 0) {
+    throw new Error(
+      `drbd: storage.drbdMinor must be a non-negative integer; got ${JSON.stringify(s.drbdMinor)}`,
+    );
+  }
+  const pair = storagePair(t);
+  return [
+    `# DRBD 8.4 resource of ${t.environment}: the package volume of the storage pair.`,
+    // The shared secret lives in a root-only file the agent writes; drbdadm allows include only here.
+    `include ${drbdString("secret include", drbdPaths.secret)};`,
+    "",
+    `resource ${drbdString("resource", DRBD_RESOURCE)} {`,
+    `  device ${drbdString("device", `/dev/drbd${s.drbdMinor}`)};`,
+    `  disk ${drbdString("storage.device", s.device)};`,
+    "  meta-disk internal;",
+    "  net {",
+    // Synchronous: a write completes only once it is on both disks.
+    "    protocol C;",
+    "    cram-hmac-alg sha1;",
+    // Split brain: drop the side that changed nothing, else the secondary's changes; a split with
+    // two primaries needs a human.
+    "    after-sb-0pri discard-zero-changes;",
+    "    after-sb-1pri discard-secondary;",
+    "    after-sb-2pri disconnect;",
+    "  }",
+    "  handlers {",
+    `    split-brain ${drbdString("split-brain handler", "/usr/lib/drbd/notify-split-brain.sh root")};`,
+    "  }",
+    ...pair.flatMap((n) => [
+      `  on ${drbdString("node name", n.name)} {`,
+      `    address ${drbdAddress(n, s.drbdPort)};`,
+      "  }",
+    ]),
+    "}",
+    "",
+  ].join("\n");
+}
+
+/** `/etc/drbd.d/global_common.conf`: global options only (the `common` section is the secret file's). */
+export function renderDrbdGlobalCommon(): string {
+  return ["global {", "  usage-count no;", "}", ""].join("\n");
+}
+
+/**
+ * Content of the secret file the agent writes at apply time (shown here so the agent, the lab
+ * and the tests agree on it). drbdadm merges this `common` net section into the resource's.
+ */
+export function renderDrbdSecretFile(secret: string): string {
+  if (Buffer.byteLength(secret) > DRBD_SECRET_MAX) {
+    throw new Error(
+      `drbd: the shared secret must be at most ${DRBD_SECRET_MAX} bytes; got ${Buffer.byteLength(secret)}`,
+    );
+  }
+  return [
+    "common {",
+    "  net {",
+    `    shared-secret ${drbdString("shared secret", secret)};`,
+    "  }",
+    "}",
+    "",
+  ].join("\n");
+}

@@ -1,0 +1,159 @@
+import { type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
+
+/** Name of the upstream that holds every app server. */
+export const NGINX_UPSTREAM = "pypi_app";
+
+/** Where the rendered main configuration is installed. */
+export const NGINX_CONF_PATH = "/etc/nginx/nginx.conf";
+
+/** HSTS lifetime: two years, the Mozilla recommendation. */
+export const HSTS_MAX_AGE_SECONDS = 63072000;
+
+/** Mozilla "intermediate" profile; TLS 1.3 suites are OpenSSL's defaults. */
+export const TLS_PROTOCOLS = ["TLSv1.2", "TLSv1.3"] as const;
+export const TLS_CIPHERS = [
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+] as const;
+export const TLS_CURVES = ["X25519", "prime256v1", "secp384r1"] as const;
+
+/** Short, so a blackholed app server costs one retry instead of a stalled request. */
+export const PROXY_CONNECT_TIMEOUT_SECONDS = 2;
+/** Upper bound on attempts per request across app servers. */
+export const PROXY_NEXT_UPSTREAM_TRIES = 2;
+/** Head room over the app's own request timeout, so the app's answer wins the race. */
+const READ_TIMEOUT_MARGIN_SECONDS = 5;
+
+const SAFE_WORD = /^[A-Za-z0-9_.:/@+=*,~-]+$/;
+
+/**
+ * Quote one value for nginx.conf. Plain words pass through; anything else is double-quoted.
+ * `$` is rejected because nginx expands variables inside quotes and has no escape for it.
+ */
+export function nginxQuote(value: string | number): string {
+  const s = String(value);
+  if (s.length === 0) throw new Error("nginx: empty value");
+  if (s.includes("$")) throw new Error(`nginx: value must not contain "$": ${JSON.stringify(s)}`);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
+  if (/[\u0000-\u001f\u007f]/.test(s))
+    throw new Error(`nginx: control character in value: ${JSON.stringify(s)}`);
+  if (SAFE_WORD.test(s)) return s;
+  return `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+}
+
+const q = nginxQuote;
+
+/** Fixed header lines every proxied location sends to the app. */
+const PROXY_HEADERS = [
+  "proxy_http_version 1.1;",
+  // Empty Connection keeps the upstream keepalive pool usable.
+  'proxy_set_header Connection "";',
+  "proxy_set_header Host $host;",
+  // The balancer is the edge: overwrite, never append to, what the client claims.
+  "proxy_set_header X-Forwarded-For $remote_addr;",
+  "proxy_set_header X-Real-IP $remote_addr;",
+  "proxy_set_header X-Forwarded-Proto $scheme;",
+  "proxy_set_header X-Forwarded-Host $host;",
+];
+
+const indent = (lines: readonly string[], depth = 1): string[] =>
+  lines.map((l) => (l === "" ? l : `${"    ".repeat(depth)}${l}`));
+
+const block = (head: string, body: readonly string[]): string[] => [`${head} {`, ...indent(body), "}"];
+
+/** Upstream members: every app server on its HTTP port. */
+export function upstreamServers(t: Topology): string[] {
+  const apps = nodesWithRole(t, "app");
+  if (apps.length === 0) throw new Error(`topology ${t.environment} has no app servers for nginx`);
+  return apps.map((a) => `server ${q(`${a.privateIp}:${t.app.httpPort}`)} max_fails=2 fail_timeout=10s;`);
+}
+
+/**
+ * The complete /etc/nginx/nginx.conf of a balancer. Includes are relative to the config
+ * directory so a copy of /etc/nginx can be checked in place with `nginx -t -c`.
+ */
+export function renderNginxConf(t: Topology, node: NodeSpec): string {
+  if (node.role !== "balancer")
+    throw new Error(`nginx runs on balancers, not on ${node.name} (${node.role})`);
+  const readTimeout = t.app.requestTimeoutSeconds + READ_TIMEOUT_MARGIN_SECONDS;
+
+  const upstream = block(`upstream ${q(NGINX_UPSTREAM)}`, [...upstreamServers(t), "keepalive 32;"]);
+
+  const redirect = block("server", [
+    "listen 80 default_server;",
+    "server_name _;",
+    ...block("location /", ["return 301 https://$host$request_uri;"]),
+  ]);
+
+  const proxied = [`proxy_pass http://${q(NGINX_UPSTREAM)};`];
+  const https = block("server", [
+    // Wildcard: the floating IPs arrive as extra addresses on the interface at failover.
+    "listen 443 ssl http2 default_server;",
+    `server_name ${q(t.domain)};`,
+    "",
+    `ssl_certificate ${q(t.tls.certificatePath)};`,
+    `ssl_certificate_key ${q(t.tls.keyPath)};`,
+    `ssl_protocols ${TLS_PROTOCOLS.map(q).join(" ")};`,
+    `ssl_ciphers ${q(TLS_CIPHERS.join(":"))};`,
+    `ssl_ecdh_curve ${q(TLS_CURVES.join(":"))};`,
+    "ssl_prefer_server_ciphers off;",
+    "ssl_session_timeout 1d;",
+    "ssl_session_cache shared:TLS:10m;",
+    // Tickets would need key rotation shared by both balancers; the cache is enough.
+    "ssl_session_tickets off;",
+    "",
+    // Only here: a location with its own add_header would silently drop this one.
+    `add_header Strict-Transport-Security ${q(`max-age=${HSTS_MAX_AGE_SECONDS}`)} always;`,
+    "",
+    ...PROXY_HEADERS,
+    `proxy_connect_timeout ${q(`${PROXY_CONNECT_TIMEOUT_SECONDS}s`)};`,
+    `proxy_send_timeout ${q(`${readTimeout}s`)};`,
+    `proxy_read_timeout ${q(`${readTimeout}s`)};`,
+    "proxy_next_upstream error timeout http_502 http_503 http_504;",
+    `proxy_next_upstream_tries ${q(PROXY_NEXT_UPSTREAM_TRIES)};`,
+    `proxy_next_upstream_timeout ${q(`${readTimeout}s`)};`,
+    "",
+    ...block("location = /_health", ["access_log off;", ...proxied]),
+    ...block("location /", proxied),
+  ]);
+
+  const http = block("http", [
+    "sendfile on;",
+    "tcp_nopush on;",
+    "types_hash_max_size 2048;",
+    "server_tokens off;",
+    "include mime.types;",
+    "default_type application/octet-stream;",
+    // Uploads go over SFTP; HTTP bodies are small form posts.
+    "client_max_body_size 1m;",
+    "",
+    "log_format pypi '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent '",
+    '    \'"$http_referer" "$http_user_agent" host=$host rt=$request_time \'',
+    "    'ua=$upstream_addr us=$upstream_status uct=$upstream_connect_time urt=$upstream_response_time';",
+    "access_log /var/log/nginx/access.log pypi;",
+    "",
+    ...upstream,
+    "",
+    ...redirect,
+    "",
+    ...https,
+  ]);
+
+  const lines = [
+    `# ${t.environment} balancer ${node.name}: TLS termination for ${t.domain}`,
+    "user www-data;",
+    "worker_processes auto;",
+    "pid /run/nginx.pid;",
+    "error_log /var/log/nginx/error.log;",
+    "include modules-enabled/*.conf;",
+    "",
+    ...block("events", ["worker_connections 1024;"]),
+    "",
+    ...http,
+  ];
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,156 @@
+import { describe, expect, it } from "vitest";
+import {
+  apacheModules,
+  apacheQuote,
+  indexAppEnv,
+  renderApachePorts,
+  renderApacheSecurityConf,
+  renderApacheSite,
+} from "../../src/render/apache.js";
+import { type AppRuntime, nodesWithRole, type Topology } from "../../src/topology.js";
+import { type Shape, topologyFor } from "../support/topologies.js";
+
+const withRuntime = (t: Topology, runtime: AppRuntime): Topology => ({ ...t, app: { ...t.app, runtime } });
+const appNode = (t: Topology) => nodesWithRole(t, "app")[0]!;
+const lines = (text: string): string[] => text.split("\n").map((l) => l.trim());
+
+describe.each<Shape>(["staging", "prod"])("apache site (%s)", (shape) => {
+  const t = topologyFor(shape);
+  const site = renderApacheSite(t, appNode(t));
+  const l = lines(site);
+
+  it("serves the domain on the backend port with static and package files", () => {
+    expect(l).toContain(`<VirtualHost "*:${t.app.httpPort}">`);
+    expect(l).toContain(`ServerName "${t.domain}"`);
+    expect(l).toContain('DocumentRoot "/srv/www/pypi-static"');
+    expect(l).toContain(`Alias "/packages/" "${t.storage.packageRoot}/packages/"`);
+    expect(l).toContain(`<Directory "${t.storage.packageRoot}/packages/">`);
+    expect(l.filter((x) => x === "AllowOverride None").length).toBeGreaterThanOrEqual(3);
+    expect(l.filter((x) => x.startsWith("Options ") && x.includes("-Indexes")).length).toBe(2);
+    expect(l).toContain("RemoveEncoding .gz .tgz .bz2 .Z");
+    expect(l).toContain("AddType application/zip .whl .egg .zip");
+    expect(l).toContain("AddType application/gzip .gz .tgz");
+    expect(site.endsWith("</VirtualHost>\n")).toBe(true);
+  });
+
+  it("trusts X-Forwarded-For from the balancers' private addresses only", () => {
+    const balancers = nodesWithRole(t, "balancer").map((n) => `"${n.privateIp}"`);
+    expect(l).toContain("RemoteIPHeader X-Forwarded-For");
+    expect(l).toContain(`RemoteIPInternalProxy ${balancers.join(" ")}`);
+    for (const fip of t.floatingIps) expect(site).not.toContain(fip.address);
+    expect(site).not.toContain(t.vpcCidr);
+    expect(l.find((x) => x.startsWith("LogFormat "))).toMatch(/^LogFormat "%a /);
+    expect(l.find((x) => x.startsWith("CustomLog "))).toMatch(/ pypi env=!pypi_health$/);
+  });
+
+  it("runs the index app under mod_fcgid with bounded processes and timeouts", () => {
+    expect(l[1]).toBe(`ServerName "${t.domain}"`);
+    expect(l).toContain(`FcgidMaxProcesses ${t.app.maxProcesses}`);
+    expect(l).toContain(`FcgidMaxProcessesPerClass ${t.app.maxProcesses}`);
+    expect(l).toContain("FcgidMinProcessesPerClass 1");
+    expect(l).toContain(`FcgidIOTimeout ${t.app.requestTimeoutSeconds}`);
+    expect(l).toContain(`FcgidBusyTimeout ${t.app.requestTimeoutSeconds * 2}`);
+    for (const d of [
+      "FcgidConnectTimeout",
+      "FcgidIdleTimeout",
+      "FcgidMaxRequestsPerProcess",
+      "FcgidProcessLifeTime",
+    ]) {
+      expect(l.some((x) => new RegExp(`^${d} \\d+$`).test(x))).toBe(true);
+    }
+    // Server-config-only directives must sit outside the virtual host.
+    const vhostStart = l.findIndex((x) => x.startsWith("<VirtualHost"));
+    expect(l.indexOf(`FcgidMaxProcesses ${t.app.maxProcesses}`)).toBeLessThan(vhostStart);
+    expect(l.findIndex((x) => x.startsWith("FcgidIdleTimeout"))).toBeLessThan(vhostStart);
+    expect(l).toContain('Alias "/simple" "/opt/pypi-index/index.fcgi"');
+    expect(l).toContain('Alias "/_health" "/opt/pypi-index/index.fcgi"');
+    expect(l).toContain("SetHandler fcgid-script");
+    expect(l).toContain(`FcgidInitialEnv "PYPI_DB_HOST" "${t.overlay.dbWriter}"`);
+    expect(l).toContain(`FcgidInitialEnv "PYPI_DB_PORT" "${t.postgres.port}"`);
+    expect(l).toContain('FcgidInitialEnv "PYPI_DB_PASSWORD_FILE" "/etc/pypi-index/db-password"');
+    expect(l).toContain(`FcgidInitialEnv "PYPI_PACKAGE_ROOT" "${t.storage.packageRoot}"`);
+    expect(site).not.toMatch(/WSGI|ProxyPass/);
+  });
+
+  it("carries no secret values or parameter names, only the password file path", () => {
+    expect(site).not.toMatch(/password"\s+"(?!\/)/i);
+    for (const s of Object.values(t.secrets)) expect(site).not.toContain(s.parameter);
+  });
+
+  it("sets security headers", () => {
+    expect(l).toContain('Header always set X-Content-Type-Options "nosniff"');
+    expect(l).toContain('Header always set X-Frame-Options "DENY"');
+  });
+});
+
+describe("apache runtimes", () => {
+  const t = topologyFor("prod");
+
+  it("wsgi: daemon mode with bounded processes and WSGIScriptAlias for /simple and /_health", () => {
+    const l = lines(renderApacheSite(withRuntime(t, "wsgi"), appNode(t)));
+    const daemon = l.find((x) => x.startsWith("WSGIDaemonProcess pypi-index "));
+    expect(daemon).toContain(`processes=${t.app.maxProcesses} threads=1`);
+    expect(daemon).toContain(`request-timeout=${t.app.requestTimeoutSeconds}`);
+    expect(daemon).toContain('home="/opt/pypi-index"');
+    expect(l).toContain("WSGIRestrictEmbedded On");
+    expect(l).toContain("WSGIProcessGroup pypi-index");
+    expect(l).toContain('WSGIScriptAlias "/simple" "/opt/pypi-index/wsgi.py"');
+    expect(l).toContain('WSGIScriptAlias "/_health" "/opt/pypi-index/wsgi.py"');
+    expect(l).toContain(`Alias "/packages/" "${t.storage.packageRoot}/packages/"`);
+    expect(l.some((x) => x.startsWith("Fcgid"))).toBe(false);
+  });
+
+  it("gunicorn: proxies only the app paths and never /packages/", () => {
+    const l = lines(renderApacheSite(withRuntime(t, "gunicorn"), appNode(t)));
+    const passes = l.filter((x) => x.startsWith("ProxyPass "));
+    expect(passes[0]).toBe('ProxyPass "/packages/" !');
+    expect(passes[1]).toBe(
+      `ProxyPass "/simple/" "http://127.0.0.1:8000/simple/" "connectiontimeout=5" "timeout=${t.app.requestTimeoutSeconds}" "retry=0"`,
+    );
+    expect(passes[2]).toMatch(/^ProxyPass "\/_health" "http:\/\/127\.0\.0\.1:8000\/_health" /);
+    expect(l).toContain("ProxyRequests Off");
+    expect(l).toContain(`ProxyTimeout ${t.app.requestTimeoutSeconds}`);
+  });
+
+  it("lists the modules each runtime needs", () => {
+    expect(apacheModules("fcgid")).toEqual(expect.arrayContaining(["remoteip", "headers", "fcgid"]));
+    expect(apacheModules("wsgi")).toEqual(expect.arrayContaining(["remoteip", "wsgi"]));
+    expect(apacheModules("wsgi")).not.toContain("fcgid");
+    expect(apacheModules("gunicorn")).toEqual(expect.arrayContaining(["remoteip", "proxy", "proxy_http"]));
+  });
+
+  it("is deterministic", () => {
+    expect(renderApacheSite(t, appNode(t))).toBe(renderApacheSite(topologyFor("prod"), appNode(t)));
+  });
+});
+
+describe("apache conf files", () => {
+  const t = topologyFor("staging");
+  it("listens only on the backend port", () => {
+    expect(
+      renderApachePorts(t, appNode(t))
+        .split("\n")
+        .filter((x) => x.startsWith("Listen")),
+    ).toEqual(["Listen 80"]);
+  });
+  it("hides the version", () => {
+    const l = lines(renderApacheSecurityConf(t, appNode(t)));
+    expect(l).toContain("ServerTokens Prod");
+    expect(l).toContain("ServerSignature Off");
+    expect(l).toContain("TraceEnable Off");
+  });
+  it("app env has no secrets", () => {
+    expect(indexAppEnv(t).map(([k]) => k)).not.toContain("PYPI_DB_PASSWORD");
+  });
+});
+
+describe("apacheQuote", () => {
+  it("quotes strings and leaves integers bare", () => {
+    expect(apacheQuote("/srv/pypi")).toBe('"/srv/pypi"');
+    expect(apacheQuote(80)).toBe("80");
+  });
+  it("refuses what Apache cannot hold in a quoted word", () => {
+    for (const bad of ['a"b', "a\\b", "a\nb", "x${HOME", ""]) expect(() => apacheQuote(bad)).toThrow();
+    expect(() => apacheQuote(1.5)).toThrow();
+  });
+});

@@ -1,0 +1,100 @@
+import { describe, expect, it } from "vitest";
+import {
+  bootstrapScript,
+  envQuote,
+  renderBootstrapEnv,
+  renderCloudInit,
+  yamlQuote,
+} from "../../src/render/cloud-init.js";
+import { nodeByName, type Topology } from "../../src/topology.js";
+import { type Shape, topologyFor } from "../support/topologies.js";
+
+const packages = ["apache2", "libapache2-mod-fcgid", "openssh-server"] as const;
+
+describe.each<Shape>(["staging", "prod"])("cloud-init user data (%s)", (shape) => {
+  const t = topologyFor(shape);
+  const node = nodeByName(t, "app-a");
+  const doc = renderCloudInit(t, node, packages);
+  const l = doc.split("\n");
+
+  it("is a cloud-config that names the host after the node", () => {
+    expect(l[0]).toBe("#cloud-config");
+    expect(l).toContain('hostname: "app-a"');
+    expect(l).toContain('fqdn: "app-a"');
+    expect(l).toContain("preserve_hostname: false");
+    expect(doc.endsWith("\n")).toBe(true);
+  });
+
+  it("installs awscli and the node's packages, sorted", () => {
+    const start = l.indexOf("packages:");
+    const end = l.indexOf("write_files:");
+    expect(l.slice(start + 1, end)).toEqual([
+      '  - "apache2"',
+      '  - "awscli"',
+      '  - "libapache2-mod-fcgid"',
+      '  - "openssh-server"',
+    ]);
+  });
+
+  it("writes the env file with the node's bundle location and runs the bootstrap", () => {
+    const env = renderBootstrapEnv(t, node);
+    expect(env.split("\n")).toContain(`PYPI_BUNDLE_LOCATION='${t.bundleLocation}/app-a/'`);
+    expect(env.split("\n")).toContain("PYPI_NODE='app-a'");
+    expect(env.split("\n")).toContain(`PYPI_REGION='${t.region}'`);
+    expect(l).toContain('  - path: "/etc/pypi-node/bootstrap.env"');
+    expect(l).toContain(`    content: ${JSON.stringify(env)}`);
+    expect(l).toContain('  - path: "/usr/local/sbin/pypi-bootstrap"');
+    expect(l).toContain('    permissions: "0755"');
+    expect(l).toContain(`    content: ${JSON.stringify(bootstrapScript)}`);
+    expect(l.slice(l.indexOf("runcmd:"))).toEqual(["runcmd:", '  - ["/usr/local/sbin/pypi-bootstrap"]', ""]);
+  });
+
+  it("contains no secrets", () => {
+    for (const s of Object.values(t.secrets)) expect(doc).not.toContain(s.parameter);
+    expect(doc).not.toMatch(/password|BEGIN .*PRIVATE/i);
+  });
+
+  it("does not change when a rendered config would", () => {
+    const changed: Topology = {
+      ...t,
+      app: { ...t.app, maxProcesses: t.app.maxProcesses + 7, requestTimeoutSeconds: 99 },
+      postgres: { ...t.postgres, synchronous: !t.postgres.synchronous },
+      upload: { ...t.upload, users: [] },
+      heartbeat: { ...t.heartbeat, deadtimeMs: 9000 },
+    };
+    expect(renderCloudInit(changed, node, packages)).toBe(doc);
+    expect(renderCloudInit(t, node, [...packages].reverse())).toBe(doc);
+  });
+});
+
+describe("bootstrap script", () => {
+  const s = bootstrapScript.split("\n");
+  it("syncs the bundle and runs the agent shipped inside it, with backoff", () => {
+    expect(s[0]).toBe("#!/bin/sh");
+    expect(s).toContain(". /etc/pypi-node/bootstrap.env");
+    expect(bootstrapScript).toContain(
+      'aws s3 sync --delete --only-show-errors "$PYPI_BUNDLE_LOCATION" "$incoming/"',
+    );
+    expect(s).toContain("incoming=/var/lib/pypi-node/incoming");
+    expect(bootstrapScript).toContain('sh "$incoming/files/usr/local/sbin/pypi-node" apply "$incoming"');
+    expect(s).toContain('  sleep "$delay"');
+    expect(s).toContain("  delay=$((delay * 2))");
+  });
+});
+
+describe("quoting", () => {
+  it("yamlQuote emits JSON strings with YAML line breaks escaped", () => {
+    expect(yamlQuote('a"b\nc')).toBe('"a\\"b\\nc"');
+    expect(yamlQuote("x\u2028y\u0085")).toBe('"x\\u2028y\\u0085"');
+    expect(yamlQuote(false)).toBe("false");
+  });
+  it("envQuote single-quotes for sh", () => {
+    expect(envQuote("it's")).toBe("'it'\\''s'");
+    expect(() => envQuote("a\nb")).toThrow();
+  });
+  it("refuses bad host and package names", () => {
+    const t = topologyFor("staging");
+    expect(() => renderCloudInit(t, { ...t.nodes[0]!, name: "Bad_Name" }, [])).toThrow(/Bad_Name/);
+    expect(() => renderCloudInit(t, t.nodes[0]!, ["evil pkg"])).toThrow(/evil pkg/);
+  });
+});

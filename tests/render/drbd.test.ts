@@ -1,0 +1,77 @@
+import { describe, expect, it } from "vitest";
+import {
+  drbdPaths,
+  drbdString,
+  renderDrbdGlobalCommon,
+  renderDrbdResource,
+  renderDrbdSecretFile,
+} from "../../src/render/drbd.js";
+import { nodeByName, type Topology } from "../../src/topology.js";
+import { type Shape, topologyFor } from "../support/topologies.js";
+
+const lines = (text: string) => text.split("\n").map((l) => l.trim());
+
+describe.each<Shape>(["staging", "prod"])("drbd (%s)", (shape) => {
+  const t = topologyFor(shape);
+  const res = renderDrbdResource(t);
+
+  it("includes the secret file at top level, before the resource", () => {
+    const l = lines(res);
+    expect(l).toContain(`include "${drbdPaths.secret}";`);
+    expect(l.indexOf(`include "${drbdPaths.secret}";`)).toBeLessThan(l.indexOf('resource "pypi" {'));
+    expect(res).not.toMatch(/shared-secret/);
+  });
+
+  it("is protocol C with internal metadata on the EBS device", () => {
+    expect(lines(res)).toEqual(
+      expect.arrayContaining([
+        'device "/dev/drbd0";',
+        'disk "/dev/nvme1n1";',
+        "meta-disk internal;",
+        "protocol C;",
+        "cram-hmac-alg sha1;",
+        "after-sb-0pri discard-zero-changes;",
+        "after-sb-1pri discard-secondary;",
+        "after-sb-2pri disconnect;",
+        'split-brain "/usr/lib/drbd/notify-split-brain.sh root";',
+      ]),
+    );
+  });
+
+  it("names exactly the storage pair with their private IPs", () => {
+    const l = lines(res);
+    expect(l.filter((x) => x.startsWith("on "))).toEqual(['on "app-a" {', 'on "app-b" {']);
+    expect(l).toContain(`address ${nodeByName(t, "app-a").privateIp}:7788;`);
+    expect(l).toContain(`address ${nodeByName(t, "app-b").privateIp}:7788;`);
+    expect(res).not.toContain("app-c");
+    expect(res.endsWith("}\n")).toBe(true);
+  });
+});
+
+describe("drbd helpers", () => {
+  it("quotes and escapes strings, rejecting control characters", () => {
+    expect(drbdString("x", 'a"b\\c')).toBe('"a\\"b\\\\c"');
+    expect(() => drbdString("storage.device", "/dev/x\n}")).toThrow(/storage\.device/);
+    expect(() => drbdString("storage.device", "")).toThrow(/storage\.device/);
+  });
+
+  it("rejects bad addresses and ports, naming the value", () => {
+    const t = topologyFor("staging");
+    const badPort: Topology = { ...t, storage: { ...t.storage, drbdPort: 70000 } };
+    expect(() => renderDrbdResource(badPort)).toThrow(/storage\.drbdPort.*70000/);
+    const badIp: Topology = {
+      ...t,
+      nodes: t.nodes.map((n) => (n.name === "app-b" ? { ...n, privateIp: "10.0.0.1; }" } : n)),
+    };
+    expect(() => renderDrbdResource(badIp)).toThrow(/app-b\.privateIp/);
+  });
+
+  it("renders the secret file as a common net section", () => {
+    expect(renderDrbdSecretFile("s3cr3t")).toBe('common {\n  net {\n    shared-secret "s3cr3t";\n  }\n}\n');
+    expect(() => renderDrbdSecretFile("x".repeat(65))).toThrow(/at most 64/);
+  });
+
+  it("keeps global options only in global_common.conf", () => {
+    expect(renderDrbdGlobalCommon()).toBe("global {\n  usage-count no;\n}\n");
+  });
+});

@@ -1,0 +1,126 @@
+import { describe, expect, it } from "vitest";
+import {
+  haToken,
+  heartbeatPaths,
+  renderBalancerHaCf,
+  renderBalancerHaresources,
+  renderResourceScript,
+  renderStorageHaCf,
+  renderStorageHaresources,
+  validateHeartbeatTimings,
+} from "../../src/render/heartbeat.js";
+import { nodeByName, type Topology } from "../../src/topology.js";
+import { type Shape, topologyFor } from "../support/topologies.js";
+
+const lines = (text: string) => text.split("\n");
+
+describe.each<Shape>(["staging", "prod"])("heartbeat (%s)", (shape) => {
+  const t = topologyFor(shape);
+  const lbA = nodeByName(t, "lb-a");
+  const lbB = nodeByName(t, "lb-b");
+
+  it("unicasts to the peer balancer after udpport, with explicit timings", () => {
+    const cf = lines(renderBalancerHaCf(t, lbA));
+    expect(cf).toContain("ucast ens5 10.40.1.10");
+    expect(cf.filter((l) => l.startsWith("ucast"))).toEqual(["ucast ens5 10.40.1.10"]);
+    expect(cf.indexOf("udpport 694")).toBeGreaterThan(-1);
+    expect(cf.indexOf("udpport 694")).toBeLessThan(cf.findIndex((l) => l.startsWith("ucast")));
+    expect(cf).toEqual(
+      expect.arrayContaining([
+        "keepalive 500ms",
+        "warntime 1000ms",
+        "deadtime 1500ms",
+        "initdead 10000ms",
+        "auto_failback on",
+        "autojoin none",
+        "node lb-a",
+        "node lb-b",
+        "crm no",
+        `logfile ${heartbeatPaths.logfile}`,
+        "logfacility local0",
+      ]),
+    );
+    expect(lines(renderBalancerHaCf(t, lbB))).toContain("ucast ens5 10.40.0.10");
+    expect(renderBalancerHaCf(t, lbA).endsWith("\n")).toBe(true);
+  });
+
+  it("renders auto_failback off when asked", () => {
+    const off: Topology = { ...t, heartbeat: { ...t.heartbeat, autoFailback: false } };
+    expect(lines(renderBalancerHaCf(off, lbA))).toContain("auto_failback off");
+  });
+
+  it("homes each floating IP on its balancer", () => {
+    const res = lines(renderBalancerHaresources(t)).filter((l) => l !== "" && !l.startsWith("#"));
+    expect(res).toEqual(t.floatingIps.map((f) => `${f.home} pypi-fip::${f.address}`));
+    expect(res[0]).toMatch(/^lb-a /);
+    if (shape === "prod") expect(res[1]).toMatch(/^lb-b /);
+  });
+
+  it("runs the storage group on the first app server, in start order", () => {
+    const appA = nodeByName(t, "app-a");
+    const cf = lines(renderStorageHaCf(t, appA));
+    expect(cf.filter((l) => l.startsWith("ucast"))).toEqual([
+      `ucast ens5 ${nodeByName(t, "app-b").privateIp}`,
+    ]);
+    expect(cf).toEqual(expect.arrayContaining(["node app-a", "node app-b", "crm no"]));
+    expect(cf).not.toContain("node app-c");
+    expect(lines(renderStorageHaresources(t))).toEqual([
+      "app-a drbddisk::pypi Filesystem::/dev/drbd0::/srv/pypi-volume::ext4 pypi-nfs pypi-overlay::100.64.10.6",
+      "",
+    ]);
+  });
+
+  it("refuses a node outside the cluster", () => {
+    expect(() => renderStorageHaCf(t, lbA)).toThrow(/lb-a.*storage/);
+    expect(() => renderBalancerHaCf(t, nodeByName(t, "app-a"))).toThrow(/app-a.*balancer/);
+  });
+});
+
+describe("heartbeat validation", () => {
+  const hb = topologyFor("staging").heartbeat;
+
+  it("rejects deadtime <= 2 * keepalive, naming field and value", () => {
+    expect(() => validateHeartbeatTimings({ ...hb, deadtimeMs: 1000 })).toThrow(
+      "heartbeat.deadtimeMs must be more than twice keepaliveMs (500); got 1000",
+    );
+    expect(() => validateHeartbeatTimings({ ...hb, deadtimeMs: 1001 })).not.toThrow();
+  });
+
+  it("rejects initdead below deadtime and warntime outside (keepalive, deadtime)", () => {
+    expect(() => validateHeartbeatTimings({ ...hb, initdeadMs: 1400 })).toThrow(/initdeadMs.*got 1400/);
+    expect(() => validateHeartbeatTimings({ ...hb, warntimeMs: 1500 })).toThrow(/warntimeMs.*got 1500/);
+    expect(() => validateHeartbeatTimings({ ...hb, keepaliveMs: 0.5 })).toThrow(/keepaliveMs.*0\.5/);
+  });
+
+  it("rejects tokens that would change ha.cf's meaning", () => {
+    expect(haToken("x", "eth0")).toBe("eth0");
+    for (const bad of ["", "a b", "a\nb", "a#b", "a::b", "a\tb"]) {
+      expect(() => haToken("node.interface", bad)).toThrow(/node\.interface/);
+    }
+    const t = topologyFor("staging");
+    const evil: Topology = {
+      ...t,
+      nodes: t.nodes.map((n) => (n.name === "lb-a" ? { ...n, interface: "ens5\nnode evil" } : n)),
+    };
+    expect(() => renderBalancerHaCf(evil, nodeByName(evil, "lb-a"))).toThrow(/lb-a\.interface/);
+  });
+
+  it("rejects a floating IP homed outside the balancers", () => {
+    const t = topologyFor("staging");
+    const bad: Topology = { ...t, floatingIps: [{ ...t.floatingIps[0]!, home: "app-a" }] };
+    expect(() => renderBalancerHaresources(bad)).toThrow(/home "app-a"/);
+  });
+});
+
+describe("resource scripts", () => {
+  it("are three-line wrappers around the node agent", () => {
+    expect(lines(renderResourceScript("pypi-fip"))).toEqual([
+      "#!/bin/sh",
+      "# Heartbeat resource script: pypi-fip -> /usr/local/sbin/pypi-node fip",
+      'exec /usr/local/sbin/pypi-node fip "$@"',
+      "",
+    ]);
+    expect(renderResourceScript("pypi-nfs")).toContain('exec /usr/local/sbin/pypi-node nfs "$@"\n');
+    expect(renderResourceScript("pypi-overlay")).toContain('exec /usr/local/sbin/pypi-node overlay "$@"\n');
+  });
+});
