@@ -33,7 +33,7 @@ class Problems {
 
 /** Safe in every file format we render: no whitespace, quotes, `..` or shell metacharacters. */
 export function isSafeAbsolutePath(path: string): boolean {
-  return /^\/[A-Za-z0-9._\-/]*$/.test(path) && !path.split("/").includes("..") && !path.includes("//");
+  return /^\/[A-Za-z0-9._@+\-/]*$/.test(path) && !path.split("/").includes("..") && !path.includes("//");
 }
 
 /** The decoded key blob must name the same algorithm as the key's type field. */
@@ -64,7 +64,7 @@ function checkPort(p: Problems, field: string, value: number): void {
 
 function checkPath(p: Problems, field: string, value: string): void {
   if (!isSafeAbsolutePath(value)) {
-    p.add(field, value, "expected an absolute path of [A-Za-z0-9._-/] without '..' or '//'");
+    p.add(field, value, "expected an absolute path of [A-Za-z0-9._@+-/] without '..' or '//'");
   }
 }
 

@@ -96,11 +96,7 @@ direct_start() {
     apache2) mkdir -p /run/apache2 /var/log/apache2 && apache2ctl start ;;
     ssh) mkdir -p /run/sshd && /usr/sbin/sshd ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat ;;
-    postgresql)
-      mkdir -p /var/run/postgresql && chown postgres:postgres /var/run/postgresql
-      pg_ctl_ -w -t 60 -l "/var/log/postgresql/postgresql-$PYPI_PG_VERSION-main.log" \
-        -o "-c config_file=$PYPI_PG_CONF/postgresql.conf" start >/dev/null
-      ;;
+    postgresql) pg_direct_start ;;
     *) log "no direct start for $1; skipped" ;;
   esac
 }
@@ -144,21 +140,22 @@ secret_value() {
 
 # ---------------------------------------------------------------- validation
 
+# POSIX sh has no locals, hence the prefixed names.
 # Copy a daemon's config dir and overlay every candidate of the bundle that lives in it,
 # so the daemon checks the configuration it would really load.
 stage_confdir() {
-  bundle=$1 confdir=$2 stage=$3
-  cp -a "$confdir/." "$stage/"
-  while IFS=$TAB read -r kind path _mode _owner _group _validator _reloads target; do
-    case $path in "$confdir"/*) ;; *) continue ;; esac
-    rel=${path#"$confdir"/}
-    mkdir -p "$stage/$(dirname "$rel")"
-    case $kind in
-      file) cp "$bundle/files$path" "$stage/$rel" ;;
-      symlink) ln -sfn "$target" "$stage/$rel" ;;
-      absent) rm -f "$stage/$rel" ;;
+  sd_bundle=$1 sd_confdir=$2 sd_stage=$3
+  cp -a "$sd_confdir/." "$sd_stage/"
+  while IFS=$TAB read -r sd_kind sd_path _mode _owner _group _validator _reloads sd_target; do
+    case $sd_path in "$sd_confdir"/*) ;; *) continue ;; esac
+    sd_rel=${sd_path#"$sd_confdir"/}
+    mkdir -p "$sd_stage/$(dirname "$sd_rel")"
+    case $sd_kind in
+      file) cp "$sd_bundle/files$sd_path" "$sd_stage/$sd_rel" ;;
+      symlink) ln -sfn "$sd_target" "$sd_stage/$sd_rel" ;;
+      absent) rm -f "$sd_stage/$sd_rel" ;;
     esac
-  done <"$bundle/manifest"
+  done <"$sd_bundle/manifest"
 }
 
 # validate_tool TOOL BUNDLE CANDIDATE_PATH LIVE_PATH; prints the daemon's complaint on failure.
@@ -169,7 +166,7 @@ validate_tool() {
       stage=$(mktemp -d)
       stage_confdir "$bundle" /etc/nginx "$stage"
       rc=0
-      nginx -t -q -c "$stage/nginx.conf" -g "pid $stage/nginx.pid;" 2>&1 || rc=$?
+      nginx -t -q -c "$stage/nginx.conf" 2>&1 || rc=$?
       rm -rf "$stage"
       return "$rc"
       ;;
@@ -194,13 +191,17 @@ validate_tool() {
       return "$rc"
       ;;
     drbd)
+      # drbdadm 8.4 (Debian's kernel module); the node is emulated by this host's name.
       drbdadm84=/usr/lib/drbd/drbdadm-84
       [ -x "$drbdadm84" ] || drbdadm84=drbdadm
       stage=$(mktemp -d)
-      stage_confdir "$bundle" /etc/drbd.d "$stage"
+      mkdir "$stage/drbd.d"
+      stage_confdir "$bundle" /etc/drbd.d "$stage/drbd.d"
+      printf 'include "%s/drbd.d/global_common.conf";\ninclude "%s/drbd.d/*.res";\n' "$stage" "$stage" \
+        >"$stage/drbd.conf"
       rc=0
-      "$drbdadm84" -c "$stage/$(basename "$candidate")" -d up all >/dev/null 2>&1 ||
-        "$drbdadm84" -c "$stage/$(basename "$candidate")" -d up all 2>&1 || rc=$?
+      "$drbdadm84" -c "$stage/drbd.conf" -d up all >/dev/null 2>"$stage/err" || rc=$?
+      cat "$stage/err"
       rm -rf "$stage"
       return "$rc"
       ;;
@@ -483,7 +484,156 @@ cmd_overlay() {
 
 # ---------------------------------------------------------------- Postgres
 
+# Variables of these functions carry a pg_ prefix: POSIX sh has no locals.
+PG_SOCKET_DIR=/var/run/postgresql
+PG_RECOVERY_TEMPLATE=/etc/pypi-node/postgres/recovery.conf
+
+# Client tools from the server's bin dir when it has them, else Debian's newest: its clients
+# talk to older servers, and pg_wrapper would pick a version from the local clusters instead.
+pg_client() {
+  pg_tool=$1
+  shift
+  if [ -x "$PYPI_PG_BIN/$pg_tool" ]; then
+    pg_tool_path=$PYPI_PG_BIN/$pg_tool
+  else
+    pg_tool_path=$(printf '%s\n' /usr/lib/postgresql/*/bin/"$pg_tool" | sort -V | tail -n 1)
+    [ -x "$pg_tool_path" ] || die "no $pg_tool in $PYPI_PG_BIN or /usr/lib/postgresql"
+  fi
+  runuser -u postgres -- "$pg_tool_path" "$@"
+}
+
+# SQL from stdin as the postgres superuser over the local socket; stops at the first error.
+# Passwords travel this way, never on a command line.
+pg_sql() {
+  pg_client psql -X -q -At -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PYPI_PG_PORT" -d "${1:-postgres}"
+}
+
+# A SQL string literal (standard_conforming_strings: only quotes double).
+pg_literal() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"; }
+
 pg_in_recovery() { pgsql 'SELECT pg_is_in_recovery()'; }
+
+pg_is_standby_dir() { [ -e "$PYPI_PG_DATA/standby.signal" ] || [ -e "$PYPI_PG_DATA/recovery.conf" ]; }
+
+pg_peer_conninfo() {
+  printf 'host=%s port=%s user=%s passfile=%s application_name=%s connect_timeout=5' \
+    "$PYPI_PG_PEER" "$PYPI_PG_PORT" "$PYPI_PG_REPL_USER" "$PYPI_PG_PASSFILE" "$PYPI_NODE"
+}
+
+# Debian's layout: the data directory's parents belong to postgres (its home is /var/lib/postgresql).
+pg_prepare_dirs() {
+  pg_parent=$(dirname "$PYPI_PG_DATA")
+  install -d -o postgres -g postgres -m 0755 "$(dirname "$pg_parent")" "$pg_parent"
+  install -d -o postgres -g postgres -m 2775 "$PG_SOCKET_DIR"
+  install -d -o postgres -g postgres -m 0755 /var/log/postgresql
+}
+
+# The direct (systemd-less) start. A fenced node starts only once it carries a standby marker,
+# so re-applying a bundle after a failover never brings back a second primary.
+pg_direct_start() {
+  if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
+    log "postgresql: no cluster in $PYPI_PG_DATA yet (db-init creates it); not started"
+    return 0
+  fi
+  if [ -e "$PYPI_AGENT_STATE/db-fenced" ] && ! pg_is_standby_dir; then
+    log "postgresql: $PYPI_NODE is fenced; db-reattach starts it as a standby"
+    return 0
+  fi
+  pg_prepare_dirs
+  pg_ctl_ -w -t 60 -l "/var/log/postgresql/postgresql-$PYPI_PG_VERSION-main.log" \
+    -o "-c config_file=$PYPI_PG_CONF/postgresql.conf" start >/dev/null
+}
+
+install_standby_files() {
+  case $PYPI_PG_DIALECT in
+    standby.signal) install -o postgres -g postgres -m 0600 /dev/null "$PYPI_PG_DATA/standby.signal" ;;
+    recovery.conf) install -o postgres -g postgres -m 0600 "$PG_RECOVERY_TEMPLATE" "$PYPI_PG_DATA/recovery.conf" ;;
+  esac
+}
+
+# Roles, grants, database and slot of a new primary. Every statement is idempotent; commits are
+# local because a synchronous primary has no standby yet.
+pg_bootstrap_sql() {
+  pg_repl_pw=$(secret_value "${PYPI_SECRET_PG_REPLICATION:?}") || die "cannot read the replication password"
+  pg_app_pw=$(secret_value "${PYPI_SECRET_PG_APP:?}") || die "cannot read the app password"
+  pg_repl=$(pg_literal "$PYPI_PG_REPL_USER")
+  pg_app=$(pg_literal "$PYPI_PG_APP_USER")
+  pg_slot=$(pg_literal "$PYPI_PG_SLOT")
+  cat <<SQL
+SET synchronous_commit = local;
+SELECT format('CREATE ROLE %I', $pg_repl) WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $pg_repl)
+\gexec
+SELECT format('ALTER ROLE %I WITH REPLICATION LOGIN PASSWORD %L', $pg_repl, $(pg_literal "$pg_repl_pw"))
+\gexec
+SELECT format('GRANT EXECUTE ON FUNCTION %s TO %I', f, $pg_repl) FROM unnest(ARRAY[
+  'pg_catalog.pg_ls_dir(text, boolean, boolean)',
+  'pg_catalog.pg_stat_file(text, boolean)',
+  'pg_catalog.pg_read_binary_file(text)',
+  'pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)']) AS f
+\gexec
+SELECT format('CREATE ROLE %I', $pg_app) WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $pg_app)
+\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN NOREPLICATION PASSWORD %L', $pg_app, $(pg_literal "$pg_app_pw"))
+\gexec
+SELECT format('CREATE DATABASE %I OWNER %I', $(pg_literal "$PYPI_PG_DATABASE"), $pg_app)
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = $(pg_literal "$PYPI_PG_DATABASE"))
+\gexec
+SELECT pg_create_physical_replication_slot($pg_slot, true)
+  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $pg_slot);
+SQL
+}
+
+db_init_primary() {
+  if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
+    # No superuser password: the postgres role logs in by peer auth on the socket only.
+    pg initdb -D "$PYPI_PG_DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+      --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+  fi
+  svc_running postgresql || svc_start postgresql
+  svc_running postgresql || die "postgresql did not start"
+  [ "$(pg_in_recovery)" = f ] || die "$PYPI_NODE runs as a standby; refusing to bootstrap it as primary"
+  pg_bootstrap_sql | PGOPTIONS='-c synchronous_commit=local' pg_sql postgres >/dev/null
+}
+
+db_init_standby() {
+  if [ -s "$PYPI_PG_DATA/PG_VERSION" ] && ! pg_is_standby_dir; then
+    # A cluster the package created on its own is not a copy of the primary: keep it aside.
+    if svc_running postgresql; then svc_stop postgresql; fi
+    pg_aside="$PYPI_PG_DATA.pre-db-init.$(date +%s)"
+    mv "$PYPI_PG_DATA" "$pg_aside"
+    log "moved the existing cluster to $pg_aside"
+  fi
+  if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
+    rm -rf "$PYPI_PG_DATA"
+    install -d -o postgres -g postgres -m 0700 "$PYPI_PG_DATA"
+    pg_client pg_basebackup -D "$PYPI_PG_DATA" -X stream -S "$PYPI_PG_SLOT" -c fast \
+      -d "$(pg_peer_conninfo)" || die "pg_basebackup from $PYPI_PG_PEER failed"
+    install_standby_files
+  fi
+  svc_running postgresql || svc_start postgresql
+  [ "$(pg_in_recovery)" = t ] || die "standby $PYPI_NODE is not in recovery"
+}
+
+# First bring-up of a db node, as its initial role. Idempotent: a node it already initialised
+# is left as it is (after a failover its role is no longer the initial one).
+cmd_db_init() {
+  [ "$PYPI_ROLE" = db ] || die "db-init runs on db nodes"
+  mkdir -p "$PYPI_AGENT_STATE"
+  if [ -e "$PYPI_AGENT_STATE/db-initialized" ]; then
+    [ -e "$PYPI_AGENT_STATE/db-fenced" ] || svc_running postgresql || svc_start postgresql
+    echo "db-init: $PYPI_NODE already initialised"
+    return 0
+  fi
+  [ -e "$PYPI_AGENT_STATE/db-fenced" ] && die "$PYPI_NODE is fenced; re-attach it with db-reattach"
+  pg_prepare_dirs
+  case ${PYPI_PG_INITIAL_ROLE:?} in
+    primary) db_init_primary ;;
+    standby) db_init_standby ;;
+    *) die "PYPI_PG_INITIAL_ROLE must be primary or standby, not $PYPI_PG_INITIAL_ROLE" ;;
+  esac
+  : >"$PYPI_AGENT_STATE/db-initialized"
+  echo "db-init: $PYPI_NODE initialised as $PYPI_PG_INITIAL_ROLE"
+}
 
 cmd_db_fence() {
   # Stop the local server and drop the writer address; the fence marker keeps the agent
@@ -499,9 +649,13 @@ cmd_db_promote() {
   [ "$(pg_in_recovery)" = t ] || die "$PYPI_NODE is not a standby; refusing to promote"
   pg_ctl_ -w -t 60 promote >/dev/null
   [ "$(pg_in_recovery)" = f ] || die "promotion did not finish"
-  # The old primary re-attaches through this slot.
-  pgsql "SELECT pg_create_physical_replication_slot('$PYPI_PG_SLOT') WHERE NOT EXISTS \
-(SELECT 1 FROM pg_replication_slots WHERE slot_name = '$PYPI_PG_SLOT')" >/dev/null
+  # pg_rewind reads the new timeline from the control file, which the next checkpoint writes.
+  # The slot reserves WAL from now on, so the old primary can re-attach through it.
+  pg_sql postgres >/dev/null <<SQL
+CHECKPOINT;
+SELECT pg_create_physical_replication_slot($(pg_literal "$PYPI_PG_SLOT"), true)
+  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $(pg_literal "$PYPI_PG_SLOT"));
+SQL
   echo "promoted $PYPI_NODE"
 }
 
@@ -514,31 +668,54 @@ cmd_db_sync() {
     *) die "db-sync: on|off" ;;
   esac
   pgsql 'SELECT pg_reload_conf()' >/dev/null
-  sleep 0.2
-  printf "synchronous_standby_names = '%s'\n" "$(pgsql 'SHOW synchronous_standby_names')"
+  # New sessions see the reload once the postmaster has processed it.
+  pg_tries=0
+  while pg_names=$(pgsql 'SHOW synchronous_standby_names') && [ "$pg_tries" -lt 25 ]; do
+    case $1:$pg_names in off:) break ;; on:?*) break ;; esac
+    pg_tries=$((pg_tries + 1))
+    sleep 0.2
+  done
+  printf "synchronous_standby_names = '%s'\n" "$pg_names"
 }
 
-install_standby_files() {
-  case $PYPI_PG_DIALECT in
-    standby.signal) runuser -u postgres -- touch "$PYPI_PG_DATA/standby.signal" ;;
-    recovery.conf) install -o postgres -g postgres -m 0600 /etc/pypi-node/postgres/recovery.conf \
-      "$PYPI_PG_DATA/recovery.conf" ;;
-  esac
+# pg_rewind needs a cleanly shut down target. Its own crash recovery cannot find Debian's
+# postgresql.conf (it lives outside the data directory), so run it here in single-user mode,
+# which never listens on the network.
+pg_clean_shutdown() {
+  pg_state=$(pg pg_controldata "$PYPI_PG_DATA" | sed -n 's/^Database cluster state: *//p')
+  case $pg_state in "shut down" | "shut down in recovery") return 0 ;; esac
+  log "cluster state is '$pg_state'; finishing crash recovery in single-user mode"
+  runuser -u postgres -- "$PYPI_PG_BIN/postgres" --single -F \
+    -c "config_file=$PYPI_PG_CONF/postgresql.conf" template1 </dev/null >/dev/null
 }
 
 cmd_db_reattach() {
   [ -e "$PYPI_AGENT_STATE/db-fenced" ] || die "$PYPI_NODE is not fenced; run db-fence first"
   if svc_running postgresql; then svc_stop postgresql; fi
-  source_conn="host=$PYPI_PG_PEER port=$PYPI_PG_PORT user=$PYPI_PG_REPL_USER dbname=postgres passfile=$PYPI_PG_PASSFILE"
-  if pg pg_rewind --target-pgdata="$PYPI_PG_DATA" --source-server="$source_conn" --progress; then
+  pg_prepare_dirs
+  pg_source="host=$PYPI_PG_PEER port=$PYPI_PG_PORT user=$PYPI_PG_REPL_USER dbname=postgres passfile=$PYPI_PG_PASSFILE connect_timeout=5"
+  method=""
+  if [ ! -x "$PYPI_PG_BIN/pg_rewind" ]; then
+    log "no pg_rewind in $PYPI_PG_BIN; taking a fresh base backup"
+  elif [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
+    log "no cluster in $PYPI_PG_DATA; taking a fresh base backup"
+  elif pg_clean_shutdown && pg pg_rewind --target-pgdata="$PYPI_PG_DATA" --source-server="$pg_source" >&2; then
     method=pg_rewind
   else
     log "pg_rewind failed; taking a fresh base backup"
+  fi
+  if [ -z "$method" ]; then
     rm -rf "$PYPI_PG_DATA.old"
-    mv "$PYPI_PG_DATA" "$PYPI_PG_DATA.old"
-    runuser -u postgres -- pg_basebackup -D "$PYPI_PG_DATA" -X stream -S "$PYPI_PG_SLOT" \
-      -d "$source_conn" -c fast
+    if [ -e "$PYPI_PG_DATA" ]; then mv "$PYPI_PG_DATA" "$PYPI_PG_DATA.old"; fi
+    install -d -o postgres -g postgres -m 0700 "$PYPI_PG_DATA"
+    pg_client pg_basebackup -D "$PYPI_PG_DATA" -X stream -S "$PYPI_PG_SLOT" -c fast \
+      -d "$(pg_peer_conninfo)" || die "pg_basebackup from $PYPI_PG_PEER failed"
     method=pg_basebackup
+  fi
+  # Both copy the peer's postgresql.auto.conf, which may carry the relaxed synchronous setting
+  # of the failover; this node must get the rendered one if it is promoted later.
+  if [ -e "$PYPI_PG_DATA/postgresql.auto.conf" ]; then
+    sed -i '/^[[:space:]]*synchronous_standby_names[[:space:]]*=/d' "$PYPI_PG_DATA/postgresql.auto.conf"
   fi
   install_standby_files
   rm -f "$PYPI_AGENT_STATE/db-fenced"
@@ -629,6 +806,7 @@ usage: pypi-node COMMAND
   fip ADDRESS start|stop|status        floating IP (Heartbeat resource-script form)
   overlay ADDRESS take|release|status  overlay IP (writer or storage address)
   nfs start|stop|status       NFS server for the storage pair
+  db-init                     (db) first bring-up as PYPI_PG_INITIAL_ROLE; no-op once done
   db-fence | db-promote | db-reattach | db-sync on|off | db-replication
   db-writer-check             (app) the writer address reaches a writable primary
   storage-check               (app) the package root is mounted and writable
@@ -663,6 +841,7 @@ main() {
     fip) [ $# -eq 2 ] || usage && cmd_fip "$1" "$2" ;;
     overlay) [ $# -eq 2 ] || usage && cmd_overlay "$1" "$2" ;;
     nfs) [ $# -eq 1 ] || usage && cmd_nfs "$1" ;;
+    db-init) cmd_db_init ;;
     db-fence) cmd_db_fence ;;
     db-promote) cmd_db_promote ;;
     db-reattach) cmd_db_reattach ;;

@@ -68,15 +68,28 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PG_REPL_USER", pg.replicationUser],
       ["PYPI_PG_SLOT", pg.slotName],
       ["PYPI_PG_PASSFILE", PG_PASSFILE],
+      // `db-init` bootstraps the first db node as primary and base-backs-up the other from it.
+      ["PYPI_PG_INITIAL_ROLE", nodesWithRole(t, "db")[0]?.name === node.name ? "primary" : "standby"],
+      ["PYPI_PG_DATABASE", pg.database],
+      ["PYPI_PG_APP_USER", pg.appUser],
+      ["PYPI_SECRET_PG_REPLICATION", t.secrets.postgresReplicationPassword.parameter],
+      ["PYPI_SECRET_PG_APP", t.secrets.postgresAppPassword.parameter],
     );
   }
   if (node.role === "app") {
-    vars.push([
-      "PYPI_APP_SERVERS",
-      nodesWithRole(t, "app")
-        .map((n) => n.name)
-        .join(" "),
-    ]);
+    vars.push(
+      [
+        "PYPI_APP_SERVERS",
+        nodesWithRole(t, "app")
+          .map((n) => n.name)
+          .join(" "),
+      ],
+      // For `db-writer-check`, which connects through the writer address as the app does.
+      ["PYPI_PG_PORT", String(t.postgres.port)],
+      ["PYPI_PG_DATABASE", t.postgres.database],
+      ["PYPI_PG_APP_USER", t.postgres.appUser],
+      ["PYPI_APP_PASSFILE", APP_PASSFILE],
+    );
   }
   return `${vars.map(([key, value]) => `${key}=${shQuote(value)}`).join("\n")}\n`;
 }

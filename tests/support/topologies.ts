@@ -119,3 +119,19 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
     bundleLocation: `s3://pypi-${shape}-bundles-0abc/bundles`,
   };
 }
+
+/** The same deployment driven by the agent's lab backend (no AWS, no systemd). */
+export function asLab(t: Topology, bundleLocation = "/var/lib/pypi-lab"): Topology {
+  return {
+    ...t,
+    backend: "lab",
+    bundleLocation,
+    nodes: t.nodes.map((n) => ({ ...n, interface: "eth0" })),
+  };
+}
+
+/** Replace the app runtime (fcgid, wsgi, gunicorn). */
+export const withRuntime = (t: Topology, runtime: Topology["app"]["runtime"]): Topology => ({
+  ...t,
+  app: { ...t.app, runtime },
+});
