@@ -64,6 +64,11 @@ export class Db {
   async with<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     const client = await this.connect();
     let broken: Error | undefined;
+    // A connection lost mid-checkout surfaces through the query; the event alone must not crash.
+    const onError = (err: Error): void => {
+      broken = err;
+    };
+    client.on("error", onError);
     try {
       return await fn(client);
     } catch (err) {
@@ -73,6 +78,7 @@ export class Db {
       }
       throw err;
     } finally {
+      client.off("error", onError);
       client.release(broken);
     }
   }

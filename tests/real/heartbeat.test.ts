@@ -9,6 +9,7 @@ import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeF
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
 import {
   type ResourceScript,
   renderBalancerHaCf,
@@ -58,8 +59,9 @@ function labTopology(): Topology {
 }
 
 /**
- * What `/etc/ha.d/resource.d/<name>` contains in this test. The rendered wrapper execs the node
- * agent; until the agent runs here, this stand-in does what its lab backend does, with `ip`.
+ * What `/etc/ha.d/resource.d/<name>` contains in this test: the rendered wrapper, which execs the
+ * real node agent (lab backend). The stand-in below does the same with bare `ip`, for debugging
+ * Heartbeat apart from the agent.
  */
 export type ResourceScriptSource = (name: ResourceScript) => string;
 
@@ -80,7 +82,7 @@ export const standInResourceScript: ResourceScriptSource = () =>
 /** The rendered wrapper, for when the nodes carry the real agent. */
 export const agentResourceScript: ResourceScriptSource = (name) => renderResourceScript(name);
 
-const resourceScript: ResourceScriptSource = standInResourceScript;
+const resourceScript: ResourceScriptSource = agentResourceScript;
 
 const canRun = requireTools("heartbeat real tier", [HEARTBEAT, "ip", "unshare"]);
 
@@ -123,6 +125,10 @@ describe.skipIf(!canRun)("heartbeat balancer pair (real, network namespaces)", {
       chmodSync(join(etc, "authkeys"), 0o600);
       writeFileSync(join(etc, "resource.d", "pypi-fip"), resourceScript("pypi-fip"), { mode: 0o755 });
       cpSync("/var/lib/heartbeat", join(dir, "lib"), { recursive: true, verbatimSymlinks: true });
+      // The real node agent and its node.env, exactly as a bundle ships them.
+      mkdirSync(join(dir, "sbin"));
+      writeFileSync(join(dir, "sbin", "pypi-node"), agentScript(), { mode: 0o755 });
+      writeFileSync(join(etc, "pypi-node.env"), renderAgentEnv(t, node, ["heartbeat"]));
       mkdirSync(join(dir, "log"));
       const child = spawnInNode(
         {
@@ -132,11 +138,12 @@ describe.skipIf(!canRun)("heartbeat balancer pair (real, network namespaces)", {
             [etc, "/etc/ha.d"],
             [join(dir, "lib"), "/var/lib/heartbeat"],
             [join(dir, "log"), "/var/log"],
+            [join(dir, "sbin"), "/usr/local/sbin"],
           ],
           tmpfs: ["/run"],
           // Heartbeat mlocks itself; raise the limit where the sandbox allows it.
           setup:
-            "ulimit -l unlimited 2>/dev/null || true; install -d -o hacluster -g haclient -m 0750 /run/heartbeat /run/heartbeat/ccm /run/heartbeat/crm",
+            "export PYPI_NODE_CONFIG=/etc/ha.d/pypi-node.env; ulimit -l unlimited 2>/dev/null || true; install -d -o hacluster -g haclient -m 0750 /run/heartbeat /run/heartbeat/ccm /run/heartbeat/crm",
         },
         [HEARTBEAT, "-f"],
       );
