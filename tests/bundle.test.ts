@@ -1,0 +1,139 @@
+import { describe, expect, it } from "vitest";
+import { buildBundles } from "../src/bundle.js";
+import { bundleDirEntries } from "../src/bundle-dir.js";
+import type { NodeBundle } from "../src/bundle-types.js";
+import { renderCloudInit } from "../src/render/cloud-init.js";
+import { isSafeAbsolutePath } from "../src/validate-topology.js";
+import { topologyFor } from "./support/topologies.js";
+
+const byNode = (bundles: NodeBundle[], name: string): NodeBundle => {
+  const b = bundles.find((x) => x.node === name);
+  if (!b) throw new Error(`no bundle for ${name}`);
+  return b;
+};
+const paths = (b: NodeBundle): string[] => b.files.map((f) => f.path);
+
+describe("buildBundles", () => {
+  it("is deterministic: the same topology gives byte-identical bundles", () => {
+    for (const shape of ["staging", "prod"] as const) {
+      const a = buildBundles(topologyFor(shape)).map((b) => [...bundleDirEntries(b)]);
+      const b = buildBundles(structuredClone(topologyFor(shape))).map((x) => [...bundleDirEntries(x)]);
+      expect(JSON.stringify(a)).toBe(JSON.stringify(b));
+    }
+  });
+
+  it("gives every node a bundle with the agent and its node.env", () => {
+    const t = topologyFor("prod");
+    const bundles = buildBundles(t);
+    expect(bundles.map((b) => b.node)).toEqual(t.nodes.map((n) => n.name));
+    for (const b of bundles) {
+      const agent = b.files.find((f) => f.path === "/usr/local/sbin/pypi-node");
+      expect(agent?.mode).toBe("0755");
+      expect(agent?.validator).toBe("sh");
+      const env = b.files.find((f) => f.path === "/etc/pypi-node/node.env")?.content ?? "";
+      expect(env).toContain(`PYPI_NODE='${b.node}'`);
+      expect(env).toContain("PYPI_BACKEND='aws'");
+    }
+  });
+
+  it("puts each daemon's files on the right role, each with its validator", () => {
+    const bundles = buildBundles(topologyFor("prod"));
+    const lb = byNode(bundles, "lb-a");
+    expect(lb.services).toEqual(["haproxy", "nginx", "heartbeat"]);
+    expect(lb.files.find((f) => f.path === "/etc/nginx/nginx.conf")?.validator).toBe("nginx");
+    expect(lb.files.find((f) => f.path === "/etc/haproxy/haproxy.cfg")?.validator).toBe("haproxy");
+    expect(paths(lb)).toContain("/etc/ha.d/resource.d/pypi-fip");
+    expect(paths(lb).some((p) => p.startsWith("/etc/apache2") || p.startsWith("/etc/postgresql"))).toBe(
+      false,
+    );
+
+    const storage = byNode(bundles, "app-a");
+    expect(storage.files.find((f) => f.path === "/etc/ssh/sshd_config")?.validator).toBe("sshd");
+    expect(storage.files.find((f) => f.path === "/etc/drbd.d/pypi.res")?.validator).toBe("drbd");
+    expect(storage.files.find((f) => f.path === "/etc/exports")?.validator).toBe("exportfs");
+    expect(storage.files.find((f) => f.path === "/etc/apache2/sites-enabled/pypi.conf")?.symlinkTo).toBe(
+      "../sites-available/pypi.conf",
+    );
+    expect(storage.absent).toContain("/etc/apache2/sites-enabled/000-default.conf");
+    expect(paths(storage)).toContain("/etc/ssh/authorized_keys/alice");
+    expect(paths(storage)).toContain("/etc/ssh/authorized_keys/bob");
+
+    // app-c is not in the storage pair: no DRBD, NFS server or storage Heartbeat.
+    const plain = byNode(bundles, "app-c");
+    expect(paths(plain).filter((p) => /drbd|exports|ha\.d/.test(p))).toEqual([]);
+    expect(plain.services).toEqual(["ssh", "apache2"]);
+
+    const db = byNode(bundles, "db-b");
+    expect(db.files.find((f) => f.path === "/etc/postgresql/15/main/postgresql.conf")?.validator).toBe(
+      "postgres",
+    );
+    // The standby marker is the agent's job (db-reattach), never the bundle's.
+    expect(paths(db).some((p) => p.endsWith("standby.signal") || p.startsWith("/var/lib/postgresql"))).toBe(
+      false,
+    );
+  });
+
+  it("ships recovery.conf as a template only for the recovery.conf dialect", () => {
+    const old = byNode(buildBundles(topologyFor("staging", 11)), "db-b");
+    expect(paths(old)).toContain("/etc/pypi-node/postgres/recovery.conf");
+    const modern = byNode(buildBundles(topologyFor("staging", 15)), "db-b");
+    expect(paths(modern)).not.toContain("/etc/pypi-node/postgres/recovery.conf");
+  });
+
+  it("carries secret references, never values, and keeps every path safe", () => {
+    const t = topologyFor("prod");
+    const refs = Object.values(t.secrets).map((s) => s.parameter);
+    for (const b of buildBundles(t)) {
+      for (const s of b.secrets) {
+        expect(refs).toContain(s.parameter);
+        expect(s.mode === "0600" || s.mode === "0400" || s.path === t.tls.certificatePath).toBe(true);
+      }
+      for (const f of b.files) expect(isSafeAbsolutePath(f.path), f.path).toBe(true);
+      const text = [...bundleDirEntries(b).values()].join("\n");
+      expect(text).not.toMatch(/BEGIN [A-Z ]*PRIVATE KEY/);
+      expect(text).not.toMatch(/^auth 1$/m);
+    }
+    const lb = byNode(buildBundles(t), "lb-a");
+    expect(lb.secrets.find((s) => s.path === "/etc/ha.d/authkeys")).toMatchObject({
+      format: "heartbeat-authkeys",
+      mode: "0600",
+      parameter: t.secrets.balancerAuthkey.parameter,
+    });
+  });
+
+  it("writes the manifest the agent parses: tab-separated, '-' for empty", () => {
+    const b = byNode(buildBundles(topologyFor("staging")), "app-a");
+    const entries = bundleDirEntries(b);
+    const manifest = entries.get("manifest")?.trimEnd().split("\n") ?? [];
+    for (const line of manifest) expect(line.split("\t")).toHaveLength(8);
+    expect(manifest).toContain("file\t/etc/ssh/sshd_config\t0644\troot\troot\tsshd\tssh\t-");
+    expect(manifest).toContain(
+      "symlink\t/etc/apache2/sites-enabled/pypi.conf\t0644\troot\troot\tapache\tapache2\t../sites-available/pypi.conf",
+    );
+    expect(manifest).toContain("absent\t/etc/apache2/sites-enabled/000-default.conf\t-\t-\t-\t-\t-\t-");
+    expect(entries.get("files/etc/ssh/sshd_config")).toContain("ForceCommand internal-sftp");
+  });
+
+  it("rejects a bad topology before rendering anything", () => {
+    const t = topologyFor("staging");
+    expect(() => buildBundles({ ...t, vpcCidr: "10.0.0.0/40" })).toThrow(/vpcCidr: "10.0.0.0\/40"/);
+  });
+
+  it("keeps user data unchanged when only rendered configs change", () => {
+    const t = topologyFor("prod");
+    const changed = {
+      ...t,
+      app: { ...t.app, maxProcesses: 32 },
+      heartbeat: { ...t.heartbeat, deadtimeMs: 3000, initdeadMs: 12000 },
+      postgres: { ...t.postgres, synchronous: false },
+    };
+    for (const node of t.nodes) {
+      const before = byNode(buildBundles(t), node.name);
+      const after = byNode(buildBundles(changed), node.name);
+      expect(renderCloudInit(changed, node, after.packages)).toBe(renderCloudInit(t, node, before.packages));
+    }
+    const lbBefore = bundleDirEntries(byNode(buildBundles(t), "lb-a")).get("files/etc/ha.d/ha.cf");
+    const lbAfter = bundleDirEntries(byNode(buildBundles(changed), "lb-a")).get("files/etc/ha.d/ha.cf");
+    expect(lbAfter).not.toBe(lbBefore);
+  });
+});

@@ -1,0 +1,120 @@
+import { describe, expect, it } from "vitest";
+import { runbookMarkdown } from "../src/runbooks/markdown.js";
+import { buildRunbooks, OPERATOR, type Runbook } from "../src/runbooks/runbooks.js";
+import type { Topology } from "../src/topology.js";
+import { topologyFor } from "./support/topologies.js";
+
+const withIds = (t: Topology): Topology => ({
+  ...t,
+  nodes: t.nodes.map((n, i) => ({
+    ...n,
+    instanceId: `i-0${i}abcdef`,
+    urn: `urn:pulumi:${t.environment}::pypi-infra::aws:ec2/instance:Instance::${n.name}`,
+  })),
+});
+
+const find = (books: Runbook[], id: string): Runbook => {
+  const rb = books.find((b) => b.id === id);
+  if (!rb) throw new Error(`no runbook ${id}; have ${books.map((b) => b.id).join(", ")}`);
+  return rb;
+};
+
+describe("runbooks", () => {
+  it("covers every failure the design names, for every node that can fail", () => {
+    const ids = buildRunbooks(topologyFor("prod")).map((b) => b.id);
+    for (const id of [
+      "balancer-loss-lb-a",
+      "balancer-loss-lb-b",
+      "app-server-loss-app-c",
+      "upload-backend-loss-app-b",
+      "db-primary-loss-db-a",
+      "db-primary-loss-db-b",
+      "storage-primary-loss-app-a",
+      "rebuild-db-a",
+      "rebuild-lb-b",
+    ]) {
+      expect(ids).toContain(id);
+    }
+    expect(new Set(ids).size).toBe(ids.length);
+  });
+
+  it("database primary loss: fence, promote, move the writer, verify, re-attach — in that order", () => {
+    const t = topologyFor("prod");
+    const steps = find(buildRunbooks(t), "db-primary-loss-db-a").steps;
+    const commands = steps.map((s) => `${s.host}: ${s.command}`);
+    const order = [
+      "db-a: /usr/local/sbin/pypi-node db-fence",
+      "db-b: /usr/local/sbin/pypi-node db-promote",
+      "db-b: /usr/local/sbin/pypi-node db-sync off",
+      `db-b: /usr/local/sbin/pypi-node overlay ${t.overlay.dbWriter} take`,
+      "app-a: /usr/local/sbin/pypi-node db-writer-check",
+      "db-a: /usr/local/sbin/pypi-node db-reattach",
+      "db-b: /usr/local/sbin/pypi-node db-sync on",
+    ];
+    const positions = order.map((c) => commands.indexOf(c));
+    expect(
+      positions.every((p) => p >= 0),
+      commands.join("\n"),
+    ).toBe(true);
+    expect([...positions].sort((a, b) => a - b)).toEqual(positions);
+    expect(steps[0]?.fallback?.command).toContain("aws ec2 stop-instances");
+  });
+
+  it("relaxes synchronous replication only when it is on", () => {
+    const async = find(buildRunbooks(topologyFor("staging")), "db-primary-loss-db-a");
+    expect(async.steps.some((s) => s.command.includes("db-sync"))).toBe(false);
+  });
+
+  it("every expectOutput is a valid regular expression and hosts are real nodes or the operator", () => {
+    const t = topologyFor("prod");
+    const names = new Set(t.nodes.map((n) => n.name));
+    for (const rb of buildRunbooks(t)) {
+      for (const step of rb.steps) {
+        if (step.expectOutput) expect(() => new RegExp(step.expectOutput as string)).not.toThrow();
+        expect(step.host === OPERATOR || names.has(step.host), `${rb.id}: ${step.host}`).toBe(true);
+      }
+    }
+  });
+
+  it("balancer loss checks every floating IP on the survivor and over HTTPS", () => {
+    const t = topologyFor("prod");
+    const rb = find(buildRunbooks(t), "balancer-loss-lb-a");
+    for (const fip of t.floatingIps) {
+      expect(rb.steps).toContainEqual(
+        expect.objectContaining({
+          host: "lb-b",
+          command: `/usr/local/sbin/pypi-node fip ${fip.address} start`,
+        }),
+      );
+      expect(
+        rb.steps.some((s) => s.host === OPERATOR && s.command.includes(`${t.domain}:443:${fip.address}`)),
+      ).toBe(true);
+    }
+    const status = rb.steps.find((s) => s.command.endsWith("pypi-node status"));
+    const sample = t.floatingIps.map((f) => `fip\t${f.address}\trunning`).join("\n");
+    expect(new RegExp(status?.expectOutput ?? "^$").test(sample)).toBe(true);
+    expect(new RegExp(status?.expectOutput ?? "^$").test(`fip\t${t.floatingIps[0]?.address}\tstopped`)).toBe(
+      false,
+    );
+  });
+
+  it("markdown carries the real instance ids, addresses and SSM access", () => {
+    const t = withIds(topologyFor("prod"));
+    const rb = find(buildRunbooks(t), "db-primary-loss-db-a");
+    const md = runbookMarkdown(t, rb);
+    const dbA = t.nodes.find((n) => n.name === "db-a");
+    expect(md).toContain(`db-a (${dbA?.privateIp}, ${dbA?.instanceId})`);
+    expect(md).toContain(`aws ssm start-session --region us-east-1 --target ${dbA?.instanceId}`);
+    expect(md).toContain(`--instance-ids ${dbA?.instanceId}`);
+    expect(md).toContain(t.overlay.dbWriter);
+    expect(md.startsWith("# Database primary db-a lost\n")).toBe(true);
+    const rebuild = runbookMarkdown(t, find(buildRunbooks(t), "rebuild-app-b"));
+    expect(rebuild).toContain("--replace 'urn:pulumi:prod::pypi-infra::aws:ec2/instance:Instance::app-b'");
+  });
+
+  it("says plainly which runbooks the lab cannot execute", () => {
+    const rb = find(buildRunbooks(topologyFor("staging")), "storage-primary-loss-app-a");
+    expect(rb.labLimitation).toMatch(/DRBD/);
+    expect(runbookMarkdown(topologyFor("staging"), rb)).toContain("> Lab: the lab kernel has no DRBD module");
+  });
+});
