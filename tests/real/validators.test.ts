@@ -22,14 +22,20 @@ const shapes: { label: string; topology: Topology }[] = [
   {
     label: "staging pg11 wsgi",
     topology: withRuntime(
-      { ...topologyFor("staging", 11), postgres: { ...topologyFor("staging", 11).postgres, binDir: EMBEDDED_PG11 } },
+      {
+        ...topologyFor("staging", 11),
+        postgres: { ...topologyFor("staging", 11).postgres, binDir: EMBEDDED_PG11 },
+      },
       "wsgi",
     ),
   },
   {
     label: "prod pg11 gunicorn",
     topology: withRuntime(
-      { ...topologyFor("prod", 11), postgres: { ...topologyFor("prod", 11).postgres, binDir: EMBEDDED_PG11 } },
+      {
+        ...topologyFor("prod", 11),
+        postgres: { ...topologyFor("prod", 11).postgres, binDir: EMBEDDED_PG11 },
+      },
       "gunicorn",
     ),
   },
@@ -72,7 +78,9 @@ function secretsSetup(t: Topology, bundle: NodeBundle): string {
     );
   }
   if (bundle.secrets.some((s) => s.path === drbdPaths.secret)) {
-    lines.push(`printf 'common {\\n  net {\\n    shared-secret "s3cr3t";\\n  }\\n}\\n' > ${drbdPaths.secret}`);
+    lines.push(
+      `printf 'common {\\n  net {\\n    shared-secret "s3cr3t";\\n  }\\n}\\n' > ${drbdPaths.secret}`,
+    );
     lines.push(`mkdir -p ${t.storage.volumeMount}`);
   }
   return lines.join("\n");
@@ -101,8 +109,17 @@ describe.skipIf(!canRun)("real-validator tier: every bundle file accepted by its
     keyPath = join(scratch, "key.pem");
     execFileSync(
       "openssl",
-      ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
-        .concat(["-subj", "/CN=pypi.example.org", "-keyout", keyPath, "-out", certPath]),
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+      ].concat(["-subj", "/CN=pypi.example.org", "-keyout", keyPath, "-out", certPath]),
       { stdio: "ignore" },
     );
   });
@@ -169,11 +186,17 @@ describe.skipIf(!canRun)("real-validator tier: every bundle file accepted by its
       [broken(app, "/etc/ssh/sshd_config", (s) => `${s}PermitRootLogin maybe\n`), "sshd"],
       [broken(app, "/etc/apache2/sites-available/pypi.conf", (s) => `${s}<Directory>\n`), "apache"],
       [broken(app, drbdPaths.resource, (s) => s.replace("after-sb-1pri", "after-sb-1pry")), "drbd"],
-      [broken(db, "/etc/postgresql/15/main/postgresql.conf", (s) => `${s}wal_level = sideways\n`), "postgres"],
+      [
+        broken(db, "/etc/postgresql/15/main/postgresql.conf", (s) => `${s}wal_level = sideways\n`),
+        "postgres",
+      ],
     ];
     for (const [bundle, tool] of cases) {
       const { verdicts } = checkNode(t, bundle);
-      expect(verdicts.filter((v) => v.tool === tool).map((v) => v.status), tool).toContain("fail");
+      expect(
+        verdicts.filter((v) => v.tool === tool).map((v) => v.status),
+        tool,
+      ).toContain("fail");
     }
   });
 
