@@ -1,8 +1,8 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import type { NodeBundle } from "../../src/bundle-types.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
+import type { NodeBundle } from "../../src/bundle-types.js";
 
 /** Writes a bundle in the form the agent reads (manifest, secrets, files/...) and returns its dir. */
 export function writeBundleDir(bundle: NodeBundle, parent?: string): string {
