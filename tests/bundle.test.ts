@@ -57,6 +57,9 @@ describe("buildBundles", () => {
     expect(storage.absent).toContain("/etc/apache2/sites-enabled/000-default.conf");
     expect(paths(storage)).toContain("/etc/ssh/authorized_keys/alice");
     expect(paths(storage)).toContain("/etc/ssh/authorized_keys/bob");
+    const appEnv = storage.files.find((f) => f.path === "/etc/pypi-node/node.env")?.content ?? "";
+    expect(appEnv).toContain("PYPI_UPLOAD_USERS='alice:2001 bob:2002'");
+    expect(appEnv).toContain("PYPI_PACKAGE_ROOT='/srv/pypi'");
 
     // app-c is not in the storage pair: no DRBD, NFS server or storage Heartbeat.
     const plain = byNode(bundles, "app-c");

@@ -635,12 +635,34 @@ cmd_db_init() {
   echo "db-init: $PYPI_NODE initialised as $PYPI_PG_INITIAL_ROLE"
 }
 
+# The postmaster of the data directory is gone: no pid file, no such process, or a zombie that
+# nobody has reaped yet (pg_ctl counts that as running).
+pg_postmaster_gone() {
+  [ -r "$PYPI_PG_DATA/postmaster.pid" ] || return 0
+  pg_pid=$(head -n 1 "$PYPI_PG_DATA/postmaster.pid")
+  kill -0 "$pg_pid" 2>/dev/null || return 0
+  [ "$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pg_pid/status" 2>/dev/null)" = Z ]
+}
+
+# Stop the local server, if any, and wait until its postmaster is gone.
+pg_stop_local() {
+  if ! pg_postmaster_gone && svc_running postgresql; then
+    svc_stop postgresql || pg_ctl_ -m immediate stop || true
+  fi
+  pg_tries=0
+  until pg_postmaster_gone; do
+    [ "$pg_tries" -lt 50 ] || die "postgres on $PYPI_NODE does not stop; stop the instance instead"
+    pg_tries=$((pg_tries + 1))
+    sleep 0.2
+  done
+}
+
 cmd_db_fence() {
   # Stop the local server and drop the writer address; the fence marker keeps the agent
   # from starting this node as a primary until it has been re-attached as a standby.
   mkdir -p "$PYPI_AGENT_STATE"
   : >"$PYPI_AGENT_STATE/db-fenced"
-  if svc_running postgresql; then svc_stop postgresql || pg_ctl_ -m immediate stop; fi
+  pg_stop_local
   cmd_overlay "$PYPI_OVERLAY_DB" release
   echo "fenced $PYPI_NODE"
 }
@@ -691,7 +713,7 @@ pg_clean_shutdown() {
 
 cmd_db_reattach() {
   [ -e "$PYPI_AGENT_STATE/db-fenced" ] || die "$PYPI_NODE is not fenced; run db-fence first"
-  if svc_running postgresql; then svc_stop postgresql; fi
+  pg_stop_local
   pg_prepare_dirs
   pg_source="host=$PYPI_PG_PEER port=$PYPI_PG_PORT user=$PYPI_PG_REPL_USER dbname=postgres passfile=$PYPI_PG_PASSFILE connect_timeout=5"
   method=""
@@ -717,6 +739,8 @@ cmd_db_reattach() {
   if [ -e "$PYPI_PG_DATA/postgresql.auto.conf" ]; then
     sed -i '/^[[:space:]]*synchronous_standby_names[[:space:]]*=/d' "$PYPI_PG_DATA/postgresql.auto.conf"
   fi
+  # pg_rewind keeps the target's own slots; as a standby the old primary's slot would only pin WAL.
+  if [ -d "$PYPI_PG_DATA/pg_replslot" ]; then find "$PYPI_PG_DATA/pg_replslot" -mindepth 1 -delete; fi
   install_standby_files
   rm -f "$PYPI_AGENT_STATE/db-fenced"
   svc_start postgresql

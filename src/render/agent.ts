@@ -89,6 +89,8 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PG_DATABASE", t.postgres.database],
       ["PYPI_PG_APP_USER", t.postgres.appUser],
       ["PYPI_APP_PASSFILE", APP_PASSFILE],
+      ["PYPI_PACKAGE_ROOT", t.storage.packageRoot],
+      ["PYPI_UPLOAD_USERS", t.upload.users.map((u) => `${u.name}:${u.uid}`).join(" ")],
     );
   }
   return `${vars.map(([key, value]) => `${key}=${shQuote(value)}`).join("\n")}\n`;

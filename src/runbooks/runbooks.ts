@@ -214,7 +214,8 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
         title: `${primary.name} streams from ${standby.name}`,
         host: standby.name,
         command: `sleep 2; ${agent("db-replication")}`,
-        expect: `${standbyApp} streaming ${sync ? "sync" : "async"}`,
+        // Still async here when synchronous: the next step restores synchronous_standby_names.
+        expect: `${standbyApp} streaming async`,
         expectOutput: `${standbyApp} streaming`,
       },
       ...(sync
