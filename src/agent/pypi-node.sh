@@ -53,6 +53,7 @@ svc_reload() {
 }
 
 svc_start() {
+  if [ "$1" = postgresql ] && ! pg_may_start; then return 0; fi
   case $PYPI_SERVICE_MANAGER in
     systemd) systemctl enable --now "$1" ;;
     direct) direct_start "$1" ;;
@@ -530,15 +531,21 @@ pg_prepare_dirs() {
 
 # The direct (systemd-less) start. A fenced node starts only once it carries a standby marker,
 # so re-applying a bundle after a failover never brings back a second primary.
-pg_direct_start() {
+# Whatever starts Postgres asks first: no cluster yet, or a fenced node that is not yet a
+# standby, must stay down, so re-applying a bundle never brings back a second primary.
+pg_may_start() {
   if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
     log "postgresql: no cluster in $PYPI_PG_DATA yet (db-init creates it); not started"
-    return 0
+    return 1
   fi
   if [ -e "$PYPI_AGENT_STATE/db-fenced" ] && ! pg_is_standby_dir; then
     log "postgresql: $PYPI_NODE is fenced; db-reattach starts it as a standby"
-    return 0
+    return 1
   fi
+}
+
+pg_direct_start() {
+  pg_may_start || return 0
   pg_prepare_dirs
   pg_ctl_ -w -t 60 -l "/var/log/postgresql/postgresql-$PYPI_PG_VERSION-main.log" \
     -o "-c config_file=$PYPI_PG_CONF/postgresql.conf" start >/dev/null
