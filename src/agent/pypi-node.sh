@@ -90,7 +90,14 @@ direct_running() {
   esac
 }
 
+# A lab that cannot run a service (the storage pair's Heartbeat without DRBD) lists it here.
+direct_skipped() { case " ${PYPI_DIRECT_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+
 direct_start() {
+  if direct_skipped "$1"; then
+    log "$1 is not run on this node (PYPI_DIRECT_SKIP); skipped"
+    return 0
+  fi
   case $1 in
     nginx) nginx ;;
     haproxy) mkdir -p /run/haproxy && haproxy -D -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg ;;
@@ -220,6 +227,22 @@ validate_tool() {
 
 # ---------------------------------------------------------------- apply / check
 
+# The directory-wide validator that covers a path, if any.
+tree_validator() {
+  case $1 in
+    /etc/nginx/*) echo nginx ;;
+    /etc/apache2/*) echo apache ;;
+    /etc/drbd.d/*) echo drbd ;;
+    *) echo "" ;;
+  esac
+}
+
+# Some file of the bundle checked by VALIDATOR, for changes that are not files themselves.
+first_file_for() {
+  ff_file=$(awk -F '\t' -v v="$2" '$1 == "file" && $6 == v { print $2; exit }' "$1/manifest")
+  [ -n "$ff_file" ] && printf '%s\n' "$1/files$ff_file"
+}
+
 same_content() { [ -e "$2" ] && cmp -s "$1" "$2"; }
 
 same_link() { [ -L "$1" ] && [ "$(readlink "$1")" = "$2" ]; }
@@ -338,6 +361,7 @@ cmd_apply() {
   RELOAD=""
   changed=0
   rejected=0
+  validated=""
   install_packages "$bundle"
   disable_balancer_sshd
   ensure_upload_users
@@ -349,8 +373,14 @@ cmd_apply() {
       symlink) same_link "$path" "$target" && continue ;;
       absent) [ -e "$path" ] || [ -L "$path" ] || continue ;;
     esac
-    if [ "$kind" != file ] || [ "$validator" = - ]; then continue; fi
-    if ! out=$(validate_tool "$validator" "$bundle" "$bundle/files$path"); then
+    # A symlink or removal under a daemon's config dir changes what that daemon loads too.
+    [ "$validator" != - ] || validator=$(tree_validator "$path")
+    [ -n "$validator" ] || continue
+    case " $validated " in *" $validator "*) continue ;; esac
+    case $validator in nginx | apache | drbd) validated="$validated $validator" ;; esac
+    [ "$kind" = file ] || candidate=$(first_file_for "$bundle" "$validator") || continue
+    [ "$kind" != file ] || candidate="$bundle/files$path"
+    if ! out=$(validate_tool "$validator" "$bundle" "$candidate"); then
       log "rejected $path ($validator): $out"
       rejected=1
     fi
