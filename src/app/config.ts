@@ -1,0 +1,105 @@
+/** The app's settings, all from the environment that Apache (FcgidInitialEnv) or the agent sets. */
+import { readFileSync } from "node:fs";
+
+export interface AppConfig {
+  readonly db: {
+    readonly host: string;
+    readonly port: number;
+    readonly database: string;
+    readonly user: string;
+    /** A pgpass-format file (`host:port:database:user:password`), read on every connect. */
+    readonly passwordFile: string | undefined;
+  };
+  readonly packageRoot: string;
+  /** URL prefix of the stored files, ending in `/`. */
+  readonly packagesUrl: string;
+  readonly maxFileBytes: number;
+  /** Uploads younger than this are left for the next run: the client may still be writing. */
+  readonly settleSeconds: number;
+  /** Seconds a worker reuses a rendered index page (0 disables). */
+  readonly pageCacheSeconds: number;
+  /** When set, /_health also requires the package root to be a mount point. */
+  readonly requireMount: boolean;
+}
+
+export const DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024;
+
+function positiveInt(env: NodeJS.ProcessEnv, key: string, fallback: number): number {
+  const raw = env[key];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^[0-9]+$/.test(raw))
+    throw new Error(`${key}: expected a non-negative integer, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
+function required(env: NodeJS.ProcessEnv, key: string): string {
+  const v = env[key];
+  if (!v) throw new Error(`${key} is not set`);
+  return v;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
+  const packagesUrl = env.PYPI_PACKAGES_URL || "/packages/";
+  return {
+    db: {
+      host: required(env, "PYPI_DB_HOST"),
+      port: positiveInt(env, "PYPI_DB_PORT", 5432),
+      database: required(env, "PYPI_DB_NAME"),
+      user: required(env, "PYPI_DB_USER"),
+      passwordFile: env.PYPI_DB_PASSWORD_FILE || undefined,
+    },
+    packageRoot: required(env, "PYPI_PACKAGE_ROOT").replace(/\/+$/, ""),
+    packagesUrl: packagesUrl.endsWith("/") ? packagesUrl : `${packagesUrl}/`,
+    maxFileBytes: positiveInt(env, "PYPI_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES),
+    settleSeconds: positiveInt(env, "PYPI_SETTLE_SECONDS", 5),
+    pageCacheSeconds: positiveInt(env, "PYPI_PAGE_CACHE_SECONDS", 5),
+    requireMount: env.PYPI_REQUIRE_MOUNT === "1",
+  };
+}
+
+/** Split one pgpass line into fields, honouring `\:` and `\\` as libpq does. */
+function pgpassFields(line: string): string[] {
+  const fields: string[] = [];
+  let cur = "";
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i] as string;
+    if (c === "\\" && i + 1 < line.length) {
+      cur += line[++i];
+    } else if (c === ":" && fields.length < 4) {
+      fields.push(cur);
+      cur = "";
+    } else {
+      cur += c;
+    }
+  }
+  fields.push(cur);
+  return fields;
+}
+
+/**
+ * The password for host/port/database/user from pgpass text, matched like libpq: first
+ * matching line wins, `*` matches anything, `#` starts a comment line.
+ */
+export function pgpassLookup(
+  text: string,
+  want: { host: string; port: number; database: string; user: string },
+): string | undefined {
+  const values = [want.host, String(want.port), want.database, want.user];
+  for (const raw of text.split(/\r?\n/)) {
+    if (raw === "" || raw.startsWith("#")) continue;
+    const fields = pgpassFields(raw);
+    if (fields.length !== 5) continue;
+    if (values.every((v, i) => fields[i] === "*" || fields[i] === v)) return fields[4];
+  }
+  return undefined;
+}
+
+export function readPassword(cfg: AppConfig["db"]): string | undefined {
+  if (!cfg.passwordFile) return undefined;
+  const password = pgpassLookup(readFileSync(cfg.passwordFile, "utf8"), cfg);
+  if (password === undefined)
+    throw new Error(
+      `${cfg.passwordFile}: no pgpass line for ${cfg.host}:${cfg.port}:${cfg.database}:${cfg.user}`,
+    );
+  return password;
+}

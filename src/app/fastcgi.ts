@@ -1,0 +1,287 @@
+/**
+ * A FastCGI responder (FastCGI 1.0): enough of the protocol for mod_fcgid, which hands the
+ * process a listening Unix socket as fd 0 and sends one request per connection.
+ */
+import { createServer, type Server, type Socket } from "node:net";
+
+const VERSION = 1;
+const T = {
+  BEGIN_REQUEST: 1,
+  ABORT_REQUEST: 2,
+  END_REQUEST: 3,
+  PARAMS: 4,
+  STDIN: 5,
+  STDOUT: 6,
+  STDERR: 7,
+  GET_VALUES: 9,
+  GET_VALUES_RESULT: 10,
+  UNKNOWN_TYPE: 11,
+} as const;
+const ROLE_RESPONDER = 1;
+const FLAG_KEEP_CONN = 1;
+const STATUS = { REQUEST_COMPLETE: 0, CANT_MPX_CONN: 1, UNKNOWN_ROLE: 3 } as const;
+const MAX_CONTENT = 65535;
+/** Request bodies are tiny here; a cap keeps a hostile client from filling memory. */
+const MAX_STDIN = 1024 * 1024;
+
+export interface FcgiRequest {
+  readonly params: Readonly<Record<string, string>>;
+  readonly body: Buffer;
+}
+
+export interface FcgiResponse {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: string | Buffer;
+}
+
+export type Handler = (req: FcgiRequest) => Promise<FcgiResponse>;
+
+const REASONS: Record<number, string> = {
+  200: "OK",
+  301: "Moved Permanently",
+  304: "Not Modified",
+  400: "Bad Request",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  406: "Not Acceptable",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+function record(type: number, requestId: number, content: Buffer = Buffer.alloc(0)): Buffer {
+  const padding = (8 - (content.length % 8)) % 8;
+  const header = Buffer.alloc(8);
+  header.writeUInt8(VERSION, 0);
+  header.writeUInt8(type, 1);
+  header.writeUInt16BE(requestId, 2);
+  header.writeUInt16BE(content.length, 4);
+  header.writeUInt8(padding, 6);
+  return Buffer.concat([header, content, Buffer.alloc(padding)]);
+}
+
+/** Split a stream payload into records of at most 65535 bytes. */
+function streamRecords(type: number, requestId: number, data: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < data.length; i += MAX_CONTENT)
+    out.push(record(type, requestId, data.subarray(i, i + MAX_CONTENT)));
+  return out;
+}
+
+function endRequest(requestId: number, appStatus: number, protocolStatus: number): Buffer {
+  const body = Buffer.alloc(8);
+  body.writeUInt32BE(appStatus, 0);
+  body.writeUInt8(protocolStatus, 4);
+  return record(T.END_REQUEST, requestId, body);
+}
+
+/** Name-value pairs: lengths are 1 byte below 128, else 4 bytes with the top bit set. */
+export function decodeParams(buf: Buffer): Record<string, string> {
+  const out: Record<string, string> = {};
+  let i = 0;
+  const len = (): number => {
+    const b = buf.readUInt8(i);
+    if (b < 128) {
+      i += 1;
+      return b;
+    }
+    const n = buf.readUInt32BE(i) & 0x7fffffff;
+    i += 4;
+    return n;
+  };
+  while (i < buf.length) {
+    const nl = len();
+    const vl = len();
+    if (i + nl + vl > buf.length) throw new Error("fastcgi: truncated name-value pair");
+    const name = buf.toString("latin1", i, i + nl);
+    out[name] = buf.toString("utf8", i + nl, i + nl + vl);
+    i += nl + vl;
+  }
+  return out;
+}
+
+export function encodeParams(params: Readonly<Record<string, string>>): Buffer {
+  const parts: Buffer[] = [];
+  const len = (n: number): Buffer => {
+    if (n < 128) return Buffer.from([n]);
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE((n | 0x80000000) >>> 0);
+    return b;
+  };
+  for (const [k, v] of Object.entries(params)) {
+    const kb = Buffer.from(k, "latin1");
+    const vb = Buffer.from(v, "utf8");
+    parts.push(len(kb.length), len(vb.length), kb, vb);
+  }
+  return Buffer.concat(parts);
+}
+
+/** CGI response head: `Status:` plus headers; header values must not carry line breaks. */
+export function cgiHead(res: FcgiResponse, bodyLength: number): Buffer {
+  const lines = [`Status: ${res.status} ${REASONS[res.status] ?? "Status"}`];
+  for (const [k, v] of Object.entries(res.headers)) {
+    if (/[\r\n]/.test(k) || /[\r\n]/.test(v)) throw new Error(`fastcgi: header ${k} has a line break`);
+    lines.push(`${k}: ${v}`);
+  }
+  lines.push(`Content-Length: ${bodyLength}`);
+  return Buffer.from(`${lines.join("\r\n")}\r\n\r\n`, "latin1");
+}
+
+interface Pending {
+  keepConn: boolean;
+  params: Buffer[];
+  stdin: Buffer[];
+  stdinBytes: number;
+  paramsDone: boolean;
+  started: boolean;
+}
+
+function serveConnection(socket: Socket, handler: Handler, log: (msg: string) => void): void {
+  let buffered: Buffer = Buffer.alloc(0);
+  const requests = new Map<number, Pending>();
+  let busy = false;
+
+  const write = (chunks: Buffer[]): void => {
+    if (!socket.destroyed) socket.write(Buffer.concat(chunks));
+  };
+
+  const dispatch = (id: number, req: Pending): void => {
+    req.started = true;
+    busy = true;
+    let params: Record<string, string>;
+    try {
+      params = decodeParams(Buffer.concat(req.params));
+    } catch (err) {
+      log(String(err));
+      socket.destroy();
+      return;
+    }
+    const body = Buffer.concat(req.stdin);
+    handler({ params, body })
+      .catch((err: unknown): FcgiResponse => {
+        log(`request failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+        return {
+          status: 500,
+          headers: { "Content-Type": "text/plain; charset=utf-8" },
+          body: "internal error\n",
+        };
+      })
+      .then((res) => {
+        const data = typeof res.body === "string" ? Buffer.from(res.body, "utf8") : res.body;
+        const head = params.REQUEST_METHOD === "HEAD" ? Buffer.alloc(0) : data;
+        write([
+          ...streamRecords(T.STDOUT, id, Buffer.concat([cgiHead(res, data.length), head])),
+          record(T.STDOUT, id),
+          endRequest(id, 0, STATUS.REQUEST_COMPLETE),
+        ]);
+        requests.delete(id);
+        busy = false;
+        if (!req.keepConn) socket.end();
+      })
+      .catch((err: unknown) => {
+        log(`response failed: ${String(err)}`);
+        socket.destroy();
+      });
+  };
+
+  const onRecord = (type: number, id: number, content: Buffer): void => {
+    switch (type) {
+      case T.BEGIN_REQUEST: {
+        const role = content.readUInt16BE(0);
+        const flags = content.readUInt8(2);
+        if (role !== ROLE_RESPONDER) {
+          write([endRequest(id, 0, STATUS.UNKNOWN_ROLE)]);
+          return;
+        }
+        if (busy || requests.size > 0) {
+          write([endRequest(id, 0, STATUS.CANT_MPX_CONN)]);
+          return;
+        }
+        requests.set(id, {
+          keepConn: (flags & FLAG_KEEP_CONN) !== 0,
+          params: [],
+          stdin: [],
+          stdinBytes: 0,
+          paramsDone: false,
+          started: false,
+        });
+        return;
+      }
+      case T.PARAMS: {
+        const req = requests.get(id);
+        if (!req) return;
+        if (content.length === 0) req.paramsDone = true;
+        else req.params.push(content);
+        return;
+      }
+      case T.STDIN: {
+        const req = requests.get(id);
+        if (!req || req.started) return;
+        if (content.length === 0) {
+          dispatch(id, req);
+          return;
+        }
+        req.stdinBytes += content.length;
+        if (req.stdinBytes > MAX_STDIN) {
+          log("request body too large; closing connection");
+          socket.destroy();
+          return;
+        }
+        req.stdin.push(content);
+        return;
+      }
+      case T.ABORT_REQUEST: {
+        const req = requests.get(id);
+        if (req && !req.started) {
+          requests.delete(id);
+          write([endRequest(id, 0, STATUS.REQUEST_COMPLETE)]);
+        }
+        return;
+      }
+      case T.GET_VALUES: {
+        const values = { FCGI_MAX_CONNS: "1", FCGI_MAX_REQS: "1", FCGI_MPXS_CONNS: "0" };
+        write([record(T.GET_VALUES_RESULT, 0, encodeParams(values))]);
+        return;
+      }
+      default: {
+        const body = Buffer.alloc(8);
+        body.writeUInt8(type, 0);
+        write([record(T.UNKNOWN_TYPE, 0, body)]);
+      }
+    }
+  };
+
+  socket.on("data", (chunk: Buffer) => {
+    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+    while (buffered.length >= 8) {
+      const version = buffered.readUInt8(0);
+      const type = buffered.readUInt8(1);
+      const id = buffered.readUInt16BE(2);
+      const contentLength = buffered.readUInt16BE(4);
+      const padding = buffered.readUInt8(6);
+      if (version !== VERSION) {
+        log(`fastcgi: unsupported protocol version ${version}`);
+        socket.destroy();
+        return;
+      }
+      const total = 8 + contentLength + padding;
+      if (buffered.length < total) break;
+      const content = buffered.subarray(8, 8 + contentLength);
+      buffered = buffered.subarray(total);
+      onRecord(type, id, content);
+    }
+  });
+  socket.on("error", (err) => log(`connection error: ${err.message}`));
+}
+
+/** Serve FastCGI on an already-listening socket (fd 0 under mod_fcgid) or on a path/port for tests. */
+export function serveFastCgi(
+  handler: Handler,
+  listen: { fd: number } | { path: string } | { port: number; host: string },
+  log: (msg: string) => void,
+): Server {
+  const server = createServer((socket) => serveConnection(socket, handler, log));
+  server.on("error", (err) => log(`server error: ${err.message}`));
+  server.listen(listen);
+  return server;
+}
