@@ -1,0 +1,84 @@
+import * as pulumi from "@pulumi/pulumi";
+import {
+  type AwsAccount,
+  bundleReadStatements,
+  instanceRole,
+  parameterReadStatements,
+  rolePolicy,
+  routeStatements,
+} from "./iam.js";
+import {
+  type LaunchArgs,
+  type LaunchedNode,
+  launchNode,
+  nodeSuffix,
+  type PlannedNode,
+  validateLaunchArgs,
+} from "./node.js";
+
+export interface AppServersArgs extends LaunchArgs {
+  /** The app servers, spread over both AZs; the first two form the DRBD/NFS storage pair. */
+  readonly nodes: readonly PlannedNode[];
+  /** ARN of the bundle bucket; the role reads only `bundles/<app server>/`. */
+  readonly bundleBucketArn: pulumi.Input<string>;
+  /** ARNs of the SSM parameters app servers fetch (upload host key, app password, storage secrets). */
+  readonly parameterArns: readonly pulumi.Input<string>[];
+  /** Private route tables whose storage overlay route the storage primary takes over. */
+  readonly routeTableIds: readonly pulumi.Input<string>[];
+  readonly account: pulumi.Input<AwsAccount>;
+}
+
+export function validateAppServersArgs(args: AppServersArgs): void {
+  if (args.nodes.length < 2 || args.nodes.length > 16)
+    throw new Error(`AppServers: nodes has ${args.nodes.length} entries; expected 2-16 app servers`);
+  const wrong = args.nodes.find((n) => n.role !== "app");
+  if (wrong)
+    throw new Error(
+      `AppServers: node ${JSON.stringify(wrong.name)} has role ${JSON.stringify(wrong.role)}; expected app`,
+    );
+  const [a, b] = args.nodes;
+  if (a && b && a.azIndex === b.azIndex)
+    throw new Error(
+      `AppServers: storage pair ${a.name} and ${b.name} share AZ ${JSON.stringify(a.az)}; expected two AZs`,
+    );
+  if (args.routeTableIds.length === 0)
+    throw new Error("AppServers: routeTableIds is empty; expected the private route tables");
+  validateLaunchArgs("AppServers", args.nodes, args);
+}
+
+/** Apache + upload sshd app servers; the first two also carry DRBD, NFS and the storage Heartbeat. */
+export class AppServers extends pulumi.ComponentResource {
+  readonly nodes: readonly LaunchedNode[];
+
+  constructor(name: string, args: AppServersArgs, opts: pulumi.ComponentResourceOptions = {}) {
+    super("pypi:infra:AppServers", name, {}, opts);
+    validateAppServersArgs(args);
+    const { role, profile } = instanceRole(this, name, { account: args.account, tags: args.tags ?? {} });
+    const statements = pulumi
+      .all([
+        args.account,
+        args.bundleBucketArn,
+        pulumi.all([...args.parameterArns]),
+        pulumi.all([...args.routeTableIds]),
+      ])
+      .apply(([account, bucketArn, parameters, routeTables]) => [
+        ...bundleReadStatements(
+          bucketArn,
+          args.nodes.map((n) => n.name),
+        ),
+        ...parameterReadStatements(parameters),
+        ...routeStatements(account, routeTables),
+      ]);
+    const policy = rolePolicy(this, name, role, statements);
+    this.nodes = args.nodes.map((spec, i) =>
+      launchNode(this, `${name}-${nodeSuffix(spec)}`, spec, {
+        ...args,
+        profile,
+        policy,
+        // Only the storage pair receives packets for the storage overlay address.
+        sourceDestCheck: i >= 2,
+      }),
+    );
+    this.registerOutputs({ instanceIds: this.nodes.map((n) => n.instance.id) });
+  }
+}

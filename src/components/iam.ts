@@ -1,0 +1,132 @@
+import * as aws from "@pulumi/aws";
+import * as pulumi from "@pulumi/pulumi";
+
+/** Partition, account and region: what every ARN below is built from. */
+export interface AwsAccount {
+  readonly partition: string;
+  readonly accountId: string;
+  readonly region: string;
+}
+
+export interface PolicyStatement {
+  readonly Sid: string;
+  readonly Effect: "Allow" | "Deny";
+  readonly Action: readonly string[];
+  readonly Resource?: string | readonly string[];
+  readonly NotResource?: readonly string[];
+  readonly Condition?: Readonly<Record<string, Readonly<Record<string, string | readonly string[]>>>>;
+}
+
+export const SSM_CORE_POLICY = "AmazonSSMManagedInstanceCore";
+
+export const ec2Arn = (a: AwsAccount, kind: string, id: string): string =>
+  `arn:${a.partition}:ec2:${a.region}:${a.accountId}:${kind}/${id}`;
+
+/** `aws s3 sync` of `bundles/<node>/` needs ListBucket on that prefix and GetObject below it. */
+export function bundleReadStatements(bucketArn: string, nodes: readonly string[]): PolicyStatement[] {
+  const prefixes = nodes.map((n) => `bundles/${n}/`);
+  return [
+    {
+      Sid: "ReadOwnBundles",
+      Effect: "Allow",
+      Action: ["s3:GetObject", "s3:GetObjectVersion"],
+      Resource: prefixes.map((p) => `${bucketArn}/${p}*`),
+    },
+    {
+      Sid: "ListOwnBundles",
+      Effect: "Allow",
+      Action: ["s3:ListBucket"],
+      Resource: bucketArn,
+      Condition: { StringLike: { "s3:prefix": prefixes.flatMap((p) => [p, `${p}*`]) } },
+    },
+  ];
+}
+
+/**
+ * Read access to exactly these parameters. AmazonSSMManagedInstanceCore allows
+ * ssm:GetParameter(s) on "*", and the aws/ssm key lets any principal of the account decrypt
+ * through SSM, so the explicit Deny on every other parameter is what keeps one role from
+ * reading another role's secrets.
+ */
+export function parameterReadStatements(parameterArns: readonly string[]): PolicyStatement[] {
+  const reads = [
+    "ssm:GetParameter",
+    "ssm:GetParameters",
+    "ssm:GetParametersByPath",
+    "ssm:GetParameterHistory",
+  ];
+  return [
+    { Sid: "ReadOwnParameters", Effect: "Allow", Action: ["ssm:GetParameter"], Resource: parameterArns },
+    { Sid: "DenyOtherParameters", Effect: "Deny", Action: reads, NotResource: parameterArns },
+  ];
+}
+
+/** `pypi-node overlay take`: replace-route in the private route tables, describe to check. */
+export function routeStatements(a: AwsAccount, routeTableIds: readonly string[]): PolicyStatement[] {
+  return [
+    {
+      Sid: "MoveOverlayRoutes",
+      Effect: "Allow",
+      Action: ["ec2:ReplaceRoute"],
+      Resource: routeTableIds.map((id) => ec2Arn(a, "route-table", id)),
+    },
+    { Sid: "DescribeRoutes", Effect: "Allow", Action: ["ec2:DescribeRouteTables"], Resource: "*" },
+  ];
+}
+
+export const policyJson = (statements: readonly PolicyStatement[]): string =>
+  JSON.stringify({ Version: "2012-10-17", Statement: statements });
+
+export interface InstanceRoleArgs {
+  readonly account: pulumi.Input<AwsAccount>;
+  readonly tags: Readonly<Record<string, string>>;
+}
+
+export interface InstanceRole {
+  readonly role: aws.iam.Role;
+  readonly profile: aws.iam.InstanceProfile;
+}
+
+/** Role + instance profile for one node role: SSM core (Session Manager, Run Command) and its own policy. */
+export function instanceRole(parent: pulumi.Resource, name: string, args: InstanceRoleArgs): InstanceRole {
+  const opts = { parent };
+  const role = new aws.iam.Role(
+    `${name}-role`,
+    {
+      assumeRolePolicy: JSON.stringify({
+        Version: "2012-10-17",
+        Statement: [
+          { Effect: "Allow", Principal: { Service: "ec2.amazonaws.com" }, Action: "sts:AssumeRole" },
+        ],
+      }),
+      tags: args.tags,
+    },
+    opts,
+  );
+  new aws.iam.RolePolicyAttachment(
+    `${name}-ssm-core`,
+    {
+      role: role.name,
+      policyArn: pulumi
+        .output(args.account)
+        .apply((a) => `arn:${a.partition}:iam::aws:policy/${SSM_CORE_POLICY}`),
+    },
+    opts,
+  );
+  const profile = new aws.iam.InstanceProfile(`${name}-profile`, { role: role.name, tags: args.tags }, opts);
+  return { role, profile };
+}
+
+/** The role's own statements (bundles, parameters, cloud actions) as its inline policy. */
+export function rolePolicy(
+  parent: pulumi.Resource,
+  name: string,
+  role: aws.iam.Role,
+  statements: pulumi.Input<PolicyStatement[]>,
+): aws.iam.RolePolicy {
+  return new aws.iam.RolePolicy(
+    `${name}-policy`,
+    { role: role.name, policy: pulumi.output(statements).apply((s) => policyJson(s)) },
+    { parent },
+  );
+}

@@ -1,0 +1,160 @@
+import * as aws from "@pulumi/aws";
+import * as pulumi from "@pulumi/pulumi";
+import {
+  type AwsAccount,
+  bundleReadStatements,
+  instanceRole,
+  parameterReadStatements,
+  rolePolicy,
+  routeStatements,
+} from "./iam.js";
+import {
+  type LaunchArgs,
+  type LaunchedNode,
+  launchNode,
+  nodeSuffix,
+  type PlannedNode,
+  validateLaunchArgs,
+} from "./node.js";
+
+/** Device name the data volume is attached as (nvme1n1 on Nitro instances). */
+export const DATA_DEVICE_NAME = "/dev/sdf";
+
+export interface PostgresPairArgs extends LaunchArgs {
+  /** Primary first, then the standby; one per AZ. */
+  readonly nodes: readonly [PlannedNode, PlannedNode];
+  /** Size of each node's encrypted data volume. */
+  readonly dataVolumeGb: number;
+  /** Writer overlay address (outside the VPC CIDR) routed to the primary. */
+  readonly writerAddress: string;
+  /** Private route tables that carry the writer route (one per AZ). */
+  readonly routeTables: readonly aws.ec2.RouteTable[];
+  /** ARN of the bundle bucket; the role reads only `bundles/<db node>/`. */
+  readonly bundleBucketArn: pulumi.Input<string>;
+  /** ARNs of the SSM parameters the databases fetch (replication password). */
+  readonly parameterArns: readonly pulumi.Input<string>[];
+  readonly account: pulumi.Input<AwsAccount>;
+  /**
+   * Protect and retain the data volumes.
+   * @default false
+   */
+  readonly retainData?: boolean;
+}
+
+export function validatePostgresPairArgs(args: PostgresPairArgs): void {
+  const [a, b] = args.nodes;
+  if (args.nodes.length !== 2 || a.role !== "db" || b.role !== "db")
+    throw new Error(
+      `PostgresPair: nodes ${JSON.stringify(args.nodes.map((n) => `${n.name}:${n.role}`))} is not valid; expected exactly 2 db nodes`,
+    );
+  if (a.azIndex === b.azIndex)
+    throw new Error(
+      `PostgresPair: nodes ${a.name} and ${b.name} share AZ ${JSON.stringify(a.az)}; expected two AZs`,
+    );
+  if (!Number.isInteger(args.dataVolumeGb) || args.dataVolumeGb < 1 || args.dataVolumeGb > 16384)
+    throw new Error(
+      `PostgresPair: dataVolumeGb ${JSON.stringify(args.dataVolumeGb)} is not valid; expected 1-16384`,
+    );
+  if (!/^([0-9]{1,3}\.){3}[0-9]{1,3}$/.test(args.writerAddress))
+    throw new Error(
+      `PostgresPair: writerAddress ${JSON.stringify(args.writerAddress)} is not valid; expected an IPv4 address`,
+    );
+  if (args.routeTables.length === 0)
+    throw new Error("PostgresPair: routeTables is empty; expected the private route tables");
+  validateLaunchArgs("PostgresPair", args.nodes, args);
+}
+
+/**
+ * Overlay route `address/32` -> `eni` in every given route table. The agent's `replace-route`
+ * moves the target on failover, so Pulumi ignores it after creation, as it ignores EIP
+ * associations: it must not fight a failover.
+ */
+export function overlayRoutes(
+  parent: pulumi.Resource,
+  name: string,
+  address: string,
+  routeTables: readonly aws.ec2.RouteTable[],
+  eni: aws.ec2.NetworkInterface,
+): aws.ec2.Route[] {
+  return routeTables.map(
+    (rt, i) =>
+      new aws.ec2.Route(
+        `${name}-${String.fromCharCode(97 + i)}`,
+        { routeTableId: rt.id, destinationCidrBlock: `${address}/32`, networkInterfaceId: eni.id },
+        { parent, ignoreChanges: ["networkInterfaceId"] },
+      ),
+  );
+}
+
+/** Postgres primary/standby pair in two AZs with encrypted data volumes and the writer route. */
+export class PostgresPair extends pulumi.ComponentResource {
+  readonly nodes: readonly LaunchedNode[];
+  readonly dataVolumes: readonly aws.ebs.Volume[];
+  readonly writerRoutes: readonly aws.ec2.Route[];
+
+  constructor(name: string, args: PostgresPairArgs, opts: pulumi.ComponentResourceOptions = {}) {
+    super("pypi:infra:PostgresPair", name, {}, opts);
+    validatePostgresPairArgs(args);
+    const retain = args.retainData ?? false;
+    const { role, profile } = instanceRole(this, name, { account: args.account, tags: args.tags ?? {} });
+    const statements = pulumi
+      .all([
+        args.account,
+        args.bundleBucketArn,
+        pulumi.all([...args.parameterArns]),
+        pulumi.all(args.routeTables.map((rt) => rt.id)),
+      ])
+      .apply(([account, bucketArn, parameters, routeTables]) => [
+        ...bundleReadStatements(
+          bucketArn,
+          args.nodes.map((n) => n.name),
+        ),
+        ...parameterReadStatements(parameters),
+        ...routeStatements(account, routeTables),
+      ]);
+    const policy = rolePolicy(this, name, role, statements);
+    this.nodes = args.nodes.map((spec) =>
+      launchNode(this, `${name}-${nodeSuffix(spec)}`, spec, {
+        ...args,
+        profile,
+        policy,
+        sourceDestCheck: false,
+      }),
+    );
+    this.dataVolumes = this.nodes.map(({ spec, instance }) => {
+      const volumeName = `${name}-${nodeSuffix(spec)}-data`;
+      const volume = new aws.ebs.Volume(
+        volumeName,
+        {
+          availabilityZone: spec.az,
+          size: args.dataVolumeGb,
+          type: "gp3",
+          encrypted: true,
+          finalSnapshot: retain,
+          tags: { ...args.tags, Name: `${spec.name}-data`, "pypi:node": spec.name },
+        },
+        { parent: this, protect: retain, retainOnDelete: retain },
+      );
+      new aws.ec2.VolumeAttachment(
+        volumeName,
+        {
+          deviceName: DATA_DEVICE_NAME,
+          volumeId: volume.id,
+          instanceId: instance.id,
+          stopInstanceBeforeDetaching: true,
+        },
+        { parent: this },
+      );
+      return volume;
+    });
+    const primary = this.nodes[0] as LaunchedNode;
+    this.writerRoutes = overlayRoutes(
+      this,
+      `${name}-writer`,
+      args.writerAddress,
+      args.routeTables,
+      primary.eni,
+    );
+    this.registerOutputs({ instanceIds: this.nodes.map((n) => n.instance.id) });
+  }
+}

@@ -1,0 +1,170 @@
+import { createHash } from "node:crypto";
+import * as aws from "@pulumi/aws";
+import * as command from "@pulumi/command";
+import * as pulumi from "@pulumi/pulumi";
+import { bootstrapScriptPath } from "../render/cloud-init.js";
+
+/** A node's bundle: relative path -> content (bundleDirEntries as a plain object). */
+export type BundleEntries = Readonly<Record<string, string>>;
+
+/** Order-independent digest of a bundle; the rollout trigger of its node. */
+export function bundleDigest(entries: BundleEntries): string {
+  const hash = createHash("sha256");
+  for (const key of Object.keys(entries).sort()) hash.update(`${key}\0${entries[key]}\0`);
+  return hash.digest("hex");
+}
+
+/**
+ * Re-applies one node's bundle through SSM Run Command and waits for the result. Runs on the
+ * operator's machine with the operator's credentials: wait until the node is online in SSM
+ * (first boot), run the bootstrap (fetch bundle, `pypi-node apply`), poll the invocation and
+ * fail with its stderr on anything but Success.
+ */
+export const APPLY_SCRIPT = `${[
+  "set -eu",
+  'aws_() { aws --region "$PYPI_REGION" --output text "$@"; }',
+  "i=0",
+  'until [ "$(aws_ ssm describe-instance-information --filters "Key=InstanceIds,Values=$PYPI_INSTANCE_ID" --query \'InstanceInformationList[0].PingStatus\' 2>/dev/null)" = Online ]; do',
+  "  i=$((i + 1))",
+  '  if [ "$i" -ge 90 ]; then echo "$PYPI_NODE ($PYPI_INSTANCE_ID) is not online in SSM after 15 minutes" >&2; exit 1; fi',
+  "  sleep 10",
+  "done",
+  'cid=$(aws_ ssm send-command --instance-ids "$PYPI_INSTANCE_ID" --document-name AWS-RunShellScript \\',
+  '  --comment "pypi-node apply $PYPI_NODE $(printf %.12s "$PYPI_BUNDLE_SHA256")" \\',
+  `  --parameters 'commands=["${bootstrapScriptPath}"],executionTimeout=["1800"]' \\`,
+  "  --query Command.CommandId)",
+  "while :; do",
+  '  status=$(aws_ ssm get-command-invocation --command-id "$cid" --instance-id "$PYPI_INSTANCE_ID" --query Status 2>/dev/null || echo Pending)',
+  '  case "$status" in',
+  "    Pending | InProgress | Delayed) sleep 5 ;;",
+  "    *) break ;;",
+  "  esac",
+  "done",
+  'if [ "$status" != Success ]; then',
+  '  echo "pypi-node apply on $PYPI_NODE ($PYPI_INSTANCE_ID): $status" >&2',
+  '  aws_ ssm get-command-invocation --command-id "$cid" --instance-id "$PYPI_INSTANCE_ID" --query StandardErrorContent >&2 || true',
+  "  exit 1",
+  "fi",
+  'echo "$PYPI_NODE applied bundle $PYPI_BUNDLE_SHA256"',
+].join("\n")}\n`;
+
+export interface ConfigRolloutArgs {
+  /** Bucket holding `bundles/<node>/...`. */
+  readonly bucket: aws.s3.Bucket;
+  /** Bucket settings (public access block, encryption) that must exist before any object. */
+  readonly bucketReady: readonly pulumi.Resource[];
+  /**
+   * Each node's bundle file list (relative paths). Plain: computed from the pre-topology, so the
+   * set of objects is known before any output resolves.
+   */
+  readonly files: Readonly<Record<string, readonly string[]>>;
+  /** Each node's bundle content, from the resolved topology. */
+  readonly entries: pulumi.Output<Readonly<Record<string, BundleEntries>>>;
+  /** Rollout chains: chains run side by side, the nodes of one chain one at a time, in order. */
+  readonly chains: readonly (readonly string[])[];
+  /** The instance of every node named in `chains`. */
+  readonly instances: Readonly<Record<string, aws.ec2.Instance>>;
+  /** Region of the instances, for the SSM calls. */
+  readonly region: string;
+}
+
+export function validateConfigRolloutArgs(args: ConfigRolloutArgs): void {
+  const seen = new Set<string>();
+  for (const node of args.chains.flat()) {
+    if (seen.has(node))
+      throw new Error(`ConfigRollout: node ${JSON.stringify(node)} appears in more than one chain position`);
+    seen.add(node);
+    if (!args.files[node]?.length)
+      throw new Error(`ConfigRollout: files has no entries for node ${JSON.stringify(node)}`);
+    if (!args.instances[node])
+      throw new Error(`ConfigRollout: instances has no instance for node ${JSON.stringify(node)}`);
+  }
+  for (const node of Object.keys(args.files)) {
+    if (!seen.has(node))
+      throw new Error(`ConfigRollout: node ${JSON.stringify(node)} has a bundle but is in no chain`);
+  }
+}
+
+/**
+ * Stores each node's bundle as S3 objects and re-applies a changed bundle in place, one node of
+ * a pair at a time: node b's command depends on node a's, and each is re-run (replaced) only
+ * when its own bundle digest changes. Nothing here is an input of an instance.
+ */
+export class ConfigRollout extends pulumi.ComponentResource {
+  readonly objects: Readonly<Record<string, readonly aws.s3.BucketObjectv2[]>>;
+  readonly commands: Readonly<Record<string, command.local.Command>>;
+  /** Each node and the node whose apply it waits for. */
+  readonly steps: readonly { readonly node: string; readonly after?: string }[];
+  /** Last command of every chain: what "rolled out" means. */
+  readonly done: readonly command.local.Command[];
+  readonly digests: pulumi.Output<Readonly<Record<string, string>>>;
+
+  constructor(name: string, args: ConfigRolloutArgs, opts: pulumi.ComponentResourceOptions = {}) {
+    super("pypi:infra:ConfigRollout", name, {}, opts);
+    validateConfigRolloutArgs(args);
+    const objects: Record<string, aws.s3.BucketObjectv2[]> = {};
+    for (const [node, files] of Object.entries(args.files)) {
+      objects[node] = files.map(
+        (file) =>
+          new aws.s3.BucketObjectv2(
+            `${name}-${node}-${file}`,
+            {
+              bucket: args.bucket.id,
+              key: `bundles/${node}/${file}`,
+              content: args.entries.apply((all) => {
+                const content = all[node]?.[file];
+                if (content === undefined)
+                  throw new Error(
+                    `bundle ${node}: ${file} is in the planned file list but not in the rendered bundle`,
+                  );
+                return content;
+              }),
+              contentType: "text/plain; charset=utf-8",
+              serverSideEncryption: "AES256",
+            },
+            { parent: this, dependsOn: [...args.bucketReady] },
+          ),
+      );
+    }
+    this.objects = objects;
+    this.digests = args.entries.apply((all) =>
+      Object.fromEntries(Object.entries(all).map(([node, entries]) => [node, bundleDigest(entries)])),
+    );
+    const commands: Record<string, command.local.Command> = {};
+    const steps: { node: string; after?: string }[] = [];
+    const done: command.local.Command[] = [];
+    for (const chain of args.chains) {
+      let previous: { node: string; command: command.local.Command } | undefined;
+      for (const node of chain) {
+        const digest = this.digests.apply((d) => d[node] ?? "");
+        const instance = args.instances[node] as aws.ec2.Instance;
+        const cmd = new command.local.Command(
+          `${name}-${node}`,
+          {
+            create: APPLY_SCRIPT,
+            interpreter: ["/bin/sh", "-c"],
+            environment: {
+              PYPI_REGION: args.region,
+              PYPI_NODE: node,
+              PYPI_INSTANCE_ID: instance.id,
+              PYPI_BUNDLE_SHA256: digest,
+            },
+            triggers: [digest],
+          },
+          {
+            parent: this,
+            dependsOn: [...(objects[node] ?? []), ...(previous ? [previous.command] : [])],
+          },
+        );
+        commands[node] = cmd;
+        steps.push(previous ? { node, after: previous.node } : { node });
+        previous = { node, command: cmd };
+      }
+      if (previous) done.push(previous.command);
+    }
+    this.commands = commands;
+    this.steps = steps;
+    this.done = done;
+    this.registerOutputs({ digests: this.digests });
+  }
+}

@@ -1,0 +1,220 @@
+import type * as aws from "@pulumi/aws";
+import { describe, expect, test } from "vitest";
+import { validateAppServersArgs } from "../../src/components/app-servers.js";
+import { floatingIpStatements, validateBalancerPairArgs } from "../../src/components/balancer-pair.js";
+import { validateBundleBucketArgs } from "../../src/components/bundle-bucket.js";
+import { validateDrbdVolumeArgs } from "../../src/components/drbd-volume.js";
+import { bundleReadStatements, parameterReadStatements } from "../../src/components/iam.js";
+import type { LaunchedNode, PlannedNode } from "../../src/components/node.js";
+import { validatePostgresPairArgs } from "../../src/components/postgres-pair.js";
+import { bundleDigest, validateConfigRolloutArgs } from "../../src/components/rollout.js";
+import { validateStackSecretsArgs } from "../../src/components/secrets.js";
+import { validateUploadProxyArgs } from "../../src/components/upload-proxy.js";
+import { parseConfig } from "../../src/config.js";
+import { hostIp, networkRules, subnetCidr, validateNetworkArgs } from "../../src/network.js";
+import { buildTopology, bundleFileLists, placeholderIds, planNodes, secretRefs } from "../../src/stack.js";
+import { stackConfigMap } from "./yaml.js";
+
+// Validation reads plain fields only; resource-typed args are stand-ins.
+const fake = <T>() => ({}) as unknown as T;
+const subnets = [fake<aws.ec2.Subnet>(), fake<aws.ec2.Subnet>()] as const;
+const prodConfig = () => parseConfig(stackConfigMap("prod"), "prod");
+const plan = () => planNodes(prodConfig());
+const ofRole = (role: string) => plan().filter((n) => n.role === role);
+const launch = (nodes: readonly PlannedNode[]) => ({
+  ami: "ami-1",
+  instanceType: "t3.small",
+  subnets,
+  securityGroup: fake<aws.ec2.SecurityGroup>(),
+  userData: Object.fromEntries(nodes.map((n) => [n.name, "#cloud-config\n"])),
+  bundleBucketArn: "arn:aws:s3:::b",
+  parameterArns: [],
+  account: { partition: "aws", accountId: "1", region: "us-east-1" },
+});
+
+describe("planning", () => {
+  test("addresses come from the subnet CIDRs, before anything exists", () => {
+    expect(subnetCidr("10.40.0.0/16", "app", 1)).toBe("10.40.11.0/24");
+    expect(hostIp("10.40.11.0/24", 10)).toBe("10.40.11.10");
+    expect(() => hostIp("10.40.11.0/24", 2)).toThrow(/outside the usable range/);
+    const nodes = plan();
+    expect(nodes.map((n) => `${n.name}@${n.privateIp}`)).toEqual([
+      "lb-a@10.40.0.10",
+      "lb-b@10.40.1.10",
+      "app-a@10.40.10.10",
+      "app-b@10.40.11.10",
+      "app-c@10.40.10.11",
+      "db-a@10.40.20.10",
+      "db-b@10.40.21.10",
+    ]);
+    expect(nodes[0]?.secondaryIps).toEqual(["10.40.0.20", "10.40.0.21"]);
+  });
+
+  test("the bundle file list does not depend on resolved ids", () => {
+    const cfg = prodConfig();
+    const planned = bundleFileLists(buildTopology(cfg, plan(), placeholderIds(cfg)));
+    const resolved = bundleFileLists(
+      buildTopology(cfg, plan(), {
+        floatingIps: [
+          { address: "203.0.113.7", allocationId: "eipalloc-0aaa" },
+          { address: "203.0.113.8", allocationId: "eipalloc-0bbb" },
+        ],
+        routeTableIds: ["rtb-0123", "rtb-0456"],
+        bucket: "pypi-prod-bundles-0c1d2e3f",
+        instances: { "lb-a": { instanceId: "i-0123", urn: "urn:pulumi:prod::pypi-infra::x::y" } },
+      }),
+    );
+    expect(resolved).toEqual(planned);
+  });
+
+  test("secret references are the parameter names", () => {
+    expect(secretRefs("prod").tlsKey.parameter).toBe("/pypi/prod/tls/key");
+  });
+
+  test("bundle digest is order-independent and content-sensitive", () => {
+    expect(bundleDigest({ a: "1", b: "2" })).toBe(bundleDigest({ b: "2", a: "1" }));
+    expect(bundleDigest({ a: "1" })).not.toBe(bundleDigest({ a: "2" }));
+  });
+});
+
+describe("validateXArgs", () => {
+  test("Network", () => {
+    const ok = {
+      vpcCidr: "10.40.0.0/16",
+      availabilityZones: ["a1", "a2"] as const,
+      ports: networkPorts(),
+      tags: {},
+    };
+    expect(() => validateNetworkArgs(ok)).not.toThrow();
+    expect(() => validateNetworkArgs({ ...ok, vpcCidr: "10.40.0.0/24" })).toThrow(
+      'Network: vpcCidr "10.40.0.0/24" is not valid; expected /16 to /19',
+    );
+    expect(() => validateNetworkArgs({ ...ok, availabilityZones: ["a1", "a1"] })).toThrow(
+      /expected two different AZs/,
+    );
+  });
+
+  test("BalancerPair", () => {
+    const [a, b] = ofRole("balancer") as [PlannedNode, PlannedNode];
+    const ok = { ...launch([a, b]), nodes: [a, b] as const, floatingIps: 2 };
+    expect(() => validateBalancerPairArgs(ok)).not.toThrow();
+    expect(() => validateBalancerPairArgs({ ...ok, floatingIps: 3 })).toThrow(
+      /lb-a.secondaryIps \["10.40.0.20","10.40.0.21"\] is not valid; expected 3/,
+    );
+    expect(() => validateBalancerPairArgs({ ...ok, nodes: [a, { ...b, azIndex: 0 }] })).toThrow(/share AZ/);
+    expect(() => validateBalancerPairArgs({ ...ok, instanceType: "big" })).toThrow(
+      'instanceType "big" is not valid',
+    );
+    expect(() => validateBalancerPairArgs({ ...ok, userData: {} })).toThrow(
+      /userData has no entry for node "lb-a"/,
+    );
+  });
+
+  test("floating-IP statements name only the given allocations and interfaces", () => {
+    const s = floatingIpStatements(
+      { partition: "aws", accountId: "1", region: "r-1" },
+      ["eipalloc-1"],
+      ["eni-1"],
+    );
+    expect(s[0]?.Resource).toEqual([
+      "arn:aws:ec2:r-1:1:elastic-ip/eipalloc-1",
+      "arn:aws:ec2:r-1:1:network-interface/eni-1",
+    ]);
+    expect(s[1]).toMatchObject({ Action: ["ec2:DescribeAddresses"], Resource: "*" });
+    expect(bundleReadStatements("arn:aws:s3:::b", ["x"])[0]?.Resource).toEqual([
+      "arn:aws:s3:::b/bundles/x/*",
+    ]);
+    expect(parameterReadStatements(["p"])[1]).toMatchObject({ Effect: "Deny", NotResource: ["p"] });
+  });
+
+  test("AppServers", () => {
+    const apps = ofRole("app");
+    const ok = { ...launch(apps), nodes: apps, routeTableIds: ["rtb-1"] };
+    expect(() => validateAppServersArgs(ok)).not.toThrow();
+    expect(() => validateAppServersArgs({ ...ok, nodes: apps.slice(0, 1) })).toThrow(
+      /1 entries; expected 2-16/,
+    );
+    expect(() => validateAppServersArgs({ ...ok, routeTableIds: [] })).toThrow(/routeTableIds is empty/);
+  });
+
+  test("PostgresPair", () => {
+    const [a, b] = ofRole("db") as [PlannedNode, PlannedNode];
+    const ok = {
+      ...launch([a, b]),
+      nodes: [a, b] as const,
+      dataVolumeGb: 20,
+      writerAddress: "100.64.10.5",
+      routeTables: [fake<aws.ec2.RouteTable>()],
+    };
+    expect(() => validatePostgresPairArgs(ok)).not.toThrow();
+    expect(() => validatePostgresPairArgs({ ...ok, dataVolumeGb: 0 })).toThrow(
+      "PostgresPair: dataVolumeGb 0 is not valid",
+    );
+    expect(() => validatePostgresPairArgs({ ...ok, writerAddress: "db" })).toThrow(
+      'writerAddress "db" is not valid',
+    );
+  });
+
+  test("DrbdVolume", () => {
+    const [a, b] = ofRole("app") as [PlannedNode, PlannedNode];
+    const node = (spec: PlannedNode) => ({ spec }) as unknown as LaunchedNode;
+    const ok = {
+      pair: [node(a), node(b)] as const,
+      sizeGb: 10,
+      storageAddress: "100.64.10.6",
+      routeTables: [fake<aws.ec2.RouteTable>()],
+    };
+    expect(() => validateDrbdVolumeArgs(ok)).not.toThrow();
+    expect(() => validateDrbdVolumeArgs({ ...ok, pair: [node(a), node(a)] })).toThrow(/share AZ/);
+    expect(() => validateDrbdVolumeArgs({ ...ok, sizeGb: 1.5 })).toThrow(
+      "DrbdVolume: sizeGb 1.5 is not valid",
+    );
+  });
+
+  test("UploadProxy, StackSecrets, BundleBucket, ConfigRollout", () => {
+    const groups = {
+      balancer: fake<aws.ec2.SecurityGroup>(),
+      app: fake<aws.ec2.SecurityGroup>(),
+      db: fake<aws.ec2.SecurityGroup>(),
+    };
+    expect(() =>
+      validateUploadProxyArgs({ securityGroups: groups, port: 22, backendPort: 0, domain: "x.org" }),
+    ).toThrow("UploadProxy: backendPort 0 is not valid; expected a port 1-65535");
+    expect(() =>
+      validateStackSecretsArgs({
+        refs: { ...secretRefs("s"), tlsKey: { parameter: "tls key" } },
+        tls: { source: "generated" },
+        domain: "x.org",
+      }),
+    ).toThrow('StackSecrets: refs.tlsKey.parameter "tls key" is not valid');
+    expect(() => validateBundleBucketArgs({ environment: "Prod" })).toThrow(
+      'BundleBucket: environment "Prod" is not valid',
+    );
+    const base = {
+      bucket: fake<aws.s3.Bucket>(),
+      bucketReady: [],
+      files: { "lb-a": ["manifest"] },
+      entries: fake<never>(),
+      instances: { "lb-a": fake<aws.ec2.Instance>() },
+      region: "us-east-1",
+    };
+    expect(() => validateConfigRolloutArgs({ ...base, chains: [["lb-a"]] })).not.toThrow();
+    expect(() => validateConfigRolloutArgs({ ...base, chains: [] })).toThrow(
+      'node "lb-a" has a bundle but is in no chain',
+    );
+    expect(() => validateConfigRolloutArgs({ ...base, chains: [["lb-a", "lb-b"]] })).toThrow(
+      'files has no entries for node "lb-b"',
+    );
+  });
+});
+
+function networkPorts() {
+  return { http: 80, https: 443, heartbeatUdp: 694, postgres: 5432, drbd: 7788 };
+}
+
+test("network rules never open anything but 80/443 to the world on the balancers", () => {
+  const open = networkRules(networkPorts()).filter(
+    (r) => r.peer === "0.0.0.0/0" && r.direction === "ingress",
+  );
+  expect(open.map((r) => `${r.group}:${r.port}`)).toEqual(["balancer:80", "balancer:443"]);
+});

@@ -1,0 +1,395 @@
+import { expect, test } from "vitest";
+import { NFS_SERVER_PORTS } from "../../src/render/nfs.js";
+import { bundleEntriesOf } from "../../src/stack.js";
+import { type Built, isSecret, plain, type Recorded } from "./harness.js";
+
+interface Statement {
+  Sid: string;
+  Effect: string;
+  Action: string[];
+  Resource?: string | string[];
+  NotResource?: string[];
+  Condition?: Record<string, Record<string, string[]>>;
+}
+
+const policyOf = (r: Recorded): Statement[] => JSON.parse(String(r.inputs.policy)).Statement;
+const asList = (v: string | string[] | undefined): string[] =>
+  v === undefined ? [] : Array.isArray(v) ? v : [v];
+
+/** The designed security-group rules, written out independently of src/network.ts. */
+export function designedRules(drbdPort: number): string[] {
+  const pair = (from: string, to: string, proto: string, port: number) => [
+    `${from} egress ${proto}/${port} ${to}`,
+    `${to} ingress ${proto}/${port} ${from}`,
+  ];
+  return [
+    "balancer ingress tcp/80 0.0.0.0/0",
+    "balancer ingress tcp/443 0.0.0.0/0",
+    "balancer ingress tcp/22 0.0.0.0/0",
+    ...pair("balancer", "balancer", "udp", 694),
+    ...pair("balancer", "app", "tcp", 80),
+    ...pair("balancer", "app", "tcp", 22),
+    ...pair("app", "app", "udp", 694),
+    ...pair("app", "app", "tcp", drbdPort),
+    ...[111, 2049, 20048].flatMap((p) => pair("app", "app", "tcp", p)),
+    ...pair("app", "db", "tcp", 5432),
+    ...pair("db", "db", "tcp", 5432),
+    ...["balancer", "app", "db"].flatMap((g) => [
+      `${g} egress tcp/443 0.0.0.0/0`,
+      `${g} egress tcp/80 0.0.0.0/0`,
+    ]),
+  ].sort();
+}
+
+export function sharedStackTests(
+  get: () => Built,
+  shape: { floatingIps: number; appServers: number; nat: number },
+) {
+  const nodeCount = 4 + shape.appServers;
+
+  test("resource counts and types", () => {
+    const b = get();
+    const count = (type: string) => b.ofType(type).length;
+    expect(count("aws:ec2/instance:Instance")).toBe(nodeCount);
+    expect(count("aws:ec2/networkInterface:NetworkInterface")).toBe(nodeCount);
+    expect(count("aws:ec2/eip:Eip")).toBe(shape.floatingIps + shape.nat);
+    expect(count("aws:ec2/natGateway:NatGateway")).toBe(shape.nat);
+    expect(count("aws:ec2/eipAssociation:EipAssociation")).toBe(0);
+    expect(count("aws:ebs/volume:Volume")).toBe(4);
+    expect(count("aws:ec2/volumeAttachment:VolumeAttachment")).toBe(4);
+    expect(count("aws:ec2/securityGroup:SecurityGroup")).toBe(3);
+    expect(count("aws:ec2/subnet:Subnet")).toBe(6);
+    expect(count("aws:ssm/parameter:Parameter")).toBe(8);
+    expect(count("random:index/randomPassword:RandomPassword")).toBe(5);
+    expect(count("aws:iam/role:Role")).toBe(3);
+    expect(count("command:local:Command")).toBe(nodeCount + 1);
+    const files = Object.values(b.pypi.plannedFiles).flat().length;
+    expect(count("aws:s3/bucketObjectv2:BucketObjectv2")).toBe(files);
+    // 2 default routes + one writer and one storage route per private route table.
+    expect(count("aws:ec2/route:Route")).toBe(2 + 2 + 2 + 1);
+    for (const type of [
+      "Stack",
+      "Network",
+      "BalancerPair",
+      "AppServers",
+      "PostgresPair",
+      "DrbdVolume",
+      "UploadProxy",
+      "StackSecrets",
+      "BundleBucket",
+      "ConfigRollout",
+    ])
+      expect(count(`pypi:infra:${type}`), type).toBe(1);
+    // Children are named by role, never by a bare index.
+    for (const r of b.resources)
+      expect(r.name, r.type).toMatch(/^pypi(-[a-z][a-z0-9]*|-fip-[0-9]+)*(-[a-z].*)?$/);
+  });
+
+  test("pairs sit in two AZs and app servers alternate", () => {
+    const { nodes } = get().outputs;
+    const [az0, az1] = get().config.availabilityZones;
+    expect(nodes["lb-a"]?.az).toBe(az0);
+    expect(nodes["lb-b"]?.az).toBe(az1);
+    expect(nodes["db-a"]?.az).toBe(az0);
+    expect(nodes["db-b"]?.az).toBe(az1);
+    const apps = Object.entries(nodes).filter(([, n]) => n.role === "app");
+    expect(apps).toHaveLength(shape.appServers);
+    apps.forEach(([, n], i) => {
+      expect(n.az).toBe(i % 2 === 0 ? az0 : az1);
+    });
+    const instances = get().ofType("aws:ec2/instance:Instance");
+    const enis = get().ofType("aws:ec2/networkInterface:NetworkInterface");
+    const subnets = get().ofType("aws:ec2/subnet:Subnet");
+    for (const instance of instances) {
+      const eni = enis.find(
+        (e) =>
+          e.id ===
+          (instance.inputs.primaryNetworkInterface as { networkInterfaceId: string }).networkInterfaceId,
+      );
+      const subnet = subnets.find((s) => s.id === eni?.inputs.subnetId);
+      expect(subnet?.inputs.availabilityZone).toBe(
+        nodes[String((instance.inputs.tags as Record<string, string>).Name)]?.az,
+      );
+    }
+  });
+
+  test("every instance: IMDSv2 only, encrypted volumes, no public address of its own", () => {
+    const b = get();
+    for (const i of b.ofType("aws:ec2/instance:Instance")) {
+      expect(i.inputs.metadataOptions).toMatchObject({ httpTokens: "required", httpPutResponseHopLimit: 1 });
+      expect(i.inputs.rootBlockDevice).toMatchObject({ encrypted: true });
+      expect(i.inputs.userDataReplaceOnChange).toBe(false);
+      expect(i.inputs.associatePublicIpAddress).not.toBe(true);
+      expect(i.inputs.ami).toBe("ami-0debian12mock0001");
+      expect(String(i.inputs.userData)).toMatch(/^#cloud-config\n/);
+    }
+    for (const v of b.ofType("aws:ebs/volume:Volume")) expect(v.inputs.encrypted).toBe(true);
+    for (const s of b.ofType("aws:ec2/subnet:Subnet")) expect(s.inputs.mapPublicIpOnLaunch).toBe(false);
+  });
+
+  test("interfaces: fixed addresses, spares on balancers, source/dest check off where overlays land", () => {
+    const b = get();
+    const t = b.outputs.topology;
+    const enis = b.ofType("aws:ec2/networkInterface:NetworkInterface");
+    const storagePair = t.nodes
+      .filter((n) => n.role === "app")
+      .slice(0, 2)
+      .map((n) => n.name);
+    for (const node of t.nodes) {
+      const eni = enis.find((e) => (e.inputs.tags as Record<string, string>).Name === node.name);
+      expect(eni?.inputs.privateIpLists).toEqual([node.privateIp, ...node.secondaryIps]);
+      const overlayHolder = node.role === "db" || storagePair.includes(node.name);
+      expect(eni?.inputs.sourceDestCheck, node.name).toBe(!overlayHolder);
+      if (node.role === "balancer") expect(node.secondaryIps).toHaveLength(shape.floatingIps);
+    }
+  });
+
+  test("security-group rules are exactly the designed set, by group reference", () => {
+    const b = get();
+    const groupOf = new Map(
+      b.ofType("aws:ec2/securityGroup:SecurityGroup").map((g) => [g.id, g.name.split("-").pop()]),
+    );
+    const rules = [
+      ...b
+        .ofType("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        .map((r) => ({ r, dir: "ingress" })),
+      ...b
+        .ofType("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+        .map((r) => ({ r, dir: "egress" })),
+    ];
+    const actual = rules
+      .map(({ r, dir }) => {
+        expect(r.inputs.cidrIpv6).toBeUndefined();
+        expect(r.inputs.fromPort).toBe(r.inputs.toPort);
+        const peer = r.inputs.cidrIpv4 ?? groupOf.get(String(r.inputs.referencedSecurityGroupId));
+        return `${groupOf.get(String(r.inputs.securityGroupId))} ${dir} ${r.inputs.ipProtocol}/${r.inputs.fromPort} ${peer}`;
+      })
+      .sort();
+    expect(actual).toEqual(designedRules(b.outputs.topology.storage.drbdPort));
+    expect(NFS_SERVER_PORTS).toEqual([111, 2049, 20048]);
+    const openIngress = actual.filter((a) => a.includes("ingress") && a.endsWith("0.0.0.0/0"));
+    expect(openIngress.sort()).toEqual(
+      [
+        "balancer ingress tcp/22 0.0.0.0/0",
+        "balancer ingress tcp/443 0.0.0.0/0",
+        "balancer ingress tcp/80 0.0.0.0/0",
+      ].sort(),
+    );
+    expect(
+      actual
+        .filter((a) => / ingress tcp\/22 /.test(a) && !a.startsWith("balancer "))
+        .every((a) => a.endsWith(" balancer")),
+    ).toBe(true);
+    for (const g of b.ofType("aws:ec2/securityGroup:SecurityGroup")) {
+      expect(g.inputs.ingress ?? []).toEqual([]);
+      expect(g.inputs.egress ?? []).toEqual([]);
+    }
+  });
+
+  test("overlay routes: every private route table, to the current holder's interface", () => {
+    const b = get();
+    const t = b.outputs.topology;
+    const routes = b.ofType("aws:ec2/route:Route");
+    const enis = b.ofType("aws:ec2/networkInterface:NetworkInterface");
+    const eniOf = (node: string) =>
+      enis.find((e) => (e.inputs.tags as Record<string, string>).Name === node)?.id;
+    for (const [address, holder] of [
+      [t.overlay.dbWriter, "db-a"],
+      [t.overlay.storage, "app-a"],
+    ] as const) {
+      const r = routes.filter((x) => x.inputs.destinationCidrBlock === `${address}/32`);
+      expect(r.map((x) => x.inputs.routeTableId).sort()).toEqual([...t.overlay.routeTableIds].sort());
+      for (const x of r) expect(x.inputs.networkInterfaceId).toBe(eniOf(holder));
+    }
+    expect(t.overlay.routeTableIds).toHaveLength(2);
+  });
+
+  test("IAM: scoped to these allocations, route tables, bundle prefixes and parameters", () => {
+    const b = get();
+    const t = b.outputs.topology;
+    const bucket = b.ofType("aws:s3/bucket:Bucket")[0]!;
+    const bucketArn = String(bucket.state.arn);
+    const enis = b.ofType("aws:ec2/networkInterface:NetworkInterface");
+    const params = new Map(
+      b.ofType("aws:ssm/parameter:Parameter").map((p) => [String(p.inputs.name), String(p.state.arn)]),
+    );
+    expect(
+      b.ofType("aws:iam/rolePolicyAttachment:RolePolicyAttachment").map((a) => a.inputs.policyArn),
+    ).toEqual(Array(3).fill("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"));
+    const wanted = {
+      balancer: [t.secrets.balancerAuthkey, t.secrets.tlsCertificate, t.secrets.tlsKey],
+      app: [
+        t.secrets.uploadHostKey,
+        t.secrets.postgresAppPassword,
+        t.secrets.storageAuthkey,
+        t.secrets.drbdSecret,
+      ],
+      db: [t.secrets.postgresReplicationPassword],
+    };
+    for (const policy of b.ofType("aws:iam/rolePolicy:RolePolicy")) {
+      const role = policy.name.includes("-lb-") ? "balancer" : policy.name.includes("-app-") ? "app" : "db";
+      const nodes = t.nodes.filter((n) => n.role === role);
+      const statements = policyOf(policy);
+      for (const s of statements) {
+        if (asList(s.Resource).includes("*")) {
+          expect(
+            s.Action.every((a) => /^ec2:Describe/.test(a)),
+            s.Sid,
+          ).toBe(true);
+          expect(s.Effect).toBe("Allow");
+        }
+      }
+      const allowed = (action: string) =>
+        statements
+          .filter((s) => s.Effect === "Allow" && s.Action.includes(action))
+          .flatMap((s) => asList(s.Resource));
+      expect(allowed("s3:GetObject").sort()).toEqual(
+        nodes.map((n) => `${bucketArn}/bundles/${n.name}/*`).sort(),
+      );
+      expect(allowed("ssm:GetParameter").sort()).toEqual(
+        wanted[role].map((r) => params.get(r.parameter)).sort(),
+      );
+      const deny = statements.find((s) => s.Effect === "Deny");
+      expect(deny?.Action).toContain("ssm:GetParameters");
+      expect(deny?.NotResource?.sort()).toEqual(allowed("ssm:GetParameter").sort());
+      const list = statements.find((s) => s.Action.includes("s3:ListBucket"));
+      expect(list?.Resource).toBe(bucketArn);
+      expect(
+        list?.Condition?.StringLike?.["s3:prefix"]?.every((p) =>
+          nodes.some((n) => p.startsWith(`bundles/${n.name}/`)),
+        ),
+      ).toBe(true);
+      if (role === "balancer") {
+        const fipArns = t.floatingIps.map(
+          (f) => `arn:aws:ec2:us-east-1:123456789012:elastic-ip/${f.allocationId}`,
+        );
+        const eniArns = enis
+          .filter((e) => String((e.inputs.tags as Record<string, string>).Name).startsWith("lb-"))
+          .map((e) => `arn:aws:ec2:us-east-1:123456789012:network-interface/${e.id}`);
+        expect(allowed("ec2:AssociateAddress").sort()).toEqual([...fipArns, ...eniArns].sort());
+        expect(allowed("ec2:DisassociateAddress").sort()).toEqual([...fipArns, ...eniArns].sort());
+        expect(allowed("ec2:ReplaceRoute")).toEqual([]);
+      } else {
+        expect(allowed("ec2:ReplaceRoute").sort()).toEqual(
+          t.overlay.routeTableIds.map((id) => `arn:aws:ec2:us-east-1:123456789012:route-table/${id}`).sort(),
+        );
+        expect(allowed("ec2:AssociateAddress")).toEqual([]);
+      }
+    }
+  });
+
+  test("secrets: SSM SecureString under the topology's names; no value in user data, bundles or outputs", () => {
+    const b = get();
+    const t = b.outputs.topology;
+    const params = b.ofType("aws:ssm/parameter:Parameter");
+    expect(params.map((p) => p.inputs.name).sort()).toEqual(
+      Object.values(t.secrets)
+        .map((s) => s.parameter)
+        .sort(),
+    );
+    for (const p of params) {
+      expect(p.inputs.type).toBe("SecureString");
+      expect(isSecret(p.inputs.value), String(p.inputs.name)).toBe(true);
+    }
+    for (const pw of b.ofType("random:index/randomPassword:RandomPassword"))
+      expect(pw.inputs.special).toBe(false);
+    expect(b.secrets.length).toBeGreaterThan(5);
+    const storedValues = params.map((p) => plain(p.inputs.value));
+    for (const pw of b.ofType("random:index/randomPassword:RandomPassword"))
+      expect(storedValues).toContain(pw.state.result);
+    const visible = [
+      ...b.ofType("aws:ec2/instance:Instance").map((i) => JSON.stringify(i.inputs)),
+      ...b.ofType("aws:s3/bucketObjectv2:BucketObjectv2").map((o) => JSON.stringify(o.inputs)),
+      ...b.ofType("aws:iam/rolePolicy:RolePolicy").map((o) => JSON.stringify(o.inputs)),
+      ...b.ofType("command:local:Command").map((c) => JSON.stringify(c.inputs)),
+      JSON.stringify(b.outputs),
+    ].join("\n");
+    for (const secret of b.secrets)
+      expect(visible.includes(secret), `secret leaked: ${secret.slice(0, 12)}`).toBe(false);
+  });
+
+  test("bundles: objects under bundles/<node>/ match the resolved bundles; file list independent of ids", () => {
+    const b = get();
+    const entries = bundleEntriesOf(b.outputs.topology);
+    const planned = b.pypi.plannedFiles;
+    expect(Object.keys(planned).sort()).toEqual(Object.keys(entries).sort());
+    for (const [node, files] of Object.entries(entries))
+      expect([...(planned[node] ?? [])].sort()).toEqual(Object.keys(files).sort());
+    const bucket = b.ofType("aws:s3/bucket:Bucket")[0]!;
+    for (const o of b.ofType("aws:s3/bucketObjectv2:BucketObjectv2")) {
+      expect(o.inputs.bucket).toBe(bucket.id);
+      const [, node, ...rest] = String(o.inputs.key).split("/");
+      expect(o.inputs.content).toBe(entries[node!]?.[rest.join("/")]);
+    }
+    // The agent's node.env carries the resolved ids.
+    const env = entries["lb-a"]?.["files/etc/pypi-node/node.env"] ?? "";
+    for (const f of b.outputs.topology.floatingIps) expect(env).toContain(`${f.address}=${f.allocationId}=`);
+    expect(b.ofType("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")[0]?.inputs).toMatchObject({
+      blockPublicAcls: true,
+      blockPublicPolicy: true,
+      ignorePublicAcls: true,
+      restrictPublicBuckets: true,
+    });
+    expect(b.ofType("aws:s3/bucketOwnershipControls:BucketOwnershipControls")[0]?.inputs.rule).toEqual({
+      objectOwnership: "BucketOwnerEnforced",
+    });
+    expect(b.ofType("aws:s3/bucketVersioning:BucketVersioning")[0]?.inputs.versioningConfiguration).toEqual({
+      status: "Enabled",
+    });
+    expect(
+      JSON.stringify(
+        b.ofType("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")[0]
+          ?.inputs,
+      ),
+    ).toContain("AES256");
+    for (const i of b.ofType("aws:ec2/instance:Instance"))
+      expect(String(i.inputs.userData)).toContain(`s3://${bucket.id}/bundles/`);
+  });
+
+  test("rollout: one command per node, chained within each pair, smoke check after the last", () => {
+    const b = get();
+    const steps = b.pypi.rollout.steps;
+    expect(steps.find((s) => s.node === "lb-b")?.after).toBe("lb-a");
+    expect(steps.find((s) => s.node === "db-b")?.after).toBe("db-a");
+    expect(steps.find((s) => s.node === "app-b")?.after).toBe("app-a");
+    expect(steps.filter((s) => s.after === undefined).map((s) => s.node)).toEqual(["lb-a", "app-a", "db-a"]);
+    const commands = b.ofType("command:local:Command");
+    const instances = b.ofType("aws:ec2/instance:Instance");
+    for (const node of b.outputs.topology.nodes) {
+      const c = commands.find((x) => x.name === `pypi-rollout-${node.name}`);
+      const env = c?.inputs.environment as Record<string, string>;
+      expect(env.PYPI_INSTANCE_ID).toBe(
+        instances.find((i) => (i.inputs.tags as Record<string, string>).Name === node.name)?.id,
+      );
+      expect(c?.inputs.triggers).toEqual([b.outputs.digests[node.name]]);
+      expect(String(c?.inputs.create)).toContain("AWS-RunShellScript");
+    }
+    const smoke = commands.find((x) => x.name === "pypi-smoke");
+    const env = smoke?.inputs.environment as Record<string, string>;
+    expect(env.PYPI_FLOATING_IPS?.split(" ")).toEqual(b.outputs.floatingIps.map((f) => f.address));
+    expect(String(smoke?.inputs.create)).toContain('--resolve "$PYPI_DOMAIN:443:$ip"');
+  });
+
+  test("outputs: floating IPs with homes, nodes, runbooks with real ids and addresses", () => {
+    const b = get();
+    const { floatingIps, nodes, runbooks, runbookData } = b.outputs;
+    const eips = b.ofType("aws:ec2/eip:Eip").filter((e) => e.name.includes("-fip-"));
+    expect(floatingIps.map((f) => f.allocationId).sort()).toEqual(eips.map((e) => e.id).sort());
+    floatingIps.forEach((f, i) => {
+      expect(f.home).toBe(i % 2 === 0 ? "lb-a" : "lb-b");
+    });
+    for (const [name, n] of Object.entries(nodes)) {
+      expect(n.instanceId).toMatch(/^i-[0-9a-f]{17}$/);
+      expect(runbooks[`rebuild-${name}`]).toContain(n.instanceId);
+      expect(runbooks[`rebuild-${name}`]).toContain("urn:pulumi:");
+    }
+    const balancerLoss = runbooks["balancer-loss-lb-a"] ?? "";
+    for (const f of floatingIps) expect(balancerLoss).toContain(f.address);
+    expect(balancerLoss).toContain(nodes["lb-b"]!.instanceId);
+    expect(runbookData.map((r) => r.id).sort()).toEqual(Object.keys(runbooks).sort());
+    expect(b.pypi.endpoints).toEqual({
+      https: `https://${b.config.domain}/`,
+      upload: `${b.config.domain}:22`,
+    });
+  });
+}
