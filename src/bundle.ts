@@ -1,3 +1,4 @@
+import { indexAppScript } from "./app-artifact.js";
 import type { BundleFile, NodeBundle, SecretFetch, ServiceName } from "./bundle-types.js";
 import { APP_PASSFILE, agentScript, renderAgentEnv } from "./render/agent.js";
 import {
@@ -21,7 +22,13 @@ import {
   renderStorageHaresources,
   resourceScriptPath,
 } from "./render/heartbeat.js";
-import { nfsPaths, renderExports, renderNfsConf } from "./render/nfs.js";
+import {
+  nfsPaths,
+  packageMountUnitPath,
+  renderExports,
+  renderNfsConf,
+  renderPackageMount,
+} from "./render/nfs.js";
 import { NGINX_CONF_PATH, renderNginxConf } from "./render/nginx.js";
 import { PGPASS_PATH, renderPostgresFiles, renderRecoveryConf } from "./render/postgres.js";
 import {
@@ -31,6 +38,15 @@ import {
   sshdConfigPath,
   uploadHostKeyPath,
 } from "./render/sshd.js";
+import {
+  appEnvPath,
+  indexScriptPath,
+  REGISTER_UNIT,
+  renderAppEnv,
+  renderRegisterPath,
+  renderRegisterService,
+  renderRegisterTimer,
+} from "./render/systemd.js";
 import { type NodeSpec, paths, pgDialect, storagePair, type Topology } from "./topology.js";
 import { validateTopology } from "./validate-topology.js";
 
@@ -116,7 +132,12 @@ function apacheFiles(t: Topology, node: NodeSpec): BundleFile[] {
 
 function appBundle(t: Topology, node: NodeSpec): NodeBundle {
   const inStoragePair = storagePair(t).some((n) => n.name === node.name);
-  const services: ServiceName[] = ["ssh", "apache2", ...(inStoragePair ? (["heartbeat"] as const) : [])];
+  const services: ServiceName[] = [
+    "ssh",
+    "apache2",
+    ...(inStoragePair ? (["heartbeat"] as const) : []),
+    "pypi-index-register",
+  ];
   const storageFiles = inStoragePair
     ? [
         file(heartbeatPaths.haCf, renderStorageHaCf(t, node), { reloads: ["heartbeat"] }),
@@ -151,6 +172,15 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
       file(sshdConfigPath, renderSshdConfig(t, node), { validator: "sshd", reloads: ["ssh"] }),
       ...t.upload.users.map((u) => file(authorizedKeysPath(u.name), renderAuthorizedKeys(t, u.name))),
       ...storageFiles,
+      // Every app server mounts the storage pair's export; the lab shares a directory instead.
+      ...(t.backend === "aws" ? [file(packageMountUnitPath(t), renderPackageMount(t))] : []),
+      file(indexScriptPath, indexAppScript(), { mode: "0755", reloads: ["apache2"] }),
+      file(appEnvPath, renderAppEnv(t)),
+      file(`/etc/systemd/system/${REGISTER_UNIT}.service`, renderRegisterService(t), {
+        reloads: [REGISTER_UNIT],
+      }),
+      file(`/etc/systemd/system/${REGISTER_UNIT}.path`, renderRegisterPath(t), { reloads: [REGISTER_UNIT] }),
+      file(`/etc/systemd/system/${REGISTER_UNIT}.timer`, renderRegisterTimer(), { reloads: [REGISTER_UNIT] }),
     ],
     absent: [
       "/etc/apache2/sites-enabled/000-default.conf",

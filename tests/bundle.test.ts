@@ -64,7 +64,20 @@ describe("buildBundles", () => {
     // app-c is not in the storage pair: no DRBD, NFS server or storage Heartbeat.
     const plain = byNode(bundles, "app-c");
     expect(paths(plain).filter((p) => /drbd|exports|ha\.d/.test(p))).toEqual([]);
-    expect(plain.services).toEqual(["ssh", "apache2"]);
+    expect(plain.services).toEqual(["ssh", "apache2", "pypi-index-register"]);
+    // Every app server runs the same index app and registers uploads.
+    const app = plain.files.find((f) => f.path === "/opt/pypi-index/index.fcgi");
+    expect(app?.mode).toBe("0755");
+    expect(app?.content.startsWith("#!/usr/bin/node")).toBe(true);
+    expect(
+      plain.files.find((f) => f.path === "/etc/systemd/system/pypi-index-register.path")?.content,
+    ).toContain("DirectoryNotEmpty=/srv/pypi/incoming/alice/upload");
+    expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.content).toContain(
+      'PYPI_DB_PASSWORD_FILE="/etc/pypi-index/pgpass"',
+    );
+    expect(plain.files.find((f) => f.path === "/etc/systemd/system/srv-pypi.mount")?.content).toContain(
+      "What=100.64.10.6:/srv/pypi-volume",
+    );
 
     const db = byNode(bundles, "db-b");
     expect(db.files.find((f) => f.path === "/etc/postgresql/15/main/postgresql.conf")?.validator).toBe(

@@ -39,23 +39,34 @@ awsc() { aws --region "$PYPI_REGION" --output text "$@"; }
 # ---------------------------------------------------------------- service control
 
 svc_running() {
+  # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
-    systemd) systemctl is-active --quiet "$1" ;;
+    systemd) systemctl is-active --quiet $(systemd_units "$1") ;;
     direct) direct_running "$1" ;;
   esac
 }
 
 svc_reload() {
+  # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
-    systemd) systemctl reload-or-restart "$1" ;;
+    systemd) systemctl daemon-reload && systemctl reload-or-restart $(systemd_units "$1") ;;
     direct) direct_reload "$1" ;;
+  esac
+}
+
+# Unit names under systemd for services that are not a single .service.
+systemd_units() {
+  case $1 in
+    pypi-index-register) echo "pypi-index-register.path pypi-index-register.timer" ;;
+    *) echo "$1" ;;
   esac
 }
 
 svc_start() {
   if [ "$1" = postgresql ] && ! pg_may_start; then return 0; fi
+  # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
-    systemd) systemctl enable --now "$1" ;;
+    systemd) systemctl enable --now $(systemd_units "$1") ;;
     direct) direct_start "$1" ;;
   esac
 }
@@ -187,7 +198,8 @@ validate_tool() {
       return "$rc"
       ;;
     haproxy) haproxy -c -q -f "$candidate" 2>&1 ;;
-    sshd) /usr/sbin/sshd -t -f "$candidate" 2>&1 ;;
+    # sshd -t wants its privilege separation directory, which only a running ssh.service creates.
+    sshd) mkdir -p /run/sshd && /usr/sbin/sshd -t -f "$candidate" 2>&1 ;;
     postgres)
       # -C parses the whole file (and fails on unknown or invalid settings) without starting.
       readable=$(mktemp)
@@ -284,6 +296,8 @@ install_secrets() {
     chown "$owner:$group" "$tmp"
     chmod "$mode" "$tmp"
     mv -f "$tmp" "$path"
+    # sshd refuses a host key whose .pub (the image's own) does not match it.
+    case $path in /etc/ssh/ssh_host_*_key) ssh-keygen -y -f "$path" >"$path.pub" ;; esac
     printf 'changed\tsecret\t%s\n' "$path"
     changed=$((changed + 1))
     add_reloads "$reloads"
@@ -355,6 +369,12 @@ cmd_check() {
 }
 
 cmd_apply() {
+  # First boot (cloud-init) and a rollout (SSM) can overlap; one apply at a time.
+  if [ -z "${PYPI_NODE_LOCKED:-}" ] && command -v flock >/dev/null; then
+    export PYPI_NODE_LOCKED=1
+    # -o: daemons the apply starts must not inherit the lock.
+    exec flock -o /run/pypi-node.lock sh "$0" apply "$@"
+  fi
   bundle=${1:-$PYPI_BUNDLE_DIR_DEFAULT}
   [ -r "$bundle/manifest" ] || die "no manifest in $bundle"
   load_config "$bundle/files$PYPI_NODE_CONFIG"
@@ -611,6 +631,9 @@ SELECT format('GRANT EXECUTE ON FUNCTION %s TO %I', f, $pg_repl) FROM unnest(ARR
 SELECT format('CREATE ROLE %I', $pg_app) WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $pg_app)
 \gexec
 SELECT format('ALTER ROLE %I WITH LOGIN NOREPLICATION PASSWORD %L', $pg_app, $(pg_literal "$pg_app_pw"))
+\gexec
+-- The app's health check reads the standby's lag from pg_stat_replication (10+).
+SELECT format('GRANT pg_monitor TO %I', $pg_app) WHERE current_setting('server_version_num')::int >= 100000
 \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', $(pg_literal "$PYPI_PG_DATABASE"), $pg_app)
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = $(pg_literal "$PYPI_PG_DATABASE"))
@@ -871,15 +894,52 @@ usage: pypi-node COMMAND
   db-fence | db-promote | db-reattach | db-sync on|off | db-replication
   db-writer-check             (app) the writer address reaches a writable primary
   storage-check               (app) the package root is mounted and writable
+  package-layout DIR          create the package volume's directories and ownership
+  app-migrate | register      (app) the index app's schema migrations / upload registration
   upload-backend enable|disable NODE | upload-backends
   service NAME start|stop|restart|status
 EOF
   exit 2
 }
 
+# The package volume's layout. It is created where root is root: on the storage primary's
+# local mount (NFS squashes root), or on the lab's shared directory. The register job runs as
+# www-data: it reads uploads, moves them out of the group-writable upload dirs and owns packages/.
+ensure_package_layout() {
+  root=$1
+  install -d -o root -g root -m 0755 "$root" "$root/incoming"
+  install -d -o www-data -g www-data -m 0755 "$root/packages"
+  install -d -o www-data -g www-data -m 0700 "$root/.staging" "$root/.health"
+  for entry in $PYPI_UPLOAD_USERS; do
+    user=${entry%%:*} uid=${entry#*:}
+    # The chroot must be root-owned and not writable by anyone else (sshd refuses it otherwise).
+    install -d -o root -g root -m 0755 "$root/incoming/$user"
+    install -d -o "$uid" -g www-data -m 0775 "$root/incoming/$user/upload"
+    install -d -o www-data -g www-data -m 0755 "$root/incoming/$user/rejected"
+  done
+  echo "package layout ready in $root"
+}
+
+APP_ENV=/etc/pypi-index/env
+APP_SCRIPT=/opt/pypi-index/index.fcgi
+
+# Runs the index app's CLI as www-data with the environment Apache gives it.
+app_cli() {
+  (
+    set -a
+    # shellcheck disable=SC1090
+    . "$APP_ENV"
+    set +a
+    exec runuser -u www-data -- "$APP_SCRIPT" "$@"
+  )
+}
+
 cmd_nfs() {
   case $1 in
-    start) svc_start nfs-server && exportfs -ra ;;
+    start)
+      ensure_package_layout "$PYPI_VOLUME_MOUNT"
+      svc_start nfs-server && exportfs -ra
+      ;;
     stop) svc_stop nfs-server ;;
     status) if svc_running nfs-server; then echo running; else echo stopped; fi ;;
     *) die "nfs: start|stop|status" ;;
@@ -912,6 +972,9 @@ main() {
     db-replication) cmd_db_replication ;;
     db-writer-check) cmd_db_writer_check ;;
     storage-check) cmd_storage_check ;;
+    package-layout) [ $# -eq 1 ] || usage && ensure_package_layout "$1" ;;
+    app-migrate) app_cli migrate ;;
+    register) app_cli register ;;
     service) [ $# -eq 2 ] || usage && cmd_service "$1" "$2" ;;
     *) usage ;;
   esac

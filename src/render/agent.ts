@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { projectFile } from "../project-files.js";
 import {
   type NodeSpec,
   nodesWithRole,
@@ -10,6 +10,7 @@ import {
   pgDialect,
   type Topology,
 } from "../topology.js";
+import { indexDbPasswordFile } from "./apache.js";
 import { UPLOAD_BACKEND } from "./haproxy.js";
 import { PGPASS_PATH } from "./postgres.js";
 
@@ -20,12 +21,12 @@ export function shQuote(value: string): string {
 
 /** The agent script itself; it is the same on every node and in the lab. */
 export function agentScript(): string {
-  return readFileSync(join(__dirname, "..", "agent", "pypi-node.sh"), "utf8");
+  return readFileSync(projectFile("src/agent/pypi-node.sh"), "utf8");
 }
 
 export const PG_PASSFILE = PGPASS_PATH;
 /** The app's database credentials as a pgpass file, readable by the app's user only. */
-export const APP_PASSFILE = "/etc/pypi-index/pgpass";
+export const APP_PASSFILE = indexDbPasswordFile;
 
 /** `/etc/pypi-node/node.env`: everything the agent needs to know about this node. */
 export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly string[]): string {
@@ -90,6 +91,7 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PG_APP_USER", t.postgres.appUser],
       ["PYPI_APP_PASSFILE", APP_PASSFILE],
       ["PYPI_PACKAGE_ROOT", t.storage.packageRoot],
+      ["PYPI_VOLUME_MOUNT", t.storage.volumeMount],
       ["PYPI_UPLOAD_USERS", t.upload.users.map((u) => `${u.name}:${u.uid}`).join(" ")],
     );
   }

@@ -12,7 +12,8 @@ export const indexWsgiScript = `${paths.appRoot}/wsgi.py`;
 export const gunicornAddress = { host: "127.0.0.1", port: 8000 } as const;
 
 /** The app reads its database password from this file (fetched from SSM); only the path is configured. */
-export const indexDbPasswordFile = "/etc/pypi-index/db-password";
+/** The app's database credentials, as a pgpass file (host:port:db:user:password). */
+export const indexDbPasswordFile = "/etc/pypi-index/pgpass";
 
 /** mod_fcgid timings that do not come from the topology. */
 const fcgid = {

@@ -90,6 +90,20 @@ export function renderBootstrapEnv(t: Topology, node: NodeSpec): string {
  * `uname -n`), installs packages and runs the bootstrap. Config changes reach the node through
  * its bundle, never through this text, so they never touch the instance.
  */
+/** Installs AWS's SSM agent package from the region's own bucket, retrying while the network settles. */
+export function ssmAgentInstall(region: string): string {
+  if (!/^[a-z]{2}-[a-z]+-[0-9]$/.test(region)) throw new Error(`cloud-init: invalid region "${region}"`);
+  const url = `https://s3.${region}.amazonaws.com/amazon-ssm-${region}/latest/debian_amd64/amazon-ssm-agent.deb`;
+  return [
+    "dpkg -s amazon-ssm-agent >/dev/null 2>&1 && exit 0",
+    "for i in 1 2 3 4 5; do",
+    `  curl -fsSL --retry 3 -o /tmp/amazon-ssm-agent.deb ${url} && break`,
+    "  sleep $((i * 5))",
+    "done",
+    "dpkg -i /tmp/amazon-ssm-agent.deb && systemctl enable --now amazon-ssm-agent",
+  ].join("\n");
+}
+
 export function renderCloudInit(t: Topology, node: NodeSpec, packages: readonly string[]): string {
   if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(node.name)) {
     throw new Error(`cloud-init: node name "${node.name}" is not a valid host name`);
@@ -97,7 +111,7 @@ export function renderCloudInit(t: Topology, node: NodeSpec, packages: readonly 
   const bad = packages.find((p) => !/^[a-z0-9][a-z0-9+.-]+$/.test(p));
   if (bad !== undefined) throw new Error(`cloud-init: invalid Debian package name "${bad}"`);
   // Sorted and deduplicated so the bundle's package order cannot change the user data.
-  const allPackages = [...new Set(["awscli", ...packages])].sort();
+  const allPackages = [...new Set(["awscli", "curl", ...packages])].sort();
   const file = (path: string, permissions: string, content: string): string[] => [
     `  - path: ${yamlQuote(path)}`,
     `    owner: ${yamlQuote("root:root")}`,
@@ -118,6 +132,8 @@ export function renderCloudInit(t: Topology, node: NodeSpec, packages: readonly 
     ...file(bootstrapEnvPath, "0644", renderBootstrapEnv(t, node)),
     ...file(bootstrapScriptPath, "0755", bootstrapScript),
     "runcmd:",
+    // Debian's AMIs ship no SSM agent, and admin access and rollouts go through SSM.
+    ...(t.backend === "aws" ? [`  - [sh, -c, ${yamlQuote(ssmAgentInstall(t.region))}]`] : []),
     `  - [${yamlQuote(bootstrapScriptPath)}]`,
   ];
   return `${lines.join("\n")}\n`;

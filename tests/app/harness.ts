@@ -5,10 +5,10 @@
  * configured by the real renderers, running the bundled app as /opt/pypi-index/index.fcgi.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildSync } from "esbuild";
+import { indexAppScript } from "../../src/app-artifact.js";
 import {
   apacheModules,
   apachePortsPath,
@@ -23,8 +23,6 @@ import {
 import { nodeByName, paths, type Topology } from "../../src/topology.js";
 import { topologyFor } from "../support/topologies.js";
 
-/** A small young generation keeps each worker's resident set down; the kernel passes one argument. */
-export const APP_SHEBANG = "#!/usr/bin/node --max-semi-space-size=1";
 export const PG_BIN = "/usr/lib/postgresql/15/bin";
 export const APP_PASSWORD = "app-secret:with\\colon";
 
@@ -34,20 +32,9 @@ export interface ExecResult {
   readonly stderr: string;
 }
 
-/** Bundle the app exactly as `npm run build:app` does. */
+/** The app exactly as the bundles ship it. */
 export function buildApp(outfile: string): void {
-  buildSync({
-    entryPoints: [join(process.cwd(), "src/app/main.ts")],
-    bundle: true,
-    platform: "node",
-    target: "node18",
-    format: "cjs",
-    loader: { ".sql": "text" },
-    external: ["pg-native"],
-    banner: { js: APP_SHEBANG },
-    outfile,
-    logLevel: "warning",
-  });
+  writeFileSync(outfile, indexAppScript());
   chmodSync(outfile, 0o755);
 }
 

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildBundles } from "../../src/bundle.js";
 import type { NodeBundle } from "../../src/bundle-types.js";
-import { renderCloudInit } from "../../src/render/cloud-init.js";
+import { bootstrapScript, renderCloudInit, ssmAgentInstall } from "../../src/render/cloud-init.js";
 import { drbdPaths } from "../../src/render/drbd.js";
 import type { Topology } from "../../src/topology.js";
 import { agentIn, writeBundleDir } from "../support/bundle-files.js";
@@ -197,6 +197,14 @@ describe.skipIf(!canRun)("real-validator tier: every bundle file accepted by its
         verdicts.filter((v) => v.tool === tool).map((v) => v.status),
         tool,
       ).toContain("fail");
+    }
+  });
+
+  it("the user data's shell (bootstrap, SSM agent install) is shellcheck-clean", () => {
+    for (const script of [bootstrapScript, `#!/bin/sh\n${ssmAgentInstall("us-east-1")}\n`]) {
+      const run = spawnSync("shellcheck", ["-s", "sh", "-"], { input: script, encoding: "utf8" });
+      expect(run.stdout + run.stderr).toBe("");
+      count("shellcheck");
     }
   });
 

@@ -67,7 +67,7 @@ describe.each<Shape>(["staging", "prod"])("apache site (%s)", (shape) => {
     expect(l).toContain("SetHandler fcgid-script");
     expect(l).toContain(`FcgidInitialEnv "PYPI_DB_HOST" "${t.overlay.dbWriter}"`);
     expect(l).toContain(`FcgidInitialEnv "PYPI_DB_PORT" "${t.postgres.port}"`);
-    expect(l).toContain('FcgidInitialEnv "PYPI_DB_PASSWORD_FILE" "/etc/pypi-index/db-password"');
+    expect(l).toContain('FcgidInitialEnv "PYPI_DB_PASSWORD_FILE" "/etc/pypi-index/pgpass"');
     expect(l).toContain(`FcgidInitialEnv "PYPI_PACKAGE_ROOT" "${t.storage.packageRoot}"`);
     expect(site).not.toMatch(/WSGI|ProxyPass/);
   });

@@ -31,6 +31,7 @@ describe.each<Shape>(["staging", "prod"])("cloud-init user data (%s)", (shape) =
     expect(l.slice(start + 1, end)).toEqual([
       '  - "apache2"',
       '  - "awscli"',
+      '  - "curl"',
       '  - "libapache2-mod-fcgid"',
       '  - "openssh-server"',
     ]);
@@ -46,7 +47,12 @@ describe.each<Shape>(["staging", "prod"])("cloud-init user data (%s)", (shape) =
     expect(l).toContain('  - path: "/usr/local/sbin/pypi-bootstrap"');
     expect(l).toContain('    permissions: "0755"');
     expect(l).toContain(`    content: ${JSON.stringify(bootstrapScript)}`);
-    expect(l.slice(l.indexOf("runcmd:"))).toEqual(["runcmd:", '  - ["/usr/local/sbin/pypi-bootstrap"]', ""]);
+    const runcmd = l.slice(l.indexOf("runcmd:"));
+    expect(runcmd).toHaveLength(4);
+    // The SSM agent comes first: without it there is no admin access and no rollout.
+    expect(runcmd[1]).toContain(`amazon-ssm-${t.region}/latest/debian_amd64/amazon-ssm-agent.deb`);
+    expect(runcmd[1]).toContain("systemctl enable --now amazon-ssm-agent");
+    expect(runcmd.slice(2)).toEqual(['  - ["/usr/local/sbin/pypi-bootstrap"]', ""]);
   });
 
   it("contains no secrets", () => {
