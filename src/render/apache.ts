@@ -73,6 +73,8 @@ export function indexAppEnv(t: Topology): ReadonlyArray<readonly [string, string
     ["PYPI_DB_PASSWORD_FILE", indexDbPasswordFile],
     ["PYPI_PACKAGE_ROOT", t.storage.packageRoot],
     ["PYPI_PACKAGES_URL", "/packages/"],
+    // On AWS the package root is an NFS mount; the lab shares a plain directory.
+    ["PYPI_REQUIRE_MOUNT", t.backend === "aws" ? "1" : "0"],
   ];
 }
 

@@ -1,0 +1,216 @@
+/**
+ * The lab: every node of a lab-shaped topology plus a client, each a network namespace with its
+ * own mount, UTS and IPC namespaces, on one bridge that lives in a namespace of its own. Bundles
+ * come from the stack's buildBundles and are applied by the node agent inside each node.
+ */
+import { chmodSync, chownSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { buildBundles } from "../../src/bundle.js";
+import { bundleDirEntries } from "../../src/bundle-dir.js";
+import { type NodeSpec, nodesWithRole, paths, type Topology } from "../../src/topology.js";
+import { type ExecResult, type LabExecOptions, LabNode, shq, writeTree } from "./lab-node.js";
+import { addressesOf, createBridgeNamespace, createNode } from "./netns.js";
+import type { ClientMaterial } from "./secrets.js";
+import { NS_PREFIX, type StateFile } from "./state.js";
+
+export const CLIENT = "client";
+/** Where the client sees the run's client directory (inside its /srv overlay, never on the host). */
+export const CLIENT_DIR = "/srv/lab";
+
+/**
+ * A client command with a clean environment, as on a user's machine: nothing of this host's
+ * (CA bundle overrides, pip find-links) leaks in, and its tools keep away from the host's home.
+ */
+export const clientCommand = (argv: readonly string[]): string[] => [
+  "env",
+  "-i",
+  "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+  `HOME=${CLIENT_DIR}`,
+  "LANG=C.UTF-8",
+  "PIP_CONFIG_FILE=/dev/null",
+  ...argv,
+];
+const BRIDGE_NS = `${NS_PREFIX}br`;
+/** Services the lab cannot run: the storage pair's Heartbeat would drive DRBD and nfsd. */
+const APP_DIRECT_SKIP = "heartbeat drbd nfs-server";
+
+export interface LabDirs {
+  /** Everything of one run; removed on teardown. */
+  readonly run: string;
+  /** Host side of `bundleLocation`: bundles/<node>/ and secrets/. */
+  readonly store: string;
+  /** Keys, certificates and the built app, on the host only. */
+  readonly work: string;
+  /** The shared package volume (stand-in for the NFS export). */
+  readonly packages: string;
+  /** Scratch for the node overlays (a tmpfs inside each node). */
+  readonly nodes: string;
+  /** What the client writes (pip downloads, load logs). */
+  readonly client: string;
+}
+
+export const labDirs = (runDir: string): LabDirs => ({
+  run: runDir,
+  store: join(runDir, "store"),
+  work: join(runDir, "work"),
+  packages: join(runDir, "packages"),
+  nodes: join(runDir, "nodes"),
+  client: join(runDir, "client"),
+});
+
+export const nsOf = (name: string): string => `${NS_PREFIX}${name}`;
+
+/** The client sits on the nodes' subnet at the last usable host address of a /24. */
+export function clientAddress(t: Topology): string {
+  const [a, b, c] = t.vpcCidr.split("/")[0]?.split(".") ?? [];
+  return `${a}.${b}.${c}.250`;
+}
+
+const prefixLen = (t: Topology): string => t.vpcCidr.split("/")[1] ?? "24";
+
+/** The /24s of the floating and overlay addresses: on-link everywhere, as EIPs and routes are. */
+export function onLinkRanges(t: Topology): string[] {
+  const net = (ip: string) => `${ip.split(".").slice(0, 3).join(".")}.0/24`;
+  return [
+    ...new Set([
+      ...t.floatingIps.map((f) => net(f.address)),
+      net(t.overlay.dbWriter),
+      net(t.overlay.storage),
+    ]),
+  ];
+}
+
+export class Lab {
+  readonly nodes = new Map<string, LabNode>();
+
+  constructor(
+    readonly t: Topology,
+    readonly dirs: LabDirs,
+    readonly material: ClientMaterial,
+    private readonly state: StateFile,
+  ) {}
+
+  node(name: string): LabNode {
+    const n = this.nodes.get(name);
+    if (!n) throw new Error(`lab node ${name} is not up`);
+    return n;
+  }
+
+  get client(): LabNode {
+    return this.node(CLIENT);
+  }
+
+  nodesOf(role: NodeSpec["role"]): NodeSpec[] {
+    return nodesWithRole(this.t, role);
+  }
+
+  /** Host path of a node's bundle, and the same path as the node sees it. */
+  bundleDir(name: string): { host: string; node: string } {
+    return { host: join(this.dirs.store, "bundles", name), node: `${this.t.bundleLocation}/bundles/${name}` };
+  }
+
+  /** `pypi-node ARGS` on a node (the installed agent); rejects with its output on failure. */
+  agent(name: string, args: string, opts: LabExecOptions = {}): Promise<string> {
+    return this.node(name).sh(`${paths.agent} ${args}`, { timeoutMs: 120_000, ...opts });
+  }
+
+  /** `sh -c` on a node, resolved with status and output (never rejects). */
+  exec(name: string, script: string, opts: LabExecOptions = {}): Promise<ExecResult> {
+    return this.node(name).execAsync(["sh", "-c", script], opts);
+  }
+
+  /** Addresses a node holds on its lab interface (for floating/overlay IP checks). */
+  addresses(name: string): string[] {
+    return addressesOf(nsOf(name), "eth0");
+  }
+
+  /** Command lines that get a shell inside each node, for `--keep`. */
+  enterCommands(): string[] {
+    return [...this.nodes.values()].map(
+      (n) =>
+        `${n.name.padEnd(6)}  nsenter -t ${n.pid} -m -n -u -i -- bash    # or: ip netns exec ${n.ns} bash (network only)`,
+    );
+  }
+
+  // ------------------------------------------------------------------ bring-up
+
+  /** Bundles and the secret store as the stack would hand them over, on the host side of bundleLocation. */
+  writeBundles(): void {
+    for (const bundle of buildBundles(this.t)) {
+      const dir = this.bundleDir(bundle.node).host;
+      rmSync(dir, { recursive: true, force: true });
+      writeTree(dir, bundleDirEntries(bundle));
+    }
+  }
+
+  /** The bridge, every node's namespace with its address and on-link routes, and the client's. */
+  createNetwork(): void {
+    this.state.add("namespaces", BRIDGE_NS);
+    createBridgeNamespace(BRIDGE_NS);
+    const members = [
+      ...this.t.nodes.map((n) => [n.name, n.privateIp] as const),
+      [CLIENT, clientAddress(this.t)] as const,
+    ];
+    for (const [name, ip] of members) {
+      this.state.add("namespaces", nsOf(name));
+      createNode({ ns: nsOf(name), bridgeNs: BRIDGE_NS, address: `${ip}/${prefixLen(this.t)}` });
+    }
+  }
+
+  /** Start every node's holder: overlays, the bundle store at bundleLocation, the package volume on apps. */
+  async startNodes(): Promise<void> {
+    const names = [...this.t.nodes.map((n) => n.name), CLIENT];
+    mkdirSync(this.dirs.client, { recursive: true });
+    await Promise.all(
+      names.map(async (name) => {
+        const spec = this.t.nodes.find((n) => n.name === name);
+        const scratch = join(this.dirs.nodes, name);
+        mkdirSync(scratch, { recursive: true });
+        const binds: [string, string][] = [[this.dirs.store, this.t.bundleLocation]];
+        if (spec?.role === "app") binds.push([this.dirs.packages, this.t.storage.packageRoot]);
+        if (name === CLIENT) binds.push([this.dirs.client, CLIENT_DIR]);
+        const env: Record<string, string> = spec?.role === "app" ? { PYPI_DIRECT_SKIP: APP_DIRECT_SKIP } : {};
+        const node = await LabNode.start(name, nsOf(name), scratch, { binds, env });
+        this.nodes.set(name, node);
+        for (const range of onLinkRanges(this.t))
+          await node.runAsync(["ip", "route", "replace", range, "dev", "eth0"]);
+      }),
+    );
+  }
+
+  /**
+   * The package volume's root on the host (the NFS export on AWS); the agent's `package-layout`
+   * creates its directories from an app node once the upload users exist.
+   */
+  preparePackageVolume(): void {
+    mkdirSync(this.dirs.packages, { recursive: true });
+    chownSync(this.dirs.packages, 0, 0);
+    chmodSync(this.dirs.packages, 0o755);
+  }
+
+  /** Apply a node's bundle with the agent the bundle carries, exactly as cloud-init does. */
+  apply(name: string): Promise<string> {
+    const dir = this.bundleDir(name).node;
+    return this.node(name).sh(`sh ${shq(`${dir}/files${paths.agent}`)} apply ${shq(dir)}`, {
+      timeoutMs: 120_000,
+    });
+  }
+
+  /** Client side: CA, upload key, known_hosts, and the domain resolving to the first floating IP. */
+  async prepareClient(): Promise<void> {
+    mkdirSync(this.dirs.client, { recursive: true });
+    const files: [string, string, number][] = [
+      ["ca.pem", this.material.caPem, 0o644],
+      ["upload_key", this.material.uploadKey, 0o600],
+      ["known_hosts", this.material.knownHosts, 0o644],
+    ];
+    for (const [file, content, mode] of files) writeFileSync(join(this.dirs.client, file), content, { mode });
+    const fip = this.t.floatingIps[0]?.address;
+    if (!fip) throw new Error("the lab topology has no floating IP");
+    await this.client.sh(`printf '%s %s\\n' ${shq(fip)} ${shq(this.t.domain)} >>/etc/hosts`);
+  }
+
+  stopNodes(): void {
+    for (const node of this.nodes.values()) node.stop();
+  }
+}

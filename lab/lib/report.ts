@@ -1,0 +1,172 @@
+/**
+ * The lab's report: checks (pass/fail with detail and duration), figures (numbers the drills
+ * measure) and notes (what the lab does not prove). Printed as a table, written as JSON and
+ * Markdown.
+ */
+import { writeFileSync } from "node:fs";
+
+export interface CheckRecord {
+  readonly section: string;
+  readonly name: string;
+  readonly ok: boolean;
+  readonly detail: string;
+  readonly seconds: number;
+}
+
+export interface FigureRecord {
+  readonly section: string;
+  readonly name: string;
+  readonly value: number;
+  readonly unit: string;
+  readonly detail?: string;
+}
+
+export interface ReportData {
+  readonly title: string;
+  readonly startedAt: string;
+  readonly environment: Record<string, string>;
+  readonly checks: CheckRecord[];
+  readonly figures: FigureRecord[];
+  readonly notes: string[];
+  readonly ok: boolean;
+}
+
+const oneLine = (text: string, max = 160): string => {
+  const flat = text.replace(/\s+/g, " ").trim();
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
+};
+
+/** A Markdown table with padded columns (the shape Markdown formatters settle on). */
+function mdTable(header: readonly string[], rows: readonly (readonly string[])[]): string[] {
+  const widths = header.map((h, i) => Math.max(3, h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: readonly string[]) =>
+    `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)];
+}
+
+export class Report {
+  readonly checks: CheckRecord[] = [];
+  readonly figures: FigureRecord[] = [];
+  readonly notes: string[] = [];
+  readonly environment: Record<string, string> = {};
+  private readonly startedAt = new Date().toISOString();
+
+  constructor(
+    readonly title: string,
+    private readonly log: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
+  ) {}
+
+  get ok(): boolean {
+    return this.checks.every((c) => c.ok);
+  }
+
+  /**
+   * Run one check: it passes when `fn` resolves (its string is the detail) and fails when it
+   * throws. Never throws itself, so later checks still run.
+   */
+  async check(section: string, name: string, fn: () => Promise<string> | string): Promise<boolean> {
+    const start = Date.now();
+    let ok = true;
+    let detail: string;
+    try {
+      detail = await fn();
+    } catch (err) {
+      ok = false;
+      detail = err instanceof Error ? err.message : String(err);
+    }
+    const record = { section, name, ok, detail, seconds: (Date.now() - start) / 1000 };
+    this.checks.push(record);
+    this.log(
+      `${ok ? "PASS" : "FAIL"}  ${section} / ${name} (${record.seconds.toFixed(1)} s): ${oneLine(detail)}`,
+    );
+    return ok;
+  }
+
+  figure(section: string, name: string, value: number, unit: string, detail?: string): void {
+    this.figures.push({ section, name, value, unit, ...(detail === undefined ? {} : { detail }) });
+    this.log(`FIGURE ${section} / ${name}: ${value} ${unit}${detail ? ` (${detail})` : ""}`);
+  }
+
+  note(text: string): void {
+    this.notes.push(text);
+  }
+
+  data(): ReportData {
+    return {
+      title: this.title,
+      startedAt: this.startedAt,
+      environment: this.environment,
+      checks: this.checks,
+      figures: this.figures,
+      notes: this.notes,
+      ok: this.ok,
+    };
+  }
+
+  /** The terminal table: one row per check, then the figures. */
+  table(): string {
+    const rows = this.checks.map((c) => [
+      c.ok ? "PASS" : "FAIL",
+      c.section,
+      c.name,
+      `${c.seconds.toFixed(1)} s`,
+    ]);
+    const widths = [4, 0, 0, 0].map((min, i) => Math.max(min, ...rows.map((r) => (r[i] ?? "").length)));
+    const line = (cells: readonly string[]) => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ");
+    const figures = this.figures.map((f) => `  ${f.section} / ${f.name}: ${f.value} ${f.unit}`);
+    const failed = this.checks.filter((c) => !c.ok);
+    return [
+      line(["", "section", "check", "time"]),
+      ...rows.map(line),
+      ...(figures.length ? ["", "figures:", ...figures] : []),
+      "",
+      `${this.checks.length - failed.length}/${this.checks.length} checks passed`,
+      ...failed.map((c) => `FAILED ${c.section} / ${c.name}: ${oneLine(c.detail, 400)}`),
+    ].join("\n");
+  }
+
+  markdown(): string {
+    const esc = (s: string) => oneLine(s, 300).replace(/\|/g, "\\|");
+    const env = Object.entries(this.environment).map(([k, v]) => `- ${k}: ${v}`);
+    return [
+      `# ${this.title}`,
+      "",
+      `Started ${this.startedAt}. Result: **${this.ok ? "all checks passed" : "FAILED"}**.`,
+      "",
+      ...env,
+      "",
+      "## Checks",
+      "",
+      ...mdTable(
+        ["result", "section", "check", "time", "detail"],
+        this.checks.map((c) => [
+          c.ok ? "pass" : "**FAIL**",
+          c.section,
+          c.name,
+          `${c.seconds.toFixed(1)} s`,
+          esc(c.detail),
+        ]),
+      ),
+      ...(this.figures.length
+        ? [
+            "",
+            "## Figures",
+            "",
+            ...mdTable(
+              ["section", "figure", "value", "detail"],
+              this.figures.map((f) => [f.section, f.name, `${f.value} ${f.unit}`, esc(f.detail ?? "")]),
+            ),
+          ]
+        : []),
+      ...(this.notes.length
+        ? ["", "## What the lab does not prove", "", ...this.notes.map((n) => `- ${n}`)]
+        : []),
+      "",
+    ].join("\n");
+  }
+
+  write(jsonPath: string, mdPath: string): void {
+    writeFileSync(jsonPath, `${JSON.stringify(this.data(), null, 2)}\n`);
+    writeFileSync(mdPath, this.markdown());
+  }
+}

@@ -1,0 +1,39 @@
+/** A tiny but valid wheel (METADATA, WHEEL, RECORD with hashes), built with Python's zipfile. */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+export interface Wheel {
+  readonly name: string;
+  readonly version: string;
+  readonly filename: string;
+  readonly path: string;
+  readonly sha256: string;
+}
+
+const BUILD = String.raw`
+import base64, hashlib, sys, zipfile
+name, version, out = sys.argv[1:4]
+dist = f"{name}-{version}.dist-info"
+files = {
+    f"{name}/__init__.py": f'__version__ = "{version}"\n',
+    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: pypi lab probe\n",
+    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: pypi-lab\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+def digest(data):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+record = "".join(f"{p},{digest(c.encode())},{len(c.encode())}\n" for p, c in files.items()) + f"{dist}/RECORD,,\n"
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for p, c in files.items():
+        z.writestr(p, c)
+    z.writestr(f"{dist}/RECORD", record)
+`;
+
+export function buildWheel(dir: string, name: string, version: string): Wheel {
+  const filename = `${name}-${version}-py3-none-any.whl`;
+  const path = join(dir, filename);
+  execFileSync("/usr/bin/python3", ["-c", BUILD, name, version, path], { timeout: 30_000 });
+  const sha256 = createHash("sha256").update(readFileSync(path)).digest("hex");
+  return { name, version, filename, path, sha256 };
+}

@@ -1,0 +1,175 @@
+/**
+ * `npm run lab`: the whole system on one machine with the real daemons. Brings the lab up,
+ * runs the end-to-end checks (then the drills), writes lab/report.{json,md} and tears down,
+ * unless `--keep`. `--pg11` runs Postgres 11 (recovery.conf). `down` removes a kept or crashed lab.
+ */
+import { existsSync, mkdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { pgDialect } from "../src/topology.js";
+import { runEndToEnd } from "./checks/e2e.js";
+import { drills } from "./drills/index.js";
+import { bringUp } from "./lib/bringup.js";
+import { type LabOptions, loadLabTopology, runTopology } from "./lib/config.js";
+import { Lab, labDirs } from "./lib/lab.js";
+import { ensureDebianPackages, requireRoot } from "./lib/preflight.js";
+import { Report } from "./lib/report.js";
+import { generateUploadKey, writeSecretStore } from "./lib/secrets.js";
+import { StateFile, teardown } from "./lib/state.js";
+
+/** The whole run, checks included, must finish within this. */
+const RUN_TIMEOUT_MS = 6 * 60_000;
+const BRING_UP_GOAL_SECONDS = 60;
+
+const log = (msg: string): void => {
+  process.stdout.write(`lab: ${msg}\n`);
+};
+
+interface Paths {
+  readonly repo: string;
+  readonly runDir: string;
+  readonly state: StateFile;
+  readonly reportJson: string;
+  readonly reportMd: string;
+}
+
+function labPaths(): Paths {
+  const repo = resolve(process.cwd());
+  if (!existsSync(join(repo, "lab", "topology.json")))
+    throw new Error(`run from the repository root (no lab/topology.json under ${repo})`);
+  return {
+    repo,
+    runDir: join(repo, ".lab", "run"),
+    state: new StateFile(join(repo, ".lab", "state.json")),
+    reportJson: join(repo, "lab", "report.json"),
+    reportMd: join(repo, "lab", "report.md"),
+  };
+}
+
+function down(p: Paths): number {
+  const r = teardown(p.state, [p.runDir]);
+  log(
+    `down: ${r.namespaces.length ? `removed namespaces ${r.namespaces.join(" ")}` : "no lab namespaces"}` +
+      `${r.dirs.length ? `; removed ${r.dirs.join(" ")}` : ""}`,
+  );
+  for (const e of r.errors) log(`down: ${e}`);
+  return r.errors.length ? 1 : 0;
+}
+
+function labNotes(lab: Lab, report: Report): void {
+  const t = lab.t;
+  report.environment.topology = "lab/topology.json";
+  report.environment.postgres = `${t.postgres.version} (${pgDialect(t.postgres.version)}), synchronous ${t.postgres.synchronous ? "on" : "off"}`;
+  report.environment.nodes = t.nodes.map((n) => `${n.name} ${n.privateIp}`).join(", ");
+  report.environment["floating IPs"] = t.floatingIps.map((f) => `${f.address} (home ${f.home})`).join(", ");
+  report.environment["writer overlay"] = t.overlay.dbWriter;
+  report.note(
+    `Package volume: no DRBD and no nfsd in this kernel, so the lab does not run the storage tier. The app nodes share one host directory bind-mounted at ${t.storage.packageRoot} as a stand-in for the NFS export; the DRBD/NFS configs are validated by the agent (drbdadm 8.4 emulation, exportfs) but never run, and the storage pair's Heartbeat is not started.`,
+  );
+  report.note(
+    "Floating and overlay IPs are lab addresses on-link on the bridge; the agent's lab backend moves them with `ip` and gratuitous ARP, the stand-in for EIP association and route replacement.",
+  );
+  report.note(
+    "Daemons are started directly by the agent (PYPI_SERVICE_MANAGER=direct), not by systemd units.",
+  );
+}
+
+async function run(opts: LabOptions, p: Paths): Promise<number> {
+  requireRoot();
+  ensureDebianPackages(p.repo, log);
+  const leftover = teardown(p.state, [p.runDir]);
+  if (leftover.namespaces.length)
+    log(`removed leftovers of an earlier run: ${leftover.namespaces.join(" ")}`);
+
+  const started = Date.now();
+  const report = new Report(`pypi lab${opts.pg11 ? " (postgres 11)" : ""}`);
+  const dirs = labDirs(p.runDir);
+  p.state.add("dirs", p.runDir);
+  mkdirSync(dirs.work, { recursive: true, mode: 0o700 });
+  const key = generateUploadKey(dirs.work);
+  const t = runTopology(loadLabTopology(p.repo), opts, p.repo, key.publicKey);
+  const material = writeSecretStore(join(dirs.store, "secrets"), dirs.work, t);
+  const lab = new Lab(t, dirs, material, p.state);
+  labNotes(lab, report);
+
+  let exit = 1;
+  try {
+    await bringUp(lab, report);
+    const upSeconds = (Date.now() - started) / 1000;
+    report.figure(
+      "bring-up",
+      "lab up and healthy",
+      Math.round(upSeconds * 10) / 10,
+      "s",
+      `goal <= ${BRING_UP_GOAL_SECONDS} s`,
+    );
+    await runEndToEnd(lab, report);
+    const greenSeconds = (Date.now() - started) / 1000;
+    report.figure(
+      "bring-up",
+      "lab up with every check green",
+      Math.round(greenSeconds * 10) / 10,
+      "s",
+      report.ok ? "all green" : "NOT green",
+    );
+    if (report.ok) for (const drill of drills) await drill.run(lab, report);
+    exit = report.ok ? 0 : 1;
+  } catch (err) {
+    log(err instanceof Error ? err.message : String(err));
+  } finally {
+    report.write(p.reportJson, p.reportMd);
+    process.stdout.write(`\n${report.table()}\n\nreport: ${p.reportMd}, ${p.reportJson}\n`);
+  }
+  if (opts.keep) {
+    log("lab kept running (--keep). Get into a node with:");
+    for (const line of lab.enterCommands()) process.stdout.write(`  ${line}\n`);
+    log("tear it down with: npm run lab:down");
+  } else {
+    lab.stopNodes();
+    down(p);
+  }
+  return exit;
+}
+
+function parseArgs(argv: readonly string[]): { command: "up" | "down"; opts: LabOptions } {
+  const known = new Set(["down", "--keep", "--pg11"]);
+  const unknown = argv.filter((a) => !known.has(a));
+  if (unknown.length)
+    throw new Error(`unknown argument(s): ${unknown.join(" ")} (usage: lab [down] [--keep] [--pg11])`);
+  return {
+    command: argv.includes("down") ? "down" : "up",
+    opts: { keep: argv.includes("--keep"), pg11: argv.includes("--pg11") },
+  };
+}
+
+async function main(): Promise<number> {
+  const { command, opts } = parseArgs(process.argv.slice(2));
+  const p = labPaths();
+  if (command === "down") {
+    requireRoot();
+    return down(p);
+  }
+  const abort = (why: string, code: number) => {
+    log(`${why}: tearing down`);
+    down(p);
+    process.exit(code);
+  };
+  process.once("SIGINT", () => abort("interrupted", 130));
+  process.once("SIGTERM", () => abort("terminated", 143));
+  const timer = setTimeout(
+    () => abort(`run exceeded ${RUN_TIMEOUT_MS / 60_000} minutes`, 124),
+    RUN_TIMEOUT_MS,
+  );
+  try {
+    return await run(opts, p);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    log(err instanceof Error ? (err.stack ?? err.message) : String(err));
+    process.exit(1);
+  },
+);
