@@ -42,6 +42,9 @@ export function testTopology(packageRoot: string): Topology {
   const base = topologyFor("staging", 15);
   return {
     ...base,
+    // A plain directory stands in for the NFS mount, as in the lab.
+    backend: "lab",
+    bundleLocation: "/var/lib/pypi-lab",
     overlay: { ...base.overlay, dbWriter: "127.0.0.1" },
     storage: { ...base.storage, packageRoot },
     upload: { ...base.upload, maxFileBytes: 64 * 1024 },
