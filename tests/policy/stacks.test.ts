@@ -1,0 +1,72 @@
+import { beforeAll, describe, expect, test } from "vitest";
+import { T } from "../../policy/rules.js";
+import { type Built, buildStack } from "../stack/harness.js";
+import { runPack, stackResources } from "./pack.js";
+
+describe.each(["staging", "prod"] as const)("the %s stack under mocks", (stack) => {
+  let built: Built;
+  beforeAll(async () => {
+    built = await buildStack(stack);
+  }, 60_000);
+
+  test("passes the whole pack with zero violations", async () => {
+    expect(await runPack(stackResources(built, stack))).toEqual([]);
+  });
+
+  test("passes for the right reasons: the rules saw the resources they guard", () => {
+    const resources = stackResources(built, stack);
+    const count = (type: string) => resources.filter((r) => r.type === type).length;
+    expect(count(T.instance)).toBeGreaterThanOrEqual(6);
+    expect(count(T.volume)).toBe(4);
+    expect(count(T.ingressRule)).toBeGreaterThan(10);
+    expect(count(T.subnet)).toBe(6);
+    expect(count(T.bucket)).toBe(1);
+    // Every world ingress rule resolved its group, and that group is the balancer group.
+    const groups = resources.filter((r) => r.type === T.securityGroup);
+    const world = resources.filter((r) => r.type === T.ingressRule && r.props.cidrIpv4 === "0.0.0.0/0");
+    expect(world.map((r) => r.props.fromPort).sort()).toEqual([22, 443, 80]);
+    for (const r of world) {
+      const dep = r.propertyDependencies.securityGroupId?.[0]?.urn;
+      expect(groups.find((g) => g.urn === dep)?.props.tags).toMatchObject({ Name: "pypi-net-balancer" });
+    }
+    for (const i of resources.filter((r) => r.type === T.instance))
+      expect(String(i.props.userData)).toMatch(/^#cloud-config\n/);
+  });
+
+  test("one changed resource turns the pack red: the sweep is not vacuous", async () => {
+    const resources = stackResources(built, stack);
+    const mutate = (type: string, change: (p: Record<string, unknown>) => Record<string, unknown>) => {
+      const i = resources.findIndex((r) => r.type === type);
+      const copy = [...resources];
+      const r = copy[i]!;
+      copy[i] = { ...r, props: change({ ...r.props }) };
+      return copy;
+    };
+    // Policy names expected to fire (a weak access block is both a resource and a bucket finding).
+    const cases: [string, ReturnType<typeof mutate>][] = [
+      [
+        "ec2-imdsv2-required",
+        mutate(T.instance, (p) => ({ ...p, metadataOptions: { httpTokens: "optional" } })),
+      ],
+      ["ebs-encrypted", mutate(T.volume, (p) => ({ ...p, encrypted: false }))],
+      ["no-public-ips", mutate(T.subnet, (p) => ({ ...p, mapPublicIpOnLaunch: true }))],
+      [
+        "no-secrets-in-user-data",
+        mutate(T.instance, (p) => ({ ...p, userData: `${p.userData}password=hunter2\n` })),
+      ],
+      [
+        "s3-no-public-access s3-bucket-private-encrypted",
+        mutate(T.publicAccessBlock, (p) => ({ ...p, restrictPublicBuckets: false })),
+      ],
+      [
+        "sg-no-world-ingress",
+        mutate(T.ingressRule, (p) => ({ ...p, cidrIpv4: "0.0.0.0/0", fromPort: 5432, toPort: 5432 })),
+      ],
+      ["s3-bucket-private-encrypted", resources.filter((r) => r.type !== T.sse)],
+    ];
+    for (const [policy, changed] of cases) {
+      const violations = await runPack(changed);
+      expect([...new Set(violations.map((v) => v.policy))].sort(), policy).toEqual(policy.split(" ").sort());
+    }
+  });
+});
