@@ -7,6 +7,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pgDialect } from "../src/topology.js";
 import { runEndToEnd } from "./checks/e2e.js";
+import { runTlsScan } from "./checks/tls-scan.js";
 import { drills } from "./drills/index.js";
 import { bringUp } from "./lib/bringup.js";
 import { type LabOptions, loadLabTopology, runTopology } from "./lib/config.js";
@@ -111,6 +112,8 @@ async function run(opts: LabOptions, p: Paths): Promise<number> {
       "s",
       report.ok ? "all green" : "NOT green",
     );
+    // The security pass scans the TLS endpoint once the lab is known to be green.
+    if (report.ok) await runTlsScan(lab, report);
     if (report.ok) for (const drill of drills) await drill.run(lab, report);
     exit = report.ok ? 0 : 1;
   } catch (err) {

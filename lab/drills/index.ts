@@ -5,6 +5,16 @@
  */
 import type { Lab } from "../lib/lab.js";
 import type { Report } from "../lib/report.js";
+import { appLoss } from "./app-loss.js";
+import { balancerCrash } from "./balancer-crash.js";
+import { balancerStop } from "./balancer-stop.js";
+import { dbPrimaryLoss } from "./db-primary-loss.js";
+import { heartbeatPartition } from "./heartbeat-partition.js";
+import { nginxDeath } from "./nginx-death.js";
+import { pgReattach } from "./pg-reattach.js";
+import { syncStandbyDown } from "./sync-standby-down.js";
+import { drillRunTotal, markStart } from "./total.js";
+import { uploadBackendLoss } from "./upload-backend-loss.js";
 
 export interface Drill {
   readonly id: string;
@@ -12,5 +22,17 @@ export interface Drill {
   run(lab: Lab, report: Report): Promise<void>;
 }
 
-/** The drills `npm run lab` executes, in order. */
-export const drills: readonly Drill[] = [];
+/** The drills `npm run lab` executes, in order (9 needs 7's re-attach; 8 runs on 7's new pair). */
+export const drills: readonly Drill[] = [
+  markStart,
+  balancerCrash,
+  balancerStop,
+  heartbeatPartition,
+  nginxDeath,
+  appLoss,
+  uploadBackendLoss,
+  dbPrimaryLoss,
+  syncStandbyDown,
+  pgReattach,
+  drillRunTotal,
+];

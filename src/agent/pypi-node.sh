@@ -857,6 +857,51 @@ cmd_service() {
   esac
 }
 
+# ---------------------------------------------------------------- balancer watchdog
+
+# Heartbeat v1 watches only its peer, not the resources: a dead nginx under a floating IP would
+# go unnoticed. Heartbeat runs this loop (ha.cf `respawn`) and restarts it if it exits. It
+# restarts nginx, and if nginx cannot run here it hands this node's floating IPs to the peer.
+# An operator pauses it (e.g. to stop nginx on purpose) by creating PYPI_WATCH_PAUSE.
+cmd_watch() {
+  [ "$PYPI_ROLE" = balancer ] || die "watch runs on balancers"
+  # Heartbeat does not respawn a client that exits 100: a node without nginx has nothing to watch.
+  case " ${PYPI_SERVICES:-} " in
+    *" nginx "*) ;;
+    *)
+      log "watch: nginx is not a service of $PYPI_NODE; nothing to watch"
+      exit 100
+      ;;
+  esac
+  watch_pause=${PYPI_WATCH_PAUSE:-/run/pypi-node-watch.pause}
+  watch_interval=${PYPI_WATCH_INTERVAL:-0.5}
+  watch_standby=${PYPI_HB_STANDBY:-/usr/share/heartbeat/hb_standby}
+  watch_takeover=${PYPI_HB_TAKEOVER:-/usr/share/heartbeat/hb_takeover}
+  watch_handed=no
+  while :; do
+    sleep "$watch_interval"
+    [ ! -e "$watch_pause" ] || continue
+    if svc_running nginx; then
+      # Healthy again after a hand-off: take the home addresses back, as auto_failback would.
+      if [ "$watch_handed" = yes ] && grep -Eq '^auto_failback[[:space:]]+on' /etc/ha.d/ha.cf; then
+        log "watch: nginx is back; taking this node's floating IPs back"
+        "$watch_takeover" local >&2 || log "watch: $watch_takeover failed"
+      fi
+      watch_handed=no
+      continue
+    fi
+    log "watch: nginx is not running; starting it"
+    if svc_start nginx >&2 && svc_running nginx; then
+      log "watch: nginx started"
+      continue
+    fi
+    [ "$watch_handed" = no ] || continue
+    log "watch: nginx does not start; handing the floating IPs to the peer"
+    "$watch_standby" all >&2 || log "watch: $watch_standby failed"
+    watch_handed=yes
+  done
+}
+
 # ---------------------------------------------------------------- status
 
 cmd_status() {
@@ -898,6 +943,7 @@ usage: pypi-node COMMAND
   app-migrate | register      (app) the index app's schema migrations / upload registration
   upload-backend enable|disable NODE | upload-backends
   service NAME start|stop|restart|status
+  watch                       (balancer) keep nginx running under the floating IPs (Heartbeat respawns it)
 EOF
   exit 2
 }
@@ -976,6 +1022,7 @@ main() {
     app-migrate) app_cli migrate ;;
     register) app_cli register ;;
     service) [ $# -eq 2 ] || usage && cmd_service "$1" "$2" ;;
+    watch) cmd_watch ;;
     *) usage ;;
   esac
 }

@@ -68,7 +68,13 @@ export function validateHeartbeatTimings(hb: Topology["heartbeat"]): void {
 
 const ms = (field: string, value: number): string => haToken(field, `${value}ms`);
 
-function renderHaCf(t: Topology, node: NodeSpec, members: readonly NodeSpec[], cluster: string): string {
+function renderHaCf(
+  t: Topology,
+  node: NodeSpec,
+  members: readonly NodeSpec[],
+  cluster: string,
+  extra: readonly string[] = [],
+): string {
   const hb = t.heartbeat;
   validateHeartbeatTimings(hb);
   if (!members.some((m) => m.name === node.name)) {
@@ -96,6 +102,7 @@ function renderHaCf(t: Topology, node: NodeSpec, members: readonly NodeSpec[], c
     ...members.map((m) => `node ${haToken("node name", m.name)}`),
     // R1 mode: resources come from haresources, no Pacemaker.
     "crm no",
+    ...extra,
     "",
   ].join("\n");
 }
@@ -109,9 +116,16 @@ function balancers(t: Topology): [NodeSpec, NodeSpec] {
   return [a, b];
 }
 
-/** ha.cf of one balancer: unicast to the other balancer. */
+/** The agent loop Heartbeat keeps running on each balancer (see `pypi-node watch`). */
+export const BALANCER_WATCH_COMMAND = `${paths.agent} watch`;
+
+/**
+ * ha.cf of one balancer: unicast to the other balancer. Heartbeat v1 does not monitor its
+ * resources, so it respawns the agent's watchdog, which keeps nginx up under the floating IPs.
+ */
 export function renderBalancerHaCf(t: Topology, node: NodeSpec): string {
-  return renderHaCf(t, node, balancers(t), "balancer");
+  const watch = BALANCER_WATCH_COMMAND.split(" ").map((part) => haToken("respawn command", part));
+  return renderHaCf(t, node, balancers(t), "balancer", [`respawn root ${watch.join(" ")}`]);
 }
 
 /** haresources of the balancer pair: one group per floating IP, on its home balancer. */

@@ -50,8 +50,6 @@ const q = nginxQuote;
 /** Fixed header lines every proxied location sends to the app. */
 const PROXY_HEADERS = [
   "proxy_http_version 1.1;",
-  // Empty Connection keeps the upstream keepalive pool usable.
-  'proxy_set_header Connection "";',
   "proxy_set_header Host $host;",
   // The balancer is the edge: overwrite, never append to, what the client claims.
   "proxy_set_header X-Forwarded-For $remote_addr;",
@@ -81,7 +79,13 @@ export function renderNginxConf(t: Topology, node: NodeSpec): string {
     throw new Error(`nginx runs on balancers, not on ${node.name} (${node.role})`);
   const readTimeout = t.app.requestTimeoutSeconds + READ_TIMEOUT_MARGIN_SECONDS;
 
-  const upstream = block(`upstream ${q(NGINX_UPSTREAM)}`, [...upstreamServers(t), "keepalive 32;"]);
+  // No keepalive pool: a request on a kept-alive connection to a dead (blackholed) app server
+  // waits out the read timeout, while a fresh connect fails over after the connect timeout.
+  // The zone shares max_fails across workers, so the first failures take it out everywhere.
+  const upstream = block(`upstream ${q(NGINX_UPSTREAM)}`, [
+    `zone ${q(NGINX_UPSTREAM)} 64k;`,
+    ...upstreamServers(t),
+  ]);
 
   const redirect = block("server", [
     "listen 80 default_server;",

@@ -12,9 +12,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { executeRunbook } from "../../lab/lib/runbook.js";
 import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
-import { buildRunbooks, OPERATOR, type RunbookStep } from "../../src/runbooks/runbooks.js";
+import { buildRunbooks, OPERATOR } from "../../src/runbooks/runbooks.js";
 import { paths, pgDataDir, type Topology } from "../../src/topology.js";
 import { LabNode, writeTree } from "../support/lab-nodes.js";
 import { createBridgeNamespace, createNode, destroyNamespace } from "../support/netns.js";
@@ -275,22 +276,17 @@ describe.skipIf(!canRun).each(cases)(
       node("db-a").run(["kill", "-9", pid]);
       await sleep(500);
 
-      const runbookStart = Date.now();
-      const executed: { step: RunbookStep; seconds: number; output: string }[] = [];
-      for (const step of runbook.steps) {
-        if (step.host === OPERATOR) continue;
-        const began = Date.now();
-        const r = await node(step.host).execAsync(["sh", "-c", step.command], { timeoutMs: 120_000 });
-        const output = `${r.stdout}${r.stderr}`;
-        executed.push({ step, seconds: (Date.now() - began) / 1000, output });
-        if (r.status !== 0)
-          throw new Error(
-            `step "${step.title}" on ${step.host} exited ${r.status}:\n${output}\n--- db-a ---\n${pgLog("db-a")}\n--- db-b ---\n${pgLog("db-b")}`,
-          );
-        if (step.expectOutput !== undefined)
-          expect(r.stdout, step.title).toMatch(new RegExp(step.expectOutput));
-      }
-      const runbookEnd = Date.now();
+      const run = await executeRunbook(runbook, node);
+      const runbookStart = run.startedAt;
+      const executed = run.executed.map((e) => ({
+        step: e.step,
+        seconds: e.seconds,
+        output: `${e.stdout}${e.stderr}`,
+      }));
+      if (run.failure)
+        throw new Error(`${run.failure}\n--- db-a ---\n${pgLog("db-a")}\n--- db-b ---\n${pgLog("db-b")}`);
+      expect(run.skipped.every((s) => s.host === OPERATOR)).toBe(true);
+      const runbookEnd = run.endedAt;
       await sleep(1000);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => writer?.kill("SIGKILL"), 10_000);

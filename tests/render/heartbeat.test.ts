@@ -44,6 +44,12 @@ describe.each<Shape>(["staging", "prod"])("heartbeat (%s)", (shape) => {
     expect(renderBalancerHaCf(t, lbA).endsWith("\n")).toBe(true);
   });
 
+  it("respawns the agent's nginx watchdog on balancers only", () => {
+    expect(lines(renderBalancerHaCf(t, lbA))).toContain("respawn root /usr/local/sbin/pypi-node watch");
+    const storage = renderStorageHaCf(t, nodeByName(t, "app-a"));
+    expect(storage).not.toMatch(/respawn/);
+  });
+
   it("renders auto_failback off when asked", () => {
     const off: Topology = { ...t, heartbeat: { ...t.heartbeat, autoFailback: false } };
     expect(lines(renderBalancerHaCf(off, lbA))).toContain("auto_failback off");

@@ -121,17 +121,17 @@ describe.each<Shape>(["staging", "prod"])("renderNginxConf (%s)", (shape) => {
     expect(listens).toEqual(["listen 80 default_server;", "listen 443 ssl http2 default_server;"]);
   });
 
-  it("balances over every app server with passive health checks and keepalive", () => {
+  it("balances over every app server with shared passive health checks and no keepalive pool", () => {
     const apps = nodesWithRole(t, "app");
     expect(apps).toHaveLength(shape === "prod" ? 3 : 2);
     const upstream = blockLines(text, `upstream ${NGINX_UPSTREAM}`);
     expect(upstream).toEqual([
+      `zone ${NGINX_UPSTREAM} 64k;`,
       ...apps.map((a) => `server ${a.privateIp}:80 max_fails=2 fail_timeout=10s;`),
-      "keepalive 32;",
     ]);
     expect(upstreamServers(t)).toHaveLength(apps.length);
     expect(https).toContain("proxy_http_version 1.1;");
-    expect(https).toContain('proxy_set_header Connection "";');
+    expect(upstream.some((l) => l.startsWith("keepalive"))).toBe(false);
   });
 
   it("retries failed upstreams a bounded number of times with a short connect timeout", () => {

@@ -1,0 +1,106 @@
+/**
+ * Balancer drill helpers: crash and "reboot" a balancer node, and time how long until a floating
+ * IP is held by a given balancer and answers HTTPS through it.
+ */
+
+import { readFileSync } from "node:fs";
+import { CLIENT_DIR, clientCommand, type Lab, onLinkRanges } from "../lib/lab.js";
+import { killPids, nodePids, sleep, until } from "./common.js";
+
+/** Quick HTTPS probe of /_health through one floating IP (1 s budget, so polls stay fine-grained). */
+export async function httpsOk(lab: Lab, fip: string, maxSeconds = 1): Promise<boolean> {
+  const r = await lab.client.execAsync(
+    clientCommand([
+      "curl",
+      "-s",
+      "-o",
+      "/dev/null",
+      "--max-time",
+      String(maxSeconds),
+      "--cacert",
+      `${CLIENT_DIR}/ca.pem`,
+      "--resolve",
+      `${lab.t.domain}:443:${fip}`,
+      "-w",
+      "%{http_code}",
+      `https://${lab.t.domain}/_health`,
+    ]),
+    { timeoutMs: (maxSeconds + 2) * 1000 },
+  );
+  return r.stdout.trim() === "200";
+}
+
+export const homeFip = (lab: Lab, balancer: string): string => {
+  const fip = lab.t.floatingIps.find((f) => f.home === balancer)?.address;
+  if (!fip) throw new Error(`no floating IP homed on ${balancer}`);
+  return fip;
+};
+
+export const peerBalancer = (lab: Lab, balancer: string): string => {
+  const peer = lab.nodesOf("balancer").find((n) => n.name !== balancer)?.name;
+  if (!peer) throw new Error(`no peer of ${balancer}`);
+  return peer;
+};
+
+/** Epoch ms when `holder` holds `fip` and when HTTPS through it then answers 200. */
+export async function timeOwnership(
+  lab: Lab,
+  fip: string,
+  holder: string,
+  timeoutMs: number,
+  exclusive = false,
+): Promise<{ addressAt: number; httpsAt: number }> {
+  const addressAt = await until(`${holder} holds ${fip}`, timeoutMs, () => {
+    if (!lab.addresses(holder).includes(fip)) return false;
+    if (!exclusive) return true;
+    return lab.nodesOf("balancer").every((n) => n.name === holder || !lab.addresses(n.name).includes(fip));
+  });
+  const httpsAt = await until(`HTTPS via ${fip}`, timeoutMs, () => httpsOk(lab, fip), 20);
+  return { addressAt, httpsAt };
+}
+
+/**
+ * A crash: every process of the node dies at once (SIGKILL) and its interface goes down, as when
+ * an instance stops dead. Its addresses stay configured, as the kernel state of a dead machine
+ * would be irrelevant; `reboot` clears them, as a fresh boot would.
+ */
+export async function crash(lab: Lab, node: string): Promise<number> {
+  const killed = killPids(nodePids(lab, node));
+  await lab.node(node).runAsync(["ip", "link", "set", "eth0", "down"]);
+  return killed;
+}
+
+/** Boot after a crash: floating IPs gone, link up, the bundle applied again (starts its daemons). */
+export async function reboot(lab: Lab, node: string): Promise<void> {
+  for (const f of lab.t.floatingIps)
+    if (lab.addresses(node).includes(f.address))
+      await lab.node(node).runAsync(["ip", "addr", "del", `${f.address}/32`, "dev", "eth0"]);
+  await lab.node(node).runAsync(["ip", "link", "set", "eth0", "up"]);
+  // The kernel drops a downed link's routes; put the on-link ranges back as boot would.
+  for (const range of onLinkRanges(lab.t))
+    await lab.node(node).runAsync(["ip", "route", "replace", range, "dev", "eth0"]);
+  await lab.apply(node);
+}
+
+/** `pypi-node watch` processes on a balancer (Heartbeat respawns exactly one). */
+export function watchers(lab: Lab, node: string): number {
+  return nodePids(lab, node).filter((pid) => {
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+      return argv.some((a) => a.endsWith("/pypi-node")) && argv.includes("watch");
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+/** Wait until the node runs exactly one watchdog (Heartbeat starts it shortly after itself). */
+export async function oneWatcher(lab: Lab, node: string): Promise<string> {
+  await until(`one pypi-node watch on ${node}`, 15_000, () => watchers(lab, node) === 1, 200).catch(() => {
+    throw new Error(`${node} runs ${watchers(lab, node)} pypi-node watch processes, not 1`);
+  });
+  await sleep(1_000);
+  const n = watchers(lab, node);
+  if (n !== 1) throw new Error(`${node} runs ${n} pypi-node watch processes, not 1`);
+  return `${node}: one pypi-node watch, respawned by Heartbeat`;
+}

@@ -1,0 +1,170 @@
+/**
+ * What the drills share: timing helpers, killing processes inside a node, the health a drill
+ * must leave behind, and the wrapper that bounds a drill in time and turns a crash into a
+ * failed check instead of aborting the run.
+ */
+import { mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { fipHomes, healthVia, waitFor } from "../lib/bringup.js";
+import { type Lab, nsOf } from "../lib/lab.js";
+import type { LoadSample } from "../lib/load.js";
+import { namespacePids } from "../lib/netns.js";
+import type { Report } from "../lib/report.js";
+import type { Drill } from "./index.js";
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Seconds between two epoch-ms stamps, two decimals. */
+export const seconds = (from: number, to: number): number => Math.round((to - from) / 10) / 100;
+
+export const okCode = (code: number): boolean => code >= 200 && code < 400;
+
+/** The p-th percentile (0..100) of request durations, in seconds. */
+export function percentile(samples: readonly LoadSample[], p: number): number {
+  if (samples.length === 0) return 0;
+  const sorted = samples.map((s) => s.seconds).sort((a, b) => a - b);
+  const idx = Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1);
+  return Math.round((sorted[Math.max(0, idx)] ?? 0) * 1000) / 1000;
+}
+
+/** Samples whose request ended within [from, to). */
+export const between = (samples: readonly LoadSample[], from: number, to: number): LoadSample[] =>
+  samples.filter((s) => s.at >= from && s.at < to);
+
+export const failedCount = (samples: readonly LoadSample[]): number =>
+  samples.filter((s) => !okCode(s.code)).length;
+
+/** Where a drill keeps its logs (host side; app nodes see the same path). */
+export function drillDir(lab: Lab): string {
+  const dir = join(lab.dirs.run, "drills");
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+/** Pids in a node's network namespace whose command name is one of `names` (all but the holder if empty). */
+export function nodePids(lab: Lab, node: string, names: readonly string[] = []): number[] {
+  const holder = lab.node(node).pid;
+  return namespacePids(nsOf(node)).filter((pid) => {
+    if (pid === holder) return false;
+    if (names.length === 0) return true;
+    try {
+      const comm = readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+      return names.includes(comm);
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** SIGKILL the given pids (already gone is fine); returns how many were signalled. */
+export function killPids(pids: readonly number[]): number {
+  let n = 0;
+  for (const pid of pids) {
+    try {
+      process.kill(pid, "SIGKILL");
+      n++;
+    } catch {
+      // already gone
+    }
+  }
+  return n;
+}
+
+/** Poll fast until `probe` holds; resolves with the epoch ms it first held. */
+export async function until(
+  what: string,
+  timeoutMs: number,
+  probe: () => Promise<boolean> | boolean,
+  intervalMs = 50,
+): Promise<number> {
+  const start = Date.now();
+  while (Date.now() - start < timeoutMs) {
+    if (await probe()) return Date.now();
+    await sleep(intervalMs);
+  }
+  throw new Error(`${what}: not within ${timeoutMs / 1000} s`);
+}
+
+/** Who holds each floating IP right now: address -> balancer names. */
+export function fipHolders(lab: Lab): Map<string, string[]> {
+  const lbs = lab.nodesOf("balancer").map((n) => n.name);
+  const held = new Map(lbs.map((lb) => [lb, lab.addresses(lb)] as const));
+  return new Map(
+    lab.t.floatingIps.map((f) => [f.address, lbs.filter((lb) => held.get(lb)?.includes(f.address))]),
+  );
+}
+
+export const holdersText = (holders: Map<string, string[]>): string =>
+  [...holders].map(([a, h]) => `${a}@${h.join("+") || "nobody"}`).join(", ");
+
+/** Every floating IP on its home balancer only, and HTTPS /_health 200 through each. */
+export async function balancersHealthy(lab: Lab, timeoutMs = 45_000): Promise<string> {
+  const homes = fipHomes(lab.t);
+  return waitFor(
+    "floating IPs home and HTTPS healthy",
+    timeoutMs,
+    async () => {
+      const holders = fipHolders(lab);
+      const wrong = [...holders].filter(([a, h]) => h.length !== 1 || h[0] !== homes.get(a));
+      if (wrong.length) return new Error(`holders: ${holdersText(holders)}`);
+      const codes = await Promise.all(lab.t.floatingIps.map((f) => healthVia(lab, f.address)));
+      const bad = codes.findIndex((c) => c.code !== 200);
+      if (bad >= 0) return new Error(`${lab.t.floatingIps[bad]?.address}: ${codes[bad]?.code}`);
+      return `${holdersText(holders)}; /_health 200 via each`;
+    },
+    250,
+  );
+}
+
+/** HAProxy on every balancer sees every app server's sshd UP. */
+export async function uploadsHealthy(lab: Lab, timeoutMs = 20_000): Promise<string> {
+  const apps = lab.nodesOf("app").map((n) => n.name);
+  return waitFor(
+    "upload backends UP",
+    timeoutMs,
+    async () => {
+      for (const lb of lab.nodesOf("balancer")) {
+        const r = await lab.exec(lb.name, "/usr/local/sbin/pypi-node upload-backends");
+        for (const app of apps)
+          if (!new RegExp(`^${app} UP$`, "m").test(r.stdout))
+            return new Error(`${lb.name}: ${r.stdout.trim().replace(/\n/g, ", ")}`);
+      }
+      return `${apps.join(", ")} UP on every balancer`;
+    },
+    500,
+  );
+}
+
+/**
+ * A drill: `body` runs under a time bound; a throw or timeout becomes a failed check. Afterwards
+ * the lab must be healthy again (a check too), so the next drill starts from a known state.
+ */
+export function drill(
+  id: string,
+  title: string,
+  timeoutMs: number,
+  body: (lab: Lab, report: Report, section: string) => Promise<void>,
+  healthy: (lab: Lab) => Promise<string> = async (lab) =>
+    `${await balancersHealthy(lab)}; ${await uploadsHealthy(lab)}`,
+): Drill {
+  const section = `drill ${id}`;
+  return {
+    id,
+    title,
+    async run(lab: Lab, report: Report): Promise<void> {
+      process.stdout.write(`\nlab: drill ${id}: ${title}\n`);
+      let timer: NodeJS.Timeout | undefined;
+      await report.check(section, `${title}: ran to completion within ${timeoutMs / 1000} s`, async () => {
+        const started = Date.now();
+        await Promise.race([
+          body(lab, report, section),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs / 1000} s`)), timeoutMs);
+          }),
+        ]).finally(() => clearTimeout(timer));
+        return `${seconds(started, Date.now())} s`;
+      });
+      await report.check(section, "lab healthy again", () => healthy(lab));
+    },
+  };
+}
