@@ -43,7 +43,7 @@ function tlsCertificates(dir: string, t: Topology): { ca: string; chain: string;
     "-x509",
     ...ec,
     "-days",
-    "2",
+    "365",
     "-subj",
     "/CN=pypi lab CA",
     "-keyout",
@@ -65,7 +65,16 @@ function tlsCertificates(dir: string, t: Topology): { ca: string; chain: string;
   const san = [`DNS:${t.domain}`, ...t.floatingIps.map((f) => `IP:${f.address}`)].join(",");
   writeFileSync(
     p("server.ext"),
-    `subjectAltName=${san}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n`,
+    // Shaped like a public CA's certificate (90 days, a CRL location inside the lab's own domain),
+    // so the TLS scan judges nginx's configuration rather than the lab CA's shortcuts.
+    [
+      `subjectAltName=${san}`,
+      "extendedKeyUsage=serverAuth",
+      "basicConstraints=CA:FALSE",
+      "keyUsage=digitalSignature",
+      `crlDistributionPoints=URI:http://${t.domain}/lab-ca.crl`,
+      "",
+    ].join("\n"),
   );
   run("openssl", [
     "x509",
@@ -78,7 +87,7 @@ function tlsCertificates(dir: string, t: Topology): { ca: string; chain: string;
     p("ca.key"),
     "-CAcreateserial",
     "-days",
-    "2",
+    "90",
     "-extfile",
     p("server.ext"),
     "-out",

@@ -104,7 +104,9 @@ export function renderNginxConf(t: Topology, node: NodeSpec): string {
     `ssl_protocols ${TLS_PROTOCOLS.map(q).join(" ")};`,
     `ssl_ciphers ${q(TLS_CIPHERS.join(":"))};`,
     `ssl_ecdh_curve ${q(TLS_CURVES.join(":"))};`,
-    "ssl_prefer_server_ciphers off;",
+    // Every listed cipher is an AEAD suite; the server's order still wins so clients cannot pick
+    // a weaker one first (testssl.sh rates a missing server order HIGH).
+    "ssl_prefer_server_ciphers on;",
     "ssl_session_timeout 1d;",
     "ssl_session_cache shared:TLS:10m;",
     // Tickets would need key rotation shared by both balancers; the cache is enough.

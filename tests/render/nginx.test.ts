@@ -95,7 +95,7 @@ describe.each<Shape>(["staging", "prod"])("renderNginxConf (%s)", (shape) => {
         "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;",
     );
     expect(https).toContain("ssl_ecdh_curve X25519:prime256v1:secp384r1;");
-    expect(https).toContain("ssl_prefer_server_ciphers off;");
+    expect(https).toContain("ssl_prefer_server_ciphers on;");
     expect(https).toContain("ssl_session_tickets off;");
     expect(https).toContain("ssl_session_cache shared:TLS:10m;");
     expect(text).not.toMatch(/TLSv1(\.1)?[ ;]/);
