@@ -18,31 +18,21 @@ export const WRITER_NODE = "app-a";
 /** What drill 7 leaves for drill 9. */
 export const dbState: { reattach?: ExecutedStep } = {};
 
+/** psql as the postgres superuser over a db node's local socket, reading SQL from stdin. */
+export function superSqlArgv(port: number, db = "postgres"): string[] {
+  return ["runuser", "-u", "postgres", "--", PSQL, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"].concat([
+    "-h",
+    "/var/run/postgresql",
+    "-p",
+    String(port),
+    "-d",
+    db,
+  ]);
+}
+
 /** SQL as the postgres superuser over a db node's local socket. */
 export function superSql(lab: Lab, node: string, sql: string, db = "postgres", timeoutMs = 10_000) {
-  return lab
-    .node(node)
-    .execAsync(
-      [
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        PSQL,
-        "-X",
-        "-q",
-        "-At",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "/var/run/postgresql",
-        "-p",
-        String(lab.t.postgres.port),
-        "-d",
-        db,
-      ],
-      { input: sql, timeoutMs },
-    );
+  return lab.node(node).execAsync(superSqlArgv(lab.t.postgres.port, db), { input: sql, timeoutMs });
 }
 
 export const writerConn = (lab: Lab): string => {

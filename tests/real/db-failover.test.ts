@@ -12,6 +12,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { superSqlArgv } from "../../lab/drills/db-common.js";
 import { executeRunbook } from "../../lab/lib/runbook.js";
 import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
@@ -105,27 +106,7 @@ describe.skipIf(!canRun).each(cases)(
       return r.stdout;
     };
     const superSql = (name: string, sql: string, db = "postgres") =>
-      node(name).exec(
-        [
-          "runuser",
-          "-u",
-          "postgres",
-          "--",
-          PSQL,
-          "-X",
-          "-q",
-          "-At",
-          "-v",
-          "ON_ERROR_STOP=1",
-          "-h",
-          "/var/run/postgresql",
-          "-p",
-          String(t.postgres.port),
-          "-d",
-          db,
-        ],
-        { input: sql, timeoutMs: 10_000 },
-      );
+      node(name).exec(superSqlArgv(t.postgres.port, db), { input: sql, timeoutMs: 10_000 });
     const pgLog = (name: string): string =>
       nodes.has(name)
         ? node(name).exec(["sh", "-c", "tail -n 40 /var/log/postgresql/*.log"]).stdout
@@ -223,31 +204,11 @@ describe.skipIf(!canRun).each(cases)(
         while (monitoring) {
           const start = Date.now();
           const r = nodes.has(name)
-            ? await node(name).execAsync(
-                [
-                  "runuser",
-                  "-u",
-                  "postgres",
-                  "--",
-                  PSQL,
-                  "-X",
-                  "-q",
-                  "-At",
-                  "-v",
-                  "ON_ERROR_STOP=1",
-                  "-h",
-                  "/var/run/postgresql",
-                  "-p",
-                  String(pg.port),
-                  "-d",
-                  "postgres",
-                ],
-                {
-                  input:
-                    "SET synchronous_commit = local; SET statement_timeout = 2000;\nINSERT INTO drill_probe VALUES (now());\n",
-                  timeoutMs: 5_000,
-                },
-              )
+            ? await node(name).execAsync(superSqlArgv(pg.port, "postgres"), {
+                input:
+                  "SET synchronous_commit = local; SET statement_timeout = 2000;\nINSERT INTO drill_probe VALUES (now());\n",
+                timeoutMs: 5_000,
+              })
             : { status: 1, stdout: "", stderr: "" };
           samples.push({ node: name, start, end: Date.now(), writable: r.status === 0 });
           await sleep(100);
