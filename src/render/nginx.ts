@@ -22,7 +22,7 @@ export const TLS_CIPHERS = [
 export const TLS_CURVES = ["X25519", "prime256v1", "secp384r1"] as const;
 
 /** Short, so a blackholed app server costs one retry instead of a stalled request. */
-export const PROXY_CONNECT_TIMEOUT_SECONDS = 2;
+export const PROXY_CONNECT_TIMEOUT_SECONDS = 1;
 /** Upper bound on attempts per request across app servers. */
 export const PROXY_NEXT_UPSTREAM_TRIES = 2;
 /** Head room over the app's own request timeout, so the app's answer wins the race. */
