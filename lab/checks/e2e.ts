@@ -7,7 +7,7 @@ import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { HSTS_MAX_AGE_SECONDS } from "../../src/render/nginx.js";
 import { nodesWithRole, paths, pgDialect } from "../../src/topology.js";
-import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
+import { CLIENT_DIR, clientCommand, type Lab, sftpArgv } from "../lib/lab.js";
 import { startLoad } from "../lib/load.js";
 import type { Report } from "../lib/report.js";
 import { buildWheel, type Wheel } from "../lib/wheel.js";
@@ -62,30 +62,10 @@ async function uploadBackends(lab: Lab): Promise<string> {
 async function sftpUpload(lab: Lab, wheel: Wheel): Promise<string> {
   const fip = lab.t.floatingIps[0]?.address ?? "";
   const user = lab.t.upload.users[0]?.name ?? "";
-  const r = await clientRun(
-    lab,
-    [
-      "sftp",
-      "-b",
-      "-",
-      "-i",
-      `${CLIENT_DIR}/upload_key`,
-      "-o",
-      `UserKnownHostsFile=${CLIENT_DIR}/known_hosts`,
-      "-o",
-      "GlobalKnownHostsFile=/dev/null",
-      "-o",
-      "StrictHostKeyChecking=yes",
-      "-o",
-      "BatchMode=yes",
-      "-o",
-      "ConnectTimeout=5",
-      "-P",
-      String(lab.t.upload.port),
-      `${user}@${fip}`,
-    ],
-    `put ${CLIENT_DIR}/${wheel.filename} /upload/${wheel.filename}\nls -l /upload\n`,
-  );
+  const r = await lab.client.execAsync(sftpArgv(lab.t, fip, 5), {
+    input: `put ${CLIENT_DIR}/${wheel.filename} /upload/${wheel.filename}\nls -l /upload\n`,
+    timeoutMs: 30_000,
+  });
   if (r.status !== 0) throw new Error(`sftp exited ${r.status}: ${r.stderr}${r.stdout}`);
   expectMatch("sftp listing", r.stdout, new RegExp(wheel.filename.replace(/\./g, "\\.")));
   return `${wheel.filename} put as ${user} via ${fip}:${lab.t.upload.port} (HAProxy -> app sshd, host key verified)`;

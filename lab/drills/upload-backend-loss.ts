@@ -4,7 +4,7 @@
  * the `upload-backend-loss-<app>` runbook is executed as rendered.
  */
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
-import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
+import { type Lab, sftpArgv } from "../lib/lab.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
 import { drill, killPids, nodePids, seconds, sleep } from "./common.js";
 
@@ -13,30 +13,7 @@ const LOST = "app-a";
 const STREAK = 6;
 
 async function sftpLs(lab: Lab, fip: string): Promise<boolean> {
-  const user = lab.t.upload.users[0]?.name ?? "";
-  const r = await lab.client.execAsync(
-    clientCommand([
-      "sftp",
-      "-b",
-      "-",
-      "-i",
-      `${CLIENT_DIR}/upload_key`,
-      "-o",
-      `UserKnownHostsFile=${CLIENT_DIR}/known_hosts`,
-      "-o",
-      "GlobalKnownHostsFile=/dev/null",
-      "-o",
-      "StrictHostKeyChecking=yes",
-      "-o",
-      "BatchMode=yes",
-      "-o",
-      "ConnectTimeout=3",
-      "-P",
-      String(lab.t.upload.port),
-      `${user}@${fip}`,
-    ]),
-    { input: "ls /upload\n", timeoutMs: 10_000 },
-  );
+  const r = await lab.client.execAsync(sftpArgv(lab.t, fip, 3), { input: "ls /upload\n", timeoutMs: 10_000 });
   return r.status === 0;
 }
 

@@ -30,6 +30,33 @@ export const clientCommand = (argv: readonly string[]): string[] => [
   "PIP_CONFIG_FILE=/dev/null",
   ...argv,
 ];
+
+/**
+ * sftp in batch mode as the first upload user to a floating IP, with the lab's key and the
+ * upload host key pinned: the same client a PyPI uploader runs. Commands come on stdin.
+ */
+export function sftpArgv(t: Topology, fip: string, connectTimeoutSeconds: number): string[] {
+  const user = t.upload.users[0]?.name ?? "";
+  const options = [
+    `UserKnownHostsFile=${CLIENT_DIR}/known_hosts`,
+    "GlobalKnownHostsFile=/dev/null",
+    "StrictHostKeyChecking=yes",
+    "BatchMode=yes",
+    `ConnectTimeout=${connectTimeoutSeconds}`,
+  ];
+  return clientCommand([
+    "sftp",
+    "-b",
+    "-",
+    "-i",
+    `${CLIENT_DIR}/upload_key`,
+    ...options.flatMap((o) => ["-o", o]),
+    "-P",
+    String(t.upload.port),
+    `${user}@${fip}`,
+  ]);
+}
+
 const BRIDGE_NS = `${NS_PREFIX}br`;
 /** Services the lab cannot run: the storage pair's Heartbeat would drive DRBD and nfsd. */
 const APP_DIRECT_SKIP = "heartbeat drbd nfs-server";
