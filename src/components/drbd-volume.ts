@@ -1,7 +1,7 @@
-import * as aws from "@pulumi/aws";
+import type * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { type LaunchedNode, nodeSuffix } from "./node.js";
-import { DATA_DEVICE_NAME, overlayRoutes } from "./postgres-pair.js";
+import { attachDataVolume, type LaunchedNode, nodeSuffix } from "./node.js";
+import { overlayRoutes } from "./postgres-pair.js";
 
 export interface DrbdVolumeArgs {
   /** The storage pair (the first two app servers), primary first. */
@@ -53,32 +53,14 @@ export class DrbdVolume extends pulumi.ComponentResource {
     super("pypi:infra:DrbdVolume", name, {}, opts);
     validateDrbdVolumeArgs(args);
     const retain = args.retainData ?? false;
-    this.volumes = args.pair.map(({ spec, instance }) => {
-      const volumeName = `${name}-${nodeSuffix(spec)}`;
-      const volume = new aws.ebs.Volume(
-        volumeName,
-        {
-          availabilityZone: spec.az,
-          size: args.sizeGb,
-          type: "gp3",
-          encrypted: true,
-          finalSnapshot: retain,
-          tags: { ...args.tags, Name: `${spec.name}-drbd`, "pypi:node": spec.name },
-        },
-        { parent: this, protect: retain, retainOnDelete: retain },
-      );
-      new aws.ec2.VolumeAttachment(
-        volumeName,
-        {
-          deviceName: DATA_DEVICE_NAME,
-          volumeId: volume.id,
-          instanceId: instance.id,
-          stopInstanceBeforeDetaching: true,
-        },
-        { parent: this },
-      );
-      return volume;
-    });
+    this.volumes = args.pair.map((node) =>
+      attachDataVolume(this, `${name}-${nodeSuffix(node.spec)}`, node, {
+        sizeGb: args.sizeGb,
+        nameTag: `${node.spec.name}-drbd`,
+        tags: args.tags,
+        retain,
+      }),
+    );
     const primary = args.pair[0];
     this.routes = overlayRoutes(this, `${name}-overlay`, args.storageAddress, args.routeTables, primary.eni);
     this.registerOutputs({ volumeIds: this.volumes.map((v) => v.id) });

@@ -155,3 +155,47 @@ export function launchNode(
   const eni = createInterface(parent, name, spec, args);
   return { spec, eni, instance: createInstance(parent, name, spec, eni, args) };
 }
+
+/** Where the data volume appears on every node (nvme1n1 on Nitro). */
+export const DATA_DEVICE_NAME = "/dev/sdf";
+
+export interface DataVolumeArgs {
+  readonly sizeGb: number;
+  /** The volume's Name tag. */
+  readonly nameTag: string;
+  readonly tags?: Readonly<Record<string, string>>;
+  /** Protect, retain on delete and snapshot on destroy (prod). */
+  readonly retain: boolean;
+}
+
+/** An encrypted gp3 volume in the node's AZ, attached as DATA_DEVICE_NAME. */
+export function attachDataVolume(
+  parent: pulumi.Resource,
+  name: string,
+  { spec, instance }: LaunchedNode,
+  args: DataVolumeArgs,
+): aws.ebs.Volume {
+  const volume = new aws.ebs.Volume(
+    name,
+    {
+      availabilityZone: spec.az,
+      size: args.sizeGb,
+      type: "gp3",
+      encrypted: true,
+      finalSnapshot: args.retain,
+      tags: { ...args.tags, Name: args.nameTag, "pypi:node": spec.name },
+    },
+    { parent, protect: args.retain, retainOnDelete: args.retain },
+  );
+  new aws.ec2.VolumeAttachment(
+    name,
+    {
+      deviceName: DATA_DEVICE_NAME,
+      volumeId: volume.id,
+      instanceId: instance.id,
+      stopInstanceBeforeDetaching: true,
+    },
+    { parent },
+  );
+  return volume;
+}

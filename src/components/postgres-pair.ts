@@ -9,6 +9,7 @@ import {
   routeStatements,
 } from "./iam.js";
 import {
+  attachDataVolume,
   type LaunchArgs,
   type LaunchedNode,
   launchNode,
@@ -16,9 +17,6 @@ import {
   type PlannedNode,
   validateLaunchArgs,
 } from "./node.js";
-
-/** Device name the data volume is attached as (nvme1n1 on Nitro instances). */
-export const DATA_DEVICE_NAME = "/dev/sdf";
 
 export interface PostgresPairArgs extends LaunchArgs {
   /** Primary first, then the standby; one per AZ. */
@@ -121,32 +119,14 @@ export class PostgresPair extends pulumi.ComponentResource {
         sourceDestCheck: false,
       }),
     );
-    this.dataVolumes = this.nodes.map(({ spec, instance }) => {
-      const volumeName = `${name}-${nodeSuffix(spec)}-data`;
-      const volume = new aws.ebs.Volume(
-        volumeName,
-        {
-          availabilityZone: spec.az,
-          size: args.dataVolumeGb,
-          type: "gp3",
-          encrypted: true,
-          finalSnapshot: retain,
-          tags: { ...args.tags, Name: `${spec.name}-data`, "pypi:node": spec.name },
-        },
-        { parent: this, protect: retain, retainOnDelete: retain },
-      );
-      new aws.ec2.VolumeAttachment(
-        volumeName,
-        {
-          deviceName: DATA_DEVICE_NAME,
-          volumeId: volume.id,
-          instanceId: instance.id,
-          stopInstanceBeforeDetaching: true,
-        },
-        { parent: this },
-      );
-      return volume;
-    });
+    this.dataVolumes = this.nodes.map((node) =>
+      attachDataVolume(this, `${name}-${nodeSuffix(node.spec)}-data`, node, {
+        sizeGb: args.dataVolumeGb,
+        nameTag: `${node.spec.name}-data`,
+        tags: args.tags,
+        retain,
+      }),
+    );
     const primary = this.nodes[0] as LaunchedNode;
     this.writerRoutes = overlayRoutes(
       this,
