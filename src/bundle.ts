@@ -1,6 +1,12 @@
 import { indexAppScript } from "./app-artifact.js";
 import type { BundleFile, NodeBundle, SecretFetch, ServiceName } from "./bundle-types.js";
-import { APP_PASSFILE, agentScript, renderAgentEnv } from "./render/agent.js";
+import {
+  type AgentScript,
+  APP_PASSFILE,
+  agentScript,
+  agentScriptPaths,
+  renderAgentEnv,
+} from "./render/agent.js";
 import {
   apacheModules,
   apachePortsPath,
@@ -14,13 +20,10 @@ import { drbdPaths, renderDrbdGlobalCommon, renderDrbdResource } from "./render/
 import { HAPROXY_CONF_PATH, renderHaproxyCfg } from "./render/haproxy.js";
 import {
   heartbeatPaths,
-  type ResourceScript,
   renderBalancerHaCf,
   renderBalancerHaresources,
-  renderResourceScript,
   renderStorageHaCf,
   renderStorageHaresources,
-  resourceScriptPath,
 } from "./render/heartbeat.js";
 import {
   nfsPaths,
@@ -74,13 +77,19 @@ function secret(
 
 function agentFiles(t: Topology, node: NodeSpec, services: readonly ServiceName[]): BundleFile[] {
   return [
-    file(paths.agent, agentScript(), { mode: "0755", validator: "sh" }),
+    script("lib"),
+    script("pypi-node"),
+    ...(node.role === "db" ? [script("pypi-db")] : []),
     file(paths.agentConfig, renderAgentEnv(t, node, services)),
   ];
 }
 
-const wrapper = (name: ResourceScript): BundleFile =>
-  file(resourceScriptPath(name), renderResourceScript(name), { mode: "0755", validator: "sh" });
+/** An agent script or Heartbeat resource script, checked by `sh -n` before install. */
+const script = (name: AgentScript): BundleFile =>
+  file(agentScriptPaths[name], agentScript(name), {
+    mode: name === "lib" ? "0644" : "0755",
+    validator: "sh",
+  });
 
 function balancerBundle(t: Topology, node: NodeSpec): NodeBundle {
   const services: ServiceName[] = ["haproxy", "nginx", "heartbeat"];
@@ -95,7 +104,7 @@ function balancerBundle(t: Topology, node: NodeSpec): NodeBundle {
       file(HAPROXY_CONF_PATH, renderHaproxyCfg(t, node), { validator: "haproxy", reloads: ["haproxy"] }),
       file(heartbeatPaths.haCf, renderBalancerHaCf(t, node), { reloads: ["heartbeat"] }),
       file(heartbeatPaths.haresources, renderBalancerHaresources(t), { reloads: ["heartbeat"] }),
-      wrapper("pypi-fip"),
+      script("pypi-fip"),
     ],
     absent: [],
     secrets: [
@@ -142,8 +151,8 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
     ? [
         file(heartbeatPaths.haCf, renderStorageHaCf(t, node), { reloads: ["heartbeat"] }),
         file(heartbeatPaths.haresources, renderStorageHaresources(t), { reloads: ["heartbeat"] }),
-        wrapper("pypi-nfs"),
-        wrapper("pypi-overlay"),
+        script("pypi-nfs"),
+        script("pypi-overlay"),
         file(drbdPaths.globalCommon, renderDrbdGlobalCommon(), { validator: "drbd" }),
         file(drbdPaths.resource, renderDrbdResource(t), { validator: "drbd", reloads: ["drbd"] }),
         file(nfsPaths.exports, renderExports(t), { validator: "exportfs", reloads: ["nfs-server"] }),

@@ -153,6 +153,10 @@ export const pgDialect = (version: number): "recovery.conf" | "standby.signal" =
 /** Paths shared by renderers, the node agent and the runbooks. */
 export const paths = {
   agent: "/usr/local/sbin/pypi-node",
+  /** The shell library every agent script sources. */
+  agentLib: "/usr/local/lib/pypi-node/lib.sh",
+  /** The database tool (db nodes). */
+  dbTool: "/usr/local/sbin/pypi-db",
   agentConfig: "/etc/pypi-node/node.env",
   agentState: "/var/lib/pypi-node",
   haproxySocket: "/run/haproxy/admin.sock",

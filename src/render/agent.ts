@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { dirname, relative } from "node:path";
 import { projectFile } from "../project-files.js";
 import {
   type NodeSpec,
@@ -12,6 +13,7 @@ import {
 } from "../topology.js";
 import { indexDbPasswordFile } from "./apache.js";
 import { UPLOAD_BACKEND } from "./haproxy.js";
+import { resourceScriptPath } from "./heartbeat.js";
 import { PGPASS_PATH } from "./postgres.js";
 
 /** POSIX shell single-quoting: the only escaping node.env needs. */
@@ -19,9 +21,36 @@ export function shQuote(value: string): string {
   return `'${value.replaceAll("'", `'"'"'`)}'`;
 }
 
-/** The agent script itself; it is the same on every node and in the lab. */
-export function agentScript(): string {
-  return readFileSync(projectFile("src/agent/pypi-node.sh"), "utf8");
+/** The agent's scripts: a library and the tools and Heartbeat resource scripts that source it. */
+export type AgentScript = "lib" | "pypi-node" | "pypi-db" | "pypi-fip" | "pypi-nfs" | "pypi-overlay";
+
+/** Where each script is installed; the resource scripts live where Heartbeat looks for them. */
+export const agentScriptPaths: Record<AgentScript, string> = {
+  lib: paths.agentLib,
+  "pypi-node": paths.agent,
+  "pypi-db": paths.dbTool,
+  "pypi-fip": resourceScriptPath("pypi-fip"),
+  "pypi-nfs": resourceScriptPath("pypi-nfs"),
+  "pypi-overlay": resourceScriptPath("pypi-overlay"),
+};
+
+const sourceFile = (name: AgentScript): string => `src/agent/${name}.sh`;
+
+/**
+ * One agent script as shipped. The line that locates the library is rendered here, so its path
+ * is written once: tools in the agent's own directory find it relative to themselves (so the
+ * bootstrap can run them from an unpacked bundle), resource scripts at its installed path.
+ */
+export function agentScript(name: AgentScript = "pypi-node"): string {
+  const source = readFileSync(projectFile(sourceFile(name)), "utf8");
+  if (name === "lib") return source;
+  const [shebang, ...rest] = source.split("\n");
+  const own = agentScriptPaths[name];
+  const lib =
+    dirname(own) === dirname(paths.agent)
+      ? `PYPI_LIB="$(dirname "$0")/${relative(dirname(own), paths.agentLib)}"`
+      : `PYPI_LIB=${shQuote(paths.agentLib)}`;
+  return [shebang, lib, ...rest].join("\n");
 }
 
 export const PG_PASSFILE = PGPASS_PATH;
@@ -43,6 +72,9 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     ["PYPI_OVERLAY_DB", t.overlay.dbWriter],
     ["PYPI_OVERLAY_STORAGE", t.overlay.storage],
     ["PYPI_ROUTE_TABLES", t.overlay.routeTableIds.join(" ")],
+    ["PYPI_DB_TOOL", agentScriptPaths["pypi-db"]],
+    ["PYPI_FIP_SCRIPT", agentScriptPaths["pypi-fip"]],
+    ["PYPI_NFS_SCRIPT", agentScriptPaths["pypi-nfs"]],
   ];
   if (t.backend === "lab") vars.push(["PYPI_SECRETS_DIR", `${t.bundleLocation}/secrets`]);
   if (node.role === "balancer") {

@@ -176,22 +176,3 @@ export function renderStorageHaresources(t: Topology): string {
   ];
   return [`${haToken("storage pair home", home.name)} ${resources.join(" ")}`, ""].join("\n");
 }
-
-const agentVerb: Record<ResourceScript, string> = {
-  "pypi-fip": "fip",
-  "pypi-nfs": "nfs",
-  "pypi-overlay": "overlay",
-};
-
-/**
- * A Heartbeat resource script (`/etc/ha.d/resource.d/<name>`, mode 0755). Heartbeat calls it as
- * `<name> [argument] start|stop|status` and the node agent answers in the same form.
- */
-export function renderResourceScript(name: ResourceScript): string {
-  return [
-    "#!/bin/sh",
-    `# Heartbeat resource script: ${name} -> ${paths.agent} ${agentVerb[name]}`,
-    `exec ${paths.agent} ${agentVerb[name]} "$@"`,
-    "",
-  ].join("\n");
-}

@@ -7,16 +7,15 @@
 import type { ChildProcess } from "node:child_process";
 import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
 import {
   type ResourceScript,
   renderBalancerHaCf,
   renderBalancerHaresources,
-  renderResourceScript,
 } from "../../src/render/heartbeat.js";
-import { nodeByName, type Topology } from "../../src/topology.js";
+import { nodeByName, paths, type Topology } from "../../src/topology.js";
 import {
   addressesOf,
   createBridgeNamespace,
@@ -79,8 +78,8 @@ export const standInResourceScript: ResourceScriptSource = () =>
     "",
   ].join("\n");
 
-/** The rendered wrapper, for when the nodes carry the real agent. */
-export const agentResourceScript: ResourceScriptSource = (name) => renderResourceScript(name);
+/** The agent's own resource script, for when the nodes carry the real agent. */
+export const agentResourceScript: ResourceScriptSource = (name) => agentScript(name);
 
 const resourceScript: ResourceScriptSource = agentResourceScript;
 
@@ -128,6 +127,8 @@ describe.skipIf(!canRun)("heartbeat balancer pair (real, network namespaces)", {
       // The real node agent and its node.env, exactly as a bundle ships them.
       mkdirSync(join(dir, "sbin"));
       writeFileSync(join(dir, "sbin", "pypi-node"), agentScript(), { mode: 0o755 });
+      mkdirSync(join(dir, "agent-lib"));
+      writeFileSync(join(dir, "agent-lib", "lib.sh"), agentScript("lib"));
       writeFileSync(join(etc, "pypi-node.env"), renderAgentEnv(t, node, ["heartbeat"]));
       mkdirSync(join(dir, "log"));
       const child = spawnInNode(
@@ -139,6 +140,7 @@ describe.skipIf(!canRun)("heartbeat balancer pair (real, network namespaces)", {
             [join(dir, "lib"), "/var/lib/heartbeat"],
             [join(dir, "log"), "/var/log"],
             [join(dir, "sbin"), "/usr/local/sbin"],
+            [join(dir, "agent-lib"), dirname(paths.agentLib)],
           ],
           tmpfs: ["/run"],
           // Heartbeat mlocks itself; raise the limit where the sandbox allows it.

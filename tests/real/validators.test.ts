@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildBundles } from "../../src/bundle.js";
 import type { NodeBundle } from "../../src/bundle-types.js";
+import { agentScriptPaths } from "../../src/render/agent.js";
 import { bootstrapScript, renderCloudInit, ssmAgentInstall } from "../../src/render/cloud-init.js";
 import { drbdPaths } from "../../src/render/drbd.js";
 import type { Topology } from "../../src/topology.js";
@@ -208,10 +209,16 @@ describe.skipIf(!canRun)("real-validator tier: every bundle file accepted by its
     }
   });
 
-  it("the agent script in every bundle is the same file that is checked in", () => {
-    const agent = readFileSync(join(process.cwd(), "src/agent/pypi-node.sh"), "utf8");
+  it("every agent script in a bundle is the checked-in file plus the rendered library line", () => {
     for (const b of buildBundles(topologyFor("prod"))) {
-      expect(b.files.find((f) => f.path === "/usr/local/sbin/pypi-node")?.content).toBe(agent);
+      for (const [name, path] of Object.entries(agentScriptPaths)) {
+        const shipped = b.files.find((f) => f.path === path)?.content;
+        if (shipped === undefined) continue;
+        const source = readFileSync(join(process.cwd(), `src/agent/${name}.sh`), "utf8");
+        const withoutLibLine = shipped.split("\n").filter((l) => !l.startsWith("PYPI_LIB="));
+        expect(withoutLibLine.join("\n"), `${b.node} ${path}`).toBe(source);
+      }
+      expect(b.files.some((f) => f.path === agentScriptPaths.lib)).toBe(true);
     }
   });
 });

@@ -1,10 +1,10 @@
 import { describe, expect, it } from "vitest";
+import { agentScript, agentScriptPaths } from "../../src/render/agent.js";
 import {
   haToken,
   heartbeatPaths,
   renderBalancerHaCf,
   renderBalancerHaresources,
-  renderResourceScript,
   renderStorageHaCf,
   renderStorageHaresources,
   validateHeartbeatTimings,
@@ -119,14 +119,18 @@ describe("heartbeat validation", () => {
 });
 
 describe("resource scripts", () => {
-  it("are three-line wrappers around the node agent", () => {
-    expect(lines(renderResourceScript("pypi-fip"))).toEqual([
-      "#!/bin/sh",
-      "# Heartbeat resource script: pypi-fip -> /usr/local/sbin/pypi-node fip",
-      'exec /usr/local/sbin/pypi-node fip "$@"',
-      "",
-    ]);
-    expect(renderResourceScript("pypi-nfs")).toContain('exec /usr/local/sbin/pypi-node nfs "$@"\n');
-    expect(renderResourceScript("pypi-overlay")).toContain('exec /usr/local/sbin/pypi-node overlay "$@"\n');
+  it("carry their own logic and source the agent library from its installed path", () => {
+    for (const name of ["pypi-fip", "pypi-nfs", "pypi-overlay"] as const) {
+      const text = agentScript(name);
+      expect(agentScriptPaths[name]).toBe(`/etc/ha.d/resource.d/${name}`);
+      expect(lines(text).slice(0, 2)).toEqual(["#!/bin/sh", "PYPI_LIB='/usr/local/lib/pypi-node/lib.sh'"]);
+      expect(text).not.toMatch(/exec \/usr\/local\/sbin\/pypi-node/);
+    }
+    expect(agentScript("pypi-fip")).toContain("associate-address");
+  });
+
+  it("tools find the library next to themselves, so an unpacked bundle runs its own", () => {
+    expect(lines(agentScript("pypi-node"))[1]).toBe('PYPI_LIB="$(dirname "$0")/../lib/pypi-node/lib.sh"');
+    expect(lines(agentScript("pypi-db"))[1]).toBe('PYPI_LIB="$(dirname "$0")/../lib/pypi-node/lib.sh"');
   });
 });

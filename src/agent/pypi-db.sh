@@ -1,0 +1,251 @@
+#!/bin/sh
+# pypi-db: the database tool. First bring-up of a db node, fencing, promotion, re-attachment
+# and the synchronous switch. The runbooks call it through `pypi-node db-…` or directly.
+set -eu
+# shellcheck source=/dev/null
+. "$PYPI_LIB"
+
+PG_RECOVERY_TEMPLATE=/etc/pypi-node/postgres/recovery.conf
+
+install_standby_files() {
+  case $PYPI_PG_DIALECT in
+    standby.signal) install -o postgres -g postgres -m 0600 /dev/null "$PYPI_PG_DATA/standby.signal" ;;
+    recovery.conf) install -o postgres -g postgres -m 0600 "$PG_RECOVERY_TEMPLATE" "$PYPI_PG_DATA/recovery.conf" ;;
+  esac
+}
+
+# Roles, grants, database and slot of a new primary. Every statement is idempotent; commits are
+# local because a synchronous primary has no standby yet.
+pg_bootstrap_sql() {
+  pg_repl_pw=$(secret_value "${PYPI_SECRET_PG_REPLICATION:?}") || die "cannot read the replication password"
+  pg_app_pw=$(secret_value "${PYPI_SECRET_PG_APP:?}") || die "cannot read the app password"
+  pg_repl=$(pg_literal "$PYPI_PG_REPL_USER")
+  pg_app=$(pg_literal "$PYPI_PG_APP_USER")
+  pg_slot=$(pg_literal "$PYPI_PG_SLOT")
+  cat <<SQL
+SET synchronous_commit = local;
+SELECT format('CREATE ROLE %I', $pg_repl) WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $pg_repl)
+\gexec
+SELECT format('ALTER ROLE %I WITH REPLICATION LOGIN PASSWORD %L', $pg_repl, $(pg_literal "$pg_repl_pw"))
+\gexec
+SELECT format('GRANT EXECUTE ON FUNCTION %s TO %I', f, $pg_repl) FROM unnest(ARRAY[
+  'pg_catalog.pg_ls_dir(text, boolean, boolean)',
+  'pg_catalog.pg_stat_file(text, boolean)',
+  'pg_catalog.pg_read_binary_file(text)',
+  'pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)']) AS f
+\gexec
+SELECT format('CREATE ROLE %I', $pg_app) WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $pg_app)
+\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN NOREPLICATION PASSWORD %L', $pg_app, $(pg_literal "$pg_app_pw"))
+\gexec
+-- The app's health check reads the standby's lag from pg_stat_replication (10+).
+SELECT format('GRANT pg_monitor TO %I', $pg_app) WHERE current_setting('server_version_num')::int >= 100000
+\gexec
+SELECT format('CREATE DATABASE %I OWNER %I', $(pg_literal "$PYPI_PG_DATABASE"), $pg_app)
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = $(pg_literal "$PYPI_PG_DATABASE"))
+\gexec
+SELECT pg_create_physical_replication_slot($pg_slot, true)
+  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $pg_slot);
+SQL
+}
+
+db_init_primary() {
+  if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
+    # No superuser password: the postgres role logs in by peer auth on the socket only.
+    pg initdb -D "$PYPI_PG_DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+      --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+  fi
+  svc_running postgresql || svc_start postgresql
+  svc_running postgresql || die "postgresql did not start"
+  [ "$(pg_in_recovery)" = f ] || die "$PYPI_NODE runs as a standby; refusing to bootstrap it as primary"
+  pg_bootstrap_sql | PGOPTIONS='-c synchronous_commit=local' pg_sql postgres >/dev/null
+}
+
+db_init_standby() {
+  if [ -s "$PYPI_PG_DATA/PG_VERSION" ] && ! pg_is_standby_dir; then
+    # A cluster the package created on its own is not a copy of the primary: keep it aside.
+    if svc_running postgresql; then svc_stop postgresql; fi
+    pg_aside="$PYPI_PG_DATA.pre-db-init.$(date +%s)"
+    mv "$PYPI_PG_DATA" "$pg_aside"
+    log "moved the existing cluster to $pg_aside"
+  fi
+  if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
+    rm -rf "$PYPI_PG_DATA"
+    install -d -o postgres -g postgres -m 0700 "$PYPI_PG_DATA"
+    pg_client pg_basebackup -D "$PYPI_PG_DATA" -X stream -S "$PYPI_PG_SLOT" -c fast \
+      -d "$(pg_peer_conninfo)" || die "pg_basebackup from $PYPI_PG_PEER failed"
+    install_standby_files
+  fi
+  svc_running postgresql || svc_start postgresql
+  [ "$(pg_in_recovery)" = t ] || die "standby $PYPI_NODE is not in recovery"
+}
+
+# First bring-up of a db node, as its initial role. Idempotent: a node it already initialised
+# is left as it is (after a failover its role is no longer the initial one).
+cmd_db_init() {
+  [ "$PYPI_ROLE" = db ] || die "db-init runs on db nodes"
+  mkdir -p "$PYPI_AGENT_STATE"
+  if [ -e "$PYPI_AGENT_STATE/db-initialized" ]; then
+    [ -e "$PYPI_AGENT_STATE/db-fenced" ] || svc_running postgresql || svc_start postgresql
+    echo "db-init: $PYPI_NODE already initialised"
+    return 0
+  fi
+  [ -e "$PYPI_AGENT_STATE/db-fenced" ] && die "$PYPI_NODE is fenced; re-attach it with db-reattach"
+  pg_prepare_dirs
+  case ${PYPI_PG_INITIAL_ROLE:?} in
+    primary) db_init_primary ;;
+    standby) db_init_standby ;;
+    *) die "PYPI_PG_INITIAL_ROLE must be primary or standby, not $PYPI_PG_INITIAL_ROLE" ;;
+  esac
+  : >"$PYPI_AGENT_STATE/db-initialized"
+  echo "db-init: $PYPI_NODE initialised as $PYPI_PG_INITIAL_ROLE"
+}
+
+# The postmaster of the data directory is gone: no pid file, no such process, or a zombie that
+# nobody has reaped yet (pg_ctl counts that as running).
+pg_postmaster_gone() {
+  [ -r "$PYPI_PG_DATA/postmaster.pid" ] || return 0
+  pg_pid=$(head -n 1 "$PYPI_PG_DATA/postmaster.pid")
+  kill -0 "$pg_pid" 2>/dev/null || return 0
+  [ "$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pg_pid/status" 2>/dev/null)" = Z ]
+}
+
+# Stop the local server, if any, and wait until its postmaster is gone.
+pg_stop_local() {
+  if ! pg_postmaster_gone && svc_running postgresql; then
+    svc_stop postgresql || pg_ctl_ -m immediate stop || true
+  fi
+  pg_tries=0
+  until pg_postmaster_gone; do
+    [ "$pg_tries" -lt 50 ] || die "postgres on $PYPI_NODE does not stop; stop the instance instead"
+    pg_tries=$((pg_tries + 1))
+    sleep 0.2
+  done
+}
+
+cmd_db_fence() {
+  # Stop the local server and drop the writer address; the fence marker keeps the agent
+  # from starting this node as a primary until it has been re-attached as a standby.
+  mkdir -p "$PYPI_AGENT_STATE"
+  : >"$PYPI_AGENT_STATE/db-fenced"
+  pg_stop_local
+  cmd_overlay "$PYPI_OVERLAY_DB" release
+  echo "fenced $PYPI_NODE"
+}
+
+cmd_db_promote() {
+  [ "$(pg_in_recovery)" = t ] || die "$PYPI_NODE is not a standby; refusing to promote"
+  pg_ctl_ -w -t 60 promote >/dev/null
+  [ "$(pg_in_recovery)" = f ] || die "promotion did not finish"
+  # pg_rewind reads the new timeline from the control file, which the next checkpoint writes.
+  # The slot reserves WAL from now on, so the old primary can re-attach through it.
+  pg_sql postgres >/dev/null <<SQL
+CHECKPOINT;
+SELECT pg_create_physical_replication_slot($(pg_literal "$PYPI_PG_SLOT"), true)
+  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $(pg_literal "$PYPI_PG_SLOT"));
+SQL
+  echo "promoted $PYPI_NODE"
+}
+
+# Synchronous replication stalls commits while the standby is away; `off` relieves it and
+# `on` drops the override so the rendered postgresql.conf applies again.
+cmd_db_sync() {
+  case $1 in
+    off) pgsql "ALTER SYSTEM SET synchronous_standby_names = ''" >/dev/null ;;
+    on) pgsql "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null ;;
+    *) die "db-sync: on|off" ;;
+  esac
+  pgsql 'SELECT pg_reload_conf()' >/dev/null
+  # New sessions see the reload once the postmaster has processed it.
+  pg_tries=0
+  while pg_names=$(pgsql 'SHOW synchronous_standby_names') && [ "$pg_tries" -lt 25 ]; do
+    case $1:$pg_names in off:) break ;; on:?*) break ;; esac
+    pg_tries=$((pg_tries + 1))
+    sleep 0.2
+  done
+  printf "synchronous_standby_names = '%s'\n" "$pg_names"
+}
+
+# pg_rewind needs a cleanly shut down target. Its own crash recovery cannot find Debian's
+# postgresql.conf (it lives outside the data directory), so run it here in single-user mode,
+# which never listens on the network.
+pg_clean_shutdown() {
+  pg_state=$(pg pg_controldata "$PYPI_PG_DATA" | sed -n 's/^Database cluster state: *//p')
+  case $pg_state in "shut down" | "shut down in recovery") return 0 ;; esac
+  log "cluster state is '$pg_state'; finishing crash recovery in single-user mode"
+  runuser -u postgres -- "$PYPI_PG_BIN/postgres" --single -F \
+    -c "config_file=$PYPI_PG_CONF/postgresql.conf" template1 </dev/null >/dev/null
+}
+
+cmd_db_reattach() {
+  [ -e "$PYPI_AGENT_STATE/db-fenced" ] || die "$PYPI_NODE is not fenced; run db-fence first"
+  pg_stop_local
+  pg_prepare_dirs
+  pg_source="host=$PYPI_PG_PEER port=$PYPI_PG_PORT user=$PYPI_PG_REPL_USER dbname=postgres passfile=$PYPI_PG_PASSFILE connect_timeout=5"
+  method=""
+  if [ ! -x "$PYPI_PG_BIN/pg_rewind" ]; then
+    log "no pg_rewind in $PYPI_PG_BIN; taking a fresh base backup"
+  elif [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
+    log "no cluster in $PYPI_PG_DATA; taking a fresh base backup"
+  elif pg_clean_shutdown && pg pg_rewind --target-pgdata="$PYPI_PG_DATA" --source-server="$pg_source" >&2; then
+    method=pg_rewind
+  else
+    log "pg_rewind failed; taking a fresh base backup"
+  fi
+  if [ -z "$method" ]; then
+    rm -rf "$PYPI_PG_DATA.old"
+    if [ -e "$PYPI_PG_DATA" ]; then mv "$PYPI_PG_DATA" "$PYPI_PG_DATA.old"; fi
+    install -d -o postgres -g postgres -m 0700 "$PYPI_PG_DATA"
+    pg_client pg_basebackup -D "$PYPI_PG_DATA" -X stream -S "$PYPI_PG_SLOT" -c fast \
+      -d "$(pg_peer_conninfo)" || die "pg_basebackup from $PYPI_PG_PEER failed"
+    method=pg_basebackup
+  fi
+  # Both copy the peer's postgresql.auto.conf, which may carry the relaxed synchronous setting
+  # of the failover; this node must get the rendered one if it is promoted later.
+  if [ -e "$PYPI_PG_DATA/postgresql.auto.conf" ]; then
+    sed -i '/^[[:space:]]*synchronous_standby_names[[:space:]]*=/d' "$PYPI_PG_DATA/postgresql.auto.conf"
+  fi
+  # pg_rewind keeps the target's own slots; as a standby the old primary's slot would only pin WAL.
+  if [ -d "$PYPI_PG_DATA/pg_replslot" ]; then find "$PYPI_PG_DATA/pg_replslot" -mindepth 1 -delete; fi
+  install_standby_files
+  rm -f "$PYPI_AGENT_STATE/db-fenced"
+  svc_start postgresql
+  [ "$(pg_in_recovery)" = t ] || die "re-attached node is not in recovery"
+  echo "reattached $PYPI_NODE via $method"
+}
+cmd_db_replication() {
+  pgsql "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication"
+}
+
+
+usage() {
+  cat >&2 <<'USAGE'
+usage: pypi-db COMMAND
+  init                  first bring-up as PYPI_PG_INITIAL_ROLE; no-op once done
+  fence                 stop Postgres, drop the writer address, mark the node fenced
+  promote               promote this standby to primary
+  reattach              re-attach a fenced old primary as a standby (pg_rewind, else base backup)
+  sync on|off           synchronous replication switch on the primary
+  replication           the primary's view of its standbys
+USAGE
+  exit 2
+}
+
+main() {
+  [ $# -ge 1 ] || usage
+  command=$1
+  shift
+  load_config
+  [ "$PYPI_ROLE" = db ] || die "pypi-db runs on db nodes, not on a $PYPI_ROLE"
+  case $command in
+    init) cmd_db_init ;;
+    fence) cmd_db_fence ;;
+    promote) cmd_db_promote ;;
+    reattach) cmd_db_reattach ;;
+    sync) [ $# -eq 1 ] || usage && cmd_db_sync "$1" ;;
+    replication) cmd_db_replication ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"
