@@ -182,10 +182,10 @@ export function noOpenIngress(type: string, props: Props, group?: GroupFacts): s
 // Public addresses -----------------------------------------------------------------------------
 
 /**
- * Public addresses come only from the floating IPs (EIPs that Heartbeat moves) and the NAT
- * gateways' EIPs. No instance or launch template asks for one, and no subnet hands them out:
- * the public subnets host the balancers (EIPs) and the NAT gateways (EIPs), so nothing there
- * needs a launch-time address.
+ * Public addresses come only from EIPs: the floating IPs (moved by Heartbeat), the balancers'
+ * egress addresses and the NAT gateways'. No instance or launch template asks for one, and no
+ * subnet hands them out: the public subnets host the balancers (EIPs) and the NAT gateways
+ * (EIPs), so nothing there needs a launch-time address.
  */
 export function noPublicIps(type: string, props: Props): string[] {
   if (type === T.instance && isTrue(props.associatePublicIpAddress))
@@ -202,15 +202,26 @@ export function noPublicIps(type: string, props: Props): string[] {
 
 // EIP associations -----------------------------------------------------------------------------
 
-/** Heartbeat owns the floating IPs' associations; a managed one would undo every failover on `up`. */
+/**
+ * Heartbeat owns the floating IPs' associations; a managed one would undo every failover on `up`.
+ * The one exception is a balancer's egress address (tag `pypi:egress`, no `pypi:home`): bound
+ * inline to an interface and an explicit private IP (the node's primary), which Heartbeat never
+ * moves.
+ */
 export function noEipAssociation(type: string, props: Props): string[] {
   if (type === T.eipAssociation)
     return ["EipAssociation: Heartbeat (pypi-node fip) associates the floating IPs, not Pulumi"];
   if (type === T.eip) {
-    const set = ["instance", "networkInterface", "associateWithPrivateIp"].filter(
-      (k) => props[k] !== undefined && props[k] !== null && props[k] !== "",
-    );
-    if (set.length > 0)
+    const given = (k: string) => props[k] !== undefined && props[k] !== null && props[k] !== "";
+    const set = ["instance", "networkInterface", "associateWithPrivateIp"].filter(given);
+    const tags = rec(props.tags);
+    const egress =
+      typeof tags["pypi:egress"] === "string" &&
+      tags["pypi:home"] === undefined &&
+      !given("instance") &&
+      given("networkInterface") &&
+      given("associateWithPrivateIp");
+    if (set.length > 0 && !egress)
       return [`Eip sets ${set.join(", ")}: an inline association; Heartbeat owns the associations`];
   }
   return [];

@@ -1,6 +1,6 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { formatIpv4, parseCidr } from "./net.js";
+import { cidrContains, formatIpv4, parseCidr, parseIpv4 } from "./net.js";
 import { NFS_SERVER_PORTS } from "./render/nfs.js";
 
 /** Subnet tiers. Each gets one /24 per AZ at a fixed offset, so addresses are known before `up`. */
@@ -26,16 +26,24 @@ export function hostIp(cidr: string, host: number): string {
 }
 
 export type Group = "balancer" | "app" | "db";
+/** The node groups plus the interface endpoints' group. */
+export type GroupName = Group | "endpoint";
 export const WORLD = "0.0.0.0/0";
+
+/** A routed address outside the VPC (an overlay IP) as a /32, named by what it stands for. */
+export interface CidrPeer {
+  readonly cidr: string;
+  readonly name: string;
+}
 
 /** One security-group rule, as data: the designed set is a value tests can compare against. */
 export interface RuleSpec {
-  readonly group: Group;
+  readonly group: GroupName;
   readonly direction: "ingress" | "egress";
   readonly protocol: "tcp" | "udp";
   readonly port: number;
-  /** The other side: a group (by reference, never a CIDR) or the world. */
-  readonly peer: Group | typeof WORLD;
+  /** The other side: a group (by reference), the world, or an overlay /32. */
+  readonly peer: GroupName | typeof WORLD | CidrPeer;
   readonly description: string;
 }
 
@@ -55,12 +63,48 @@ function flow(from: Group, to: Group, protocol: "tcp" | "udp", port: number, wha
   ];
 }
 
+/** The overlay addresses (outside the VPC CIDR) that routes carry to the current primary. */
+export interface OverlayPlan {
+  /** Postgres writer address, routed to the db primary. */
+  readonly dbWriter: string;
+  /** NFS address, routed to the storage (DRBD) primary. */
+  readonly storage: string;
+}
+
+/**
+ * Traffic to an overlay address. The egress rule must name the /32: a group reference matches
+ * the members' own interface addresses, never an address routed to them. Ingress rules match
+ * the packet's source, so the holder's group admits `from` by group reference as usual.
+ */
+function routed(
+  from: Group,
+  to: Group,
+  overlay: CidrPeer,
+  protocol: "tcp" | "udp",
+  port: number,
+  what: string,
+): RuleSpec[] {
+  return [
+    {
+      group: from,
+      direction: "egress",
+      protocol,
+      port,
+      peer: overlay,
+      description: `${what} to ${overlay.name}`,
+    },
+    { group: to, direction: "ingress", protocol, port, peer: from, description: `${what} from ${from}` },
+  ];
+}
+
 /**
  * Every rule except the upload path (UploadProxy owns that). No admin SSH anywhere: admin
- * access is SSM Session Manager. Egress to the world is HTTPS (AWS APIs, S3, SSM) and HTTP
- * (Debian mirrors; apt verifies signatures) only.
+ * access is SSM Session Manager. Egress to the world is HTTPS (AWS APIs through the VPC
+ * endpoints, S3 through its gateway endpoint, package mirrors) and HTTP (Debian mirrors; apt
+ * verifies signatures) only. App servers reach Postgres and NFS only through the overlay
+ * addresses, so their egress names those /32s and not the db or app group.
  */
-export function networkRules(p: PortPlan): RuleSpec[] {
+export function networkRules(p: PortPlan, overlay: OverlayPlan): RuleSpec[] {
   const world = (group: Group, direction: "ingress" | "egress", port: number, what: string): RuleSpec => ({
     group,
     direction,
@@ -69,6 +113,9 @@ export function networkRules(p: PortPlan): RuleSpec[] {
     peer: WORLD,
     description: what,
   });
+  const writer: CidrPeer = { cidr: `${overlay.dbWriter}/32`, name: "writer" };
+  const storage: CidrPeer = { cidr: `${overlay.storage}/32`, name: "storage" };
+  const nodeGroups = ["balancer", "app", "db"] as const;
   return [
     world("balancer", "ingress", p.http, "HTTP from clients (redirect to HTTPS)"),
     world("balancer", "ingress", p.https, "HTTPS from clients"),
@@ -76,13 +123,23 @@ export function networkRules(p: PortPlan): RuleSpec[] {
     ...flow("balancer", "app", "tcp", p.http, "proxied HTTP"),
     ...flow("app", "app", "udp", p.heartbeatUdp, "storage Heartbeat ucast"),
     ...flow("app", "app", "tcp", p.drbd, "DRBD replication"),
-    ...NFS_SERVER_PORTS.flatMap((port) => flow("app", "app", "tcp", port, `NFS (${port})`)),
-    ...flow("app", "db", "tcp", p.postgres, "Postgres (peer and writer overlay address)"),
+    ...NFS_SERVER_PORTS.flatMap((port) => routed("app", "app", storage, "tcp", port, `NFS (${port})`)),
+    ...routed("app", "db", writer, "tcp", p.postgres, "Postgres"),
     ...flow("db", "db", "tcp", p.postgres, "Postgres streaming replication"),
-    ...(["balancer", "app", "db"] as const).flatMap((g) => [
+    ...nodeGroups.flatMap((g) => [
       world(g, "egress", 443, "HTTPS to AWS APIs, S3 and package mirrors"),
       world(g, "egress", 80, "HTTP to Debian mirrors (signed)"),
     ]),
+    ...nodeGroups.map(
+      (g): RuleSpec => ({
+        group: "endpoint",
+        direction: "ingress",
+        protocol: "tcp",
+        port: 443,
+        peer: g,
+        description: `AWS API calls from ${g}`,
+      }),
+    ),
   ];
 }
 
@@ -101,27 +158,42 @@ export function uploadRules(port: number, backendPort: number): RuleSpec[] {
   ];
 }
 
+const peerName = (peer: RuleSpec["peer"]): string =>
+  peer === WORLD ? "world" : typeof peer === "string" ? peer : peer.name;
+
 const ruleName = (r: RuleSpec): string =>
-  `${r.group}-${r.direction === "ingress" ? "in" : "out"}-${r.protocol}${r.port}-${r.peer === WORLD ? "world" : r.peer}`;
+  `${r.group}-${r.direction === "ingress" ? "in" : "out"}-${r.protocol}${r.port}-${peerName(r.peer)}`;
 
 /**
  * One aws.vpc rule resource per spec, named from its meaning (never an index), referencing
- * the peer security group for every internal rule.
+ * the peer security group for every group-to-group rule and a CIDR for the world and overlays.
  */
 export function createRules(
   parent: pulumi.Resource,
   name: string,
   rules: readonly RuleSpec[],
-  groups: Readonly<Record<Group, aws.ec2.SecurityGroup>>,
+  groups: Readonly<Record<Group, aws.ec2.SecurityGroup>> & { readonly endpoint?: aws.ec2.SecurityGroup },
 ): pulumi.CustomResource[] {
+  const group = (g: GroupName, r: RuleSpec): aws.ec2.SecurityGroup => {
+    const sg = groups[g];
+    if (!sg)
+      throw new Error(
+        `createRules: rule ${ruleName(r)} names group ${JSON.stringify(g)}, which was not given`,
+      );
+    return sg;
+  };
   return rules.map((r) => {
     const args = {
-      securityGroupId: groups[r.group].id,
+      securityGroupId: group(r.group, r).id,
       ipProtocol: r.protocol,
       fromPort: r.port,
       toPort: r.port,
       description: r.description,
-      ...(r.peer === WORLD ? { cidrIpv4: WORLD } : { referencedSecurityGroupId: groups[r.peer].id }),
+      ...(r.peer === WORLD
+        ? { cidrIpv4: WORLD }
+        : typeof r.peer === "string"
+          ? { referencedSecurityGroupId: group(r.peer, r).id }
+          : { cidrIpv4: r.peer.cidr }),
     };
     const ruleResourceName = `${name}-${ruleName(r)}`;
     return r.direction === "ingress"
@@ -141,6 +213,10 @@ export interface NetworkArgs {
    */
   readonly natGateways?: 1 | 2;
   readonly ports: PortPlan;
+  /** Overlay addresses: app servers' egress names them (see networkRules). */
+  readonly overlay: OverlayPlan;
+  /** Region of the VPC endpoints' service names (`com.amazonaws.<region>.ssm`). */
+  readonly region: string;
   /** Tags on every resource. */
   readonly tags: Readonly<Record<string, string>>;
 }
@@ -155,15 +231,41 @@ export function validateNetworkArgs(args: NetworkArgs): void {
     );
   if (args.natGateways !== undefined && args.natGateways !== 1 && args.natGateways !== 2)
     throw new Error(`Network: natGateways ${JSON.stringify(args.natGateways)} is not valid; expected 1 or 2`);
+  if (!/^[a-z]{2}(-[a-z]+)+-[0-9]$/.test(args.region))
+    throw new Error(`Network: region ${JSON.stringify(args.region)} is not valid; expected e.g. us-east-1`);
+  for (const key of ["dbWriter", "storage"] as const) {
+    const ip = parseIpv4(args.overlay[key]);
+    if (ip === undefined || cidrContains(c, ip))
+      throw new Error(
+        `Network: overlay.${key} ${JSON.stringify(args.overlay[key])} is not valid; expected an IPv4 address outside vpcCidr`,
+      );
+  }
 }
 
-/** VPC, public and private subnets in two AZs, NAT egress and the security groups with their rules. */
+/**
+ * Interface endpoints (private DNS on) for every AWS API a node calls: SSM (parameters, agent,
+ * Session Manager) and EC2 (EIP moves, route replacement), so a failover never depends on a NAT
+ * gateway or the internet. STS for identity checks (`aws sts get-caller-identity`). No KMS:
+ * SecureString parameters use the aws/ssm key, and Parameter Store calls KMS on the caller's
+ * behalf; the node needs kms:Decrypt permission (the aws/ssm key grants it account-wide) but
+ * never a network path to KMS. S3 has a gateway endpoint on every route table instead.
+ */
+export const INTERFACE_ENDPOINT_SERVICES = ["ssm", "ssmmessages", "ec2messages", "ec2", "sts"] as const;
+
+/**
+ * VPC, public and private subnets in two AZs, NAT egress, the VPC endpoints and the security
+ * groups with their rules.
+ */
 export class Network extends pulumi.ComponentResource {
   readonly vpc: aws.ec2.Vpc;
   readonly subnets: Readonly<Record<Tier, readonly [aws.ec2.Subnet, aws.ec2.Subnet]>>;
   /** One per AZ; the overlay routes live in these. */
   readonly privateRouteTables: readonly [aws.ec2.RouteTable, aws.ec2.RouteTable];
-  readonly securityGroups: Readonly<Record<Group, aws.ec2.SecurityGroup>>;
+  readonly publicRouteTable: aws.ec2.RouteTable;
+  readonly internetGateway: aws.ec2.InternetGateway;
+  readonly securityGroups: Readonly<Record<GroupName, aws.ec2.SecurityGroup>>;
+  /** The S3 gateway endpoint and the interface endpoints: nodes must not boot before these. */
+  readonly endpoints: readonly aws.ec2.VpcEndpoint[];
 
   constructor(name: string, args: NetworkArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("pypi:infra:Network", name, {}, opts);
@@ -176,6 +278,7 @@ export class Network extends pulumi.ComponentResource {
       parent,
     );
     const igw = new aws.ec2.InternetGateway(`${name}-igw`, { vpcId: this.vpc.id, tags: tags("igw") }, parent);
+    this.internetGateway = igw;
     const subnet = (tier: Tier, i: number): aws.ec2.Subnet =>
       new aws.ec2.Subnet(
         `${name}-${tier}-${azLetter(i)}`,
@@ -183,7 +286,7 @@ export class Network extends pulumi.ComponentResource {
           vpcId: this.vpc.id,
           cidrBlock: subnetCidr(args.vpcCidr, tier, i),
           availabilityZone: args.availabilityZones[i],
-          // Public addresses come only from the floating IPs (EIPs), never from launch.
+          // Public addresses come only from EIPs (floating and balancer egress), never from launch.
           mapPublicIpOnLaunch: false,
           tags: tags(`${tier}-${azLetter(i)}`),
         },
@@ -197,6 +300,7 @@ export class Network extends pulumi.ComponentResource {
       { vpcId: this.vpc.id, tags: tags("public") },
       parent,
     );
+    this.publicRouteTable = publicRt;
     new aws.ec2.Route(
       `${name}-public-default`,
       { routeTableId: publicRt.id, destinationCidrBlock: "0.0.0.0/0", gatewayId: igw.id },
@@ -250,7 +354,7 @@ export class Network extends pulumi.ComponentResource {
     };
     this.privateRouteTables = [privateRt(0), privateRt(1)];
 
-    const group = (g: Group, description: string): aws.ec2.SecurityGroup =>
+    const group = (g: GroupName, description: string): aws.ec2.SecurityGroup =>
       new aws.ec2.SecurityGroup(
         `${name}-${g}`,
         { vpcId: this.vpc.id, description, tags: tags(g), revokeRulesOnDelete: true },
@@ -263,8 +367,42 @@ export class Network extends pulumi.ComponentResource {
       ),
       app: group("app", "pypi app servers: from the balancers; DRBD, NFS and Heartbeat between app servers"),
       db: group("db", "pypi databases: Postgres from app servers and the peer"),
+      endpoint: group("endpoint", "pypi VPC interface endpoints: HTTPS from the nodes only"),
     };
-    createRules(this, name, networkRules(args.ports), this.securityGroups);
+    createRules(this, name, networkRules(args.ports, args.overlay), this.securityGroups);
+
+    const service = (s: string) => `com.amazonaws.${args.region}.${s}`;
+    const s3 = new aws.ec2.VpcEndpoint(
+      `${name}-s3`,
+      {
+        vpcId: this.vpc.id,
+        serviceName: service("s3"),
+        vpcEndpointType: "Gateway",
+        // Every route table, the public one too: bundles, the SSM agent package and WAL
+        // archives stay on the AWS network, needing neither NAT nor a public address.
+        routeTableIds: [publicRt.id, ...this.privateRouteTables.map((rt) => rt.id)],
+        tags: tags("s3"),
+      },
+      parent,
+    );
+    const interfaces = INTERFACE_ENDPOINT_SERVICES.map(
+      (svc) =>
+        new aws.ec2.VpcEndpoint(
+          `${name}-${svc}`,
+          {
+            vpcId: this.vpc.id,
+            serviceName: service(svc),
+            vpcEndpointType: "Interface",
+            privateDnsEnabled: true,
+            // One interface per AZ, so losing an AZ leaves the other AZ's nodes their API calls.
+            subnetIds: this.subnets.app.map((s) => s.id),
+            securityGroupIds: [this.securityGroups.endpoint.id],
+            tags: tags(svc),
+          },
+          parent,
+        ),
+    );
+    this.endpoints = [s3, ...interfaces];
 
     this.registerOutputs({
       vpcId: this.vpc.id,

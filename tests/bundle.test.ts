@@ -117,6 +117,23 @@ describe("buildBundles", () => {
     });
   });
 
+  it("names the storage secrets only in the storage pair's bundles", () => {
+    const t = topologyFor("prod");
+    const storageSecrets = [t.secrets.drbdSecret.parameter, t.secrets.storageAuthkey.parameter];
+    const holders = buildBundles(t)
+      .filter((b) => b.secrets.some((s) => storageSecrets.includes(s.parameter)))
+      .map((b) => b.node);
+    expect(holders).toEqual(["app-a", "app-b"]);
+    // The agent installs whatever `secrets` names, so app-c must not name them at all.
+    const appC = byNode(buildBundles(t), "app-c");
+    expect(appC.secrets.map((s) => s.parameter).sort()).toEqual(
+      [t.secrets.uploadHostKey.parameter, t.secrets.postgresAppPassword.parameter].sort(),
+    );
+    const named = /drbd\/secret|storage-authkey/;
+    expect(bundleDirEntries(byNode(buildBundles(t), "app-a")).get("secrets")).toMatch(named);
+    expect([...bundleDirEntries(appC).values()].join("\n")).not.toMatch(named);
+  });
+
   it("writes the manifest the agent parses: tab-separated, '-' for empty", () => {
     const b = byNode(buildBundles(topologyFor("staging")), "app-a");
     const entries = bundleDirEntries(b);

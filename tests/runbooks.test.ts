@@ -60,6 +60,28 @@ describe("runbooks", () => {
     expect(steps[0]?.fallback?.command).toContain("aws ec2 stop-instances");
   });
 
+  it("the fence fallback stops the instance and waits for stopped before anything is promoted", () => {
+    const t = withIds(topologyFor("prod"));
+    const id = t.nodes.find((n) => n.name === "db-a")?.instanceId;
+    const fence = find(buildRunbooks(t), "db-primary-loss-db-a").steps[0];
+    expect(fence?.title).toBe("Fence db-a");
+    const fallback = fence?.fallback;
+    expect(fallback?.host).toBe(OPERATOR);
+    // stop-instances alone returns at "stopping": the old primary may still take writes.
+    expect(fallback?.command.split(" && ")).toEqual([
+      `aws ec2 stop-instances --region ${t.region} --force --instance-ids ${id} --query 'StoppingInstances[].CurrentState.Name' --output text`,
+      `aws ec2 wait instance-stopped --region ${t.region} --instance-ids ${id}`,
+      `aws ec2 describe-instances --region ${t.region} --instance-ids ${id} --query 'Reservations[].Instances[].State.Name' --output text`,
+    ]);
+    const expected = new RegExp(fallback?.expectOutput ?? "^$");
+    expect(expected.test("stopping\nstopped\n")).toBe(true);
+    expect(expected.test("stopping\n")).toBe(false);
+    expect(fallback?.expect).toMatch(/stopped/);
+    expect(fence?.expect).toContain("stopped");
+    const md = runbookMarkdown(t, find(buildRunbooks(t), "db-primary-loss-db-a"));
+    expect(md).toContain(`aws ec2 wait instance-stopped --region ${t.region} --instance-ids ${id}`);
+  });
+
   it("relaxes synchronous replication only when it is on", () => {
     const async = find(buildRunbooks(topologyFor("staging")), "db-primary-loss-db-a");
     expect(async.steps.some((s) => s.command.includes("db-sync"))).toBe(false);

@@ -34,6 +34,11 @@ export interface BalancerPairArgs extends LaunchArgs {
    * @default false
    */
   readonly retainAddresses?: boolean;
+  /**
+   * The VPC's internet gateway: an EIP association needs it attached first.
+   * @default - no explicit dependency
+   */
+  readonly internetGateway?: pulumi.Resource;
 }
 
 export function validateBalancerPairArgs(args: BalancerPairArgs): void {
@@ -87,6 +92,8 @@ export function floatingIpStatements(
 export class BalancerPair extends pulumi.ComponentResource {
   readonly nodes: readonly LaunchedNode[];
   readonly eips: readonly aws.ec2.Eip[];
+  /** Each balancer's own egress address, fixed on its primary private IP (see below). */
+  readonly egressIps: readonly aws.ec2.Eip[];
   /** Home balancer (node name) of each floating IP, in floating-IP order. */
   readonly homes: readonly string[];
 
@@ -107,6 +114,33 @@ export class BalancerPair extends pulumi.ComponentResource {
     const enis = args.nodes.map((spec) =>
       createInterface(this, `${name}-${nodeSuffix(spec)}`, spec, { ...args, sourceDestCheck: true }),
     );
+    /*
+     * The balancers' way out to the Debian mirrors (apt at first boot and after). A public
+     * subnet routes 0.0.0.0/0 to the internet gateway, which forwards only packets from an
+     * address that has a public IP, and the floating EIPs sit on the spare secondaries, on
+     * whichever balancer holds them (lb-b holds none while lb-a is up in staging).
+     * - An auto-assigned public IP is impossible here: EC2 gives one only to a primary ENI
+     *   created at launch, and these ENIs exist before the instance (fixed addresses).
+     * - Routing the public subnet's default to a NAT gateway would send replies to clients of
+     *   the floating IPs out through the NAT, with the wrong source: every connection breaks.
+     * So each balancer gets one more EIP, bound by Pulumi to its primary private address. It
+     * never moves (Heartbeat moves only the floating EIPs, onto secondaries), so a managed
+     * association fights no failover. AWS APIs and S3 do not use it: they go to the VPC
+     * endpoints, so a failover depends on no internet path.
+     */
+    this.egressIps = args.nodes.map((spec, i) => {
+      const eni = enis[i] as aws.ec2.NetworkInterface;
+      return new aws.ec2.Eip(
+        `${name}-egress-${nodeSuffix(spec)}`,
+        {
+          domain: "vpc",
+          networkInterface: eni.id,
+          associateWithPrivateIp: spec.privateIp,
+          tags: { ...args.tags, Name: `${spec.name}-egress`, "pypi:egress": spec.name },
+        },
+        { parent: this, dependsOn: args.internetGateway ? [args.internetGateway] : [] },
+      );
+    });
     const statements = pulumi
       .all([
         args.account,
@@ -126,7 +160,9 @@ export class BalancerPair extends pulumi.ComponentResource {
     const policy = rolePolicy(this, name, role, statements);
     this.nodes = args.nodes.map((spec, i) => {
       const eni = enis[i] as aws.ec2.NetworkInterface;
-      const launch = { ...args, profile, policy, sourceDestCheck: true };
+      const egress = this.egressIps[i] as aws.ec2.Eip;
+      const bootAfter = [...(args.bootAfter ?? []), egress];
+      const launch = { ...args, profile, policy, sourceDestCheck: true, bootAfter };
       return { spec, eni, instance: createInstance(this, `${name}-${nodeSuffix(spec)}`, spec, eni, launch) };
     });
     this.registerOutputs({

@@ -61,7 +61,12 @@ export function parameterReadStatements(parameterArns: readonly string[]): Polic
   ];
 }
 
-/** `pypi-node overlay take`: replace-route in the private route tables, describe to check. */
+/**
+ * `pypi-node overlay take`: replace-route in the private route tables, describe to check.
+ * IAM authorizes ec2:ReplaceRoute on the route table; EC2 has no condition key for a route's
+ * destination, so whoever holds this may replace any route in these tables (both overlay
+ * routes and the NAT default route). Only the db and storage-pair roles get it.
+ */
 export function routeStatements(a: AwsAccount, routeTableIds: readonly string[]): PolicyStatement[] {
   return [
     {

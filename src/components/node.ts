@@ -21,8 +21,17 @@ export interface LaunchArgs {
   /** Subnets by AZ index. */
   readonly subnets: readonly [aws.ec2.Subnet, aws.ec2.Subnet];
   readonly securityGroup: aws.ec2.SecurityGroup;
-  /** Cloud-init text per node name; stable across config changes. */
+  /**
+   * Cloud-init text per node name; stable across config changes. Read at launch only: a later
+   * change reaches a node when the rebuild runbook replaces it (see createInstance).
+   */
   readonly userData: Readonly<Record<string, pulumi.Input<string>>>;
+  /**
+   * What a node needs reachable on first boot (VPC endpoints, its egress address). Cloud-init's
+   * package step runs once, so the instances wait for these.
+   * @default [] - no extra dependencies
+   */
+  readonly bootAfter?: readonly pulumi.Resource[];
   /**
    * Encrypted gp3 root volume size.
    * @default 16
@@ -122,7 +131,7 @@ export function createInstance(
       iamInstanceProfile: args.profile.name,
       primaryNetworkInterface: { networkInterfaceId: eni.id },
       userData: args.userData[spec.name],
-      // Config changes never reach user data; an AMI or bootstrap change must not bounce nodes.
+      // Never replace on a user-data change (see ignoreChanges below).
       userDataReplaceOnChange: false,
       metadataOptions: { httpEndpoint: "enabled", httpTokens: "required", httpPutResponseHopLimit: 1 },
       rootBlockDevice: {
@@ -137,11 +146,15 @@ export function createInstance(
     },
     {
       parent,
-      dependsOn: [args.policy],
+      dependsOn: [args.policy, ...(args.bootAfter ?? [])],
       // The interface (and its addresses) outlives the instance; it can only be attached to one.
       deleteBeforeReplace: true,
-      // "latest" moves with every Debian point release; replacing a node is the rebuild runbook's call.
-      ignoreChanges: ["ami"],
+      // "latest" moves with every Debian point release. User data is read once, at launch, and an
+      // in-place update stops and starts the instance: on `up` that would bounce every node at
+      // once, both halves of every pair. Both reach a node only when the rebuild runbook
+      // (`rebuild-<node>` in src/runbooks/runbooks.ts) replaces it, one node at a time; a
+      // replacement is a create, so it takes the current AMI and user data.
+      ignoreChanges: ["ami", "userData"],
     },
   );
 }

@@ -14,39 +14,115 @@ export function bundleDigest(entries: BundleEntries): string {
   return hash.digest("hex");
 }
 
+/** How long the rollout waits for a node, and how often it asks. */
+export interface ApplyTiming {
+  /** Seconds between SSM polls. */
+  readonly pollSeconds: number;
+  /** Overall limit per node in seconds, from the start of its step (first boot included). */
+  readonly deadlineSeconds: number;
+  /** SSM's limit for the bootstrap run on the node, in seconds. */
+  readonly executionTimeoutSeconds: number;
+  /** How long InvocationDoesNotExist right after send-command counts as "not registered yet". */
+  readonly notFoundGraceSeconds: number;
+}
+
+export const DEFAULT_APPLY_TIMING: ApplyTiming = {
+  pollSeconds: 5,
+  // 15 min for a first boot to come online in SSM, the bootstrap's 30 min, and delivery.
+  deadlineSeconds: 3000,
+  executionTimeoutSeconds: 1800,
+  notFoundGraceSeconds: 30,
+};
+
+/** SSM's in-progress states; every other answer ends the wait. */
+export const SSM_PENDING_STATES = ["Pending", "InProgress", "Delayed"] as const;
+
+export function validateApplyTiming(t: ApplyTiming): void {
+  for (const [key, value] of Object.entries(t)) {
+    if (!Number.isInteger(value) || value < 0)
+      throw new Error(
+        `ConfigRollout: timing.${key} ${JSON.stringify(value)} is not valid; expected seconds >= 0`,
+      );
+  }
+  if (t.deadlineSeconds <= t.pollSeconds)
+    throw new Error(
+      `ConfigRollout: timing.deadlineSeconds ${t.deadlineSeconds} is not valid; expected more than pollSeconds (${t.pollSeconds})`,
+    );
+}
+
 /**
  * Re-applies one node's bundle through SSM Run Command and waits for the result. Runs on the
  * operator's machine with the operator's credentials: wait until the node is online in SSM
- * (first boot), run the bootstrap (fetch bundle, `pypi-node apply`), poll the invocation and
- * fail with its stderr on anything but Success.
+ * (first boot), run the bootstrap (fetch bundle, `pypi-node apply`), poll the invocation.
+ * Exits 0 only when the invocation's status is Success; a terminal status prints the node's own
+ * stderr, and an AWS CLI error (expired or missing credentials, a vanished invocation) or the
+ * deadline fails at once instead of being taken for "still pending".
  */
-export const APPLY_SCRIPT = `${[
-  "set -eu",
-  'aws_() { aws --region "$PYPI_REGION" --output text "$@"; }',
-  "i=0",
-  'until [ "$(aws_ ssm describe-instance-information --filters "Key=InstanceIds,Values=$PYPI_INSTANCE_ID" --query \'InstanceInformationList[0].PingStatus\' 2>/dev/null)" = Online ]; do',
-  "  i=$((i + 1))",
-  '  if [ "$i" -ge 90 ]; then echo "$PYPI_NODE ($PYPI_INSTANCE_ID) is not online in SSM after 15 minutes" >&2; exit 1; fi',
-  "  sleep 10",
-  "done",
-  'cid=$(aws_ ssm send-command --instance-ids "$PYPI_INSTANCE_ID" --document-name AWS-RunShellScript \\',
-  '  --comment "pypi-node apply $PYPI_NODE $(printf %.12s "$PYPI_BUNDLE_SHA256")" \\',
-  `  --parameters 'commands=["${bootstrapScriptPath}"],executionTimeout=["1800"]' \\`,
-  "  --query Command.CommandId)",
-  "while :; do",
-  '  status=$(aws_ ssm get-command-invocation --command-id "$cid" --instance-id "$PYPI_INSTANCE_ID" --query Status 2>/dev/null || echo Pending)',
-  '  case "$status" in',
-  "    Pending | InProgress | Delayed) sleep 5 ;;",
-  "    *) break ;;",
-  "  esac",
-  "done",
-  'if [ "$status" != Success ]; then',
-  '  echo "pypi-node apply on $PYPI_NODE ($PYPI_INSTANCE_ID): $status" >&2',
-  '  aws_ ssm get-command-invocation --command-id "$cid" --instance-id "$PYPI_INSTANCE_ID" --query StandardErrorContent >&2 || true',
-  "  exit 1",
-  "fi",
-  'echo "$PYPI_NODE applied bundle $PYPI_BUNDLE_SHA256"',
-].join("\n")}\n`;
+export function renderApplyScript(timing: ApplyTiming = DEFAULT_APPLY_TIMING): string {
+  validateApplyTiming(timing);
+  const { pollSeconds, deadlineSeconds, executionTimeoutSeconds, notFoundGraceSeconds } = timing;
+  const invocation = 'ssm get-command-invocation --command-id "$cid" --instance-id "$PYPI_INSTANCE_ID"';
+  return `${[
+    "set -eu",
+    'aws_() { aws --region "$PYPI_REGION" --output text "$@"; }',
+    'node="$PYPI_NODE ($PYPI_INSTANCE_ID)"',
+    'cid=""',
+    "err=$(mktemp)",
+    "trap 'rm -f \"$err\"' EXIT",
+    `deadline=$(($(date +%s) + ${deadlineSeconds}))`,
+    // The CLI's error text goes to $err so a failure can be named, never mistaken for "pending".
+    'call() { aws_ "$@" 2>"$err"; }',
+    'fail() { echo "pypi-node apply on $node: $*" >&2; exit 1; }',
+    "cli_error() {",
+    '  echo "pypi-node apply on $node: aws $1 failed:" >&2',
+    '  cat "$err" >&2',
+    '  if [ -n "$cid" ]; then echo "command $cid may still be running on the node" >&2; fi',
+    "  exit 1",
+    "}",
+    "report() {",
+    `  details=$(call ${invocation} --query '[StatusDetails,ResponseCode]') || details=unknown`,
+    '  echo "pypi-node apply on $node: $1 ($details), command $cid; its stderr:" >&2',
+    `  call ${invocation} --query StandardErrorContent >&2 || cat "$err" >&2`,
+    '  echo "last lines of its stdout:" >&2',
+    `  { call ${invocation} --query StandardOutputContent || true; } | tail -n 20 >&2`,
+    "  exit 1",
+    "}",
+    "while :; do",
+    '  ping=$(call ssm describe-instance-information --filters "Key=InstanceIds,Values=$PYPI_INSTANCE_ID" \\',
+    "    --query 'InstanceInformationList[0].PingStatus') || cli_error describe-instance-information",
+    '  if [ "$ping" = Online ]; then break; fi',
+    '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+    `    fail "not online in SSM within ${deadlineSeconds}s (PingStatus $ping)"`,
+    "  fi",
+    `  sleep ${pollSeconds}`,
+    "done",
+    'cid=$(call ssm send-command --instance-ids "$PYPI_INSTANCE_ID" --document-name AWS-RunShellScript \\',
+    '  --comment "pypi-node apply $PYPI_NODE $(printf %.12s "$PYPI_BUNDLE_SHA256")" \\',
+    `  --parameters 'commands=["${bootstrapScriptPath}"],executionTimeout=["${executionTimeoutSeconds}"]' \\`,
+    "  --query Command.CommandId) || cli_error send-command",
+    "sent=$(date +%s)",
+    "status=unregistered",
+    "while :; do",
+    `  if status=$(call ${invocation} --query Status); then`,
+    '    case "$status" in',
+    "      Success) break ;;",
+    `      ${SSM_PENDING_STATES.join(" | ")}) ;;`,
+    // Failed, Cancelled, TimedOut, Cancelling, Undeliverable, Terminated, or anything undocumented.
+    '      *) report "$status" ;;',
+    "    esac",
+    `  elif grep -q InvocationDoesNotExist "$err" && [ $(($(date +%s) - sent)) -lt ${notFoundGraceSeconds} ]; then`,
+    "    status=unregistered",
+    "  else",
+    "    cli_error get-command-invocation",
+    "  fi",
+    '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+    `    fail "still $status after ${deadlineSeconds}s, command $cid; giving up (it may still finish on the node)"`,
+    "  fi",
+    `  sleep ${pollSeconds}`,
+    "done",
+    'echo "$PYPI_NODE applied bundle $PYPI_BUNDLE_SHA256"',
+  ].join("\n")}\n`;
+}
 
 export interface ConfigRolloutArgs {
   /** Bucket holding `bundles/<node>/...`. */
@@ -66,9 +142,15 @@ export interface ConfigRolloutArgs {
   readonly instances: Readonly<Record<string, aws.ec2.Instance>>;
   /** Region of the instances, for the SSM calls. */
   readonly region: string;
+  /**
+   * Poll interval, deadline and SSM timeouts of each node's step.
+   * @default DEFAULT_APPLY_TIMING (poll 5 s, deadline 50 min, bootstrap limit 30 min)
+   */
+  readonly timing?: Partial<ApplyTiming>;
 }
 
 export function validateConfigRolloutArgs(args: ConfigRolloutArgs): void {
+  validateApplyTiming({ ...DEFAULT_APPLY_TIMING, ...args.timing });
   const seen = new Set<string>();
   for (const node of args.chains.flat()) {
     if (seen.has(node))
@@ -130,6 +212,7 @@ export class ConfigRollout extends pulumi.ComponentResource {
     this.digests = args.entries.apply((all) =>
       Object.fromEntries(Object.entries(all).map(([node, entries]) => [node, bundleDigest(entries)])),
     );
+    const script = renderApplyScript({ ...DEFAULT_APPLY_TIMING, ...args.timing });
     const commands: Record<string, command.local.Command> = {};
     const steps: { node: string; after?: string }[] = [];
     const done: command.local.Command[] = [];
@@ -141,7 +224,7 @@ export class ConfigRollout extends pulumi.ComponentResource {
         const cmd = new command.local.Command(
           `${name}-${node}`,
           {
-            create: APPLY_SCRIPT,
+            create: script,
             interpreter: ["/bin/sh", "-c"],
             environment: {
               PYPI_REGION: args.region,

@@ -42,6 +42,29 @@ export function validateStackSecretsArgs(args: StackSecretsArgs): void {
 
 const kebab = (key: string): string => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
+/** SSM's value limit per tier, in bytes. */
+export const PARAMETER_TIER_LIMIT = { Standard: 4096, Advanced: 8192 } as const;
+export type ParameterTier = keyof typeof PARAMETER_TIER_LIMIT;
+
+/**
+ * A full certificate chain (leaf and intermediates) passes Standard's 4 KB, so the certificate
+ * is Advanced (8 KB, $0.05 per month). A fixed tier keeps `up` from flipping it with the chain's
+ * length: SSM cannot move a parameter from Advanced back to Standard.
+ */
+export const parameterTier = (key: SecretKey): ParameterTier =>
+  key === "tlsCertificate" ? "Advanced" : "Standard";
+
+/** The value, or an error naming the secret and its size when its tier cannot hold it. */
+export function checkParameterSize(key: SecretKey, value: string): string {
+  const tier = parameterTier(key);
+  const bytes = Buffer.byteLength(value, "utf8");
+  if (bytes > PARAMETER_TIER_LIMIT[tier])
+    throw new Error(
+      `StackSecrets: ${key} is ${bytes} bytes; an SSM ${tier} parameter holds at most ${PARAMETER_TIER_LIMIT[tier]}`,
+    );
+  return value;
+}
+
 /**
  * Every secret of the stack, generated (@pulumi/random, @pulumi/tls) or taken from secret config,
  * stored as SSM SecureString parameters named by the topology. Nodes fetch them at apply time;
@@ -98,8 +121,8 @@ export class StackSecrets extends pulumi.ComponentResource {
         {
           name: args.refs[key].parameter,
           type: "SecureString",
-          value: pulumi.secret(values[key]),
-          tier: "Standard",
+          value: pulumi.secret(values[key].apply((v) => checkParameterSize(key, v))),
+          tier: parameterTier(key),
           tags: args.tags,
         },
         parent,

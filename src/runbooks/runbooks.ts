@@ -14,7 +14,14 @@ export interface RunbookStep {
   /** A regular expression the command's output must match; exit status must be 0 either way. */
   readonly expectOutput?: string;
   /** What to run instead when `host` cannot be reached (e.g. the instance is gone). */
-  readonly fallback?: { readonly host: string; readonly command: string };
+  readonly fallback?: {
+    readonly host: string;
+    readonly command: string;
+    /** What a human should see when the fallback ran. */
+    readonly expect?: string;
+    /** A regular expression the fallback's output must match. */
+    readonly expectOutput?: string;
+  };
 }
 
 export interface Runbook {
@@ -149,6 +156,7 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
   if (!app) throw new Error("no app server");
   const sync = t.postgres.synchronous;
   const standbyApp = primary.name;
+  const instance = primary.instanceId ?? `<${primary.name} instance id>`;
   return {
     id: `db-primary-loss-${primary.name}`,
     title: `Database primary ${primary.name} lost`,
@@ -158,11 +166,19 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
         title: `Fence ${primary.name}`,
         host: primary.name,
         command: agent("db-fence"),
-        expect: `fenced ${primary.name}`,
+        expect: `fenced ${primary.name}; if the fallback ran, its instance is stopped`,
         expectOutput: `fenced ${escapeRegex(primary.name)}`,
+        // stop-instances returns while the instance is still "stopping" and may still take
+        // writes; the promotion must wait until it is stopped.
         fallback: {
           host: OPERATOR,
-          command: `aws ec2 stop-instances --region ${t.region} --force --instance-ids ${primary.instanceId ?? `<${primary.name} instance id>`}`,
+          command: [
+            `aws ec2 stop-instances --region ${t.region} --force --instance-ids ${instance} --query 'StoppingInstances[].CurrentState.Name' --output text`,
+            `aws ec2 wait instance-stopped --region ${t.region} --instance-ids ${instance}`,
+            `aws ec2 describe-instances --region ${t.region} --instance-ids ${instance} --query 'Reservations[].Instances[].State.Name' --output text`,
+          ].join(" && "),
+          expect: `${primary.name} stopped (the waiter gives up with exit 255 after 10 minutes)`,
+          expectOutput: "stopped\\s*$",
         },
       },
       {

@@ -20,8 +20,8 @@ import {
   noSecretsInUserData,
   T,
 } from "../../policy/rules.js";
+import { BASE_PACKAGES } from "../../src/bring-up.js";
 import { renderCloudInit } from "../../src/render/cloud-init.js";
-import { BASE_PACKAGES } from "../../src/stack.js";
 import { topologyFor } from "../support/topologies.js";
 
 const compliantInstance = {
@@ -237,6 +237,22 @@ describe("no-eip-association", () => {
     expect(noEipAssociation(T.eip, { domain: "vpc", tags: {} })).toEqual([]);
     expect(noEipAssociation(T.eip, { domain: "vpc", instance: "i-1" })).toHaveLength(1);
     expect(noEipAssociation(T.eip, { domain: "vpc", networkInterface: "eni-1" })).toHaveLength(1);
+  });
+
+  test("a balancer's egress address may be bound to its primary IP; a floating IP never", () => {
+    const egress = {
+      domain: "vpc",
+      networkInterface: "eni-1",
+      associateWithPrivateIp: "10.40.0.10",
+      tags: { "pypi:egress": "lb-a" },
+    };
+    expect(noEipAssociation(T.eip, egress)).toEqual([]);
+    expect(
+      noEipAssociation(T.eip, { ...egress, tags: { "pypi:egress": "lb-a", "pypi:home": "lb-a" } }),
+    ).toHaveLength(1);
+    expect(noEipAssociation(T.eip, { ...egress, associateWithPrivateIp: undefined })).toHaveLength(1);
+    expect(noEipAssociation(T.eip, { ...egress, instance: "i-1" })).toHaveLength(1);
+    expect(noEipAssociation(T.eip, { ...egress, tags: {} })).toHaveLength(1);
   });
 });
 

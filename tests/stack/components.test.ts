@@ -83,6 +83,8 @@ describe("validateXArgs", () => {
       vpcCidr: "10.40.0.0/16",
       availabilityZones: ["a1", "a2"] as const,
       ports: networkPorts(),
+      overlay: OVERLAY,
+      region: "us-east-1",
       tags: {},
     };
     expect(() => validateNetworkArgs(ok)).not.toThrow();
@@ -91,6 +93,10 @@ describe("validateXArgs", () => {
     );
     expect(() => validateNetworkArgs({ ...ok, availabilityZones: ["a1", "a1"] })).toThrow(
       /expected two different AZs/,
+    );
+    expect(() => validateNetworkArgs({ ...ok, region: "us east" })).toThrow('Network: region "us east"');
+    expect(() => validateNetworkArgs({ ...ok, overlay: { ...OVERLAY, storage: "10.40.3.3" } })).toThrow(
+      'Network: overlay.storage "10.40.3.3" is not valid; expected an IPv4 address outside vpcCidr',
     );
   });
 
@@ -129,7 +135,7 @@ describe("validateXArgs", () => {
 
   test("AppServers", () => {
     const apps = ofRole("app");
-    const ok = { ...launch(apps), nodes: apps, routeTableIds: ["rtb-1"] };
+    const ok = { ...launch(apps), nodes: apps, storageParameterArns: [], routeTableIds: ["rtb-1"] };
     expect(() => validateAppServersArgs(ok)).not.toThrow();
     expect(() => validateAppServersArgs({ ...ok, nodes: apps.slice(0, 1) })).toThrow(
       /1 entries; expected 2-16/,
@@ -211,10 +217,30 @@ describe("validateXArgs", () => {
 function networkPorts() {
   return { http: 80, https: 443, heartbeatUdp: 694, postgres: 5432, drbd: 7788 };
 }
+const OVERLAY = { dbWriter: "100.64.10.5", storage: "100.64.10.6" };
 
 test("network rules never open anything but 80/443 to the world on the balancers", () => {
-  const open = networkRules(networkPorts()).filter(
+  const open = networkRules(networkPorts(), OVERLAY).filter(
     (r) => r.peer === "0.0.0.0/0" && r.direction === "ingress",
   );
   expect(open.map((r) => `${r.group}:${r.port}`)).toEqual(["balancer:80", "balancer:443"]);
+});
+
+test("overlay traffic: egress names the routed /32, ingress admits the source group", () => {
+  const rules = networkRules(networkPorts(), OVERLAY);
+  const cidr = (r: (typeof rules)[number]) => (typeof r.peer === "object" ? r.peer.cidr : undefined);
+  expect(
+    rules
+      .filter((r) => cidr(r) !== undefined)
+      .map((r) => `${r.group} ${r.direction} ${r.port} ${cidr(r)}`)
+      .sort(),
+  ).toEqual([
+    "app egress 111 100.64.10.6/32",
+    "app egress 20048 100.64.10.6/32",
+    "app egress 2049 100.64.10.6/32",
+    "app egress 5432 100.64.10.5/32",
+  ]);
+  expect(
+    rules.filter((r) => r.group === "db" && r.direction === "ingress" && r.port === 5432).map((r) => r.peer),
+  ).toEqual(["app", "db"]);
 });

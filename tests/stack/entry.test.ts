@@ -55,7 +55,8 @@ describe("src/index.ts (the program entry) under mocks", () => {
       "aws:index/getCallerIdentity:getCallerIdentity",
       "aws:ssm/getParameter:getParameter",
     ]);
-  });
+    // A whole prod stack under mocks: past vitest's 5 s default when the suite runs in parallel.
+  }, 60_000);
 
   test("prod without its TLS secrets fails and says which commands set them", async () => {
     const recorder = createMocks();

@@ -47,6 +47,9 @@ export function createMocks() {
         case "aws:ec2/networkInterface:NetworkInterface":
           id = `eni-${h}`;
           break;
+        case "aws:ebs/volume:Volume":
+          id = `vol-${h}`;
+          break;
         case "aws:ec2/routeTable:RouteTable":
           id = `rtb-${h}`;
           break;

@@ -1,23 +1,15 @@
 import { expect, test } from "vitest";
 import { NFS_SERVER_PORTS } from "../../src/render/nfs.js";
-import { bundleEntriesOf } from "../../src/stack.js";
-import { type Built, isSecret, plain, type Recorded } from "./harness.js";
+import { bundleEntriesOf, parametersByNode } from "../../src/stack.js";
+import { storagePair } from "../../src/topology.js";
+import { type Built, isSecret, plain } from "./harness.js";
+import { allowed, asList, roleGroups } from "./iam.js";
 
-interface Statement {
-  Sid: string;
-  Effect: string;
-  Action: string[];
-  Resource?: string | string[];
-  NotResource?: string[];
-  Condition?: Record<string, Record<string, string[]>>;
-}
-
-const policyOf = (r: Recorded): Statement[] => JSON.parse(String(r.inputs.policy)).Statement;
-const asList = (v: string | string[] | undefined): string[] =>
-  v === undefined ? [] : Array.isArray(v) ? v : [v];
+/** Balancers, databases, the storage pair, and the other app servers when there are any. */
+const roleCount = (appServers: number): number => (appServers > 2 ? 4 : 3);
 
 /** The designed security-group rules, written out independently of src/network.ts. */
-export function designedRules(drbdPort: number): string[] {
+export function designedRules(drbdPort: number, overlay: { dbWriter: string; storage: string }): string[] {
   const pair = (from: string, to: string, proto: string, port: number) => [
     `${from} egress ${proto}/${port} ${to}`,
     `${to} ingress ${proto}/${port} ${from}`,
@@ -31,12 +23,19 @@ export function designedRules(drbdPort: number): string[] {
     ...pair("balancer", "app", "tcp", 22),
     ...pair("app", "app", "udp", 694),
     ...pair("app", "app", "tcp", drbdPort),
-    ...[111, 2049, 20048].flatMap((p) => pair("app", "app", "tcp", p)),
-    ...pair("app", "db", "tcp", 5432),
+    // App servers reach NFS and Postgres only at the overlay addresses: egress names the /32,
+    // ingress matches the source group.
+    ...[111, 2049, 20048].flatMap((p) => [
+      `app egress tcp/${p} ${overlay.storage}/32`,
+      `app ingress tcp/${p} app`,
+    ]),
+    `app egress tcp/5432 ${overlay.dbWriter}/32`,
+    "db ingress tcp/5432 app",
     ...pair("db", "db", "tcp", 5432),
     ...["balancer", "app", "db"].flatMap((g) => [
       `${g} egress tcp/443 0.0.0.0/0`,
       `${g} egress tcp/80 0.0.0.0/0`,
+      `endpoint ingress tcp/443 ${g}`,
     ]),
   ].sort();
 }
@@ -52,16 +51,18 @@ export function sharedStackTests(
     const count = (type: string) => b.ofType(type).length;
     expect(count("aws:ec2/instance:Instance")).toBe(nodeCount);
     expect(count("aws:ec2/networkInterface:NetworkInterface")).toBe(nodeCount);
-    expect(count("aws:ec2/eip:Eip")).toBe(shape.floatingIps + shape.nat);
+    // Floating IPs, NAT gateways' and one egress address per balancer.
+    expect(count("aws:ec2/eip:Eip")).toBe(shape.floatingIps + shape.nat + 2);
     expect(count("aws:ec2/natGateway:NatGateway")).toBe(shape.nat);
     expect(count("aws:ec2/eipAssociation:EipAssociation")).toBe(0);
     expect(count("aws:ebs/volume:Volume")).toBe(4);
     expect(count("aws:ec2/volumeAttachment:VolumeAttachment")).toBe(4);
-    expect(count("aws:ec2/securityGroup:SecurityGroup")).toBe(3);
+    expect(count("aws:ec2/securityGroup:SecurityGroup")).toBe(4);
+    expect(count("aws:ec2/vpcEndpoint:VpcEndpoint")).toBe(6);
     expect(count("aws:ec2/subnet:Subnet")).toBe(6);
     expect(count("aws:ssm/parameter:Parameter")).toBe(8);
     expect(count("random:index/randomPassword:RandomPassword")).toBe(5);
-    expect(count("aws:iam/role:Role")).toBe(3);
+    expect(count("aws:iam/role:Role")).toBe(roleCount(shape.appServers));
     expect(count("command:local:Command")).toBe(nodeCount + 1);
     const files = Object.values(b.pypi.plannedFiles).flat().length;
     expect(count("aws:s3/bucketObjectv2:BucketObjectv2")).toBe(files);
@@ -165,7 +166,7 @@ export function sharedStackTests(
         return `${groupOf.get(String(r.inputs.securityGroupId))} ${dir} ${r.inputs.ipProtocol}/${r.inputs.fromPort} ${peer}`;
       })
       .sort();
-    expect(actual).toEqual(designedRules(b.outputs.topology.storage.drbdPort));
+    expect(actual).toEqual(designedRules(b.outputs.topology.storage.drbdPort, b.outputs.topology.overlay));
     expect(NFS_SERVER_PORTS).toEqual([111, 2049, 20048]);
     const openIngress = actual.filter((a) => a.includes("ingress") && a.endsWith("0.0.0.0/0"));
     expect(openIngress.sort()).toEqual(
@@ -215,21 +216,20 @@ export function sharedStackTests(
     );
     expect(
       b.ofType("aws:iam/rolePolicyAttachment:RolePolicyAttachment").map((a) => a.inputs.policyArn),
-    ).toEqual(Array(3).fill("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"));
-    const wanted = {
-      balancer: [t.secrets.balancerAuthkey, t.secrets.tlsCertificate, t.secrets.tlsKey],
-      app: [
-        t.secrets.uploadHostKey,
-        t.secrets.postgresAppPassword,
-        t.secrets.storageAuthkey,
-        t.secrets.drbdSecret,
-      ],
-      db: [t.secrets.postgresReplicationPassword],
-    };
-    for (const policy of b.ofType("aws:iam/rolePolicy:RolePolicy")) {
-      const role = policy.name.includes("-lb-") ? "balancer" : policy.name.includes("-app-") ? "app" : "db";
-      const nodes = t.nodes.filter((n) => n.role === role);
-      const statements = policyOf(policy);
+    ).toEqual(
+      Array(roleCount(shape.appServers)).fill("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+    );
+    const groups = roleGroups(b);
+    expect(groups).toHaveLength(roleCount(shape.appServers));
+    // Every node runs under exactly one role, and a role never spans node roles.
+    expect(groups.flatMap((g) => g.nodes).sort()).toEqual(t.nodes.map((n) => n.name).sort());
+    const roleOf = (name: string) => t.nodes.find((n) => n.name === name)?.role;
+    const fetches = parametersByNode(t);
+    const storage = storagePair(t).map((n) => n.name);
+    for (const { statements, nodes } of groups) {
+      const roles = [...new Set(nodes.map(roleOf))];
+      expect(roles).toHaveLength(1);
+      const role = roles[0];
       for (const s of statements) {
         if (asList(s.Resource).includes("*")) {
           expect(
@@ -239,24 +239,20 @@ export function sharedStackTests(
           expect(s.Effect).toBe("Allow");
         }
       }
-      const allowed = (action: string) =>
-        statements
-          .filter((s) => s.Effect === "Allow" && s.Action.includes(action))
-          .flatMap((s) => asList(s.Resource));
-      expect(allowed("s3:GetObject").sort()).toEqual(
-        nodes.map((n) => `${bucketArn}/bundles/${n.name}/*`).sort(),
-      );
-      expect(allowed("ssm:GetParameter").sort()).toEqual(
-        wanted[role].map((r) => params.get(r.parameter)).sort(),
+      const may = (action: string) => allowed(statements, action);
+      expect(may("s3:GetObject").sort()).toEqual(nodes.map((n) => `${bucketArn}/bundles/${n}/*`).sort());
+      // Exactly what these nodes' bundles fetch.
+      expect(may("ssm:GetParameter").sort()).toEqual(
+        [...new Set(nodes.flatMap((n) => fetches[n] ?? []))].map((p) => params.get(p)).sort(),
       );
       const deny = statements.find((s) => s.Effect === "Deny");
       expect(deny?.Action).toContain("ssm:GetParameters");
-      expect(deny?.NotResource?.sort()).toEqual(allowed("ssm:GetParameter").sort());
+      expect(deny?.NotResource?.sort()).toEqual(may("ssm:GetParameter").sort());
       const list = statements.find((s) => s.Action.includes("s3:ListBucket"));
       expect(list?.Resource).toBe(bucketArn);
       expect(
         list?.Condition?.StringLike?.["s3:prefix"]?.every((p) =>
-          nodes.some((n) => p.startsWith(`bundles/${n.name}/`)),
+          nodes.some((n) => p.startsWith(`bundles/${n}/`)),
         ),
       ).toBe(true);
       if (role === "balancer") {
@@ -266,15 +262,18 @@ export function sharedStackTests(
         const eniArns = enis
           .filter((e) => String((e.inputs.tags as Record<string, string>).Name).startsWith("lb-"))
           .map((e) => `arn:aws:ec2:us-east-1:123456789012:network-interface/${e.id}`);
-        expect(allowed("ec2:AssociateAddress").sort()).toEqual([...fipArns, ...eniArns].sort());
-        expect(allowed("ec2:DisassociateAddress").sort()).toEqual([...fipArns, ...eniArns].sort());
-        expect(allowed("ec2:ReplaceRoute")).toEqual([]);
+        expect(may("ec2:AssociateAddress").sort()).toEqual([...fipArns, ...eniArns].sort());
+        expect(may("ec2:DisassociateAddress").sort()).toEqual([...fipArns, ...eniArns].sort());
       } else {
-        expect(allowed("ec2:ReplaceRoute").sort()).toEqual(
-          t.overlay.routeTableIds.map((id) => `arn:aws:ec2:us-east-1:123456789012:route-table/${id}`).sort(),
-        );
-        expect(allowed("ec2:AssociateAddress")).toEqual([]);
+        expect(may("ec2:AssociateAddress")).toEqual([]);
       }
+      // Route tables only for the overlay holders: the databases and the storage pair.
+      const movesOverlay = role === "db" || nodes.every((n) => storage.includes(n));
+      expect(may("ec2:ReplaceRoute").sort(), nodes.join(",")).toEqual(
+        movesOverlay
+          ? t.overlay.routeTableIds.map((id) => `arn:aws:ec2:us-east-1:123456789012:route-table/${id}`).sort()
+          : [],
+      );
     }
   });
 
