@@ -1,6 +1,7 @@
 import * as aws from "@pulumi/aws";
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
+import { BASE_PACKAGES, rolloutChains } from "./bring-up.js";
 import { buildBundles } from "./bundle.js";
 import { bundleDirEntries } from "./bundle-dir.js";
 import { AppServers } from "./components/app-servers.js";
@@ -18,14 +19,13 @@ import { azLetter, hostIp, Network, subnetCidr } from "./network.js";
 import { renderCloudInit } from "./render/cloud-init.js";
 import { runbookMarkdown } from "./runbooks/markdown.js";
 import { buildRunbooks, type Runbook } from "./runbooks/runbooks.js";
-import { type FloatingIp, type NodeRole, pgBinDir, type Topology } from "./topology.js";
+import { type FloatingIp, type NodeRole, pgBinDir, storagePair, type Topology } from "./topology.js";
 import { validateTopology } from "./validate-topology.js";
 
 /** Public SSM parameter with the current Debian 12 AMI of the region. */
 export const DEBIAN_AMI_PARAMETER = "/aws/service/debian/release/12/latest/amd64";
 
 /** What user data installs before the first bundle; each bundle names the rest of its packages. */
-export const BASE_PACKAGES: readonly string[] = ["ca-certificates", "curl"];
 
 /** Node interface name on Nitro instances. */
 const INTERFACE = "ens5";
@@ -37,6 +37,8 @@ export interface ResolvedIds {
   readonly bucket: string;
   /** Instance id and URN per node name; absent while planning. */
   readonly instances?: Readonly<Record<string, { readonly instanceId: string; readonly urn: string }>>;
+  /** EBS data volume id per node name (db nodes, the storage pair); absent while planning. */
+  readonly dataVolumes?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -110,6 +112,7 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
       secondaryIps: n.secondaryIps,
       interface: INTERFACE,
       ...(ids.instances?.[n.name] ?? {}),
+      ...(ids.dataVolumes?.[n.name] ? { dataVolumeId: ids.dataVolumes[n.name] } : {}),
     })),
     floatingIps: ids.floatingIps.map(
       (f, i): FloatingIp => ({
@@ -128,6 +131,7 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
       replicationUser: "replicator",
       slotName: "standby_slot",
       walKeepMb: 1024,
+      maxSlotWalKeepMb: 8192,
       binDir: pgBinDir(cfg.postgres.version),
     },
     heartbeat: { udpPort: 694, ...cfg.heartbeat },
@@ -155,12 +159,9 @@ export function bundleEntriesOf(t: Topology): Record<string, BundleEntries> {
 export const bundleFileLists = (t: Topology): Record<string, string[]> =>
   Object.fromEntries(Object.entries(bundleEntriesOf(t)).map(([node, e]) => [node, Object.keys(e)]));
 
-/** The SSM parameters each role's nodes fetch, from their bundles. */
-export function parametersByRole(t: Topology): Record<NodeRole, string[]> {
-  const out: Record<NodeRole, Set<string>> = { balancer: new Set(), app: new Set(), db: new Set() };
-  for (const b of buildBundles(t)) for (const s of b.secrets) out[b.role].add(s.parameter);
-  return { balancer: [...out.balancer], app: [...out.app], db: [...out.db] };
-}
+/** The SSM parameters each node fetches, from its bundle: what its role may read. */
+export const parametersByNode = (t: Topology): Record<string, string[]> =>
+  Object.fromEntries(buildBundles(t).map((b) => [b.node, b.secrets.map((s) => s.parameter)]));
 
 export const SMOKE_SCRIPT = `${[
   "set -eu",
@@ -250,6 +251,8 @@ export class PypiStack extends pulumi.ComponentResource {
           postgres: planned.postgres.port,
           drbd: planned.storage.drbdPort,
         },
+        overlay: cfg.overlay,
+        region: cfg.region,
         tags,
       },
       parent,
@@ -263,9 +266,10 @@ export class PypiStack extends pulumi.ComponentResource {
     const byName = new Map(
       (Object.keys(planned.secrets) as SecretKey[]).map((k) => [planned.secrets[k].parameter, k] as const),
     );
-    const roleParameters = parametersByRole(planned);
-    const parameterArns = (role: NodeRole): pulumi.Output<string>[] =>
-      roleParameters[role].map((p) => {
+    const nodeParameters = parametersByNode(planned);
+    // A role may read what its nodes' bundles name, no more.
+    const parameterArns = (nodes: readonly PlannedNode[]): pulumi.Output<string>[] =>
+      [...new Set(nodes.flatMap((n) => nodeParameters[n.name] ?? []))].map((p) => {
         const key = byName.get(p);
         if (!key) throw new Error(`bundle secret ${p} is not one of the topology's secret references`);
         return this.secrets.parameters[key].arn;
@@ -298,11 +302,15 @@ export class PypiStack extends pulumi.ComponentResource {
       userData,
       deletionProtection: protect,
       bundleBucketArn: bucket.arn,
-      parameterArns: parameterArns(role),
+      parameterArns: parameterArns(plan.filter((n) => n.role === role)),
       account,
+      // Bootstrap fetches through the endpoints; cloud-init's one try must find them.
+      bootAfter: net.endpoints,
       tags,
     });
     const ofRole = (role: NodeRole) => plan.filter((n) => n.role === role);
+    const storageNames = storagePair(planned).map((n) => n.name);
+    const inStoragePair = (n: PlannedNode): boolean => storageNames.includes(n.name);
     const pairOf = (role: NodeRole): [PlannedNode, PlannedNode] => {
       const [a, b] = ofRole(role);
       if (!a || !b) throw new Error(`need two ${role} nodes`);
@@ -316,12 +324,19 @@ export class PypiStack extends pulumi.ComponentResource {
         nodes: pairOf("balancer"),
         floatingIps: cfg.floatingIps,
         retainAddresses: protect,
+        internetGateway: net.internetGateway,
       },
       parent,
     );
     this.apps = new AppServers(
       `${name}-app`,
-      { ...launch("app"), nodes: ofRole("app"), routeTableIds: net.privateRouteTables.map((rt) => rt.id) },
+      {
+        ...launch("app"),
+        nodes: ofRole("app"),
+        parameterArns: parameterArns(ofRole("app").filter((n) => !inStoragePair(n))),
+        storageParameterArns: parameterArns(ofRole("app").filter(inStoragePair)),
+        routeTableIds: net.privateRouteTables.map((rt) => rt.id),
+      },
       parent,
     );
     this.databases = new PostgresPair(
@@ -363,17 +378,24 @@ export class PypiStack extends pulumi.ComponentResource {
 
     // The one boundary where AWS ids meet the pure core: topology -> bundles -> entries.
     // Bundles need no instance ids, so the objects exist before the instances boot and fetch them.
+    // Each node's agent finds its data volume by the volume id (its stable NVMe name).
+    const volumeOwners = [
+      ...this.databases.nodes.map((n, i) => [n.spec.name, this.databases.dataVolumes[i]] as const),
+      ...[storageA, storageB].map((n, i) => [n.spec.name, this.storage.volumes[i]] as const),
+    ];
     const resolvedTopology = pulumi
       .all([
         pulumi.all(this.balancers.eips.map((e) => pulumi.all([e.publicIp, e.allocationId]))),
         pulumi.all(net.privateRouteTables.map((rt) => rt.id)),
         bucket.bucket,
+        pulumi.all(volumeOwners.map(([node, volume]) => pulumi.all([node, volume?.id ?? ""]))),
       ])
-      .apply(([fips, routeTableIds, bucketName]) =>
+      .apply(([fips, routeTableIds, bucketName, volumes]) =>
         buildTopology(cfg, plan, {
           floatingIps: fips.map(([address, allocationId]) => ({ address, allocationId })),
           routeTableIds,
           bucket: bucketName,
+          dataVolumes: Object.fromEntries(volumes.filter(([, id]) => id !== "")),
         }),
       );
     const entries = resolvedTopology.apply(bundleEntriesOf);
@@ -387,7 +409,7 @@ export class PypiStack extends pulumi.ComponentResource {
         bucketReady: this.bundles.ready,
         files: this.plannedFiles,
         entries,
-        chains: (["balancer", "app", "db"] as const).map((role) => ofRole(role).map((n) => n.name)),
+        chains: rolloutChains(plan),
         instances,
         region: cfg.region,
       },

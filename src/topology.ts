@@ -22,6 +22,11 @@ export interface NodeSpec {
   readonly instanceId?: string;
   /** Pulumi URN of the node's instance, when known; the rebuild runbook replaces it. */
   readonly urn?: string;
+  /**
+   * EBS volume id of the node's data volume (db nodes: Postgres; the storage pair: DRBD's
+   * backing disk). The agent finds it by its stable NVMe name, never by probe order.
+   */
+  readonly dataVolumeId?: string;
 }
 
 export interface FloatingIp {
@@ -66,6 +71,11 @@ export interface Topology {
     readonly slotName: string;
     /** WAL kept for a lagging standby, in MB (wal_keep_size, or segments before 13). */
     readonly walKeepMb: number;
+    /**
+     * WAL a replication slot may hold back, in MB (`max_slot_wal_keep_size`, 13+). A standby gone
+     * for longer loses its slot and must be re-seeded, instead of the primary's disk filling up.
+     */
+    readonly maxSlotWalKeepMb: number;
     /** Directory of the server binaries; Debian's layout unless overridden (the lab's Postgres 11). */
     readonly binDir: string;
   };
@@ -163,6 +173,14 @@ export const paths = {
   staticRoot: "/srv/www/pypi-static",
   appRoot: "/opt/pypi-index",
 } as const;
+
+/**
+ * The udev name of an attached EBS volume on a Nitro instance: the NVMe serial is the volume id
+ * without its dash. `/dev/nvme1n1` and friends are numbered in probe order and can swap at boot.
+ */
+export function dataVolumeDevice(volumeId: string): string {
+  return `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${volumeId.replace("-", "")}`;
+}
 
 export const pgBinDir = (version: number): string => `/usr/lib/postgresql/${version}/bin`;
 export const pgDataDir = (version: number): string => `/var/lib/postgresql/${version}/main`;

@@ -96,6 +96,8 @@ export function validateTopology(t: Topology): Topology {
       p.add(`${f}.role`, node.role, "expected balancer, app or db");
     if (!/^[a-z][a-z0-9]{1,14}$/.test(node.interface))
       p.add(`${f}.interface`, node.interface, "expected a name like ens5");
+    if (node.dataVolumeId !== undefined && !/^vol-[0-9a-f]{8,17}$/.test(node.dataVolumeId))
+      p.add(`${f}.dataVolumeId`, node.dataVolumeId, "expected an EBS volume id like vol-0123456789abcdef0");
     for (const [field, ip] of [
       [`${f}.privateIp`, node.privateIp],
       ...node.secondaryIps.map((s, j) => [`${f}.secondaryIps[${j}]`, s] as const),
@@ -174,6 +176,12 @@ export function validateTopology(t: Topology): Topology {
   }
   if (!Number.isInteger(pgc.walKeepMb) || pgc.walKeepMb < 16)
     p.add("postgres.walKeepMb", pgc.walKeepMb, "expected a whole number of MB >= 16");
+  if (!Number.isInteger(pgc.maxSlotWalKeepMb) || pgc.maxSlotWalKeepMb < pgc.walKeepMb)
+    p.add(
+      "postgres.maxSlotWalKeepMb",
+      pgc.maxSlotWalKeepMb,
+      `expected a whole number of MB >= postgres.walKeepMb (${pgc.walKeepMb})`,
+    );
   checkPath(p, "postgres.binDir", pgc.binDir);
 
   const hb = t.heartbeat;

@@ -57,6 +57,22 @@ describe("validateTopology", () => {
       '"10.40.0.1/16"',
     ],
     [
+      "data volume id that is no EBS id (it becomes a device path)",
+      (t) => {
+        (t.nodes[5] as { dataVolumeId?: string }).dataVolumeId = "vol-../../sda";
+      },
+      "nodes[5].dataVolumeId",
+      '"vol-../../sda"',
+    ],
+    [
+      "slot WAL cap below wal_keep_size",
+      (t) => {
+        (t.postgres as { maxSlotWalKeepMb: number }).maxSlotWalKeepMb = 100;
+      },
+      "postgres.maxSlotWalKeepMb",
+      "100",
+    ],
+    [
       "bad IP",
       (t) => {
         t.nodes[2]!.privateIp = "10.40.0.300";

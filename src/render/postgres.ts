@@ -153,6 +153,8 @@ export function renderPostgresConf(t: Topology, node: NodeSpec): string {
     v >= 13
       ? settingLine("wal_keep_size", `${pg.walKeepMb}MB`)
       : settingLine("wal_keep_segments", Math.ceil(pg.walKeepMb / 16)),
+    // Without a cap an abandoned slot keeps WAL until the primary's disk is full (13+ only).
+    ...(v >= 13 ? [settingLine("max_slot_wal_keep_size", `${pg.maxSlotWalKeepMb}MB`)] : []),
     settingLine("hot_standby", true),
     settingLine("hot_standby_feedback", true),
     ...(pg.synchronous
@@ -283,6 +285,9 @@ export function renderPostgresFiles(t: Topology, node: NodeSpec, role: PgRole): 
     // is broken, and the agent then reports pg_hba_file_rules errors.
     pgFile(`${conf}/pg_hba.conf`, "0640", renderPgHba(t, node), { reloads: ["postgresql"] }),
     pgFile(`${conf}/pg_ident.conf`, "0640", renderPgIdent(t, node), { reloads: ["postgresql"] }),
+    // Debian starts `auto` clusters at boot. Only the agent starts this one, after its fence
+    // and role checks (pypi-db converge), so a rebooted old primary never comes up writable.
+    pgFile(`${conf}/start.conf`, "0644", "manual\n"),
     ...(role === "standby" ? renderStandbyFiles(t, node) : []),
   ];
 }

@@ -52,10 +52,17 @@ describe("dialects", () => {
       `/etc/postgresql/${v}/main/postgresql.conf`,
       `/etc/postgresql/${v}/main/pg_hba.conf`,
       `/etc/postgresql/${v}/main/pg_ident.conf`,
+      `/etc/postgresql/${v}/main/start.conf`,
     ];
     expect(primary).toEqual(common);
     const marker = v < 12 ? "recovery.conf" : "standby.signal";
     expect(standby).toEqual([...common, `/var/lib/postgresql/${v}/main/${marker}`]);
+  });
+
+  it("keeps Debian from starting the cluster at boot: only the agent starts it", () => {
+    const t = topologyFor("staging");
+    const start = renderPostgresFiles(t, db(t, "db-a"), "primary").find((f) => f.path.endsWith("/start.conf"));
+    expect(start?.content).toBe("manual\n");
   });
 
   it("puts the standby settings in recovery.conf before 12", () => {
@@ -133,6 +140,9 @@ describe("postgresql.conf", () => {
     const c13 = renderPostgresConf(t13, db(t13, "db-a"));
     expect(lines(c13)).toContain("wal_keep_size = '1024MB'");
     expect(c13).not.toContain("wal_keep_segments");
+    // A slot may not hold back more WAL than this (13+); 12 has no such setting.
+    expect(lines(c13)).toContain("max_slot_wal_keep_size = '8192MB'");
+    expect(c12).not.toContain("max_slot_wal_keep_size");
     const odd: Topology = { ...t12, postgres: { ...t12.postgres, walKeepMb: 100 } };
     expect(lines(renderPostgresConf(odd, db(odd, "db-a")))).toContain("wal_keep_segments = 7");
   });
@@ -210,6 +220,7 @@ describe("secrets and files", () => {
       ["/etc/postgresql/11/main/postgresql.conf", "0644", "postgres", "postgres", "postgres", ["postgresql"]],
       ["/etc/postgresql/11/main/pg_hba.conf", "0640", "postgres", "postgres", null, ["postgresql"]],
       ["/etc/postgresql/11/main/pg_ident.conf", "0640", "postgres", "postgres", null, ["postgresql"]],
+      ["/etc/postgresql/11/main/start.conf", "0644", "postgres", "postgres", null, []],
       ["/var/lib/postgresql/11/main/recovery.conf", "0600", "postgres", "postgres", null, []],
     ]);
     expect(renderPostgresFiles(t, db(t, "db-b"), "standby")).toEqual(files);

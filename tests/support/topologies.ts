@@ -76,6 +76,7 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
       replicationUser: "replicator",
       slotName: "standby_slot",
       walKeepMb: 1024,
+      maxSlotWalKeepMb: 8192,
       binDir: pgBinDir(pgVersion),
     },
     heartbeat: {
