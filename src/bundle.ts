@@ -153,6 +153,7 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
         file(heartbeatPaths.haresources, renderStorageHaresources(t), { reloads: ["heartbeat"] }),
         script("pypi-nfs"),
         script("pypi-overlay"),
+        script("pypi-drbd-fence"),
         file(drbdPaths.globalCommon, renderDrbdGlobalCommon(), { validator: "drbd" }),
         file(drbdPaths.resource, renderDrbdResource(t), { validator: "drbd", reloads: ["drbd"] }),
         file(nfsPaths.exports, renderExports(t), { validator: "exportfs", reloads: ["nfs-server"] }),

@@ -19,19 +19,92 @@ load_config() {
 
 # ---------------------------------------------------------------- AWS plumbing (IMDSv2)
 
+# Heartbeat waits for its resource scripts, so every call here is bounded: short timeouts, a few
+# tries, then a non-zero return with a message. They return rather than die: a die inside $(...)
+# only ends that subshell, so callers resolve a value in a statement of its own and test it
+# (`eni=$(own_eni) || die ...`).
+
+IMDS_URL=http://169.254.169.254/latest
+IMDS_TRIES=3
+
+imds_curl() { curl -sf --connect-timeout 1 --max-time 2 "$@"; }
+
+# One metadata value, never empty. At most 3 tries of 2 requests: ~1 s when IMDS refuses,
+# ~4 s when it is unreachable, 13 s at worst when it accepts but hangs.
 imds() {
-  token=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
-    http://169.254.169.254/latest/api/token) || die "IMDSv2 token request failed"
-  curl -sf -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1" ||
-    die "IMDS lookup $1 failed"
+  im_try=1
+  while :; do
+    if im_token=$(imds_curl -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "$IMDS_URL/api/token") &&
+      [ -n "$im_token" ] &&
+      im_value=$(imds_curl -H "X-aws-ec2-metadata-token: $im_token" "$IMDS_URL/meta-data/$1") &&
+      [ -n "$im_value" ]; then
+      printf '%s\n' "$im_value"
+      return 0
+    fi
+    if [ "$im_try" -ge "$IMDS_TRIES" ]; then
+      log "error: IMDS gave no value for $1 after $IMDS_TRIES tries"
+      return 1
+    fi
+    im_try=$((im_try + 1))
+    sleep 0.5
+  done
 }
 
+# This node's primary network interface (eni-...).
 own_eni() {
-  mac=$(imds mac)
-  imds "network/interfaces/macs/$mac/interface-id"
+  oe_mac=$(imds mac) || return 1
+  oe_eni=$(imds "network/interfaces/macs/$oe_mac/interface-id") || return 1
+  case $oe_eni in
+    eni-*) printf '%s\n' "$oe_eni" ;;
+    *)
+      log "error: IMDS gave '$oe_eni' as this node's interface id"
+      return 1
+      ;;
+  esac
 }
 
-awsc() { aws --region "$PYPI_REGION" --output text "$@"; }
+# The CLI's default timeouts are 60 s each; a failover cannot wait that long.
+awsc() { aws --region "$PYPI_REGION" --output text --cli-connect-timeout 2 --cli-read-timeout 5 "$@"; }
+
+# `aws_try N CALL...`: up to N tries, 1, 1, 2, 2 s apart. The CLI's own retries are off, so a
+# try is one request: the CLI's start-up plus at most 2 s to connect and 5 s to read.
+aws_try() {
+  at_max=$1 at_try=1
+  shift
+  while :; do
+    if (export AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=1 && awsc "$@"); then return 0; fi
+    if [ "$at_try" -ge "$at_max" ]; then
+      log "error: aws $1 $2 failed $at_max times"
+      return 1
+    fi
+    sleep $(((at_try + 1) / 2))
+    at_try=$((at_try + 1))
+  done
+}
+
+# `aws_expect N WANT CALL...`: repeat a read (one try each, 1 s apart, at most N) until its text
+# output, blanks squeezed to single spaces, is WANT; EC2 reads may trail a write they follow.
+# Prints the last answer, so a caller can name what it found instead.
+aws_expect() {
+  ae_max=$1 ae_want=$2 ae_try=1
+  shift 2
+  while :; do
+    ae_got=
+    if ae_raw=$(aws_try 1 "$@"); then
+      ae_got=$(printf '%s' "$ae_raw" | tr -s '\t\n ' '   ')
+      if [ "$ae_got" = "$ae_want" ]; then
+        printf '%s\n' "$ae_got"
+        return 0
+      fi
+    fi
+    if [ "$ae_try" -ge "$ae_max" ]; then
+      printf '%s\n' "${ae_got:-no answer}"
+      return 1
+    fi
+    ae_try=$((ae_try + 1))
+    sleep 1
+  done
+}
 
 # ---------------------------------------------------------------- service control
 
@@ -55,6 +128,8 @@ svc_reload() {
 systemd_units() {
   case $1 in
     pypi-index-register) echo "pypi-index-register.path pypi-index-register.timer" ;;
+    # The cluster's own unit: Debian's umbrella postgresql.service starts only `auto` clusters.
+    postgresql) echo "postgresql@${PYPI_PG_VERSION:?}-main" ;;
     *) echo "$1" ;;
   esac
 }
@@ -63,19 +138,93 @@ svc_start() {
   if [ "$1" = postgresql ] && ! pg_may_start; then return 0; fi
   # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
-    systemd) systemctl enable --now $(systemd_units "$1") ;;
-    direct) direct_start "$1" ;;
+    # Postgres is started, never enabled: only the agent starts it, after its fence checks.
+    systemd) if [ "$1" = postgresql ]; then
+      systemctl start $(systemd_units "$1")
+    else
+      systemctl enable --now $(systemd_units "$1")
+    fi ;;
+    direct)
+      [ "$1" = postgresql ] || direct_enable "$1"
+      direct_start "$1"
+      ;;
   esac
 }
 
+# A stop may return before the main process is gone (Apache's graceful-stop does): wait for it,
+# so a start that follows finds the ports free.
 svc_stop() {
+  ss_pid=$(svc_main_pid "$1") || ss_pid=""
+  # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
-    systemd) systemctl stop "$1" ;;
+    systemd) systemctl stop $(systemd_units "$1") ;;
     direct) direct_stop "$1" ;;
   esac
+  svc_wait_gone "$1" "$ss_pid" || return
+  # What the lab's init recorded about it: a stopped service is not the supervisor's concern.
+  if [ -n "$ss_pid" ]; then rm -f "$SVC_RUN_DIR/watch/$ss_pid" "$SVC_RUN_DIR/exit/$ss_pid"; fi
 }
 
-pid_alive() { [ -r "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Where each daemon writes its main pid, with systemd and without.
+svc_pidfile() {
+  case $1 in
+    nginx) echo /run/nginx.pid ;;
+    haproxy) echo /run/haproxy.pid ;;
+    apache2) echo /run/apache2/apache2.pid ;;
+    ssh) echo /run/sshd.pid ;;
+    heartbeat) echo /run/heartbeat.pid ;;
+    postgresql) echo "$PYPI_PG_DATA/postmaster.pid" ;;
+    *) return 1 ;;
+  esac
+}
+
+svc_main_pid() {
+  mp_file=$(svc_pidfile "$1") || return 1
+  mp_pid=$(pidfile_pid "$mp_file") && proc_alive "$mp_pid" && echo "$mp_pid"
+}
+
+# `svc_wait_gone NAME PID`: wait, bounded like systemd's TimeoutStopSec, for a stopped service's
+# main process to exit; without systemd, then SIGKILL it, as systemd's final kill would.
+svc_wait_gone() {
+  [ -n "$2" ] || return 0
+  wg_timeout=${PYPI_STOP_TIMEOUT:-30}
+  wg_left=$((wg_timeout * 10))
+  wg_killed=no
+  while proc_alive "$2"; do
+    if [ "$wg_left" -le 0 ]; then
+      if [ "$PYPI_SERVICE_MANAGER" != direct ] || [ "$wg_killed" = yes ]; then
+        log "error: $1: pid $2 still runs after stop"
+        return 1
+      fi
+      log "$1: pid $2 still runs $wg_timeout s after stop; killing it"
+      kill -KILL "$2" 2>/dev/null || true
+      wg_killed=yes
+      wg_left=20
+    fi
+    sleep 0.1
+    wg_left=$((wg_left - 1))
+  done
+}
+
+# The pid a pidfile names (Heartbeat pads it with blanks).
+pidfile_pid() {
+  [ -r "$1" ] || return 1
+  pp_pid=$(head -n 1 "$1" 2>/dev/null | tr -d ' \t') || return 1
+  [ -n "$pp_pid" ] && echo "$pp_pid"
+}
+
+# A zombie counts as gone: its parent reaps it a moment later.
+proc_alive() {
+  case ${1:-} in '' | *[!0-9]*) return 1 ;; esac
+  kill -0 "$1" 2>/dev/null || return 1
+  read -r pa_stat 2>/dev/null <"/proc/$1/stat" || return 1
+  pa_state=${pa_stat##*) }
+  [ "${pa_state%% *}" != Z ]
+}
+
+pid_alive() {
+  pa_pid=$(pidfile_pid "$1") && proc_alive "$pa_pid"
+}
 
 pg() {
   tool=$1
@@ -85,17 +234,45 @@ pg() {
 pgsql() { runuser -u postgres -- psql -X -q -At -p "$PYPI_PG_PORT" -h /var/run/postgresql -d postgres -c "$1"; }
 pg_ctl_() { runuser -u postgres -- "$PYPI_PG_BIN/pg_ctl" -D "$PYPI_PG_DATA" "$@"; }
 
-# Without systemd (the lab), daemons are started and signalled directly.
+# Without systemd (the lab), daemons are started and signalled directly. The lab node's
+# supervisor (lab/node/pypi-supervise.sh) stands in for the rest of systemd: it starts the
+# enabled services at boot, restarts an active one as its unit's Restart= says, and runs the
+# oneshots that .path and .timer units trigger.
+SVC_ENABLED_DIR=/var/lib/pypi-supervise/enabled
+SVC_RUN_DIR=/run/pypi-supervise
+
 direct_running() {
+  if direct_triggered "$1"; then
+    [ -e "$SVC_RUN_DIR/active/$1" ] && pid_alive "$SVC_RUN_DIR/pid"
+    return
+  fi
   case $1 in
-    nginx) pid_alive /run/nginx.pid ;;
-    haproxy) pid_alive /run/haproxy.pid ;;
-    apache2) pid_alive /run/apache2/apache2.pid ;;
-    ssh) pid_alive /run/sshd.pid ;;
-    heartbeat) pid_alive /run/heartbeat.pid ;;
     postgresql) pg_ctl_ status >/dev/null 2>&1 ;;
-    *) return 1 ;;
+    *) dr_file=$(svc_pidfile "$1") && pid_alive "$dr_file" ;;
   esac
+}
+
+# A service made only of .path and .timer units: the supervisor runs what they trigger.
+direct_triggered() {
+  case " $(systemd_units "$1") " in *.path\ * | *.timer\ *) return 0 ;; esac
+  return 1
+}
+
+# systemctl enable: started at every boot.
+direct_enable() {
+  if direct_skipped "$1"; then return 0; fi
+  mkdir -p "$SVC_ENABLED_DIR" && : >"$SVC_ENABLED_DIR/$1"
+}
+
+# systemctl start: wanted up, so restarted per Restart=. The marker holds a stamp, new at every
+# start and reload (the supervisor then reads the service's units again and drops a restart it
+# had planned), and the main pid, which the node's init watches: Restart= needs to know whether
+# it exited or was killed.
+direct_mark_active() {
+  mkdir -p "$SVC_RUN_DIR/active"
+  ma_pid=$(svc_main_pid "$1") || ma_pid=""
+  if [ -n "$ma_pid" ] && [ -d "$SVC_RUN_DIR/watch" ]; then : >"$SVC_RUN_DIR/watch/$ma_pid"; fi
+  printf '%s %s\n' "$(date +%s.%N)" "$ma_pid" >"$SVC_RUN_DIR/active/$1"
 }
 
 # A lab that cannot run a service (the storage pair's Heartbeat without DRBD) lists it here.
@@ -106,15 +283,37 @@ direct_start() {
     log "$1 is not run on this node (PYPI_DIRECT_SKIP); skipped"
     return 0
   fi
+  if direct_triggered "$1"; then
+    direct_mark_active "$1"
+    pid_alive "$SVC_RUN_DIR/pid" || log "$1: no supervisor runs here; its path and timer units are not watched"
+    return 0
+  fi
   case $1 in
     nginx) nginx ;;
-    haproxy) mkdir -p /run/haproxy && haproxy -D -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg ;;
+    # Master-worker, as Debian's unit runs it (-Ws): USR2 reloads, and the workers end with it.
+    haproxy) mkdir -p /run/haproxy && haproxy -W -D -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg ;;
     apache2) mkdir -p /run/apache2 /var/log/apache2 && apache2ctl start ;;
     ssh) mkdir -p /run/sshd && /usr/sbin/sshd ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat ;;
     postgresql) pg_direct_start ;;
-    *) log "no direct start for $1; skipped" ;;
-  esac
+    *)
+      log "no direct start for $1; skipped"
+      return 0
+      ;;
+  esac || return
+  # pg_direct_start leaves a fenced or uninitialised cluster down.
+  if [ "$1" = postgresql ] && ! direct_running postgresql; then return 0; fi
+  # Started once the pidfile names it, as systemd waits for a forking unit's PIDFile=.
+  ds_left=$((${PYPI_START_TIMEOUT:-10} * 10))
+  until svc_main_pid "$1" >/dev/null; do
+    if [ "$ds_left" -le 0 ]; then
+      log "error: $1 started, but $(svc_pidfile "$1") names no running process"
+      return 1
+    fi
+    sleep 0.1
+    ds_left=$((ds_left - 1))
+  done
+  direct_mark_active "$1"
 }
 
 direct_reload() {
@@ -122,6 +321,8 @@ direct_reload() {
     direct_start "$1"
     return
   }
+  direct_mark_active "$1"
+  if direct_triggered "$1"; then return 0; fi
   case $1 in
     nginx) nginx -s reload ;;
     haproxy) kill -USR2 "$(cat /run/haproxy.pid)" ;;
@@ -134,6 +335,9 @@ direct_reload() {
 }
 
 direct_stop() {
+  # First, so the supervisor does not restart what is being stopped.
+  rm -f "$SVC_RUN_DIR/active/$1"
+  if direct_triggered "$1"; then return 0; fi
   case $1 in
     nginx) nginx -s quit ;;
     haproxy) kill "$(cat /run/haproxy.pid)" ;;
@@ -199,17 +403,25 @@ pg_prepare_dirs() {
   install -d -o postgres -g postgres -m 0755 /var/log/postgresql
 }
 
-# The direct (systemd-less) start. A fenced node starts only once it carries a standby marker,
-# so re-applying a bundle after a failover never brings back a second primary.
-# Whatever starts Postgres asks first: no cluster yet, or a fenced node that is not yet a
-# standby, must stay down, so re-applying a bundle never brings back a second primary.
+# Whatever starts Postgres asks first. It stays down without its data volume (the root disk
+# may hold Debian's own cluster), without a cluster, and while fenced. A primary's cluster starts
+# only from pypi-db, after it has checked the peer and the writer route (PYPI_PG_ROLE_CHECKED):
+# applying a bundle or a reboot never brings back a second writable primary.
 pg_may_start() {
+  if [ -n "${PYPI_DATA_DEVICE:-}" ] && ! mountpoint -q "${PYPI_DATA_MOUNT:?}"; then
+    log "postgresql: the data volume is not mounted on $PYPI_DATA_MOUNT (pypi-db converge mounts it); not started"
+    return 1
+  fi
   if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
-    log "postgresql: no cluster in $PYPI_PG_DATA yet (db-init creates it); not started"
+    log "postgresql: no cluster in $PYPI_PG_DATA yet (pypi-db converge creates it); not started"
     return 1
   fi
   if [ -e "$PYPI_AGENT_STATE/db-fenced" ] && ! pg_is_standby_dir; then
-    log "postgresql: $PYPI_NODE is fenced; db-reattach starts it as a standby"
+    log "postgresql: $PYPI_NODE is fenced; pypi-db reattach starts it as a standby"
+    return 1
+  fi
+  if ! pg_is_standby_dir && [ "${PYPI_PG_ROLE_CHECKED:-}" != 1 ]; then
+    log "postgresql: a primary's cluster starts only through pypi-db converge; not started"
     return 1
   fi
 }
@@ -229,25 +441,43 @@ cmd_overlay() {
   addr=$1 action=$2
   case $PYPI_BACKEND:$action in
     lab:start | lab:take)
+      lab_route_set "$addr"
       lab_addr_held "$addr" || ip addr add "$addr/32" dev "$PYPI_IFACE"
       arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true
       ;;
     lab:stop | lab:release) if lab_addr_held "$addr"; then ip addr del "$addr/32" dev "$PYPI_IFACE"; fi ;;
-    lab:status) if lab_addr_held "$addr"; then echo running; else echo stopped; fi ;;
+    lab:status) if lab_addr_held "$addr" && [ "$(overlay_holder "$addr")" = mine ]; then echo running; else echo stopped; fi ;;
     aws:start | aws:take)
+      eni=$(own_eni) || die "overlay $addr: no network interface id from IMDS; no route changed"
+      [ -n "${PYPI_ROUTE_TABLES:-}" ] || die "overlay $addr: PYPI_ROUTE_TABLES is empty"
       ip -o addr show dev lo | grep -q " $addr/" || ip addr add "$addr/32" dev lo
-      eni=$(own_eni)
       for rtb in $PYPI_ROUTE_TABLES; do
-        awsc ec2 replace-route --route-table-id "$rtb" --destination-cidr-block "$addr/32" \
-          --network-interface-id "$eni" >/dev/null
+        aws_try 5 ec2 replace-route --route-table-id "$rtb" --destination-cidr-block "$addr/32" \
+          --network-interface-id "$eni" >/dev/null ||
+          die "overlay $addr: replace-route in $rtb failed 5 times"
+        target=$(aws_expect 3 "$eni" ec2 describe-route-tables --route-table-ids "$rtb" \
+          --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]") ||
+          die "overlay $addr: $rtb routes it to $target, not to this node's $eni"
       done
       ;;
     aws:stop | aws:release) if ip -o addr show dev lo | grep -q " $addr/"; then ip addr del "$addr/32" dev lo; fi ;;
     aws:status)
-      eni=$(own_eni)
+      # A rebooted holder has lost its loopback address while the route still names it: that is
+      # not running (Heartbeat then starts the resource, which puts the address back).
+      if ! ip -o addr show dev lo | grep -q " $addr/"; then
+        echo stopped
+        return 0
+      fi
+      if ! eni=$(own_eni); then
+        echo unknown
+        die "overlay $addr: no network interface id from IMDS"
+      fi
       for rtb in $PYPI_ROUTE_TABLES; do
-        target=$(awsc ec2 describe-route-tables --route-table-ids "$rtb" \
-          --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]")
+        if ! target=$(aws_try 2 ec2 describe-route-tables --route-table-ids "$rtb" \
+          --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]"); then
+          echo unknown
+          die "overlay $addr: cannot read route table $rtb"
+        fi
         [ "$target" = "$eni" ] || {
           echo stopped
           return 0
@@ -259,6 +489,77 @@ cmd_overlay() {
   esac
 }
 
+
+# The lab's stand-in for the route tables: one file per overlay address, naming the node its
+# route points at, in the store every lab node shares (as every node sees the same VPC).
+lab_route_file() { printf '%s/routes/%s\n' "${PYPI_LAB_CLOUD:?}" "$1"; }
+
+lab_route_set() {
+  lr_file=$(lab_route_file "$1")
+  mkdir -p "$(dirname "$lr_file")"
+  printf '%s\n' "$PYPI_NODE" >"$lr_file.$$"
+  mv -f "$lr_file.$$" "$lr_file"
+}
+
+# Where the route of an overlay address points: mine, other, or none (never taken). Only the
+# route counts: a rebooted node has lost the address itself but the route still names it.
+overlay_holder() {
+  case $PYPI_BACKEND in
+    lab)
+      oh_file=$(lab_route_file "$1")
+      if [ ! -s "$oh_file" ]; then
+        echo none
+      elif [ "$(cat "$oh_file")" = "$PYPI_NODE" ]; then
+        echo mine
+      else
+        echo other
+      fi
+      ;;
+    aws)
+      oh_eni=$(own_eni) || die "cannot learn this node's network interface from IMDS"
+      oh_rtb=${PYPI_ROUTE_TABLES%% *}
+      oh_target=$(aws_try 3 ec2 describe-route-tables --route-table-ids "$oh_rtb" \
+        --query "RouteTables[0].Routes[?DestinationCidrBlock=='$1/32'].NetworkInterfaceId | [0]") ||
+        die "cannot read route table $oh_rtb"
+      case $oh_target in
+        "$oh_eni") echo mine ;;
+        "" | None) echo none ;;
+        *) echo other ;;
+      esac
+      ;;
+  esac
+}
+
+# ---------------------------------------------------------------- data volume
+
+# The node's data volume is attached after the instance starts: wait for it by its stable name,
+# put ext4 on it only if it carries no signature at all, and mount it. Never formats a volume
+# with data on it, so a replaced node keeps what its volume holds.
+volume_mount() {
+  vm_dir=$1 vm_owner=$2
+  if mountpoint -q "$vm_dir"; then return 0; fi
+  vm_waited=0
+  until [ -b "$PYPI_DATA_DEVICE" ]; do
+    [ "$vm_waited" -lt "${PYPI_VOLUME_WAIT_SECONDS:-300}" ] ||
+      die "data volume $PYPI_DATA_DEVICE did not appear within ${PYPI_VOLUME_WAIT_SECONDS:-300} s"
+    vm_waited=$((vm_waited + 1))
+    sleep 1
+  done
+  vm_type=$(blkid -p -o value -s TYPE "$PYPI_DATA_DEVICE" 2>/dev/null || true)
+  if [ -z "$vm_type" ]; then
+    [ -z "$(wipefs -n -O TYPE --noheadings "$PYPI_DATA_DEVICE" 2>/dev/null)" ] ||
+      die "$PYPI_DATA_DEVICE carries signatures but no filesystem; not formatting it"
+    log "formatting the new data volume $PYPI_DATA_DEVICE (ext4)"
+    mkfs.ext4 -q -L pypi-data "$PYPI_DATA_DEVICE" >&2
+  elif [ "$vm_type" != ext4 ]; then
+    die "$PYPI_DATA_DEVICE carries $vm_type, not ext4; not touching it"
+  fi
+  mkdir -p "$vm_dir"
+  mount -t ext4 -o noatime "$PYPI_DATA_DEVICE" "$vm_dir"
+  chown "$vm_owner:$vm_owner" "$vm_dir"
+  chmod 0755 "$vm_dir"
+  log "mounted $PYPI_DATA_DEVICE on $vm_dir"
+}
 
 # The package volume's layout. It is created where root is root: on the storage primary's
 # local mount (NFS squashes root), or on the lab's shared directory. The register job runs as

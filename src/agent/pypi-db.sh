@@ -49,13 +49,21 @@ SELECT pg_create_physical_replication_slot($pg_slot, true)
 SQL
 }
 
+# Start a primary's cluster; callers have checked the peer and the writer route first.
+start_checked_primary() {
+  if svc_running postgresql; then return 0; fi
+  PYPI_PG_ROLE_CHECKED=1 && export PYPI_PG_ROLE_CHECKED
+  svc_start postgresql
+  unset PYPI_PG_ROLE_CHECKED
+}
+
 db_init_primary() {
   if [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
     # No superuser password: the postgres role logs in by peer auth on the socket only.
     pg initdb -D "$PYPI_PG_DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
       --auth-local=peer --auth-host=scram-sha-256 >/dev/null
   fi
-  svc_running postgresql || svc_start postgresql
+  start_checked_primary
   svc_running postgresql || die "postgresql did not start"
   [ "$(pg_in_recovery)" = f ] || die "$PYPI_NODE runs as a standby; refusing to bootstrap it as primary"
   pg_bootstrap_sql | PGOPTIONS='-c synchronous_commit=local' pg_sql postgres >/dev/null
@@ -80,25 +88,90 @@ db_init_standby() {
   [ "$(pg_in_recovery)" = t ] || die "standby $PYPI_NODE is not in recovery"
 }
 
-# First bring-up of a db node, as its initial role. Idempotent: a node it already initialised
-# is left as it is (after a failover its role is no longer the initial one).
-cmd_db_init() {
-  [ "$PYPI_ROLE" = db ] || die "db-init runs on db nodes"
-  mkdir -p "$PYPI_AGENT_STATE"
-  if [ -e "$PYPI_AGENT_STATE/db-initialized" ]; then
-    [ -e "$PYPI_AGENT_STATE/db-fenced" ] || svc_running postgresql || svc_start postgresql
-    echo "db-init: $PYPI_NODE already initialised"
+# ---------------------------------------------------------------- converge (first boot, reboot)
+
+# The peer's role as seen over the network: primary, standby or down.
+pg_peer_state() {
+  pg_peer_answer=$(pg_client psql -X -At -d "$(pg_peer_conninfo) dbname=postgres" \
+    -c 'SELECT pg_is_in_recovery()' 2>/dev/null) || pg_peer_answer=""
+  case $pg_peer_answer in
+    f) echo primary ;;
+    t) echo standby ;;
+    *) echo down ;;
+  esac
+}
+
+# Who the writer route points at: mine, other, or none (never taken).
+writer_holder() { overlay_holder "$PYPI_OVERLAY_DB"; }
+
+# Wait (bounded) until the peer answers as a primary; a standby or a fenced old primary needs one.
+pg_wait_for_primary_peer() {
+  pg_waited=0
+  pg_wait_max=${PYPI_DB_PEER_WAIT_SECONDS:-900}
+  until [ "$(pg_peer_state)" = primary ]; do
+    [ "$pg_waited" -lt "$pg_wait_max" ] ||
+      die "no primary at $PYPI_PG_PEER after $pg_wait_max s; $PYPI_NODE stays down (never writable on its own)"
+    [ $((pg_waited % 30)) -ne 0 ] || log "waiting for a primary at $PYPI_PG_PEER ($pg_waited s)"
+    pg_waited=$((pg_waited + 2))
+    sleep 2
+  done
+}
+
+# A new node: the initial primary initialises the cluster unless the pair already has a primary
+# (a replaced node joins whoever runs); everyone else copies the primary.
+db_first_boot() {
+  pg_peer=$(pg_peer_state)
+  if [ "${PYPI_PG_INITIAL_ROLE:?}" = primary ] && [ "$pg_peer" != primary ] && [ "$(writer_holder)" != other ]; then
+    db_init_primary
+    cmd_overlay "$PYPI_OVERLAY_DB" take
+    echo "converge: $PYPI_NODE initialised as primary; writer $PYPI_OVERLAY_DB taken"
     return 0
   fi
-  [ -e "$PYPI_AGENT_STATE/db-fenced" ] && die "$PYPI_NODE is fenced; re-attach it with db-reattach"
+  log "waiting for the primary before copying it"
+  pg_wait_for_primary_peer
+  db_init_standby
+  echo "converge: $PYPI_NODE initialised as standby of $PYPI_PG_PEER"
+}
+
+# A node with a cluster (reboot, or a replaced node given its old volume). It never starts as a
+# writable primary while the peer is one, nor while the writer route points elsewhere.
+db_reboot() {
+  if pg_is_standby_dir; then
+    svc_running postgresql || svc_start postgresql
+    [ "$(pg_in_recovery)" = t ] || die "$PYPI_NODE started out of recovery"
+    echo "converge: $PYPI_NODE runs as standby"
+    return 0
+  fi
+  pg_peer=$(pg_peer_state)
+  if [ ! -e "$PYPI_AGENT_STATE/db-fenced" ] && [ "$pg_peer" != primary ] && [ "$(writer_holder)" = mine ]; then
+    start_checked_primary
+    [ "$(pg_in_recovery)" = f ] || die "$PYPI_NODE should be the primary but is in recovery"
+    cmd_overlay "$PYPI_OVERLAY_DB" take
+    echo "converge: $PYPI_NODE runs as primary; writer $PYPI_OVERLAY_DB held"
+    return 0
+  fi
+  # An old primary: the pair moved on without it. Fence, then follow the new primary.
+  log "$PYPI_NODE holds a primary's cluster but the pair has moved on (peer $pg_peer, writer $(writer_holder)); fencing"
+  mkdir -p "$PYPI_AGENT_STATE"
+  : >"$PYPI_AGENT_STATE/db-fenced"
+  pg_stop_local
+  cmd_overlay "$PYPI_OVERLAY_DB" release
+  pg_wait_for_primary_peer
+  cmd_db_reattach
+  echo "converge: $PYPI_NODE was an old primary; re-attached as standby of $PYPI_PG_PEER"
+}
+
+# Bring this db node to its place in the pair by itself: data volume, then first boot or reboot.
+# Idempotent: a running node is left as it is.
+cmd_db_converge() {
+  if [ -n "${PYPI_DATA_DEVICE:-}" ] && ! mountpoint -q "$PYPI_DATA_MOUNT"; then
+    # Debian's package starts a cluster of its own on the root disk; it goes before the volume
+    # is mounted over it.
+    pg_stop_local
+    volume_mount "$PYPI_DATA_MOUNT" postgres
+  fi
   pg_prepare_dirs
-  case ${PYPI_PG_INITIAL_ROLE:?} in
-    primary) db_init_primary ;;
-    standby) db_init_standby ;;
-    *) die "PYPI_PG_INITIAL_ROLE must be primary or standby, not $PYPI_PG_INITIAL_ROLE" ;;
-  esac
-  : >"$PYPI_AGENT_STATE/db-initialized"
-  echo "db-init: $PYPI_NODE initialised as $PYPI_PG_INITIAL_ROLE"
+  if [ -s "$PYPI_PG_DATA/PG_VERSION" ]; then db_reboot; else db_first_boot; fi
 }
 
 # The postmaster of the data directory is gone: no pid file, no such process, or a zombie that
@@ -221,7 +294,7 @@ cmd_db_replication() {
 usage() {
   cat >&2 <<'USAGE'
 usage: pypi-db COMMAND
-  init                  first bring-up as PYPI_PG_INITIAL_ROLE; no-op once done
+  converge              first boot or reboot: mount the data volume, take this node's place in the pair
   fence                 stop Postgres, drop the writer address, mark the node fenced
   promote               promote this standby to primary
   reattach              re-attach a fenced old primary as a standby (pg_rewind, else base backup)
@@ -237,8 +310,9 @@ main() {
   shift
   load_config
   [ "$PYPI_ROLE" = db ] || die "pypi-db runs on db nodes, not on a $PYPI_ROLE"
+  PYPI_AGENT_STATE=${PYPI_AGENT_STATE:-/var/lib/pypi-node}
   case $command in
-    init) cmd_db_init ;;
+    converge) cmd_db_converge ;;
     fence) cmd_db_fence ;;
     promote) cmd_db_promote ;;
     reattach) cmd_db_reattach ;;

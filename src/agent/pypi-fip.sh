@@ -1,7 +1,13 @@
 #!/bin/sh
 # Heartbeat resource script for one floating IP: `pypi-fip ADDRESS start|stop|status`.
 # On AWS it associates the EIP with a spare secondary address of this node; in the lab it
-# holds the address on the node's interface.
+# records the association where the lab's stand-in for EC2 enforces it, and holds the address.
+#
+# Stop leaves the association alone. An EIP is on one interface at a time and the taker's
+# --allow-reassociation moves it, so releasing first buys nothing, while it opens a window with
+# no holder at all: when Heartbeat restarts on both balancers after a partition heals, every
+# address would be dark until a home takes it back. nginx runs on both balancers whether or not
+# they hold an address, so the last holder keeps serving until someone takes the address over.
 set -eu
 # shellcheck source=/dev/null
 . "$PYPI_LIB"
@@ -19,36 +25,64 @@ fip_field() {
   die "$1 is not a floating IP of this stack"
 }
 
+# Where allocation $alloc is associated: its interface and association ids, tab-separated
+# ("None" each when free).
+fip_association() {
+  aws_try "$1" ec2 describe-addresses --allocation-ids "$alloc" \
+    --query 'Addresses[0].[NetworkInterfaceId,AssociationId]'
+}
+
+# Takes the EIP: associate (5 tries, --allow-reassociation), then read back (3 tries) that it
+# points at this node's interface and spare address. Worst case, every call hanging until its
+# read timeout: ~64 s plus the CLI's start-ups; API unreachable: ~16 s plus start-ups.
+fip_take() {
+  eni=$(own_eni) || die "fip $addr: no network interface id from IMDS; not associating"
+  [ -n "$secondary" ] || die "fip $addr: this node has no spare private address for it (PYPI_FIPS)"
+  ip -o addr show dev "$PYPI_IFACE" | grep -q " $secondary/" ||
+    ip addr add "$secondary/${PYPI_SUBNET_PREFIX:-24}" dev "$PYPI_IFACE"
+  aws_try 5 ec2 associate-address --allocation-id "$alloc" --network-interface-id "$eni" \
+    --private-ip-address "$secondary" --allow-reassociation >/dev/null ||
+    die "fip $addr: associate-address of $alloc failed 5 times"
+  held=$(aws_expect 3 "$eni $secondary" ec2 describe-addresses --allocation-ids "$alloc" \
+    --query 'Addresses[0].[NetworkInterfaceId,PrivateIpAddress]') ||
+    die "fip $addr: $alloc is on '$held' after associating, not on this node's $eni $secondary"
+  log "fip $addr: $alloc associated with $eni $secondary"
+}
+
+# The lab's association record: which node the address is associated with (see lab_eip_*).
+lab_eip_file() { printf '%s/eips/%s\n' "${PYPI_LAB_CLOUD:?}" "$1"; }
+
+lab_eip_mine() { [ -s "$(lab_eip_file "$1")" ] && [ "$(cat "$(lab_eip_file "$1")")" = "$PYPI_NODE" ]; }
+
 cmd_fip() {
   addr=$1 action=$2
-  alloc=$(fip_field "$addr" 2)
-  secondary=$(fip_field "$addr" 3)
+  alloc=$(fip_field "$addr" 2) || exit 1
+  secondary=$(fip_field "$addr" 3) || exit 1
   case $PYPI_BACKEND:$action in
     lab:start)
+      # Associate (the lab's cloud takes the address off the previous holder), then hold it.
+      le_file=$(lab_eip_file "$addr")
+      mkdir -p "$(dirname "$le_file")"
+      printf '%s\n' "$PYPI_NODE" >"$le_file.$$"
+      mv -f "$le_file.$$" "$le_file"
       lab_addr_held "$addr" || ip addr add "$addr/32" dev "$PYPI_IFACE"
       # Gratuitous ARP so peers update their caches now rather than after a timeout.
       arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true
       ;;
-    lab:stop) if lab_addr_held "$addr"; then ip addr del "$addr/32" dev "$PYPI_IFACE"; fi ;;
-    lab:status) if lab_addr_held "$addr"; then echo running; else echo stopped; fi ;;
-    aws:start)
-      ip -o addr show dev "$PYPI_IFACE" | grep -q " $secondary/" ||
-        ip addr add "$secondary/${PYPI_SUBNET_PREFIX:-24}" dev "$PYPI_IFACE"
-      awsc ec2 associate-address --allocation-id "$alloc" --network-interface-id "$(own_eni)" \
-        --private-ip-address "$secondary" --allow-reassociation >/dev/null
-      ;;
-    aws:stop)
-      holder=$(awsc ec2 describe-addresses --allocation-ids "$alloc" \
-        --query 'Addresses[0].NetworkInterfaceId')
-      if [ "$holder" = "$(own_eni)" ]; then
-        assoc=$(awsc ec2 describe-addresses --allocation-ids "$alloc" --query 'Addresses[0].AssociationId')
-        awsc ec2 disassociate-address --association-id "$assoc"
-      fi
-      ;;
+    lab:stop | aws:stop) log "fip $addr: left associated until a peer takes it over" ;;
+    lab:status) if lab_addr_held "$addr" && lab_eip_mine "$addr"; then echo running; else echo stopped; fi ;;
+    aws:start) fip_take ;;
     aws:status)
-      holder=$(awsc ec2 describe-addresses --allocation-ids "$alloc" \
-        --query 'Addresses[0].NetworkInterfaceId')
-      if [ "$holder" = "$(own_eni)" ]; then echo running; else echo stopped; fi
+      # Heartbeat reads anything but "running" as not held, so an unknown state never looks held.
+      if ! eni=$(own_eni); then
+        echo unknown
+        die "fip $addr: no network interface id from IMDS"
+      fi
+      if ! held=$(fip_association 2); then
+        echo unknown
+        die "fip $addr: cannot read the association of $alloc"
+      fi
+      if [ "${held%%[[:space:]]*}" = "$eni" ]; then echo running; else echo stopped; fi
       ;;
     *) die "fip: unknown action $action (start|stop|status)" ;;
   esac

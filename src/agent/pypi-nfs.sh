@@ -5,14 +5,21 @@ set -eu
 # shellcheck source=/dev/null
 . "$PYPI_LIB"
 
+# The lab's kernel has no nfsd: there the shared directory is the export, and this resource lays
+# it out and records that it serves it.
+LAB_NFS_MARK=/run/pypi-nfs.serving
+
 cmd_nfs() {
-  case $1 in
-    start)
-      ensure_package_layout "$PYPI_VOLUME_MOUNT"
-      svc_start nfs-server && exportfs -ra
-      ;;
-    stop) svc_stop nfs-server ;;
-    status) if svc_running nfs-server; then echo running; else echo stopped; fi ;;
+  case $PYPI_BACKEND:$1 in
+    *:start) ensure_package_layout "$PYPI_VOLUME_MOUNT" ;;
+  esac
+  case $PYPI_BACKEND:$1 in
+    aws:start) svc_start nfs-server && exportfs -ra ;;
+    aws:stop) svc_stop nfs-server ;;
+    aws:status) if svc_running nfs-server; then echo running; else echo stopped; fi ;;
+    lab:start) : >"$LAB_NFS_MARK" ;;
+    lab:stop) rm -f "$LAB_NFS_MARK" ;;
+    lab:status) if [ -e "$LAB_NFS_MARK" ]; then echo running; else echo stopped; fi ;;
     *) die "nfs: start|stop|status" ;;
   esac
 }

@@ -221,6 +221,281 @@ cmd_check() {
   return "$failed"
 }
 
+# ---------------------------------------------------------------- verified reloads
+
+# How long a reloaded daemon gets to show that it runs on the new files.
+VERIFY_SECONDS=${PYPI_VERIFY_SECONDS:-3}
+
+# Now, in the clock ticks since boot that /proc/PID/stat gives start times in: the start of the
+# sed that reads its own stat (field 22; the name before it may hold spaces).
+now_ticks() { sed 's/^.*) //' /proc/self/stat | cut -d ' ' -f 20; }
+
+# True when the process in PIDFILE, or a child of it, started at or after tick MARK. A reload
+# that took forks new workers (nginx, haproxy -W, apache2) or a new process; a failed one leaves
+# the old ones serving the old configuration.
+started_since() {
+  sn_pid=$(head -n 1 "$1" 2>/dev/null | tr -d ' \t') || return 1
+  [ -n "$sn_pid" ] && kill -0 "$sn_pid" 2>/dev/null || return 1
+  # cat, not awk on the files: a process may exit between the glob and the read.
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$sn_pid" -v m="$2" '
+    { pid = $1; sub(/^[^(]*\(.*\) /, ""); if ((pid == p || $2 == p) && $20 + 0 >= m + 0) found = 1 }
+    END { exit !found }'
+}
+
+# The first value of a directive (`key value;` of nginx, `key value` of ha.cf).
+conf_value() { sed -n "s/^[[:space:]]*$2[[:space:]]\{1,\}\([^[:space:];]*\).*/\1/p" "$1" 2>/dev/null | head -n 1; }
+
+# An ha.cf time in whole seconds (rounded up): plain seconds, or milliseconds with `ms`.
+hacf_seconds() {
+  awk -v k="$1" -v d="$2" '$1 == k { v = $2 } END {
+    if (v == "") { print d; exit }
+    ms = (v ~ /ms$/); sub(/m?s$/, "", v); v += 0
+    if (ms) v /= 1000
+    print int(v) + (v > int(v)) }' /etc/ha.d/ha.cf 2>/dev/null || echo "$2"
+}
+
+file_size() { if [ -f "$1" ]; then echo $(($(wc -c <"$1"))); else echo 0; fi; }
+
+# What FILE gained since it was SIZE bytes long (all of it if it was rotated meanwhile).
+file_since() {
+  [ -f "$1" ] || return 0
+  if [ "$(file_size "$1")" -ge "$2" ]; then tail -c +"$(($2 + 1))" "$1"; else cat "$1"; fi
+}
+
+# Where a daemon reports errors it meets after its check passed (binding, re-reading ha.cf).
+service_log() {
+  case $1 in
+    nginx) sl_log=$(conf_value /etc/nginx/nginx.conf error_log) && echo "${sl_log:-/var/log/nginx/error.log}" ;;
+    apache2) echo /var/log/apache2/error.log ;;
+    heartbeat) sl_log=$(conf_value /etc/ha.d/ha.cf logfile) && echo "${sl_log:-/var/log/ha-log}" ;;
+    postgresql) echo "/var/log/postgresql/postgresql-${PYPI_PG_VERSION:-}-main.log" ;;
+    *) echo "" ;;
+  esac
+}
+
+service_pidfile() {
+  case $1 in
+    nginx) sp_pid=$(conf_value /etc/nginx/nginx.conf pid) && echo "${sp_pid:-/run/nginx.pid}" ;;
+    haproxy) echo /run/haproxy.pid ;;
+    apache2) echo /run/apache2/apache2.pid ;;
+  esac
+}
+
+# Whether SVC should run here. The lab's direct manager runs only the daemons it knows, less
+# PYPI_DIRECT_SKIP; Postgres stays down where pg_may_start says so (no cluster yet, fenced).
+service_expected() {
+  if [ "$PYPI_SERVICE_MANAGER" = direct ]; then
+    ! direct_skipped "$1" || return 1
+    case $1 in nginx | haproxy | apache2 | ssh | heartbeat | postgresql | pypi-index-register) ;; *) return 1 ;; esac
+  fi
+  if [ "$1" = postgresql ] && ! svc_running postgresql && ! pg_may_start 2>/dev/null; then return 1; fi
+  return 0
+}
+
+# Before SVC is reloaded or started: the time, and where its log stands. OUT is the file that
+# takes the reload command's own output (a file, not a pipe: a daemon it starts keeps it open).
+verify_begin() {
+  VB_SVC=$1 VB_OUT=$2
+  VB_MARK=$(now_ticks)
+  VB_EPOCH=$(date +%s)
+  VB_LOG=$(service_log "$1")
+  VB_LOGSIZE=$(file_size "$VB_LOG")
+  : >"$VB_OUT"
+}
+
+# What the daemon said since verify_begin, once each: its log's error lines, the reload
+# command's output, and under systemd its journal (where haproxy and sshd write).
+service_complaint() {
+  {
+    [ -z "$VB_LOG" ] || file_since "$VB_LOG" "$VB_LOGSIZE" |
+      grep -E '(\[|:)(emerg|alert|crit|error)\]|ERROR|CRIT|Config errors|FATAL|PANIC' | tail -n 20
+    [ ! -s "$VB_OUT" ] || tail -n 20 "$VB_OUT"
+    if [ "$PYPI_SERVICE_MANAGER" = systemd ]; then
+      set --
+      for sc_unit in $(systemd_units "$VB_SVC"); do set -- "$@" -u "$sc_unit"; done
+      journalctl -q --no-pager -o cat --since "@$VB_EPOCH" "$@" 2>/dev/null | tail -n 20
+    fi
+  } | awk '!seen[$0]++ { print "  " $0 }'
+}
+
+verify_failed() {
+  log "$VB_SVC failed its check: $1"
+  service_complaint >&2
+}
+
+# Heartbeat has no check mode. On HUP it re-reads ha.cf: "Configuration unchanged", or a restart
+# (shutdown, re-exec) that ends with its media up ("Local status now set to: 'up'") or in "Config
+# errors: Heartbeat NOT restarted" and an exit. "Starting heartbeat" proves nothing: the parent
+# logs it before the daemon opens its media. A restart waits until the peer is heard (up to
+# initdead) and resources settle, so a restart under way extends the wait.
+verify_heartbeat() {
+  vh_tries=$((VERIFY_SECONDS * 5)) vh_dead=0 vh_pending=no
+  while :; do
+    vh_new=$(file_since "$VB_LOG" "$VB_LOGSIZE")
+    case $vh_new in
+      *"Config errors"* | *"configuration error"* | *"Emergency Shutdown"*)
+        # Its last words come as it exits.
+        vh_tries=10
+        while svc_running heartbeat && [ "$vh_tries" -gt 0 ]; do
+          vh_tries=$((vh_tries - 1))
+          sleep 0.2
+        done
+        verify_failed "it rejected ha.cf, or could not run on it"
+        return 1
+        ;;
+    esac
+    if svc_running heartbeat; then
+      vh_dead=0
+      case $vh_new in *"Configuration unchanged"* | *"status now set to: 'up'"*) return 0 ;; esac
+    else
+      # Two looks: the pid file changes hands when it re-executes into a new process.
+      vh_dead=$((vh_dead + 1))
+      [ "$vh_dead" -lt 2 ] || {
+        verify_failed "it exited"
+        return 1
+      }
+    fi
+    case $vh_pending:$vh_new in
+      no:*"Shutdown delayed"* | no:*"shutdown in progress"* | no:*"restart triggered"*)
+        vh_pending=yes
+        vh_tries=$((vh_tries + ($(hacf_seconds initdead 30) + $(hacf_seconds deadtime 10) + 10) * 5))
+        ;;
+    esac
+    vh_tries=$((vh_tries - 1))
+    if [ "$vh_tries" -le 0 ]; then
+      # Alive and silent: nothing to wait for (or it logs elsewhere than ha.cf's logfile).
+      [ "$vh_pending" = yes ] || return 0
+      verify_failed "its restart did not finish"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# verify_service SVC: SVC runs on the files just installed; verify_begin came before its reload
+# or start. Fast when it does; bounded (VERIFY_SECONDS, or Heartbeat's own times) when not.
+verify_service() {
+  service_expected "$1" || return 0
+  vs_tries=$((VERIFY_SECONDS * 5))
+  case $1 in
+    nginx | haproxy | apache2)
+      vs_pidfile=$(service_pidfile "$1")
+      until started_since "$vs_pidfile" "$VB_MARK"; do
+        vs_tries=$((vs_tries - 1))
+        [ "$vs_tries" -gt 0 ] || {
+          verify_failed "no new $1 process within $VERIFY_SECONDS s: the reload or start did not take"
+          return 1
+        }
+        sleep 0.2
+      done
+      ;;
+    ssh)
+      # sshd re-executes itself on HUP and exits if it cannot: it must stay up a while.
+      vs_tries=5
+      while [ "$vs_tries" -gt 0 ]; do
+        svc_running ssh || {
+          verify_failed "it exited"
+          return 1
+        }
+        vs_tries=$((vs_tries - 1))
+        sleep 0.2
+      done
+      ;;
+    heartbeat) verify_heartbeat || return 1 ;;
+    postgresql)
+      until svc_running postgresql &&
+        pgsql 'SELECT count(*) FROM pg_settings WHERE pending_restart' >/dev/null 2>>"$VB_OUT"; do
+        vs_tries=$((vs_tries - 1))
+        [ "$vs_tries" -gt 0 ] || {
+          verify_failed "it does not answer queries"
+          return 1
+        }
+        sleep 0.2
+      done
+      ;;
+    *)
+      svc_running "$1" || {
+        verify_failed "it is not running"
+        return 1
+      }
+      ;;
+  esac
+}
+
+# Heartbeat re-reads ha.cf on HUP only if its mtime, in whole seconds, differs from the one it
+# last read, so a file replaced within the same second would be ignored ("Configuration
+# unchanged"). NEW never shares the whole-second mtime of LIVE, the file it replaces.
+distinct_mtime() {
+  dm_live=$(stat -c %Y "$2" 2>/dev/null) || return 0
+  [ "$(stat -c %Y "$1")" != "$dm_live" ] || touch -d "@$((dm_live + 1))" "$1"
+}
+
+# Pass 2 keeps what it replaces under SNAP, so a daemon that does not run on the new files gets
+# the old ones back: SNAP/index lists each path as file, symlink (with its target) or absent,
+# SNAP/files holds the copies.
+snapshot_path() {
+  if [ -z "$SNAP" ]; then
+    SNAP=$SNAP_ROOT/$(date -u +%Y%m%dT%H%M%SZ)-$$
+    mkdir -p "$SNAP/files"
+    chmod 0700 "$SNAP_ROOT"
+  fi
+  if [ -L "$1" ]; then
+    printf 'symlink\t%s\t%s\n' "$1" "$(readlink "$1")"
+  elif [ -e "$1" ]; then
+    mkdir -p "$SNAP/files$(dirname "$1")"
+    cp -p "$1" "$SNAP/files$1"
+    printf 'file\t%s\t-\n' "$1"
+  else
+    printf 'absent\t%s\t-\n' "$1"
+  fi >>"$SNAP/index"
+}
+
+restore_snapshot() {
+  while IFS=$TAB read -r rs_kind rs_path rs_target; do
+    case $rs_kind in
+      file)
+        cp -p "$SNAP/files$rs_path" "$rs_path.pypi-node.$$"
+        mv -f "$rs_path.pypi-node.$$" "$rs_path"
+        ;;
+      symlink) ln -sfn "$rs_target" "$rs_path" ;;
+      absent) rm -f "$rs_path" ;;
+    esac
+    printf 'restored\t%s\t%s\n' "$rs_kind" "$rs_path"
+  done <"$SNAP/index"
+}
+
+# A daemon that does not take a reload on the restored files gets a restart on them (svc_stop
+# waits for the old process).
+restart_verified() {
+  if svc_running "$1"; then svc_stop "$1" >>"$VB_OUT" 2>&1 || true; fi
+  verify_begin "$1" "$VB_OUT"
+  svc_start "$1" >>"$VB_OUT" 2>&1 && verify_service "$1"
+}
+
+# FAILED does not run on the new files: put the previous files back, bring every daemon this
+# apply reloaded back onto them (or stop it, if it was not running before), and exit non-zero.
+apply_rollback() {
+  ar_failed=$1
+  log "restoring the files this apply replaced (kept in $SNAP)"
+  restore_snapshot
+  ar_bad=""
+  for ar_svc in $RELOADED; do
+    case " $RUNNING_BEFORE " in
+      *" $ar_svc "*)
+        verify_begin "$ar_svc" "$APPLY_TMP/$ar_svc.restore"
+        if { svc_reload "$ar_svc" >>"$VB_OUT" 2>&1 && verify_service "$ar_svc"; } || restart_verified "$ar_svc"; then
+          printf 'reverted\t%s\n' "$ar_svc"
+        else
+          ar_bad="$ar_bad $ar_svc"
+        fi
+        ;;
+      *) if svc_running "$ar_svc"; then svc_stop "$ar_svc" >&2 || ar_bad="$ar_bad $ar_svc"; fi ;;
+    esac
+  done
+  [ -z "$ar_bad" ] || die "$ar_failed does not run on the new files; the previous files are back, but$ar_bad do not run on them either"
+  die "$ar_failed does not run on the new files; the previous files are back and running"
+}
+
 cmd_apply() {
   # First boot (cloud-init) and a rollout (SSM) can overlap; one apply at a time.
   if [ -z "${PYPI_NODE_LOCKED:-}" ] && command -v flock >/dev/null; then
@@ -260,25 +535,31 @@ cmd_apply() {
   done <"$bundle/manifest"
   [ "$rejected" = 0 ] || die "candidate rejected; live configuration left untouched"
 
-  # Pass 2: install atomically (temp file in the same dir, then rename).
+  # Pass 2: install atomically (temp file in the same dir, then rename), keeping what it replaces.
+  SNAP_ROOT=${PYPI_AGENT_STATE:-/var/lib/pypi-node}/previous
+  SNAP=""
   while IFS=$TAB read -r kind path mode owner group _validator reloads target; do
     case $kind in
       file)
         same_content "$bundle/files$path" "$path" && continue
+        snapshot_path "$path"
         mkdir -p "$(dirname "$path")"
         tmp="$path.pypi-node.$$"
         cp "$bundle/files$path" "$tmp"
         chown "$owner:$group" "$tmp"
         chmod "$mode" "$tmp"
+        distinct_mtime "$tmp" "$path"
         mv -f "$tmp" "$path"
         ;;
       symlink)
         same_link "$path" "$target" && continue
+        snapshot_path "$path"
         mkdir -p "$(dirname "$path")"
         ln -sfn "$target" "$path"
         ;;
       absent)
         [ -e "$path" ] || [ -L "$path" ] || continue
+        snapshot_path "$path"
         rm -f "$path"
         ;;
     esac
@@ -287,15 +568,57 @@ cmd_apply() {
     add_reloads "$reloads"
   done <"$bundle/manifest"
 
+  # Every reload is verified; one that does not run on the new files undoes the whole apply.
+  APPLY_TMP=$(mktemp -d)
+  trap 'rm -rf "$APPLY_TMP"' EXIT
+  RELOADED=""
+  RUNNING_BEFORE=""
   for svc in $RELOAD; do
-    if svc_reload "$svc"; then printf 'reloaded\t%s\n' "$svc"; else die "reload of $svc failed"; fi
+    if svc_running "$svc"; then RUNNING_BEFORE="$RUNNING_BEFORE $svc"; fi
+    RELOADED="$RELOADED $svc"
+    verify_begin "$svc" "$APPLY_TMP/$svc.reload"
+    if svc_reload "$svc" >>"$VB_OUT" 2>&1; then
+      if verify_service "$svc"; then
+        cat "$VB_OUT" >&2
+        printf 'reloaded\t%s\n' "$svc"
+        continue
+      fi
+    else
+      log "reload of $svc failed:"
+      service_complaint >&2
+    fi
+    if [ -n "$SNAP" ]; then apply_rollback "$svc"; fi
+    die "$svc does not run on its new configuration; only secrets changed, and they are not rolled back"
   done
-  [ "${PYPI_APPLY_START:-yes}" = yes ] && [ -r "$bundle/services" ] && while read -r svc; do
-    svc_running "$svc" || {
-      svc_start "$svc"
-      printf 'started\t%s\n' "$svc"
-    }
-  done <"$bundle/services"
+
+  # Then every service of the bundle runs, whether or not this apply touched it: a rollout that
+  # re-runs apply after a failure must not find the files in place and report success.
+  if [ "${PYPI_APPLY_START:-yes}" = yes ] && [ -r "$bundle/services" ]; then
+    not_running=""
+    # A list of words, read up front: what the loop runs must not read it from stdin.
+    services=$(cat "$bundle/services")
+    for svc in $services; do
+      svc_running "$svc" && continue
+      verify_begin "$svc" "$APPLY_TMP/$svc.start"
+      if svc_start "$svc" >>"$VB_OUT" 2>&1; then
+        if verify_service "$svc"; then
+          cat "$VB_OUT" >&2
+          # A service this node does not run here (service_expected) was left down on purpose.
+          if svc_running "$svc"; then printf 'started\t%s\n' "$svc"; fi
+          continue
+        fi
+      else
+        log "start of $svc failed:"
+        service_complaint >&2
+      fi
+      not_running="$not_running $svc"
+    done
+    [ -z "$not_running" ] || die "not running:$not_running"
+  fi
+  if [ -n "$SNAP" ]; then
+    # The newest ten snapshots stay, for an operator going back further.
+    find "$SNAP_ROOT" -mindepth 1 -maxdepth 1 -type d | sort -r | tail -n +11 | while read -r old; do rm -rf "$old"; done
+  fi
   printf 'applied\t%s changes\n' "$changed"
 }
 
@@ -419,6 +742,7 @@ usage: pypi-node COMMAND
   apply [BUNDLE_DIR]          validate changed files, install them, reload what changed
   check [BUNDLE_DIR]          validate every file of a bundle without installing
   status                      services, addresses and database role of this node
+  converge                    after apply, at every boot: take this node's place (volumes, pairs, schema)
   fip ADDRESS start|stop|status        floating IP (Heartbeat resource-script form)
   overlay ADDRESS take|release|status  overlay IP (writer or storage address)
   nfs start|stop|status       NFS server for the storage pair
@@ -450,6 +774,74 @@ app_cli() {
 }
 
 
+# ---------------------------------------------------------------- converge
+
+# Wait (bounded) until CHECK succeeds; WHAT names it in the log and the error.
+wait_until() {
+  wu_what=$1 wu_max=$2
+  shift 2
+  wu_waited=0
+  # A subshell: a check that dies must not end the agent.
+  until ("$@") >/dev/null 2>&1; do
+    [ "$wu_waited" -lt "$wu_max" ] || die "converge: $wu_what: not within $wu_max s"
+    [ $((wu_waited % 30)) -ne 0 ] || log "converge: waiting for $wu_what ($wu_waited s)"
+    wu_waited=$((wu_waited + 2))
+    sleep 2
+  done
+}
+
+# DRBD's first bring-up on the storage pair: metadata on a new disk, attach and connect, and
+# the first full sync forced from the home node only, once, while both disks are new.
+drbd_converge() {
+  [ "$PYPI_STORAGE_ROLE" != none ] || return 0
+  if [ "$PYPI_BACKEND" = lab ]; then
+    log "converge: the lab's kernel has no DRBD; the shared directory stands in for the volume"
+    return 0
+  fi
+  wait_until "data volume $PYPI_DATA_DEVICE" "${PYPI_VOLUME_WAIT_SECONDS:-300}" test -b "$PYPI_DATA_DEVICE"
+  modprobe drbd
+  if ! drbdadm dump-md "$PYPI_DRBD_RESOURCE" >/dev/null 2>&1; then
+    [ -z "$(wipefs -n -O TYPE --noheadings "$PYPI_DATA_DEVICE" 2>/dev/null)" ] ||
+      die "$PYPI_DATA_DEVICE carries data but no DRBD metadata; not touching it"
+    drbdadm -- --force create-md "$PYPI_DRBD_RESOURCE" >&2
+  fi
+  drbdadm cstate "$PYPI_DRBD_RESOURCE" >/dev/null 2>&1 || drbdadm up "$PYPI_DRBD_RESOURCE"
+  synced="$PYPI_AGENT_STATE/drbd-initial-sync"
+  if [ "$PYPI_STORAGE_ROLE" = home ] && [ ! -e "$synced" ]; then
+    wait_until "the DRBD peer to connect" 900 sh -c "drbdadm cstate $PYPI_DRBD_RESOURCE | grep -qx Connected"
+    case $(drbdadm dstate "$PYPI_DRBD_RESOURCE") in
+      Inconsistent/Inconsistent)
+        log "converge: both disks are new; forcing the first sync from $PYPI_NODE"
+        drbdadm primary --force "$PYPI_DRBD_RESOURCE"
+        mkfs.ext4 -q -L pypi-packages "/dev/drbd$PYPI_DRBD_MINOR" >&2
+        drbdadm secondary "$PYPI_DRBD_RESOURCE"
+        ;;
+    esac
+    : >"$synced"
+    # Heartbeat may have tried the group before the disk existed; let it try again.
+    svc_reload heartbeat
+  fi
+}
+
+app_converge() {
+  drbd_converge
+  # The package root is the storage pair's NFS export on AWS; the lab binds a shared directory.
+  if [ -n "$PYPI_PACKAGE_MOUNT_UNIT" ]; then systemctl enable --now "$PYPI_PACKAGE_MOUNT_UNIT"; fi
+  wait_until "the package volume laid out at $PYPI_PACKAGE_ROOT" 900 test -d "$PYPI_PACKAGE_ROOT/incoming"
+  wait_until "a writable primary at $PYPI_OVERLAY_DB" 900 cmd_db_writer_check
+  # Every app server runs the migrations; an advisory lock serialises them and a done one is a no-op.
+  app_cli migrate >&2
+  echo "converge: $PYPI_NODE serves the index"
+}
+
+cmd_converge() {
+  case $PYPI_ROLE in
+    db) exec "$PYPI_DB_TOOL" converge ;;
+    app) app_converge ;;
+    balancer) for svc in $PYPI_SERVICES; do svc_running "$svc" || die "converge: $svc is not running"; done ;;
+  esac
+}
+
 main() {
   [ $# -ge 1 ] || usage
   command=$1
@@ -463,6 +855,7 @@ main() {
   case $command in
     check | apply) ;;
     status) cmd_status ;;
+    converge) cmd_converge ;;
     fip) exec "$PYPI_FIP_SCRIPT" "$@" ;;
     overlay) [ $# -eq 2 ] || usage && cmd_overlay "$1" "$2" ;;
     nfs) exec "$PYPI_NFS_SCRIPT" "$@" ;;

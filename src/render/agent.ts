@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { dirname, relative } from "node:path";
 import { projectFile } from "../project-files.js";
 import {
+  dataVolumeDevice,
   type NodeSpec,
   nodesWithRole,
   paths,
@@ -9,11 +10,14 @@ import {
   pgConfDir,
   pgDataDir,
   pgDialect,
+  storagePair,
   type Topology,
 } from "../topology.js";
 import { indexDbPasswordFile } from "./apache.js";
+import { DRBD_RESOURCE, drbdPaths } from "./drbd.js";
 import { UPLOAD_BACKEND } from "./haproxy.js";
 import { resourceScriptPath } from "./heartbeat.js";
+import { mountUnitName } from "./nfs.js";
 import { PGPASS_PATH } from "./postgres.js";
 
 /** POSIX shell single-quoting: the only escaping node.env needs. */
@@ -21,8 +25,15 @@ export function shQuote(value: string): string {
   return `'${value.replaceAll("'", `'"'"'`)}'`;
 }
 
-/** The agent's scripts: a library and the tools and Heartbeat resource scripts that source it. */
-export type AgentScript = "lib" | "pypi-node" | "pypi-db" | "pypi-fip" | "pypi-nfs" | "pypi-overlay";
+/** The agent's scripts: a library and the tools, Heartbeat resource scripts and DRBD handler that source it. */
+export type AgentScript =
+  | "lib"
+  | "pypi-node"
+  | "pypi-db"
+  | "pypi-fip"
+  | "pypi-nfs"
+  | "pypi-overlay"
+  | "pypi-drbd-fence";
 
 /** Where each script is installed; the resource scripts live where Heartbeat looks for them. */
 export const agentScriptPaths: Record<AgentScript, string> = {
@@ -32,6 +43,7 @@ export const agentScriptPaths: Record<AgentScript, string> = {
   "pypi-fip": resourceScriptPath("pypi-fip"),
   "pypi-nfs": resourceScriptPath("pypi-nfs"),
   "pypi-overlay": resourceScriptPath("pypi-overlay"),
+  "pypi-drbd-fence": drbdPaths.fenceHandler,
 };
 
 const sourceFile = (name: AgentScript): string => `src/agent/${name}.sh`;
@@ -57,6 +69,13 @@ export const PG_PASSFILE = PGPASS_PATH;
 /** The app's database credentials as a pgpass file, readable by the app's user only. */
 export const APP_PASSFILE = indexDbPasswordFile;
 
+/** An app server's part in the storage pair: `home` forces DRBD's first sync, `peer`, or `none`. */
+function storageRole(t: Topology, node: NodeSpec): "home" | "peer" | "none" {
+  const [home, peer] = storagePair(t);
+  if (home.name === node.name) return "home";
+  return peer.name === node.name ? "peer" : "none";
+}
+
 /** `/etc/pypi-node/node.env`: everything the agent needs to know about this node. */
 export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly string[]): string {
   const vars: [string, string][] = [
@@ -76,7 +95,13 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     ["PYPI_FIP_SCRIPT", agentScriptPaths["pypi-fip"]],
     ["PYPI_NFS_SCRIPT", agentScriptPaths["pypi-nfs"]],
   ];
-  if (t.backend === "lab") vars.push(["PYPI_SECRETS_DIR", `${t.bundleLocation}/secrets`]);
+  if (t.backend === "lab")
+    vars.push(
+      ["PYPI_SECRETS_DIR", `${t.bundleLocation}/secrets`],
+      // The lab's stand-in for the route tables, shared by every node (see overlay_holder).
+      ["PYPI_LAB_CLOUD", `${t.bundleLocation}/cloud`],
+    );
+  if (node.dataVolumeId !== undefined) vars.push(["PYPI_DATA_DEVICE", dataVolumeDevice(node.dataVolumeId)]);
   if (node.role === "balancer") {
     const fips = t.floatingIps.map(
       (fip, i) => `${fip.address}=${fip.allocationId}=${node.secondaryIps[i] ?? ""}`,
@@ -107,6 +132,8 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PG_APP_USER", pg.appUser],
       ["PYPI_SECRET_PG_REPLICATION", t.secrets.postgresReplicationPassword.parameter],
       ["PYPI_SECRET_PG_APP", t.secrets.postgresAppPassword.parameter],
+      // The data volume holds every cluster of the node (Debian's layout below it).
+      ["PYPI_DATA_MOUNT", dirname(dirname(pgDataDir(pg.version)))],
     );
   }
   if (node.role === "app") {
@@ -125,6 +152,10 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PACKAGE_ROOT", t.storage.packageRoot],
       ["PYPI_VOLUME_MOUNT", t.storage.volumeMount],
       ["PYPI_UPLOAD_USERS", t.upload.users.map((u) => `${u.name}:${u.uid}`).join(" ")],
+      ["PYPI_STORAGE_ROLE", storageRole(t, node)],
+      ["PYPI_DRBD_RESOURCE", DRBD_RESOURCE],
+      ["PYPI_DRBD_MINOR", String(t.storage.drbdMinor)],
+      ["PYPI_PACKAGE_MOUNT_UNIT", t.backend === "aws" ? mountUnitName(t.storage.packageRoot) : ""],
     );
   }
   return `${vars.map(([key, value]) => `${key}=${shQuote(value)}`).join("\n")}\n`;

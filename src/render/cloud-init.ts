@@ -2,6 +2,10 @@ import { type NodeSpec, paths, type Topology } from "../topology.js";
 
 export const bootstrapScriptPath = "/usr/local/sbin/pypi-bootstrap";
 export const bootstrapEnvPath = "/etc/pypi-node/bootstrap.env";
+/** The unit that runs the bootstrap at every boot after the first (cloud-init runs the first). */
+export const bootstrapUnitName = "pypi-bootstrap.service";
+export const bootstrapUnitPath = `/etc/systemd/system/${bootstrapUnitName}`;
+const bootstrapLock = "/run/pypi-bootstrap.lock";
 /** Where the bootstrap puts the node's bundle before the agent applies it. */
 export const bootstrapIncomingDir = `${paths.agentState}/incoming`;
 
@@ -37,8 +41,18 @@ export function envQuote(value: string): string {
  */
 export const bootstrapScript = `${[
   "#!/bin/sh",
-  "# Fetch this node's config bundle and apply it with the agent that ships inside it.",
+  "# Fetch this node's config bundle, apply it with the agent that ships inside it, and let the",
+  "# node take its place (volumes, pairs, schema). First boot, every reboot and every rollout run",
+  "# exactly this.",
   "set -eu",
+  "# One at a time (a rollout may meet a boot); -o keeps started daemons off the lock.",
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion
+  'if [ -z "${PYPI_BOOTSTRAP_LOCKED:-}" ]; then',
+  "  export PYPI_BOOTSTRAP_LOCKED=1",
+  `  exec flock -o ${bootstrapLock} "$0" "$@"`,
+  "fi",
+  "# Later boots run this through its unit.",
+  `systemctl enable --quiet ${bootstrapUnitName}`,
   "# shellcheck source=/dev/null",
   `. ${bootstrapEnvPath}`,
   `incoming=${bootstrapIncomingDir}`,
@@ -57,8 +71,8 @@ export const bootstrapScript = `${[
   "attempt=1",
   "delay=5",
   "while :; do",
-  `  if fetch && sh "$incoming/files${paths.agent}" apply "$incoming"; then`,
-  '    echo "pypi-bootstrap: $PYPI_NODE applied"',
+  `  if fetch && sh "$incoming/files${paths.agent}" apply "$incoming" && ${paths.agent} converge; then`,
+  '    echo "pypi-bootstrap: $PYPI_NODE applied and converged"',
   "    exit 0",
   "  fi",
   `  if [ "$attempt" -ge ${maxAttempts} ]; then`,
@@ -71,6 +85,24 @@ export const bootstrapScript = `${[
   "  delay=$((delay * 2))",
   '  if [ "$delay" -gt 60 ]; then delay=60; fi',
   "done",
+].join("\n")}\n`;
+
+/** The boot unit: a oneshot after the network, so a rebooted node converges by itself. */
+export const bootstrapUnit = `${[
+  "[Unit]",
+  "Description=pypi-node: fetch this node's bundle, apply it and take its place",
+  "Wants=network-online.target",
+  "After=network-online.target",
+  "",
+  "[Service]",
+  "Type=oneshot",
+  `ExecStart=${bootstrapScriptPath}`,
+  "RemainAfterExit=yes",
+  // Converge waits for peers (a standby for its primary) within its own bounds.
+  "TimeoutStartSec=2h",
+  "",
+  "[Install]",
+  "WantedBy=multi-user.target",
 ].join("\n")}\n`;
 
 /** Node identity and where its bundle lives; nothing here changes when a rendered config does. */
@@ -131,6 +163,7 @@ export function renderCloudInit(t: Topology, node: NodeSpec, packages: readonly 
     "write_files:",
     ...file(bootstrapEnvPath, "0644", renderBootstrapEnv(t, node)),
     ...file(bootstrapScriptPath, "0755", bootstrapScript),
+    ...file(bootstrapUnitPath, "0644", bootstrapUnit),
     "runcmd:",
     // Debian's AMIs ship no SSM agent, and admin access and rollouts go through SSM.
     ...(t.backend === "aws" ? [`  - [sh, -c, ${yamlQuote(ssmAgentInstall(t.region))}]`] : []),

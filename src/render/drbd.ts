@@ -1,5 +1,6 @@
 import { isIPv4 } from "node:net";
-import { type NodeSpec, storagePair, type Topology } from "../topology.js";
+import { posix } from "node:path";
+import { type NodeSpec, paths, storagePair, type Topology } from "../topology.js";
 
 /** The one DRBD resource: the package volume replicated between the storage pair. */
 export const DRBD_RESOURCE = "pypi";
@@ -14,7 +15,30 @@ export const drbdPaths = {
    * neither include of Debian's /etc/drbd.conf (`global_common.conf`, `*.res`).
    */
   secret: `/etc/drbd.d/${DRBD_RESOURCE}.secret`,
+  /** The agent's fence-peer and after-resync-target handler (src/agent/pypi-drbd-fence.sh). */
+  fenceHandler: `${posix.dirname(paths.agentLib)}/pypi-drbd-fence`,
 } as const;
+
+/**
+ * Fencing: resource-level (`fencing resource-only`), with Heartbeat as the other path.
+ *
+ * A Primary that loses its peer, and a disconnected node asked to become Primary, first run the
+ * fence-peer handler; a disconnected node is promoted only once the handler reports the peer
+ * Outdated or dead. Heartbeat runs R1 mode without Pacemaker, so crm-fence-peer.sh (a CIB
+ * constraint) has nothing to talk to. The handler instead asks Heartbeat: a peer it holds dead
+ * (`cl_status nodestatus`) is reported dead at once, and a live one is outdated through dopd,
+ * Heartbeat's DRBD outdate-peer daemon shipped in Debian's heartbeat package, which messages the
+ * peer's dopd over Heartbeat's own authenticated links and has it run `drbdadm outdate`. No new
+ * daemon protocol, port, key or SSH trust. Debian 12's dopd has crashed after every request
+ * it served in tests/real/dopd.test.ts (free() in its client-disconnect callback); Heartbeat
+ * respawns it and the handler retries. Not STONITH: in a partition both sides see a dead peer (on AWS Heartbeat and DRBD
+ * share the network), and `after-sb-2pri disconnect` leaves that split to a human.
+ *
+ * The storage pair's ha.cf must carry these lines. dopd runs as root because it runs `drbdadm
+ * outdate` itself; as hacluster that lacks the rights, and dopd maps a failed outdate to 5.
+ */
+export const DOPD = "/usr/libexec/heartbeat/dopd";
+export const dopdHaCfLines: readonly string[] = [`respawn root ${DOPD}`, "apiauth dopd uid=root"];
 
 /** drbd.conf keeps at most this many bytes of `shared-secret`. */
 export const DRBD_SECRET_MAX = 64;
@@ -73,8 +97,14 @@ export function renderDrbdResource(t: Topology): string {
     "    after-sb-1pri discard-secondary;",
     "    after-sb-2pri disconnect;",
     "  }",
+    // See dopdHaCfLines: the handler outdates the peer through Heartbeat's dopd.
+    "  disk {",
+    "    fencing resource-only;",
+    "  }",
     "  handlers {",
     `    split-brain ${drbdString("split-brain handler", "/usr/lib/drbd/notify-split-brain.sh root")};`,
+    `    fence-peer ${drbdString("fence-peer handler", `${drbdPaths.fenceHandler} fence-peer`)};`,
+    `    after-resync-target ${drbdString("after-resync-target handler", `${drbdPaths.fenceHandler} after-resync-target`)};`,
     "  }",
     ...pair.flatMap((n) => [
       `  on ${drbdString("node name", n.name)} {`,

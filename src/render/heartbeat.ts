@@ -1,5 +1,5 @@
 import { type NodeSpec, nodesWithRole, paths, storagePair, type Topology } from "../topology.js";
-import { DRBD_RESOURCE } from "./drbd.js";
+import { DRBD_RESOURCE, dopdHaCfLines } from "./drbd.js";
 
 /** Heartbeat 3 (R1 mode, `crm no`) configuration for the balancer pair and the storage pair. */
 export const heartbeatPaths = {
@@ -148,12 +148,14 @@ export function renderBalancerHaresources(t: Topology): string {
 
 /** ha.cf of one storage-pair app server: unicast to the other one. */
 export function renderStorageHaCf(t: Topology, node: NodeSpec): string {
-  return renderHaCf(t, node, storagePair(t), "storage");
+  // dopd carries DRBD's fence-peer requests over Heartbeat's links; the lab has no DRBD to fence.
+  return renderHaCf(t, node, storagePair(t), "storage", t.backend === "aws" ? dopdHaCfLines : []);
 }
 
 /**
  * haresources of the storage pair: one group, homed on the first app server, started left to
- * right (DRBD primary, mount, NFS server, storage overlay IP) and stopped right to left.
+ * right (DRBD primary, mount, NFS server, storage overlay IP) and stopped right to left. The lab's
+ * kernel has no DRBD, so its group starts at the NFS server, on the directory the lab shares.
  */
 export function renderStorageHaresources(t: Topology): string {
   const [home] = storagePair(t);
@@ -163,7 +165,7 @@ export function renderStorageHaresources(t: Topology): string {
       `heartbeat: storage.drbdMinor must be a non-negative integer; got ${JSON.stringify(s.drbdMinor)}`,
     );
   }
-  const resources = [
+  const volume = [
     `${DRBD_DISK_SCRIPT}::${haToken("DRBD resource", DRBD_RESOURCE)}`,
     [
       FILESYSTEM_SCRIPT,
@@ -171,6 +173,9 @@ export function renderStorageHaresources(t: Topology): string {
       haToken("storage.volumeMount", s.volumeMount),
       "ext4",
     ].join("::"),
+  ];
+  const resources = [
+    ...(t.backend === "aws" ? volume : []),
     "pypi-nfs",
     `pypi-overlay::${haToken("overlay.storage", t.overlay.storage)}`,
   ];

@@ -133,11 +133,17 @@ describe.skipIf(!canRun).each(cases)(
       writeTree(join(root, "lab", "secrets"), secrets);
       const bundles = buildBundles(t);
       for (const b of bundles) writeTree(join(root, "lab", "bundles", b.node), bundleDirEntries(b));
-      for (const db of ["db-a", "db-b"]) {
+      // Both db nodes boot at once, as on AWS: apply, then converge. The standby waits for the
+      // primary by itself; nothing here orders them.
+      const boots = ["db-b", "db-a"].map((db) => {
         const bundle = join(root, "lab", "bundles", db);
-        node(db).run(["sh", `${bundle}/files${paths.agent}`, "apply", bundle], { timeoutMs: 60_000 });
-        agentOn(db, "db-init");
-      }
+        return node(db).execAsync(
+          ["sh", "-c", `sh "$1/files$2" apply "$1" && "$2" converge`, "sh", bundle, paths.agent],
+          { timeoutMs: 120_000 },
+        );
+      });
+      for (const [i, r] of (await Promise.all(boots)).entries())
+        if (r.status !== 0) throw new Error(`${["db-b", "db-a"][i]}: boot failed (${r.status})\n${r.stderr}`);
       // The app node only needs what db-writer-check uses: the agent, its node.env, the app pgpass.
       const appBundle = join(root, "lab", "bundles", "app-a");
       const appPgpass = `${t.overlay.dbWriter}:${t.postgres.port}:${t.postgres.database}:${t.postgres.appUser}:${secrets.get(t.secrets.postgresAppPassword.parameter)}\n`;
@@ -145,16 +151,16 @@ describe.skipIf(!canRun).each(cases)(
         [
           "sh",
           "-c",
-          'install -D -m 0755 "$1/files$2" "$2" && install -D -m 0644 "$1/files$3" "$3" && install -d /etc/pypi-index && umask 077 && cat >/etc/pypi-index/pgpass',
+          'install -D -m 0755 "$1/files$2" "$2" && install -D -m 0644 "$1/files$3" "$3" && install -D -m 0644 "$1/files$4" "$4" && install -d /etc/pypi-index && umask 077 && cat >/etc/pypi-index/pgpass',
           "sh",
           appBundle,
           paths.agent,
           paths.agentConfig,
+          paths.agentLib,
         ],
         { input: appPgpass },
       );
-      agentOn("db-a", `overlay ${t.overlay.dbWriter} take`);
-    }, 120_000);
+    }, 180_000);
 
     afterAll(() => {
       writer?.kill("SIGKILL");
@@ -175,8 +181,10 @@ describe.skipIf(!canRun).each(cases)(
         if (!rows.includes(want)) await sleep(200);
       }
       expect(rows.trim()).toBe(want);
-      expect(agentOn("db-a", "db-init")).toContain("already initialised");
-      expect(agentOn("db-b", "db-init")).toContain("already initialised");
+      // Converging again changes nothing: the primary keeps the writer, the standby streams.
+      expect(agentOn("db-a", "converge")).toContain("runs as primary");
+      expect(agentOn("db-b", "converge")).toContain("runs as standby");
+      expect(agentOn("db-a", `overlay ${t.overlay.dbWriter} status`).trim()).toBe("running");
       expect(agentOn("db-a", "status")).toMatch(/postgres\tprimary/);
       expect(agentOn("db-b", "status")).toMatch(/postgres\tstandby/);
       // pg_rewind's grants, on the replication role the agent created.
@@ -324,5 +332,61 @@ describe.skipIf(!canRun).each(cases)(
       }
       expect(seen).toBe("1");
     }, 120_000);
+
+    it("a crashed primary that the pair left behind comes back by itself as a standby, never writable", async () => {
+      const pg = t.postgres;
+      // db-b is the primary now. It dies with no fence (the instance was lost), db-a takes over.
+      const pid = node("db-b")
+        .run(["head", "-n", "1", `${pgDataDir(pg.version)}/postmaster.pid`])
+        .trim();
+      node("db-b").run(["kill", "-9", pid]);
+      await sleep(300);
+      agentOn("db-a", "db-promote");
+      agentOn("db-a", `overlay ${t.overlay.dbWriter} take`);
+
+      // db-b boots: its agent converges while a probe keeps asking it to accept a write.
+      let probing = true;
+      const writable: number[] = [];
+      const probe = (async () => {
+        while (probing) {
+          const r = await node("db-b").execAsync(superSqlArgv(pg.port, "postgres"), {
+            input: "SET synchronous_commit = local;\nCREATE TEMP TABLE p (x int);\n",
+            timeoutMs: 3_000,
+          });
+          if (r.status === 0) writable.push(Date.now());
+          await sleep(50);
+        }
+      })();
+      const boot = await node("db-b").execAsync(["sh", "-c", `${paths.agent} converge`], {
+        timeoutMs: 120_000,
+      });
+      probing = false;
+      await probe;
+      expect(boot.status, boot.stderr).toBe(0);
+      expect(boot.stdout).toMatch(/was an old primary; re-attached as standby of/);
+      expect(writable, "moments db-b accepted a write while converging").toEqual([]);
+      expect(superSql("db-b", "SELECT pg_is_in_recovery()").stdout.trim()).toBe("t");
+      expect(agentOn("db-b", `overlay ${t.overlay.dbWriter} status`).trim()).toBe("stopped");
+      // Converging again leaves it a standby.
+      expect(agentOn("db-b", "converge")).toContain("runs as standby");
+    }, 150_000);
+
+    it("applying a bundle never starts a primary's cluster; only converge does, after its checks", () => {
+      const pg = t.postgres;
+      // db-a is the primary: stop it, then re-apply its bundle as a rollout would.
+      node("db-a").run([
+        "sh",
+        "-c",
+        `runuser -u postgres -- ${pg.binDir}/pg_ctl -D ${pgDataDir(pg.version)} -m fast -w stop`,
+      ]);
+      const bundle = join(root, "lab", "bundles", "db-a");
+      const apply = node("db-a").exec(["sh", `${bundle}/files${paths.agent}`, "apply", bundle], {
+        timeoutMs: 60_000,
+      });
+      expect(apply.stderr).toMatch(/a primary's cluster starts only through pypi-db converge/);
+      expect(superSql("db-a", "SELECT 1").status).not.toBe(0);
+      expect(agentOn("db-a", "converge")).toContain("runs as primary");
+      expect(superSql("db-a", "SELECT pg_is_in_recovery()").stdout.trim()).toBe("f");
+    }, 60_000);
   },
 );

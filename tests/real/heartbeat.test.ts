@@ -7,7 +7,7 @@
 import type { ChildProcess } from "node:child_process";
 import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
 import {
@@ -127,8 +127,12 @@ describe.skipIf(!canRun)("heartbeat balancer pair (real, network namespaces)", {
       // The real node agent and its node.env, exactly as a bundle ships them.
       mkdirSync(join(dir, "sbin"));
       writeFileSync(join(dir, "sbin", "pypi-node"), agentScript(), { mode: 0o755 });
-      mkdirSync(join(dir, "agent-lib"));
-      writeFileSync(join(dir, "agent-lib", "lib.sh"), agentScript("lib"));
+      // The library at its installed path: a private /usr/local/lib holding only the agent's.
+      mkdirSync(join(dir, "usr-local-lib", basename(dirname(paths.agentLib))), { recursive: true });
+      writeFileSync(
+        join(dir, "usr-local-lib", basename(dirname(paths.agentLib)), basename(paths.agentLib)),
+        agentScript("lib"),
+      );
       writeFileSync(join(etc, "pypi-node.env"), renderAgentEnv(t, node, ["heartbeat"]));
       mkdirSync(join(dir, "log"));
       const child = spawnInNode(
@@ -140,7 +144,7 @@ describe.skipIf(!canRun)("heartbeat balancer pair (real, network namespaces)", {
             [join(dir, "lib"), "/var/lib/heartbeat"],
             [join(dir, "log"), "/var/log"],
             [join(dir, "sbin"), "/usr/local/sbin"],
-            [join(dir, "agent-lib"), dirname(paths.agentLib)],
+            [join(dir, "usr-local-lib"), dirname(dirname(paths.agentLib))],
           ],
           tmpfs: ["/run"],
           // Heartbeat mlocks itself; raise the limit where the sandbox allows it.

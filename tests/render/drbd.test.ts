@@ -1,5 +1,9 @@
 import { describe, expect, it } from "vitest";
+import { buildBundles } from "../../src/bundle.js";
+import { agentScriptPaths } from "../../src/render/agent.js";
 import {
+  DOPD,
+  dopdHaCfLines,
   drbdPaths,
   drbdString,
   renderDrbdGlobalCommon,
@@ -38,6 +42,25 @@ describe.each<Shape>(["staging", "prod"])("drbd (%s)", (shape) => {
     );
   });
 
+  it("fences the peer's disk through the agent's dopd handler", () => {
+    const l = lines(res);
+    const disk = l.indexOf("disk {");
+    expect(disk).toBeGreaterThan(-1);
+    expect(l.slice(disk, disk + 3)).toEqual(["disk {", "fencing resource-only;", "}"]);
+    const handlers = l.slice(l.indexOf("handlers {"));
+    const handler = "/usr/local/lib/pypi-node/pypi-drbd-fence";
+    expect(handlers.slice(0, handlers.indexOf("}"))).toEqual([
+      "handlers {",
+      'split-brain "/usr/lib/drbd/notify-split-brain.sh root";',
+      `fence-peer "${handler} fence-peer";`,
+      `after-resync-target "${handler} after-resync-target";`,
+    ]);
+    expect(drbdPaths.fenceHandler).toBe(handler);
+    expect(agentScriptPaths["pypi-drbd-fence"]).toBe(handler);
+    // No Pacemaker here: nothing of crm-fence-peer's, and no STONITH policy.
+    expect(res).not.toMatch(/crm-|resource-and-stonith/);
+  });
+
   it("names exactly the storage pair with their private IPs", () => {
     const l = lines(res);
     expect(l.filter((x) => x.startsWith("on "))).toEqual(['on "app-a" {', 'on "app-b" {']);
@@ -45,6 +68,26 @@ describe.each<Shape>(["staging", "prod"])("drbd (%s)", (shape) => {
     expect(l).toContain(`address ${nodeByName(t, "app-b").privateIp}:7788;`);
     expect(res).not.toContain("app-c");
     expect(res.endsWith("}\n")).toBe(true);
+  });
+});
+
+describe("drbd fencing", () => {
+  it("ships the handler on the storage pair only, as an executable checked script", () => {
+    for (const b of buildBundles(topologyFor("prod"))) {
+      const handler = b.files.find((f) => f.path === drbdPaths.fenceHandler);
+      const storage = b.files.some((f) => f.path === drbdPaths.resource);
+      expect(handler !== undefined, b.node).toBe(storage);
+      if (handler) {
+        expect(handler.mode).toBe("0755");
+        expect(handler.validator).toBe("sh");
+        expect(handler.content).toContain("drbd-peer-outdater");
+      }
+    }
+  });
+
+  it("runs dopd as root under Heartbeat, allowed on its API", () => {
+    expect(dopdHaCfLines).toEqual([`respawn root ${DOPD}`, "apiauth dopd uid=root"]);
+    expect(DOPD).toBe("/usr/libexec/heartbeat/dopd");
   });
 });
 

@@ -10,7 +10,7 @@ import {
   validateHeartbeatTimings,
 } from "../../src/render/heartbeat.js";
 import { nodeByName, type Topology } from "../../src/topology.js";
-import { type Shape, topologyFor } from "../support/topologies.js";
+import { asLab, type Shape, topologyFor } from "../support/topologies.js";
 
 const lines = (text: string) => text.split("\n");
 
@@ -47,7 +47,7 @@ describe.each<Shape>(["staging", "prod"])("heartbeat (%s)", (shape) => {
   it("respawns the agent's nginx watchdog on balancers only", () => {
     expect(lines(renderBalancerHaCf(t, lbA))).toContain("respawn root /usr/local/sbin/pypi-node watch");
     const storage = renderStorageHaCf(t, nodeByName(t, "app-a"));
-    expect(storage).not.toMatch(/respawn/);
+    expect(storage).not.toMatch(/pypi-node watch/);
   });
 
   it("renders auto_failback off when asked", () => {
@@ -74,6 +74,16 @@ describe.each<Shape>(["staging", "prod"])("heartbeat (%s)", (shape) => {
       "app-a drbddisk::pypi Filesystem::/dev/drbd0::/srv/pypi-volume::ext4 pypi-nfs pypi-overlay::100.64.10.6",
       "",
     ]);
+    // DRBD's fence-peer handler reaches the peer through dopd, which Heartbeat runs.
+    expect(cf).toEqual(
+      expect.arrayContaining(["respawn root /usr/libexec/heartbeat/dopd", "apiauth dopd uid=root"]),
+    );
+  });
+
+  it("in the lab, whose kernel has no DRBD, the storage group starts at the NFS resource", () => {
+    const lab = asLab(t);
+    expect(lines(renderStorageHaresources(lab))).toEqual(["app-a pypi-nfs pypi-overlay::100.64.10.6", ""]);
+    expect(renderStorageHaCf(lab, nodeByName(lab, "app-a"))).not.toContain("dopd");
   });
 
   it("refuses a node outside the cluster", () => {

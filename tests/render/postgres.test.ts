@@ -61,7 +61,9 @@ describe("dialects", () => {
 
   it("keeps Debian from starting the cluster at boot: only the agent starts it", () => {
     const t = topologyFor("staging");
-    const start = renderPostgresFiles(t, db(t, "db-a"), "primary").find((f) => f.path.endsWith("/start.conf"));
+    const start = renderPostgresFiles(t, db(t, "db-a"), "primary").find((f) =>
+      f.path.endsWith("/start.conf"),
+    );
     expect(start?.content).toBe("manual\n");
   });
 

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 /** Directories each sandboxed node gets a private, writable copy of (overlayfs upper layers). */
-const PRIVATE_TREES = ["/etc", "/var/lib", "/var/log", "/srv", "/opt", "/usr/local/sbin"];
+const PRIVATE_TREES = ["/etc", "/var/lib", "/var/log", "/srv", "/opt", "/usr/local/sbin", "/usr/local/lib"];
 
 export interface SandboxResult {
   readonly status: number;

@@ -1,0 +1,171 @@
+/**
+ * Runs a rendered agent script under `sh` against fake `aws`, `curl` and `ip` executables that
+ * log their argv and play back scripted answers, so the AWS branches run without AWS.
+ */
+import { spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type AgentScript, agentScript } from "../../src/render/agent.js";
+
+export const MY_ENI = "eni-0mine";
+const MAC = "0a:1b:2c:3d:4e:5f";
+
+/** Logs "AWS_MAX_ATTEMPTS=<value> <argv>"; answers from answers/<op>.<n>, else answers/<op>. */
+const fakeAws = (dir: string) => `#!/bin/sh
+prev= op=
+for a in "$@"; do
+  [ "$prev" = ec2 ] && op=$a
+  prev=$a
+done
+echo "AWS_MAX_ATTEMPTS=\${AWS_MAX_ATTEMPTS:-} $*" >>'${dir}/aws.log'
+n=$(($(cat '${dir}/'"$op.count" 2>/dev/null || echo 0) + 1))
+echo "$n" >'${dir}/'"$op.count"
+if [ -f '${dir}/answers/'"$op.$n" ]; then f='${dir}/answers/'"$op.$n"
+elif [ -f '${dir}/answers/'"$op" ]; then f='${dir}/answers/'"$op"
+else echo "fake aws: nothing scripted for $op" >&2; exit 255; fi
+status=$(head -n 1 "$f")
+tail -n +2 "$f"
+[ "$status" = 0 ] || echo "An error occurred (Fake) when calling the $op operation" >&2
+exit "$status"
+`;
+
+/** IMDSv2: a token, then this node's MAC and its interface id; down while imds-down exists. */
+const fakeCurl = (dir: string) => `#!/bin/sh
+echo "$*" >>'${dir}/curl.log'
+[ -e '${dir}/imds-down' ] && exit 7
+# The first <imds-flaky> calls time out.
+if [ -s '${dir}/imds-flaky' ] && [ "$(wc -l <'${dir}/curl.log')" -le "$(cat '${dir}/imds-flaky')" ]; then exit 28; fi
+for a in "$@"; do case $a in http://*) url=$a ;; esac; done
+case $url in
+  */api/token) echo AQAEAFakeToken ;;
+  */meta-data/mac) echo '${MAC}' ;;
+  */meta-data/network/interfaces/macs/${MAC}/interface-id) cat '${dir}/imds-eni' 2>/dev/null || echo '${MY_ENI}' ;;
+  *) exit 22 ;;
+esac
+`;
+
+/** Records pauses instead of taking them, for tests that do not measure time. */
+const fakeSleep = (dir: string) => `#!/bin/sh
+echo "$*" >>'${dir}/sleep.log'
+`;
+
+/** Never touches the host's interfaces: logs, and reports no addresses. */
+/** Logs every call and keeps the addresses added to each device, so `addr show` reflects them. */
+const fakeIp = (dir: string) => `#!/bin/sh
+echo "$*" >>'${dir}/ip.log'
+state='${dir}/ip.addrs'
+touch "$state"
+case "$*" in
+  "addr add "*) echo "$5 $3" >>"$state" ;;
+  "addr del "*) grep -v "^$5 $3$" "$state" >"$state.new" || true; mv "$state.new" "$state" ;;
+  "-o addr show dev "*) grep "^$5 " "$state" | while read -r dev a; do echo "1: $dev    inet $a scope global $dev"; done ;;
+esac
+`;
+
+export interface Run {
+  status: number;
+  stdout: string;
+  stderr: string;
+  seconds: number;
+}
+
+export interface FakeCloud {
+  /** Scripts the answers of one operation: the nth call gets answers[n-1], later calls the last. */
+  answer(op: string, ...answers: { status?: number; stdout?: string }[]): void;
+  imdsDown(): void;
+  /** The first `calls` IMDS requests time out. */
+  imdsFlaky(calls: number): void;
+  /** What IMDS reports as this node's interface id. */
+  imdsInterfaceId(value: string): void;
+  /** Writes the shipped script, its library line pointing at this directory's copy; returns its path. */
+  script(name: AgentScript): string;
+  /** Puts another fake executable first on PATH. */
+  install(name: string, text: string): void;
+  run(script: AgentScript, args: string[], env?: Record<string, string>): Run;
+  /** PATH with the fakes first. */
+  readonly path: string;
+  readonly dir: string;
+  /** The pauses the script asked for (in seconds), when sleep is faked. */
+  sleeps(): number[];
+  /** The aws calls made, as "AWS_MAX_ATTEMPTS=<v> <argv>". */
+  awsCalls(op?: string): string[];
+  curlCalls(): string[];
+  ipCalls(): string[];
+  cleanup(): void;
+}
+
+/** With `realSleep`, pauses really happen, so a test can measure the wall time. */
+export function fakeCloud(nodeEnv: string, { realSleep = false } = {}): FakeCloud {
+  const dir = mkdtempSync(join(tmpdir(), "pypi-fake-cloud-"));
+  const bin = join(dir, "bin");
+  mkdirSync(bin);
+  mkdirSync(join(dir, "answers"));
+  for (const [name, text] of [
+    ["aws", fakeAws(dir)],
+    ["curl", fakeCurl(dir)],
+    ["ip", fakeIp(dir)],
+    ...(realSleep ? [] : [["sleep", fakeSleep(dir)] as const]),
+  ] as const) {
+    writeFileSync(join(bin, name), text);
+    chmodSync(join(bin, name), 0o755);
+  }
+  writeFileSync(join(dir, "lib.sh"), agentScript("lib"));
+  writeFileSync(join(dir, "node.env"), nodeEnv);
+  const PATH = `${bin}:/usr/sbin:/usr/bin:/sbin:/bin`;
+  const lines = (file: string) =>
+    existsSync(join(dir, file)) ? readFileSync(join(dir, file), "utf8").split("\n").filter(Boolean) : [];
+
+  return {
+    answer(op, ...answers) {
+      answers.forEach((a, i) => {
+        const text = `${a.status ?? 0}\n${a.stdout ?? ""}`;
+        const last = i === answers.length - 1;
+        writeFileSync(join(dir, "answers", last ? op : `${op}.${i + 1}`), text);
+      });
+    },
+    imdsDown() {
+      writeFileSync(join(dir, "imds-down"), "");
+    },
+    imdsFlaky(calls) {
+      writeFileSync(join(dir, "imds-flaky"), `${calls}\n`);
+    },
+    imdsInterfaceId(value) {
+      writeFileSync(join(dir, "imds-eni"), `${value}\n`);
+    },
+    dir,
+    path: PATH,
+    script(name) {
+      const text = agentScript(name)
+        .split("\n")
+        .map((l) => (l.startsWith("PYPI_LIB=") ? `PYPI_LIB='${join(dir, "lib.sh")}'` : l))
+        .join("\n");
+      const path = join(dir, name);
+      writeFileSync(path, text);
+      chmodSync(path, 0o755);
+      return path;
+    },
+    install(name, text) {
+      writeFileSync(join(bin, name), text);
+      chmodSync(join(bin, name), 0o755);
+    },
+    run(script, args, env = {}) {
+      const path = this.script(script);
+      const started = process.hrtime.bigint();
+      const r = spawnSync("sh", [path, ...args], {
+        encoding: "utf8",
+        env: { PATH, PYPI_NODE_CONFIG: join(dir, "node.env"), ...env },
+        timeout: 120_000,
+      });
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, seconds };
+    },
+    awsCalls(op) {
+      return lines("aws.log").filter((l) => op === undefined || l.includes(` ec2 ${op} `));
+    },
+    curlCalls: () => lines("curl.log"),
+    ipCalls: () => lines("ip.log"),
+    sleeps: () => lines("sleep.log").map(Number),
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
