@@ -18,7 +18,7 @@ import { generateUploadKey, writeSecretStore } from "./lib/secrets.js";
 import { StateFile, teardown } from "./lib/state.js";
 
 /** The whole run, checks included, must finish within this. */
-const RUN_TIMEOUT_MS = 6 * 60_000;
+const RUN_TIMEOUT_MS = 20 * 60_000;
 const BRING_UP_GOAL_SECONDS = 60;
 
 const log = (msg: string): void => {
@@ -50,6 +50,7 @@ function down(p: Paths): number {
   const r = teardown(p.state, [p.runDir]);
   log(
     `down: ${r.namespaces.length ? `removed namespaces ${r.namespaces.join(" ")}` : "no lab namespaces"}` +
+      `${r.volumes.length ? `; detached volumes ${r.volumes.join(" ")}` : ""}` +
       `${r.dirs.length ? `; removed ${r.dirs.join(" ")}` : ""}`,
   );
   for (const e of r.errors) log(`down: ${e}`);
@@ -64,13 +65,13 @@ function labNotes(lab: Lab, report: Report): void {
   report.environment["floating IPs"] = t.floatingIps.map((f) => `${f.address} (home ${f.home})`).join(", ");
   report.environment["writer overlay"] = t.overlay.dbWriter;
   report.note(
-    `Package volume: no DRBD and no nfsd in this kernel, so the lab does not run the storage tier. The app nodes share one host directory bind-mounted at ${t.storage.packageRoot} as a stand-in for the NFS export; the DRBD/NFS configs are validated by the agent (drbdadm 8.4 emulation, exportfs) but never run, and the storage pair's Heartbeat is not started.`,
+    `Package volume: no DRBD and no nfsd in this kernel. The storage pair's Heartbeat runs, but its group starts at the NFS resource (which lays the volume out) and the overlay address; DRBD's disk and mount and the NFS server are left out. One host directory, bind-mounted at ${t.storage.volumeMount} and ${t.storage.packageRoot}, stands in for the DRBD volume and its NFS export. The DRBD/NFS configs are validated by the agent (drbdadm 8.4 emulation, exportfs), and DRBD's first bring-up in \`pypi-node converge\` never runs here.`,
   );
   report.note(
-    "Floating and overlay IPs are lab addresses on-link on the bridge; the agent's lab backend moves them with `ip` and gratuitous ARP, the stand-in for EIP association and route replacement.",
+    "Cloud APIs are the lab backend's: EIP association and route replacement are records in the shared lab store plus the address on the node's interface (gratuitous ARP); bundles are fetched from a directory instead of S3; secrets are files instead of SSM parameters; there is no IMDS.",
   );
   report.note(
-    "Daemons are started directly by the agent (PYPI_SERVICE_MANAGER=direct), not by systemd units.",
+    "No systemd in a lab node: its init (lab/node/init.pl) runs a service manager that reads the real unit files (Restart=, RestartSec=, After=, the register job's .path and .timer) and starts enabled units at boot, among them the bootstrap unit the user data enables. A crash kills the node's PID namespace at once; its disk and data volume (a loop device under the EBS by-id name) survive for the reboot.",
   );
 }
 

@@ -4,8 +4,9 @@
  */
 
 import { readFileSync } from "node:fs";
-import { CLIENT_DIR, clientCommand, type Lab, onLinkRanges } from "../lib/lab.js";
-import { killPids, nodePids, sleep, until } from "./common.js";
+import { bootAgain } from "../lib/boot.js";
+import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
+import { nodePids, sleep, until } from "./common.js";
 
 /** Quick HTTPS probe of /_health through one floating IP (1 s budget, so polls stay fine-grained). */
 export async function httpsOk(lab: Lab, fip: string, maxSeconds = 1): Promise<boolean> {
@@ -60,26 +61,16 @@ export async function timeOwnership(
 }
 
 /**
- * A crash: every process of the node dies at once (SIGKILL) and its interface goes down, as when
- * an instance stops dead. Its addresses stay configured, as the kernel state of a dead machine
- * would be irrelevant; `reboot` clears them, as a fresh boot would.
+ * A crash: every process of the node dies at once and its links go down, as when an instance
+ * stops dead (LabNode.crash). Returns how many processes died.
  */
-export async function crash(lab: Lab, node: string): Promise<number> {
-  const killed = killPids(nodePids(lab, node));
-  await lab.node(node).runAsync(["ip", "link", "set", "eth0", "down"]);
-  return killed;
+export function crash(lab: Lab, node: string): Promise<number> {
+  return lab.node(node).crash();
 }
 
-/** Boot after a crash: floating IPs gone, link up, the bundle applied again (starts its daemons). */
+/** Boot after a crash: the node's init runs its boot unit, as systemd would (addresses start clean). */
 export async function reboot(lab: Lab, node: string): Promise<void> {
-  for (const f of lab.t.floatingIps)
-    if (lab.addresses(node).includes(f.address))
-      await lab.node(node).runAsync(["ip", "addr", "del", `${f.address}/32`, "dev", "eth0"]);
-  await lab.node(node).runAsync(["ip", "link", "set", "eth0", "up"]);
-  // The kernel drops a downed link's routes; put the on-link ranges back as boot would.
-  for (const range of onLinkRanges(lab.t))
-    await lab.node(node).runAsync(["ip", "route", "replace", range, "dev", "eth0"]);
-  await lab.apply(node);
+  await bootAgain(lab, node);
 }
 
 /** `pypi-node watch` processes on a balancer (Heartbeat respawns exactly one). */

@@ -6,7 +6,7 @@
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
 import { type Lab, sftpArgv } from "../lib/lab.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
-import { drill, killPids, nodePids, seconds, sleep } from "./common.js";
+import { drill, seconds, sleep, until } from "./common.js";
 
 const LOST = "app-a";
 /** Consecutive successful sessions that count as "reliably". */
@@ -23,10 +23,21 @@ export const uploadBackendLoss = drill(
   90_000,
   async (lab, report, section) => {
     const fip = lab.t.floatingIps[0]?.address ?? "";
-    const sshd = await lab.node(LOST).sh("cat /run/sshd.pid");
+    const sshd = (await lab.node(LOST).sh("cat /run/sshd.pid")).trim();
     await sleep(500);
     const killedAt = Date.now();
-    killPids([Number(sshd.trim())].filter((p) => nodePids(lab, LOST).includes(p)));
+    await lab.node(LOST).sh(`kill -9 ${Number(sshd)}`);
+    // ssh.service has Restart=on-failure: the node's service manager starts it again, as on AWS.
+    const restartedAt = await until(`${LOST}: sshd restarted by its unit`, 15_000, () => {
+      const r = lab.node(LOST).exec(["sh", "-c", 'p=$(cat /run/sshd.pid) && kill -0 "$p" && echo "$p"']);
+      return r.status === 0 && r.stdout.trim() !== sshd;
+    });
+    report.figure(
+      section,
+      `${LOST}'s sshd back by its unit (Restart=on-failure)`,
+      seconds(killedAt, restartedAt),
+      "s",
+    );
     const attempts: { start: number; end: number; ok: boolean }[] = [];
     let streak = 0;
     while (streak < STREAK && Date.now() - killedAt < 30_000) {
@@ -57,10 +68,18 @@ export const uploadBackendLoss = drill(
       `${failed.length} of ${attempts.length} sessions failed`,
     );
 
+    // The runbook is for an sshd its unit does not bring back (exit 255, start limit hit): here
+    // it is stopped through the service manager and stays down.
     const runbook = buildRunbooks(lab.t).find((r) => r.id === `upload-backend-loss-${LOST}`);
     if (!runbook) throw new Error(`no upload-backend-loss-${LOST} runbook`);
+    await lab.agent(LOST, "service ssh stop");
+    const lb = lab.nodesOf("balancer")[0]?.name ?? "";
     // HAProxy needs fall x interval to see the listener gone; the runbook starts once it is paged.
-    await sleep(Math.max(0, killedAt + 2_000 - Date.now()));
+    await until(`HAProxy on ${lb} sees ${LOST} down`, 15_000, async () =>
+      /(DOWN|MAINT)/.test(
+        (await lab.agent(lb, "upload-backends")).split("\n").find((l) => l.startsWith(LOST)) ?? "",
+      ),
+    );
     const run = await executeRunbook(runbook, (h) => lab.node(h));
     // Whatever the runbook did, sshd must run again for the next drill.
     await lab.agent(LOST, "service ssh status").then(async (s) => {

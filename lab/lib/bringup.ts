@@ -1,9 +1,11 @@
 /**
- * Bring the lab up: network, nodes, bundles applied by the agent, database pair initialised,
- * writer address taken, schema migrated, and wait until the floating IPs serve a healthy app.
- * Each phase is a report check, so a failure says where the lab stopped.
+ * Bring the lab up the way `pulumi up` brings up AWS: every node boots at once from the user data
+ * the stack renders, then the stack's rollout runs, then the floating IPs must serve a healthy
+ * app. The nodes coordinate the pairs themselves (pypi-node converge). Each phase is a report
+ * check, so a failure says where the lab stopped.
  */
-import { nodesWithRole, paths, type Topology } from "../../src/topology.js";
+import type { Topology } from "../../src/topology.js";
+import { firstBoot, rollout } from "./boot.js";
 import { CLIENT_DIR, clientCommand, type Lab, nsOf } from "./lab.js";
 import type { Report } from "./report.js";
 
@@ -26,48 +28,6 @@ export async function waitFor(
     await sleep(intervalMs);
   }
   throw new Error(`${what}: not within ${timeoutMs / 1000} s; last: ${last.message}`);
-}
-
-/** Apply every db node's bundle, then `db-init` the primary before the standby, then take the writer. */
-async function databases(lab: Lab): Promise<string> {
-  const dbs = nodesWithRole(lab.t, "db");
-  await Promise.all(dbs.map((n) => lab.apply(n.name)));
-  for (const n of dbs) await lab.agent(n.name, "db-init", { timeoutMs: 180_000 });
-  const primary = dbs[0];
-  if (!primary) throw new Error("no db node");
-  await lab.agent(primary.name, `overlay ${lab.t.overlay.dbWriter} take`);
-  return `${dbs.map((n) => n.name).join(" + ")} initialised; writer ${lab.t.overlay.dbWriter} on ${primary.name}`;
-}
-
-/** Apply every app server, then lay out the shared package volume once the upload users exist. */
-async function appServers(lab: Lab): Promise<string> {
-  const apps = nodesWithRole(lab.t, "app");
-  // The storage pair's exports name the DRBD mount point; on AWS the volume's mount creates it.
-  await Promise.all(
-    apps.map(async (n) => {
-      await lab.node(n.name).runAsync(["mkdir", "-p", lab.t.storage.volumeMount]);
-      await lab.apply(n.name);
-    }),
-  );
-  const first = apps[0];
-  if (!first) throw new Error("no app node");
-  const layout = await lab.agent(first.name, `package-layout ${lab.t.storage.packageRoot}`);
-  return `${apps.map((n) => n.name).join(", ")} applied; ${layout.trim()} (shared lab directory)`;
-}
-
-async function balancers(lab: Lab): Promise<string> {
-  const lbs = nodesWithRole(lab.t, "balancer");
-  await Promise.all(lbs.map((n) => lab.apply(n.name)));
-  return `${lbs.map((n) => n.name).join(", ")} applied`;
-}
-
-/** Schema migrations, run once from the first app server through the writer address. */
-async function migrate(lab: Lab): Promise<string> {
-  const app = nodesWithRole(lab.t, "app")[0];
-  if (!app) throw new Error("no app node");
-  const r = await lab.exec(app.name, `${paths.agent} app-migrate`, { timeoutMs: 60_000 });
-  if (r.status !== 0) throw new Error(`app-migrate failed (${r.status}): ${r.stderr}${r.stdout}`);
-  return r.stderr.trim().split("\n").at(-1) ?? "migrated";
 }
 
 export function fipHomes(t: Topology): Map<string, string> {
@@ -129,6 +89,32 @@ async function step(report: Report, name: string, fn: () => Promise<string> | st
   if (!(await report.check(SECTION, name, fn))) throw new Error(`bring-up stopped at: ${name}`);
 }
 
+/** First boot of every node at once, as `pulumi up` launches them; the pairs sort themselves out. */
+async function firstBootAll(lab: Lab, report: Report): Promise<boolean> {
+  const results = await Promise.all(
+    lab.t.nodes.map((n) =>
+      report.check(SECTION, `${n.name} (${n.role}): first boot from its user data`, async () => {
+        const steps = await firstBoot(lab, n.name);
+        report.steps.push(...steps);
+        return steps.map((s) => `\`${s.argv.join(" ")}\` ${s.seconds.toFixed(1)} s`).join("; ");
+      }),
+    ),
+  );
+  for (const role of ["balancer", "app", "db"] as const) {
+    const times = report.steps.filter(
+      (s) => s.phase === "first boot" && lab.t.nodes.some((n) => n.name === s.node && n.role === role),
+    );
+    if (times.length)
+      report.figure(
+        SECTION,
+        `first boot of the ${role} tier (slowest node)`,
+        Math.max(...times.map((s) => s.seconds)),
+        "s",
+      );
+  }
+  return !results.includes(false);
+}
+
 /** Every phase of the bring-up; throws at the first phase that fails (already in the report). */
 export async function bringUp(lab: Lab, report: Report): Promise<void> {
   await step(report, "bundles built and secret store written", () => {
@@ -145,14 +131,12 @@ export async function bringUp(lab: Lab, report: Report): Promise<void> {
     await lab.prepareClient();
     return [...lab.nodes.keys()].join(", ");
   });
-  // The three tiers apply in parallel; each is its own check.
-  const tiers = await Promise.all([
-    report.check(SECTION, "db nodes: apply, db-init, writer overlay", () => databases(lab)),
-    report.check(SECTION, "app nodes: apply, package volume layout", () => appServers(lab)),
-    report.check(SECTION, "balancers: apply (nginx, haproxy, heartbeat)", () => balancers(lab)),
-  ]);
-  if (tiers.includes(false)) throw new Error("bring-up stopped: a tier failed to apply");
-  await step(report, "schema migrated through the writer address", () => migrate(lab));
+  if (!(await firstBootAll(lab, report))) throw new Error("bring-up stopped: a node failed its first boot");
+  await step(report, "rollout after `up` (the stack's chains, one node of a pair at a time)", async () => {
+    const steps = await rollout(lab);
+    report.steps.push(...steps);
+    return steps.map((s) => `${s.node} ${s.seconds.toFixed(1)} s`).join(", ");
+  });
   await step(report, "floating IPs on their home balancers", () => floatingIpsHome(lab));
   await step(report, "HTTPS /_health through every floating IP", () => healthyEverywhere(lab));
 }

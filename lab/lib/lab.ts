@@ -8,8 +8,10 @@ import { join } from "node:path";
 import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
 import { type NodeSpec, nodesWithRole, paths, type Topology } from "../../src/topology.js";
+import { startCloud } from "./cloud.js";
 import { type ExecResult, type LabExecOptions, LabNode, shq, writeTree } from "./lab-node.js";
 import { addressesOf, createBridgeNamespace, createNode } from "./netns.js";
+import { DEBIAN_NODE_MAJOR, ensureDebianNode } from "./preflight.js";
 import type { ClientMaterial } from "./secrets.js";
 import { NS_PREFIX, type StateFile } from "./state.js";
 
@@ -58,8 +60,8 @@ export function sftpArgv(t: Topology, fip: string, connectTimeoutSeconds: number
 }
 
 const BRIDGE_NS = `${NS_PREFIX}br`;
-/** Services the lab cannot run: the storage pair's Heartbeat would drive DRBD and nfsd. */
-const APP_DIRECT_SKIP = "heartbeat drbd nfs-server";
+/** Services the lab's kernel cannot run: DRBD and nfsd (the storage Heartbeat runs without them). */
+const APP_DIRECT_SKIP = "drbd nfs-server";
 
 export interface LabDirs {
   /** Everything of one run; removed on teardown. */
@@ -133,7 +135,8 @@ export class Lab {
 
   /** Host path of a node's bundle, and the same path as the node sees it. */
   bundleDir(name: string): { host: string; node: string } {
-    return { host: join(this.dirs.store, "bundles", name), node: `${this.t.bundleLocation}/bundles/${name}` };
+    // The layout the bootstrap fetches from: `<bundleLocation>/<node>/`, as on S3.
+    return { host: join(this.dirs.store, name), node: `${this.t.bundleLocation}/${name}` };
   }
 
   /** `pypi-node ARGS` on a node (the installed agent); rejects with its output on failure. */
@@ -155,7 +158,7 @@ export class Lab {
   enterCommands(): string[] {
     return [...this.nodes.values()].map(
       (n) =>
-        `${n.name.padEnd(6)}  nsenter -t ${n.pid} -m -n -u -i -- bash    # or: ip netns exec ${n.ns} bash (network only)`,
+        `${n.name.padEnd(6)}  nsenter -t ${n.pid} -m -n -u -i -p -- bash    # or: ip netns exec ${n.ns} bash (network only)`,
     );
   }
 
@@ -182,45 +185,59 @@ export class Lab {
       this.state.add("namespaces", nsOf(name));
       createNode({ ns: nsOf(name), bridgeNs: BRIDGE_NS, address: `${ip}/${prefixLen(this.t)}` });
     }
+    startCloud(this.t, BRIDGE_NS, this.dirs.store, nsOf);
   }
 
   /** Start every node's holder: overlays, the bundle store at bundleLocation, the package volume on apps. */
   async startNodes(): Promise<void> {
     const names = [...this.t.nodes.map((n) => n.name), CLIENT];
     mkdirSync(this.dirs.client, { recursive: true });
+    // The app servers run the index app on Debian 12's nodejs, as on AWS.
+    const debianNode = ensureDebianNode((msg) => process.stdout.write(`lab: ${msg}\n`));
     await Promise.all(
       names.map(async (name) => {
         const spec = this.t.nodes.find((n) => n.name === name);
-        const scratch = join(this.dirs.nodes, name);
-        mkdirSync(scratch, { recursive: true });
+        // The node's root disk: it outlives a crash, so a restart on it is a reboot.
+        const disk = join(this.dirs.nodes, name);
         const binds: [string, string][] = [[this.dirs.store, this.t.bundleLocation]];
-        if (spec?.role === "app") binds.push([this.dirs.packages, this.t.storage.packageRoot]);
+        // One shared directory stands in for the DRBD volume on the storage pair and for its NFS
+        // export on every app server.
+        if (spec?.role === "app")
+          binds.push(
+            [this.dirs.packages, this.t.storage.packageRoot],
+            [this.dirs.packages, this.t.storage.volumeMount],
+          );
         if (name === CLIENT) binds.push([this.dirs.client, CLIENT_DIR]);
         const env: Record<string, string> = spec?.role === "app" ? { PYPI_DIRECT_SKIP: APP_DIRECT_SKIP } : {};
-        const node = await LabNode.start(name, nsOf(name), scratch, { binds, env });
+        const node = await LabNode.start(name, nsOf(name), disk, {
+          binds,
+          env,
+          volume: spec?.dataVolumeId ? { id: spec.dataVolumeId } : undefined,
+          usrLayers: spec?.role === "app" ? [debianNode] : [],
+          network: {
+            iface: spec?.interface ?? "eth0",
+            address: `${spec?.privateIp ?? clientAddress(this.t)}/${prefixLen(this.t)}`,
+            routes: onLinkRanges(this.t),
+          },
+        });
         this.nodes.set(name, node);
-        for (const range of onLinkRanges(this.t))
-          await node.runAsync(["ip", "route", "replace", range, "dev", "eth0"]);
+        if (spec?.role === "app") {
+          const version = (await node.runAsync(["node", "--version"])).trim();
+          if (!version.startsWith(`v${DEBIAN_NODE_MAJOR}.`))
+            throw new Error(`${name}: node --version is ${version}, not Debian 12's v${DEBIAN_NODE_MAJOR}`);
+        }
       }),
     );
   }
 
   /**
-   * The package volume's root on the host (the NFS export on AWS); the agent's `package-layout`
-   * creates its directories from an app node once the upload users exist.
+   * The package volume's root on the host (the DRBD volume and NFS export on AWS); the storage
+   * pair's Heartbeat lays it out through the pypi-nfs resource, as on AWS.
    */
   preparePackageVolume(): void {
     mkdirSync(this.dirs.packages, { recursive: true });
     chownSync(this.dirs.packages, 0, 0);
     chmodSync(this.dirs.packages, 0o755);
-  }
-
-  /** Apply a node's bundle with the agent the bundle carries, exactly as cloud-init does. */
-  apply(name: string): Promise<string> {
-    const dir = this.bundleDir(name).node;
-    return this.node(name).sh(`sh ${shq(`${dir}/files${paths.agent}`)} apply ${shq(dir)}`, {
-      timeoutMs: 120_000,
-    });
   }
 
   /** Client side: CA, upload key, known_hosts, and the domain resolving to the first floating IP. */

@@ -45,6 +45,16 @@ export function destroyNamespace(name: string): void {
   ip("netns", "del", name);
 }
 
+/** Set every link of a namespace but loopback up or down (a machine that stops dead goes dark). */
+export function setLinks(ns: string, up: boolean): void {
+  if (!namespaceExists(ns)) return;
+  const links = ip("-n", ns, "-o", "link", "show")
+    .split("\n")
+    .map((line) => /^\d+: ([^:@]+)/.exec(line)?.[1])
+    .filter((name): name is string => name !== undefined && name !== "lo");
+  for (const link of links) ip("-n", ns, "link", "set", link, up ? "up" : "down");
+}
+
 /** A fresh, empty namespace with loopback up (an existing one of that name is destroyed first). */
 export function createNamespace(name: string): void {
   destroyNamespace(name);
@@ -92,7 +102,11 @@ export interface NodeProcess {
   readonly ns: string;
   /** Hostname inside the node's own UTS namespace (what `uname -n` answers). */
   readonly hostname: string;
-  /** Host directories bind-mounted over paths inside the node: `[source, target]`. */
+  /**
+   * Host directories bind-mounted over paths inside the node: `[source, target]`. A target the
+   * host lacks is made in a copy-on-write view of its nearest existing parent, whose layers sit
+   * next to the source (`<source>.cow/`), so nothing is created on the host's tree.
+   */
   readonly binds?: readonly (readonly [string, string])[];
   /** Paths that get an empty tmpfs inside the node (e.g. `/run`). */
   readonly tmpfs?: readonly string[];
@@ -102,11 +116,28 @@ export interface NodeProcess {
 
 const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
+/** Shell that makes `dst` exist inside a private mount namespace without touching the host. */
+function bindTarget(src: string, dst: string): string {
+  const cow = shq(`${src}.cow`);
+  return [
+    `if [ ! -e ${shq(dst)} ]; then`,
+    `  parent=${shq(dst)}`,
+    '  while [ ! -e "$parent" ]; do parent=$(dirname "$parent"); done',
+    `  mkdir -p ${cow}/upper ${cow}/work`,
+    `  mount -t overlay overlay -o "lowerdir=$parent,upperdir="${cow}"/upper,workdir="${cow}"/work" "$parent"`,
+    `  mkdir -p ${shq(dst)}`,
+    "fi",
+  ].join("\n");
+}
+
 /** argv that runs `command` in the node with private mount, UTS and IPC namespaces. */
 export function nodeArgv(p: NodeProcess, command: readonly string[]): string[] {
   const script = [
     "set -e",
-    ...(p.binds ?? []).map(([src, dst]) => `mount --bind ${shq(src)} ${shq(dst)}`),
+    ...(p.binds ?? []).flatMap(([src, dst]) => [
+      bindTarget(src, dst),
+      `mount --bind ${shq(src)} ${shq(dst)}`,
+    ]),
     ...(p.tmpfs ?? []).map((dst) => `mount -t tmpfs -o mode=0755 tmpfs ${shq(dst)}`),
     `hostname ${shq(p.hostname)}`,
     p.setup ?? ":",

@@ -28,6 +28,7 @@ export interface ReportData {
   readonly checks: CheckRecord[];
   readonly figures: FigureRecord[];
   readonly notes: string[];
+  readonly steps: StepRecord[];
   readonly ok: boolean;
 }
 
@@ -44,8 +45,18 @@ function mdTable(header: readonly string[], rows: readonly (readonly string[])[]
   return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)];
 }
 
+/** A command the lab ran on a node to bring it up (see lab/lib/boot.ts). */
+export interface StepRecord {
+  readonly node: string;
+  readonly phase: string;
+  readonly argv: readonly string[];
+  readonly seconds: number;
+}
+
 export class Report {
   readonly checks: CheckRecord[] = [];
+  /** Bring-up commands per node: the AWS steps (user data, boot unit, rollout), nothing else. */
+  readonly steps: StepRecord[] = [];
   readonly figures: FigureRecord[] = [];
   readonly notes: string[] = [];
   readonly environment: Record<string, string> = {};
@@ -98,6 +109,7 @@ export class Report {
       environment: this.environment,
       checks: this.checks,
       figures: this.figures,
+      steps: this.steps,
       notes: this.notes,
       ok: this.ok,
     };
@@ -155,6 +167,24 @@ export class Report {
             ...mdTable(
               ["section", "figure", "value", "detail"],
               this.figures.map((f) => [f.section, f.name, `${f.value} ${f.unit}`, esc(f.detail ?? "")]),
+            ),
+          ]
+        : []),
+      ...(this.steps.length
+        ? [
+            "",
+            "## Bring-up steps per node",
+            "",
+            "Each node ran only what it runs on AWS: its user data's `runcmd` as cloud-init runs it, the boot unit at a reboot, and the rollout's SSM command.",
+            "",
+            ...mdTable(
+              ["node", "phase", "command", "time"],
+              this.steps.map((s) => [
+                s.node,
+                s.phase,
+                `\`${s.argv.join(" ")}\``,
+                `${s.seconds.toFixed(1)} s`,
+              ]),
             ),
           ]
         : []),

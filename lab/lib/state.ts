@@ -1,10 +1,12 @@
 /**
  * What a lab run made, recorded before it is made, so `lab:down` can undo a crashed run. Every
  * mount lives in a node's own mount namespace and every process in a node's network namespace,
- * so destroying the namespaces ends both; the run directory is then removed.
+ * so destroying the namespaces ends both. The nodes' data volumes are loop devices on files in
+ * the run directory: they are detached, then the run directory is removed.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
+import { detachVolumes } from "./lab-node.js";
 import { destroyNamespace, killNamespace, namespacesWithPrefix } from "./netns.js";
 
 /** Every lab namespace starts with this, which is how lab:down finds what no state file lists. */
@@ -55,6 +57,8 @@ export class StateFile {
 export interface TeardownResult {
   readonly namespaces: string[];
   readonly dirs: string[];
+  /** Loop devices detached (the nodes' data volumes). */
+  readonly volumes: string[];
   readonly errors: string[];
 }
 
@@ -82,6 +86,15 @@ export function teardown(state: StateFile, knownDirs: readonly string[] = []): T
     }
   }
   const dirs = [...new Set([...(recorded?.dirs ?? []), ...knownDirs.filter((d) => existsSync(d))])];
+  const volumes: string[] = [];
+  // Also for a run directory already removed: a deleted backing file keeps its path.
+  for (const dir of new Set([...dirs, ...knownDirs])) {
+    try {
+      volumes.push(...detachVolumes(dir));
+    } catch (err) {
+      errors.push(`detach volumes under ${dir}: ${String(err)}`);
+    }
+  }
   for (const dir of dirs) {
     try {
       rmSync(dir, { recursive: true, force: true });
@@ -90,5 +103,5 @@ export function teardown(state: StateFile, knownDirs: readonly string[] = []): T
     }
   }
   if (errors.length === 0) state.remove();
-  return { namespaces, dirs, errors };
+  return { namespaces, dirs, volumes, errors };
 }

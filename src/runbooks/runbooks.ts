@@ -124,7 +124,7 @@ function uploadBackendLoss(t: Topology, lost: NodeSpec): Runbook {
     id: `upload-backend-loss-${lost.name}`,
     title: `Upload sshd on ${lost.name} down`,
     summary:
-      "HAProxy's SSH banner check takes the backend out within about 3 s and new SFTP sessions go to the other app servers. Restart sshd and confirm HAProxy puts it back.",
+      "ssh.service restarts a crashed sshd by itself (Restart=on-failure) within about a second. This is for an sshd its unit left down (exit 255, or the start limit hit): HAProxy's SSH banner check takes the backend out within about 3 s and new SFTP sessions go to the other app servers. Restart sshd and confirm HAProxy puts it back.",
     steps: [
       {
         title: `HAProxy sees ${lost.name} down`,
