@@ -117,6 +117,10 @@ svc_running() {
 }
 
 svc_reload() {
+  if [ "$1" = postgresql ]; then
+    pg_reload_settings
+    return
+  fi
   # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
     systemd) systemctl daemon-reload && systemctl reload-or-restart $(systemd_units "$1") ;;
@@ -424,6 +428,26 @@ pg_may_start() {
     log "postgresql: a primary's cluster starts only through pypi-db converge; not started"
     return 1
   fi
+}
+
+# A reload applies what it can. A postmaster-level change (listen_addresses, wal_log_hints, ...)
+# stays pending_restart until a restart, which keeps the node's role: a restart of the running
+# server, never a fresh start (a stopped cluster is pypi-db converge's to start, after its checks).
+pg_reload_settings() {
+  if ! svc_running postgresql; then
+    log "postgresql: not running; nothing to reload (pypi-db converge starts it)"
+    return 0
+  fi
+  pgsql 'SELECT pg_reload_conf()' >/dev/null
+  # A new session sees the reloaded files once the postmaster has processed the signal.
+  sleep 0.5
+  pg_pending=$(pgsql "SELECT string_agg(name, ',' ORDER BY name) FROM pg_settings WHERE pending_restart")
+  [ -n "$pg_pending" ] || return 0
+  log "postgresql: restarting for settings that need it: $pg_pending"
+  case $PYPI_SERVICE_MANAGER in
+    systemd) systemctl restart "postgresql@${PYPI_PG_VERSION:?}-main" ;;
+    direct) pg_ctl_ -w -t 60 -m fast restart >/dev/null ;;
+  esac
 }
 
 pg_direct_start() {

@@ -17,7 +17,7 @@ import { executeRunbook } from "../../lab/lib/runbook.js";
 import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
 import { buildRunbooks, OPERATOR } from "../../src/runbooks/runbooks.js";
-import { paths, pgDataDir, type Topology } from "../../src/topology.js";
+import { paths, pgConfDir, pgDataDir, type Topology } from "../../src/topology.js";
 import { LabNode, writeTree } from "../support/lab-nodes.js";
 import { createBridgeNamespace, createNode, destroyNamespace } from "../support/netns.js";
 import { requireTools } from "../support/tools.js";
@@ -194,6 +194,28 @@ describe.skipIf(!canRun).each(cases)(
       );
       expect(Number(grants.stdout.trim())).toBeGreaterThanOrEqual(4);
     });
+
+    it("a postmaster-level change restarts the server (pending_restart); the role stays", () => {
+      const bundle = join(root, "lab", "bundles", "db-b");
+      const conf = join(bundle, "files", pgConfDir(t.postgres.version), "postgresql.conf");
+      const original = readFileSync(conf, "utf8");
+      expect(original).toMatch(/^max_connections = 100$/m);
+      const apply = () =>
+        node("db-b").exec(["sh", `${bundle}/files${paths.agent}`, "apply", bundle], { timeoutMs: 90_000 });
+      try {
+        writeFileSync(conf, original.replace(/^max_connections = 100$/m, "max_connections = 120"));
+        const r = apply();
+        expect(r.status, r.stderr).toBe(0);
+        expect(r.stderr).toContain("restarting for settings that need it: max_connections");
+        expect(superSql("db-b", "SHOW max_connections").stdout.trim()).toBe("120");
+        expect(superSql("db-b", "SELECT pg_is_in_recovery()").stdout.trim()).toBe("t");
+      } finally {
+        writeFileSync(conf, original);
+        const r = apply();
+        expect(r.status, r.stderr).toBe(0);
+      }
+      expect(superSql("db-b", "SHOW max_connections").stdout.trim()).toBe("100");
+    }, 120_000);
 
     it("fails over with the runbook's steps as written and re-attaches the old primary", async () => {
       const runbook = buildRunbooks(t).find((r) => r.id === "db-primary-loss-db-a");
