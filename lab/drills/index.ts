@@ -12,6 +12,8 @@ import { dbPrimaryLoss } from "./db-primary-loss.js";
 import { heartbeatPartition } from "./heartbeat-partition.js";
 import { nginxDeath } from "./nginx-death.js";
 import { pgReattach } from "./pg-reattach.js";
+import { reboots } from "./reboots.js";
+import { supervision } from "./supervision.js";
 import { syncStandbyDown } from "./sync-standby-down.js";
 import { drillRunTotal, markStart } from "./total.js";
 import { uploadBackendLoss } from "./upload-backend-loss.js";
@@ -34,5 +36,7 @@ export const drills: readonly Drill[] = [
   dbPrimaryLoss,
   syncStandbyDown,
   pgReattach,
+  supervision,
+  reboots,
   drillRunTotal,
 ];
