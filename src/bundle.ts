@@ -54,7 +54,7 @@ import { type NodeSpec, paths, pgDialect, storagePair, type Topology } from "./t
 import { validateTopology } from "./validate-topology.js";
 
 /** Where db nodes keep the recovery.conf the agent installs when it re-attaches a standby. */
-export const RECOVERY_TEMPLATE_PATH = "/etc/pypi-node/postgres/recovery.conf";
+export const RECOVERY_TEMPLATE_PATH = paths.pgRecoveryTemplate;
 
 /** Modules whose Debian package ships a `.conf` next to the `.load`. */
 const APACHE_MODULES_WITH_CONF = new Set(["alias", "fcgid", "mime", "proxy", "setenvif", "wsgi"]);

@@ -169,6 +169,8 @@ export const paths = {
   dbTool: "/usr/local/sbin/pypi-db",
   agentConfig: "/etc/pypi-node/node.env",
   agentState: "/var/lib/pypi-node",
+  /** recovery.conf (Postgres before 12) as the agent installs it when it makes a standby. */
+  pgRecoveryTemplate: "/etc/pypi-node/postgres/recovery.conf",
   haproxySocket: "/run/haproxy/admin.sock",
   staticRoot: "/srv/www/pypi-static",
   appRoot: "/opt/pypi-index",

@@ -3,6 +3,7 @@
 # pypi-db and the Heartbeat resource scripts; never run on its own.
 # shellcheck shell=sh
 
+# The one path node.env cannot name: where node.env is (paths.agentConfig; tests/agent/paths.test.ts).
 PYPI_NODE_CONFIG=${PYPI_NODE_CONFIG:-/etc/pypi-node/node.env}
 
 log() { printf '%s\n' "pypi-node: $*" >&2; }
@@ -169,10 +170,11 @@ svc_stop() {
   if [ -n "$ss_pid" ]; then rm -f "$SVC_RUN_DIR/watch/$ss_pid" "$SVC_RUN_DIR/exit/$ss_pid"; fi
 }
 
-# Where each daemon writes its main pid, with systemd and without.
+# Where each daemon writes its main pid, with systemd and without. Only nginx's is rendered
+# (nginx.conf); the others are Debian's units' and the daemons' own defaults.
 svc_pidfile() {
   case $1 in
-    nginx) echo /run/nginx.pid ;;
+    nginx) echo "${PYPI_NGINX_PID:?}" ;;
     haproxy) echo /run/haproxy.pid ;;
     apache2) echo /run/apache2/apache2.pid ;;
     ssh) echo /run/sshd.pid ;;
@@ -235,7 +237,7 @@ pg() {
   shift
   runuser -u postgres -- "$PYPI_PG_BIN/$tool" "$@"
 }
-pgsql() { runuser -u postgres -- psql -X -q -At -p "$PYPI_PG_PORT" -h /var/run/postgresql -d postgres -c "$1"; }
+pgsql() { runuser -u postgres -- psql -X -q -At -p "$PYPI_PG_PORT" -h "$PYPI_PG_SOCKET_DIR" -d postgres -c "$1"; }
 pg_ctl_() { runuser -u postgres -- "$PYPI_PG_BIN/pg_ctl" -D "$PYPI_PG_DATA" "$@"; }
 
 # Without systemd (the lab), daemons are started and signalled directly. The lab node's
@@ -295,7 +297,8 @@ direct_start() {
   case $1 in
     nginx) nginx ;;
     # Master-worker, as Debian's unit runs it (-Ws): USR2 reloads, and the workers end with it.
-    haproxy) mkdir -p /run/haproxy && haproxy -W -D -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg ;;
+    haproxy) mkdir -p "$(dirname "$PYPI_HAPROXY_SOCKET")" &&
+      haproxy -W -D -p "$(svc_pidfile haproxy)" -f "$PYPI_HAPROXY_CONF" ;;
     apache2) mkdir -p /run/apache2 /var/log/apache2 && apache2ctl start ;;
     ssh) mkdir -p /run/sshd && /usr/sbin/sshd ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat ;;
@@ -329,10 +332,10 @@ direct_reload() {
   if direct_triggered "$1"; then return 0; fi
   case $1 in
     nginx) nginx -s reload ;;
-    haproxy) kill -USR2 "$(cat /run/haproxy.pid)" ;;
+    haproxy) kill -USR2 "$(cat "$(svc_pidfile haproxy)")" ;;
     apache2) apache2ctl graceful ;;
-    ssh) kill -HUP "$(cat /run/sshd.pid)" ;;
-    heartbeat) kill -HUP "$(cat /run/heartbeat.pid)" ;;
+    ssh) kill -HUP "$(cat "$(svc_pidfile ssh)")" ;;
+    heartbeat) kill -HUP "$(cat "$(svc_pidfile heartbeat)")" ;;
     postgresql) pg_ctl_ reload >/dev/null ;;
     *) log "no direct reload for $1; skipped" ;;
   esac
@@ -344,9 +347,9 @@ direct_stop() {
   if direct_triggered "$1"; then return 0; fi
   case $1 in
     nginx) nginx -s quit ;;
-    haproxy) kill "$(cat /run/haproxy.pid)" ;;
+    haproxy) kill "$(cat "$(svc_pidfile haproxy)")" ;;
     apache2) apache2ctl graceful-stop ;;
-    ssh) kill "$(cat /run/sshd.pid)" ;;
+    ssh) kill "$(cat "$(svc_pidfile ssh)")" ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat -k ;;
     postgresql) pg_ctl_ -w -m fast stop >/dev/null ;;
     *) log "no direct stop for $1; skipped" ;;
@@ -365,7 +368,6 @@ secret_value() {
 # ---------------------------------------------------------------- Postgres
 
 # Variables of these functions carry a pg_ prefix: POSIX sh has no locals.
-PG_SOCKET_DIR=/var/run/postgresql
 
 # Client tools from the server's bin dir when it has them, else Debian's newest: its clients
 # talk to older servers, and pg_wrapper would pick a version from the local clusters instead.
@@ -375,8 +377,8 @@ pg_client() {
   if [ -x "$PYPI_PG_BIN/$pg_tool" ]; then
     pg_tool_path=$PYPI_PG_BIN/$pg_tool
   else
-    pg_tool_path=$(printf '%s\n' /usr/lib/postgresql/*/bin/"$pg_tool" | sort -V | tail -n 1)
-    [ -x "$pg_tool_path" ] || die "no $pg_tool in $PYPI_PG_BIN or /usr/lib/postgresql"
+    pg_tool_path=$(printf '%s\n' "$PYPI_PG_LIB_DIR"/*/bin/"$pg_tool" | sort -V | tail -n 1)
+    [ -x "$pg_tool_path" ] || die "no $pg_tool in $PYPI_PG_BIN or $PYPI_PG_LIB_DIR"
   fi
   runuser -u postgres -- "$pg_tool_path" "$@"
 }
@@ -384,7 +386,7 @@ pg_client() {
 # SQL from stdin as the postgres superuser over the local socket; stops at the first error.
 # Passwords travel this way, never on a command line.
 pg_sql() {
-  pg_client psql -X -q -At -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PYPI_PG_PORT" -d "${1:-postgres}"
+  pg_client psql -X -q -At -v ON_ERROR_STOP=1 -h "$PYPI_PG_SOCKET_DIR" -p "$PYPI_PG_PORT" -d "${1:-postgres}"
 }
 
 # A SQL string literal (standard_conforming_strings: only quotes double).
@@ -403,8 +405,8 @@ pg_peer_conninfo() {
 pg_prepare_dirs() {
   pg_parent=$(dirname "$PYPI_PG_DATA")
   install -d -o postgres -g postgres -m 0755 "$(dirname "$pg_parent")" "$pg_parent"
-  install -d -o postgres -g postgres -m 2775 "$PG_SOCKET_DIR"
-  install -d -o postgres -g postgres -m 0755 /var/log/postgresql
+  install -d -o postgres -g postgres -m 2775 "$PYPI_PG_SOCKET_DIR"
+  install -d -o postgres -g postgres -m 0755 "$(dirname "$PYPI_PG_LOG")"
 }
 
 # Whatever starts Postgres asks first. It stays down without its data volume (the root disk
@@ -453,7 +455,7 @@ pg_reload_settings() {
 pg_direct_start() {
   pg_may_start || return 0
   pg_prepare_dirs
-  pg_ctl_ -w -t 60 -l "/var/log/postgresql/postgresql-$PYPI_PG_VERSION-main.log" \
+  pg_ctl_ -w -t 60 -l "$PYPI_PG_LOG" \
     -o "-c config_file=$PYPI_PG_CONF/postgresql.conf" start >/dev/null
 }
 

@@ -5,12 +5,10 @@ set -eu
 # shellcheck source=/dev/null
 . "$PYPI_LIB"
 
-PG_RECOVERY_TEMPLATE=/etc/pypi-node/postgres/recovery.conf
-
 install_standby_files() {
   case $PYPI_PG_DIALECT in
     standby.signal) install -o postgres -g postgres -m 0600 /dev/null "$PYPI_PG_DATA/standby.signal" ;;
-    recovery.conf) install -o postgres -g postgres -m 0600 "$PG_RECOVERY_TEMPLATE" "$PYPI_PG_DATA/recovery.conf" ;;
+    recovery.conf) install -o postgres -g postgres -m 0600 "$PYPI_PG_RECOVERY_TEMPLATE" "$PYPI_PG_DATA/recovery.conf" ;;
   esac
 }
 
@@ -310,7 +308,6 @@ main() {
   shift
   load_config
   [ "$PYPI_ROLE" = db ] || die "pypi-db runs on db nodes, not on a $PYPI_ROLE"
-  PYPI_AGENT_STATE=${PYPI_AGENT_STATE:-/var/lib/pypi-node}
   case $command in
     converge) cmd_db_converge ;;
     fence) cmd_db_fence ;;

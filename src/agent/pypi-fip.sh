@@ -71,6 +71,23 @@ cmd_fip() {
       ;;
     lab:stop | aws:stop) log "fip $addr: left associated until a peer takes it over" ;;
     lab:status) if lab_addr_held "$addr" && lab_eip_mine "$addr"; then echo running; else echo stopped; fi ;;
+    # After a boot: an address still associated with this node is served at once, instead of
+    # after Heartbeat's initdead; Heartbeat may still hand it to the peer later.
+    lab:reclaim)
+      if lab_eip_mine "$addr" && ! lab_addr_held "$addr"; then
+        ip addr add "$addr/32" dev "$PYPI_IFACE"
+        arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true
+        log "fip $addr: still associated with this node; serving it again"
+      fi
+      ;;
+    aws:reclaim)
+      eni=$(own_eni) || die "fip $addr: no network interface id from IMDS"
+      held=$(fip_association 2) || die "fip $addr: cannot read the association of $alloc"
+      if [ "${held%%[[:space:]]*}" = "$eni" ] && ! ip -o addr show dev "$PYPI_IFACE" | grep -q " $secondary/"; then
+        ip addr add "$secondary/${PYPI_SUBNET_PREFIX:-24}" dev "$PYPI_IFACE"
+        log "fip $addr: still associated with this node; serving it again"
+      fi
+      ;;
     aws:start) fip_take ;;
     aws:status)
       # Heartbeat reads anything but "running" as not held, so an unknown state never looks held.
@@ -84,7 +101,7 @@ cmd_fip() {
       fi
       if [ "${held%%[[:space:]]*}" = "$eni" ]; then echo running; else echo stopped; fi
       ;;
-    *) die "fip: unknown action $action (start|stop|status)" ;;
+    *) die "fip: unknown action $action (start|stop|status|reclaim)" ;;
   esac
 }
 

@@ -7,7 +7,6 @@ set -eu
 # shellcheck source=/dev/null
 . "$PYPI_LIB"
 
-PYPI_BUNDLE_DIR_DEFAULT=/var/lib/pypi-node/incoming
 TAB=$(printf '\t')
 
 # ---------------------------------------------------------------- validation
@@ -17,6 +16,8 @@ TAB=$(printf '\t')
 # so the daemon checks the configuration it would really load.
 stage_confdir() {
   sd_bundle=$1 sd_confdir=$2 sd_stage=$3
+  # An unset path must never widen the copy to the whole filesystem.
+  case $sd_confdir in /?*) ;; *) die "stage_confdir: refusing to stage '$sd_confdir'" ;; esac
   cp -a "$sd_confdir/." "$sd_stage/"
   while IFS=$TAB read -r sd_kind sd_path _mode _owner _group _validator _reloads sd_target; do
     case $sd_path in "$sd_confdir"/*) ;; *) continue ;; esac
@@ -36,15 +37,15 @@ validate_tool() {
   case $tool in
     nginx)
       stage=$(mktemp -d)
-      stage_confdir "$bundle" /etc/nginx "$stage"
+      stage_confdir "$bundle" "$(dirname "${PYPI_NGINX_CONF:?}")" "$stage"
       rc=0
-      nginx -t -q -c "$stage/nginx.conf" 2>&1 || rc=$?
+      nginx -t -q -c "$stage/$(basename "$PYPI_NGINX_CONF")" 2>&1 || rc=$?
       rm -rf "$stage"
       return "$rc"
       ;;
     apache)
       stage=$(mktemp -d)
-      stage_confdir "$bundle" /etc/apache2 "$stage"
+      stage_confdir "$bundle" "${PYPI_APACHE_DIR:?}" "$stage"
       rc=0
       APACHE_CONFDIR=$stage apache2ctl -t 2>&1 || rc=$?
       rm -rf "$stage"
@@ -69,7 +70,7 @@ validate_tool() {
       [ -x "$drbdadm84" ] || drbdadm84=drbdadm
       stage=$(mktemp -d)
       mkdir "$stage/drbd.d"
-      stage_confdir "$bundle" /etc/drbd.d "$stage/drbd.d"
+      stage_confdir "$bundle" "${PYPI_DRBD_DIR:?}" "$stage/drbd.d"
       printf 'include "%s/drbd.d/global_common.conf";\ninclude "%s/drbd.d/*.res";\n' "$stage" "$stage" \
         >"$stage/drbd.conf"
       rc=0
@@ -79,11 +80,13 @@ validate_tool() {
       return "$rc"
       ;;
     exportfs)
-      # exportfs reads only /etc/exports, so check the candidate in a private mount namespace.
+      # exportfs reads only the live exports file, so check the candidate in a private mount
+      # namespace (over nfs-utils' own state dir, Debian's).
       # shellcheck disable=SC2016
       unshare --mount --propagation private sh -c '
-        mount --bind "$1" /etc/exports && mount -t tmpfs tmpfs /var/lib/nfs &&
-          touch /var/lib/nfs/etab /var/lib/nfs/rmtab && exportfs -ra' exportfs-check "$candidate" 2>&1
+        mount --bind "$1" "$2" && mount -t tmpfs tmpfs /var/lib/nfs &&
+          touch /var/lib/nfs/etab /var/lib/nfs/rmtab && exportfs -ra' exportfs-check \
+        "$candidate" "${PYPI_NFS_EXPORTS:?}" 2>&1
       ;;
     sh) sh -n "$candidate" 2>&1 ;;
     *) die "unknown validator $tool" ;;
@@ -92,14 +95,19 @@ validate_tool() {
 
 # ---------------------------------------------------------------- apply / check
 
-# The directory-wide validator that covers a path, if any.
+# The directory-wide validator that covers a path, if any. node.env names only the config dirs
+# of the daemons this node runs.
 tree_validator() {
-  case $1 in
-    /etc/nginx/*) echo nginx ;;
-    /etc/apache2/*) echo apache ;;
-    /etc/drbd.d/*) echo drbd ;;
-    *) echo "" ;;
-  esac
+  if [ -n "${PYPI_NGINX_CONF:-}" ]; then
+    case $1 in "$(dirname "$PYPI_NGINX_CONF")"/*) echo nginx && return 0 ;; esac
+  fi
+  if [ -n "${PYPI_APACHE_DIR:-}" ]; then
+    case $1 in "$PYPI_APACHE_DIR"/*) echo apache && return 0 ;; esac
+  fi
+  if [ -n "${PYPI_DRBD_DIR:-}" ]; then
+    case $1 in "$PYPI_DRBD_DIR"/*) echo drbd && return 0 ;; esac
+  fi
+  echo ""
 }
 
 # Some file of the bundle checked by VALIDATOR, for changes that are not files themselves.
@@ -150,7 +158,7 @@ install_secrets() {
     chmod "$mode" "$tmp"
     mv -f "$tmp" "$path"
     # sshd refuses a host key whose .pub (the image's own) does not match it.
-    case $path in /etc/ssh/ssh_host_*_key) ssh-keygen -y -f "$path" >"$path.pub" ;; esac
+    if [ "$path" = "${PYPI_UPLOAD_HOST_KEY:-}" ]; then ssh-keygen -y -f "$path" >"$path.pub"; fi
     printf 'changed\tsecret\t%s\n' "$path"
     changed=$((changed + 1))
     add_reloads "$reloads"
@@ -190,8 +198,19 @@ ensure_upload_users() {
   done
 }
 
+# The bundle to check or apply: the argument, else the installed node.env's PYPI_BUNDLE_DIR. Read
+# in a subshell: the bundle's own node.env is loaded next, and nothing of the old one may linger.
+bundle_dir() {
+  if [ -n "${1:-}" ]; then
+    printf '%s\n' "$1"
+  else
+    # shellcheck disable=SC1090
+    (. "$PYPI_NODE_CONFIG" && printf '%s\n' "${PYPI_BUNDLE_DIR:?}")
+  fi
+}
+
 cmd_check() {
-  bundle=${1:-$PYPI_BUNDLE_DIR_DEFAULT}
+  bundle=$(bundle_dir "$@") || die "no bundle given, and $PYPI_NODE_CONFIG names none"
   [ -r "$bundle/manifest" ] || die "no manifest in $bundle"
   load_config "$bundle/files$PYPI_NODE_CONFIG"
   failed=0
@@ -242,16 +261,13 @@ started_since() {
     END { exit !found }'
 }
 
-# The first value of a directive (`key value;` of nginx, `key value` of ha.cf).
-conf_value() { sed -n "s/^[[:space:]]*$2[[:space:]]\{1,\}\([^[:space:];]*\).*/\1/p" "$1" 2>/dev/null | head -n 1; }
-
 # An ha.cf time in whole seconds (rounded up): plain seconds, or milliseconds with `ms`.
 hacf_seconds() {
   awk -v k="$1" -v d="$2" '$1 == k { v = $2 } END {
     if (v == "") { print d; exit }
     ms = (v ~ /ms$/); sub(/m?s$/, "", v); v += 0
     if (ms) v /= 1000
-    print int(v) + (v > int(v)) }' /etc/ha.d/ha.cf 2>/dev/null || echo "$2"
+    print int(v) + (v > int(v)) }' "$PYPI_HA_CF" 2>/dev/null || echo "$2"
 }
 
 file_size() { if [ -f "$1" ]; then echo $(($(wc -c <"$1"))); else echo 0; fi; }
@@ -263,21 +279,14 @@ file_since() {
 }
 
 # Where a daemon reports errors it meets after its check passed (binding, re-reading ha.cf).
+# Apache's is Debian's APACHE_LOG_DIR, which the rendered site uses but does not set.
 service_log() {
   case $1 in
-    nginx) sl_log=$(conf_value /etc/nginx/nginx.conf error_log) && echo "${sl_log:-/var/log/nginx/error.log}" ;;
+    nginx) echo "$PYPI_NGINX_ERROR_LOG" ;;
     apache2) echo /var/log/apache2/error.log ;;
-    heartbeat) sl_log=$(conf_value /etc/ha.d/ha.cf logfile) && echo "${sl_log:-/var/log/ha-log}" ;;
-    postgresql) echo "/var/log/postgresql/postgresql-${PYPI_PG_VERSION:-}-main.log" ;;
+    heartbeat) echo "$PYPI_HA_LOG" ;;
+    postgresql) echo "$PYPI_PG_LOG" ;;
     *) echo "" ;;
-  esac
-}
-
-service_pidfile() {
-  case $1 in
-    nginx) sp_pid=$(conf_value /etc/nginx/nginx.conf pid) && echo "${sp_pid:-/run/nginx.pid}" ;;
-    haproxy) echo /run/haproxy.pid ;;
-    apache2) echo /run/apache2/apache2.pid ;;
   esac
 }
 
@@ -379,7 +388,7 @@ verify_service() {
   vs_tries=$((VERIFY_SECONDS * 5))
   case $1 in
     nginx | haproxy | apache2)
-      vs_pidfile=$(service_pidfile "$1")
+      vs_pidfile=$(svc_pidfile "$1")
       until started_since "$vs_pidfile" "$VB_MARK"; do
         vs_tries=$((vs_tries - 1))
         [ "$vs_tries" -gt 0 ] || {
@@ -503,7 +512,7 @@ cmd_apply() {
     # -o: daemons the apply starts must not inherit the lock.
     exec flock -o /run/pypi-node.lock sh "$0" apply "$@"
   fi
-  bundle=${1:-$PYPI_BUNDLE_DIR_DEFAULT}
+  bundle=$(bundle_dir "$@") || die "no bundle given, and $PYPI_NODE_CONFIG names none"
   [ -r "$bundle/manifest" ] || die "no manifest in $bundle"
   load_config "$bundle/files$PYPI_NODE_CONFIG"
   RELOAD=""
@@ -536,7 +545,7 @@ cmd_apply() {
   [ "$rejected" = 0 ] || die "candidate rejected; live configuration left untouched"
 
   # Pass 2: install atomically (temp file in the same dir, then rename), keeping what it replaces.
-  SNAP_ROOT=${PYPI_AGENT_STATE:-/var/lib/pypi-node}/previous
+  SNAP_ROOT=$PYPI_AGENT_STATE/previous
   SNAP=""
   while IFS=$TAB read -r kind path mode owner group _validator reloads target; do
     case $kind in
@@ -693,7 +702,7 @@ cmd_watch() {
     [ ! -e "$watch_pause" ] || continue
     if svc_running nginx; then
       # Healthy again after a hand-off: take the home addresses back, as auto_failback would.
-      if [ "$watch_handed" = yes ] && grep -Eq '^auto_failback[[:space:]]+on' /etc/ha.d/ha.cf; then
+      if [ "$watch_handed" = yes ] && grep -Eq '^auto_failback[[:space:]]+on' "$PYPI_HA_CF"; then
         log "watch: nginx is back; taking this node's floating IPs back"
         "$watch_takeover" local >&2 || log "watch: $watch_takeover failed"
       fi
@@ -759,17 +768,14 @@ EOF
   exit 2
 }
 
-APP_ENV=/etc/pypi-index/env
-APP_SCRIPT=/opt/pypi-index/index.fcgi
-
 # Runs the index app's CLI as www-data with the environment Apache gives it.
 app_cli() {
   (
     set -a
     # shellcheck disable=SC1090
-    . "$APP_ENV"
+    . "$PYPI_APP_ENV"
     set +a
-    exec runuser -u www-data -- "$APP_SCRIPT" "$@"
+    exec runuser -u www-data -- "$PYPI_APP_SCRIPT" "$@"
   )
 }
 
@@ -838,7 +844,10 @@ cmd_converge() {
   case $PYPI_ROLE in
     db) exec "$PYPI_DB_TOOL" converge ;;
     app) app_converge ;;
-    balancer) for svc in $PYPI_SERVICES; do svc_running "$svc" || die "converge: $svc is not running"; done ;;
+    balancer)
+      for triple in $PYPI_FIPS; do "$PYPI_FIP_SCRIPT" "${triple%%=*}" reclaim; done
+      for svc in $PYPI_SERVICES; do svc_running "$svc" || die "converge: $svc is not running"; done
+      ;;
   esac
 }
 
@@ -851,7 +860,6 @@ main() {
     apply) cmd_apply "$@" ;;
     *) load_config ;;
   esac
-  PYPI_AGENT_STATE=${PYPI_AGENT_STATE:-/var/lib/pypi-node}
   case $command in
     check | apply) ;;
     status) cmd_status ;;

@@ -7,18 +7,23 @@ import {
   nodesWithRole,
   paths,
   peerOf,
+  pgBinDir,
   pgConfDir,
   pgDataDir,
   pgDialect,
   storagePair,
   type Topology,
 } from "../topology.js";
-import { indexDbPasswordFile } from "./apache.js";
+import { apacheConfDir, indexDbPasswordFile } from "./apache.js";
+import { bootstrapIncomingDir } from "./cloud-init.js";
 import { DRBD_RESOURCE, drbdPaths } from "./drbd.js";
-import { UPLOAD_BACKEND } from "./haproxy.js";
-import { resourceScriptPath } from "./heartbeat.js";
-import { mountUnitName } from "./nfs.js";
-import { PGPASS_PATH } from "./postgres.js";
+import { HAPROXY_CONF_PATH, UPLOAD_BACKEND } from "./haproxy.js";
+import { heartbeatPaths, resourceScriptPath } from "./heartbeat.js";
+import { mountUnitName, nfsPaths } from "./nfs.js";
+import { NGINX_CONF_PATH, NGINX_ERROR_LOG, NGINX_PID_PATH } from "./nginx.js";
+import { PG_LOG_DIR, PG_SOCKET_DIR, PGPASS_PATH } from "./postgres.js";
+import { uploadHostKeyPath } from "./sshd.js";
+import { appEnvPath, indexScriptPath } from "./systemd.js";
 
 /** POSIX shell single-quoting: the only escaping node.env needs. */
 export function shQuote(value: string): string {
@@ -76,7 +81,12 @@ function storageRole(t: Topology, node: NodeSpec): "home" | "peer" | "none" {
   return peer.name === node.name ? "peer" : "none";
 }
 
-/** `/etc/pypi-node/node.env`: everything the agent needs to know about this node. */
+/**
+ * `paths.agentConfig`: everything the agent needs to know about this node, every path it uses that
+ * a renderer or the bundle also writes included, so each such path is written once, here in
+ * TypeScript (tests/agent/paths.test.ts holds the scripts to that). The path of this file itself
+ * is the one exception: lib.sh defaults PYPI_NODE_CONFIG to it.
+ */
 export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly string[]): string {
   const vars: [string, string][] = [
     ["PYPI_ENVIRONMENT", t.environment],
@@ -88,6 +98,8 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     ["PYPI_REGION", t.region],
     ["PYPI_SERVICES", services.join(" ")],
     ["PYPI_AGENT_STATE", paths.agentState],
+    // `pypi-node apply` without an argument applies what the bootstrap fetched last.
+    ["PYPI_BUNDLE_DIR", bootstrapIncomingDir],
     ["PYPI_OVERLAY_DB", t.overlay.dbWriter],
     ["PYPI_OVERLAY_STORAGE", t.overlay.storage],
     ["PYPI_ROUTE_TABLES", t.overlay.routeTableIds.join(" ")],
@@ -102,6 +114,8 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_LAB_CLOUD", `${t.bundleLocation}/cloud`],
     );
   if (node.dataVolumeId !== undefined) vars.push(["PYPI_DATA_DEVICE", dataVolumeDevice(node.dataVolumeId)]);
+  if (services.includes("heartbeat"))
+    vars.push(["PYPI_HA_CF", heartbeatPaths.haCf], ["PYPI_HA_LOG", heartbeatPaths.logfile]);
   if (node.role === "balancer") {
     const fips = t.floatingIps.map(
       (fip, i) => `${fip.address}=${fip.allocationId}=${node.secondaryIps[i] ?? ""}`,
@@ -110,6 +124,10 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_FIPS", fips.join(" ")],
       ["PYPI_UPLOAD_BACKEND", UPLOAD_BACKEND],
       ["PYPI_HAPROXY_SOCKET", paths.haproxySocket],
+      ["PYPI_HAPROXY_CONF", HAPROXY_CONF_PATH],
+      ["PYPI_NGINX_CONF", NGINX_CONF_PATH],
+      ["PYPI_NGINX_PID", NGINX_PID_PATH],
+      ["PYPI_NGINX_ERROR_LOG", NGINX_ERROR_LOG],
     );
   }
   if (node.role === "db") {
@@ -126,6 +144,12 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PG_REPL_USER", pg.replicationUser],
       ["PYPI_PG_SLOT", pg.slotName],
       ["PYPI_PG_PASSFILE", PG_PASSFILE],
+      ["PYPI_PG_SOCKET_DIR", PG_SOCKET_DIR],
+      // Where pg_ctlcluster logs; the lab's direct start logs there too.
+      ["PYPI_PG_LOG", `${PG_LOG_DIR}/postgresql-${pg.version}-main.log`],
+      // Debian's versions side by side: clients come from the newest when PYPI_PG_BIN lacks one.
+      ["PYPI_PG_LIB_DIR", dirname(dirname(pgBinDir(pg.version)))],
+      ["PYPI_PG_RECOVERY_TEMPLATE", paths.pgRecoveryTemplate],
       // `db-init` bootstraps the first db node as primary and base-backs-up the other from it.
       ["PYPI_PG_INITIAL_ROLE", nodesWithRole(t, "db")[0]?.name === node.name ? "primary" : "standby"],
       ["PYPI_PG_DATABASE", pg.database],
@@ -156,7 +180,13 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_DRBD_RESOURCE", DRBD_RESOURCE],
       ["PYPI_DRBD_MINOR", String(t.storage.drbdMinor)],
       ["PYPI_PACKAGE_MOUNT_UNIT", t.backend === "aws" ? mountUnitName(t.storage.packageRoot) : ""],
+      ["PYPI_APP_ENV", appEnvPath],
+      ["PYPI_APP_SCRIPT", indexScriptPath],
+      ["PYPI_APACHE_DIR", apacheConfDir],
+      ["PYPI_UPLOAD_HOST_KEY", uploadHostKeyPath],
     );
+    if (storageRole(t, node) !== "none")
+      vars.push(["PYPI_DRBD_DIR", dirname(drbdPaths.resource)], ["PYPI_NFS_EXPORTS", nfsPaths.exports]);
   }
   return `${vars.map(([key, value]) => `${key}=${shQuote(value)}`).join("\n")}\n`;
 }

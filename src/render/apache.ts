@@ -1,10 +1,12 @@
 import { type AppRuntime, type NodeSpec, nodesWithRole, paths, type Topology } from "../topology.js";
 
+/** Debian's config dir; the agent checks a candidate tree of it as a whole (`apache2ctl -t`). */
+export const apacheConfDir = "/etc/apache2";
 /** Site file; the agent links it into sites-enabled and disables 000-default. */
-export const apacheSitePath = "/etc/apache2/sites-available/pypi.conf";
-export const apachePortsPath = "/etc/apache2/ports.conf";
+export const apacheSitePath = `${apacheConfDir}/sites-available/pypi.conf`;
+export const apachePortsPath = `${apacheConfDir}/ports.conf`;
 /** Replaces Debian's own security.conf, which is enabled by default and sets ServerTokens OS. */
-export const apacheSecurityConfPath = "/etc/apache2/conf-available/security.conf";
+export const apacheSecurityConfPath = `${apacheConfDir}/conf-available/security.conf`;
 
 /** The fcgid script, the wsgi entry point and the gunicorn address of the index app. */
 export const indexFcgiScript = `${paths.appRoot}/index.fcgi`;

@@ -5,6 +5,9 @@ export const NGINX_UPSTREAM = "pypi_app";
 
 /** Where the rendered main configuration is installed. */
 export const NGINX_CONF_PATH = "/etc/nginx/nginx.conf";
+/** Set in nginx.conf; the agent reads both (node.env) to check that a reload took. */
+export const NGINX_PID_PATH = "/run/nginx.pid";
+export const NGINX_ERROR_LOG = "/var/log/nginx/error.log";
 
 /** HSTS lifetime: two years, the Mozilla recommendation. */
 export const HSTS_MAX_AGE_SECONDS = 63072000;
@@ -153,8 +156,8 @@ export function renderNginxConf(t: Topology, node: NodeSpec): string {
     `# ${t.environment} balancer ${node.name}: TLS termination for ${t.domain}`,
     "user www-data;",
     "worker_processes auto;",
-    "pid /run/nginx.pid;",
-    "error_log /var/log/nginx/error.log;",
+    `pid ${NGINX_PID_PATH};`,
+    `error_log ${NGINX_ERROR_LOG};`,
     "include modules-enabled/*.conf;",
     "",
     ...block("events", ["worker_connections 1024;"]),

@@ -25,6 +25,9 @@ export function validatePgVersion(version: number): void {
 
 /** Home of the postgres OS user: libpq's default passfile location, so 9.6 (no `passfile`) finds it too. */
 export const PGPASS_PATH = "/var/lib/postgresql/.pgpass";
+/** Debian's socket directory (the agent connects through it) and pg_ctlcluster's log directory. */
+export const PG_SOCKET_DIR = "/var/run/postgresql";
+export const PG_LOG_DIR = "/var/log/postgresql";
 
 const HEADER = "# Managed by pypi-infra: the node agent overwrites local edits.";
 
@@ -132,14 +135,14 @@ export function renderPostgresConf(t: Topology, node: NodeSpec): string {
     settingLine("data_directory", pgDataDir(v)),
     settingLine("hba_file", `${conf}/pg_hba.conf`),
     settingLine("ident_file", `${conf}/pg_ident.conf`),
-    settingLine("external_pid_file", `/var/run/postgresql/${v}-main.pid`),
+    settingLine("external_pid_file", `${PG_SOCKET_DIR}/${v}-main.pid`),
     settingLine("cluster_name", `${v}/main`),
     // The writer overlay address is added and removed on failover, so bind to all addresses;
     // pg_hba.conf decides who may connect.
     settingLine("listen_addresses", "*"),
     settingLine("port", pg.port),
     settingLine("max_connections", 100),
-    settingLine("unix_socket_directories", "/var/run/postgresql"),
+    settingLine("unix_socket_directories", PG_SOCKET_DIR),
     settingLine("shared_buffers", "128MB"),
     // 9.6 only knows md5 (a boolean setting there).
     v >= 10 ? settingLine("password_encryption", "scram-sha-256") : settingLine("password_encryption", true),
@@ -171,7 +174,7 @@ export function renderPostgresConf(t: Topology, node: NodeSpec): string {
         ]
       : []),
     "",
-    "# Logging (stderr, collected by pg_ctlcluster into /var/log/postgresql)",
+    `# Logging (stderr, collected by pg_ctlcluster into ${PG_LOG_DIR})`,
     settingLine("log_line_prefix", "%m [%p] %q%u@%d "),
     settingLine("log_timezone", "Etc/UTC"),
     settingLine("log_connections", true),

@@ -118,6 +118,21 @@ describe("pypi-fip on AWS", { timeout: 30_000 }, () => {
     expect(r.stderr).toContain("left associated until a peer takes it over");
   });
 
+  it("reclaim after a boot serves an EIP still associated with this node, and only that", () => {
+    cloud.answer("describe-addresses", { stdout: `${MY_ENI}\teipassoc-0mine\n` });
+    expect(cloud.run("pypi-fip", [fip.address, "reclaim"]).status).toBe(0);
+    expect(cloud.ipCalls()).toContain(`addr add ${secondary}/24 dev ens5`);
+    expect(cloud.awsCalls("associate-address")).toEqual([]);
+    const other = fakeCloud(renderAgentEnv(t, lbA, ["heartbeat"]));
+    try {
+      other.answer("describe-addresses", { stdout: "eni-0other\teipassoc-0peer\n" });
+      expect(other.run("pypi-fip", [fip.address, "reclaim"]).status).toBe(0);
+      expect(other.ipCalls().filter((c) => c.startsWith("addr add"))).toEqual([]);
+    } finally {
+      other.cleanup();
+    }
+  });
+
   it("status never reports running when it cannot tell", () => {
     cloud.imdsDown();
     const r = cloud.run("pypi-fip", [fip.address, "status"]);

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LabNode } from "../../lab/lib/lab-node.js";
 import { createNamespace, destroyNamespace } from "../../lab/lib/netns.js";
-import { agentScript } from "../../src/render/agent.js";
+import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
 import { uploadDir } from "../../src/render/sshd.js";
 import {
   appEnvPath,
@@ -58,7 +58,12 @@ const put = (node: LabNode, path: string, content: string, mode = "0644") =>
 
 /** Install the agent's library and a node.env for the direct service manager. */
 async function installAgent(node: LabNode, role: string): Promise<void> {
+  // The rendered node.env of a node of this role, then this test node's own identity.
+  const t = asLab(topologyFor("staging"));
+  const twin = t.nodes.find((n) => n.role === role);
+  if (!twin) throw new Error(`no ${role} in the staging topology`);
   const env = [
+    renderAgentEnv(t, twin, []),
     "PYPI_BACKEND='lab'",
     `PYPI_NODE='${node.name}'`,
     `PYPI_ROLE='${role}'`,
