@@ -2,11 +2,12 @@
  * Index app benchmark: `/simple/<project>/` for a project with 1,000 files in an index of
  * 10,000 projects, through Apache + mod_fcgid, against Apache serving a static file of the
  * same size; plus the resident memory of each FastCGI worker. Loopback inside a private
- * network namespace only. Prints the figures and writes them as JSON.
+ * network namespace only, in the lab's app sandbox (app-a of lab/topology.json). Prints the
+ * figures and writes them as JSON.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { AppSandbox } from "../tests/app/harness.js";
+import { AppSandbox } from "../lab/lib/app-sandbox.js";
 
 const PROJECTS = 10_000;
 const FILES = 1_000;
@@ -81,7 +82,7 @@ function workerRss(sb: AppSandbox): number[] {
 
 async function main(): Promise<void> {
   const started = Date.now();
-  const sb = await AppSandbox.start("pypi-bench-");
+  const sb = await AppSandbox.start({ prefix: "pypi-bench-" });
   try {
     seed(sb);
     const url = `http://127.0.0.1/simple/${BIG}/`;

@@ -4,7 +4,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { buildStack, type StackName } from "../tests/stack/harness.js";
+import { buildStack, type StackName } from "../lab/lib/stack-mocks.js";
 
 async function main(): Promise<void> {
   const results: Record<string, { resources: number; customResources: number; ms: number }> = {};

@@ -65,7 +65,7 @@ function labNotes(lab: Lab, report: Report): void {
   report.environment["floating IPs"] = t.floatingIps.map((f) => `${f.address} (home ${f.home})`).join(", ");
   report.environment["writer overlay"] = t.overlay.dbWriter;
   report.note(
-    `Package volume: no DRBD and no nfsd in this kernel. The storage pair's Heartbeat runs, but its group starts at the NFS resource (which lays the volume out) and the overlay address; DRBD's disk and mount and the NFS server are left out. One host directory, bind-mounted at ${t.storage.volumeMount} and ${t.storage.packageRoot}, stands in for the DRBD volume and its NFS export. The DRBD/NFS configs are validated by the agent (drbdadm 8.4 emulation, exportfs), and DRBD's first bring-up in \`pypi-node converge\` never runs here.`,
+    `Package volume: no DRBD and no nfsd in this kernel. The storage pair's Heartbeat runs, but its group starts at the NFS resource (which lays the volume out) and the overlay address; DRBD's disk and mount and the NFS server are left out. One host directory, bind-mounted at ${t.storage.volumeMount} and ${t.storage.packageRoot}, stands in for the DRBD volume and its NFS export. The DRBD/NFS configs are validated by the agent (drbdadm 8.4 emulation, exportfs), and DRBD's first bring-up, which AWS nodes do themselves, never runs here.`,
   );
   report.note(
     "Cloud APIs are the lab backend's: EIP association and route replacement are records in the shared lab store plus the address on the node's interface (gratuitous ARP); bundles are fetched from a directory instead of S3; secrets are files instead of SSM parameters; there is no IMDS.",

@@ -26,7 +26,10 @@ import {
 import { dirname, join, relative } from "node:path";
 import { projectFile } from "../../src/project-files.js";
 import { dataVolumeDevice, paths } from "../../src/topology.js";
-import { namespacePids, setLinks } from "./netns.js";
+import { spawnHolder } from "./holder.js";
+import { enterArgv, type Isolation, namespacePids, setLinks, shq } from "./netns.js";
+
+export { shq };
 
 export interface ExecResult {
   readonly status: number;
@@ -87,8 +90,6 @@ export interface LabNodeOptions {
    */
   readonly network?: LabNodeNetwork;
 }
-
-export const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -179,24 +180,16 @@ interface BootPlan {
   readonly opts: LabNodeOptions;
 }
 
-/** The holder: PID 1 of the node until its mounts are done, then the node's init. */
-function holderScript(p: BootPlan): string {
+/** The node's namespaces; the holder's death is the node's death. */
+const NODE_ISOLATION: Isolation = { uts: true, ipc: true, pid: true, killChild: true };
+
+/** The holder's setup: PID 1 of the node until its mounts are done (then the node's init). */
+function holderSetup(p: BootPlan): string[] {
   const layout = diskLayout(p.disk);
   const trees = OVERLAY_TREES.filter((tree) => existsSync(tree));
   const usr = (p.opts.usrLayers ?? []).map((l) => join(l, "usr"));
   const net = p.opts.network;
-  const initEnv: Record<string, string> = {
-    PATH: NODE_PATH,
-    LANG: "C.UTF-8",
-    ...p.opts.env,
-    PYPI_SUPERVISE_LIB: paths.agentLib,
-    PYPI_NODE_CONFIG: paths.agentConfig,
-  };
   return [
-    "set -e",
-    // The host's pid of this process, before /proc shows the node's own PID namespace only.
-    "read -r hostpid _ </proc/self/stat",
-    "mount -t proc -o nosuid,nodev,noexec proc /proc",
     ...(usr.length
       ? [`mount -t overlay overlay -o ${shq(`lowerdir=${[...usr, "/usr"].join(":")}`)} /usr`]
       : []),
@@ -229,36 +222,25 @@ function holderScript(p: BootPlan): string {
       : ['for l in $(ls /sys/class/net); do ip link set "$l" up; done']),
     `mkdir -p ${NODE_LAB_DIR}`,
     `cp ${shq(projectFile("lab/node/init.pl"))} ${shq(projectFile("lab/node/pypi-supervise.sh"))} ${NODE_LAB_DIR}/`,
-    'echo "ready $hostpid"',
+  ];
+}
+
+/** What the holder becomes once the node is set up: the node's init. */
+function initCommand(p: BootPlan): string {
+  const initEnv: Record<string, string> = {
+    PATH: NODE_PATH,
+    LANG: "C.UTF-8",
+    ...p.opts.env,
+    PYPI_SUPERVISE_LIB: paths.agentLib,
+    PYPI_NODE_CONFIG: paths.agentConfig,
+  };
+  return [
     // The init's output has no reader once the node is up.
     "exec </dev/null >/dev/null 2>&1",
     `exec env -i ${Object.entries(initEnv)
       .map(([k, v]) => shq(`${k}=${v}`))
       .join(" ")} perl ${NODE_LAB_DIR}/init.pl ${NODE_LAB_DIR}/pypi-supervise.sh ${SUPERVISOR_RUN}`,
   ].join("\n");
-}
-
-function waitReady(name: string, holder: ChildProcess, timeoutMs: number): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    let err = "";
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`${name}: node not ready: ${err}`)), timeoutMs);
-    holder.stderr?.on("data", (d: Buffer) => {
-      err += d.toString();
-    });
-    holder.stdout?.on("data", (d: Buffer) => {
-      out += d.toString();
-      const m = /ready (\d+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    holder.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${name}: node holder exited (${code}): ${err}`));
-    });
-  });
 }
 
 function pidNamespaceOf(pid: number): string | undefined {
@@ -302,30 +284,15 @@ export class LabNode {
       this.loop = attachVolume(diskLayout(this.disk).volume(volume.id), volume.sizeBytes);
       loop = { device: this.loop, byId: dataVolumeDevice(volume.id) };
     }
-    const holder = spawn(
-      "ip",
-      [
-        "netns",
-        "exec",
-        this.ns,
-        "unshare",
-        "--mount",
-        "--uts",
-        "--ipc",
-        "--pid",
-        "--fork",
-        // The holder's death is the node's death.
-        "--kill-child",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        holderScript({ name: this.name, disk: this.disk, loop, opts: this.opts }),
-      ],
-      { stdio: ["ignore", "pipe", "pipe"], env: { PATH: NODE_PATH, LANG: "C.UTF-8" } },
-    );
-    const pid = await waitReady(this.name, holder, this.opts.readyTimeoutMs ?? 10_000);
-    holder.removeAllListeners("exit");
+    const plan: BootPlan = { name: this.name, disk: this.disk, loop, opts: this.opts };
+    const { child: holder, pid } = await spawnHolder({
+      name: `${this.name}: node`,
+      iso: { ...NODE_ISOLATION, netns: this.ns },
+      setup: holderSetup(plan),
+      afterReady: initCommand(plan),
+      env: { PATH: NODE_PATH, LANG: "C.UTF-8" },
+      readyTimeoutMs: this.opts.readyTimeoutMs,
+    });
     // The holder outlives this process with --keep: its pipes must not hold the event loop.
     holder.stdout?.destroy();
     holder.stderr?.destroy();
@@ -444,22 +411,7 @@ export class LabNode {
    * `spawn` returns still ends the command.
    */
   argv(command: readonly string[]): string[] {
-    return [
-      "nsenter",
-      "-t",
-      String(this.pid),
-      "-m",
-      "-n",
-      "-u",
-      "-i",
-      "-p",
-      "--",
-      "setpriv",
-      "--pdeathsig",
-      "KILL",
-      "--",
-      ...command,
-    ];
+    return enterArgv(this.pid, NODE_ISOLATION, ["setpriv", "--pdeathsig", "KILL", "--", ...command]);
   }
 
   private childEnv(opts: LabExecOptions): NodeJS.ProcessEnv {

@@ -1,8 +1,10 @@
 /**
- * Network-namespace plumbing for the lab and the real-daemon tests. Every node is a network
- * namespace with one veth (`eth0`) whose other end sits on a bridge that lives in a namespace of
- * its own, so no packet ever touches the host's interfaces. All operations are idempotent:
- * creating what exists replaces it, destroying what is gone is a no-op.
+ * Network-namespace plumbing for the lab, the real-daemon tests and the bench. Every node is a
+ * network namespace with one veth (`eth0`) whose other end sits on a bridge that lives in a
+ * namespace of its own, so no packet ever touches the host's interfaces. All operations are
+ * idempotent: creating what exists replaces it, destroying what is gone is a no-op. Code outside
+ * lab/lib/ builds on these instead of calling `ip netns`, `unshare` or `nsenter` itself
+ * (tests/lab/toolkit.test.ts).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 
@@ -78,13 +80,18 @@ export interface NodeNetwork {
   readonly address: string;
   /** Interface name inside the node. @default "eth0" */
   readonly iface?: string;
+  /**
+   * Bridge-side name of the veth (at most 15 characters, unique per bridge).
+   * @default `v-<ns>` cut to 15 characters (give one when names share a long prefix)
+   */
+  readonly port?: string;
 }
 
 /** A fresh node namespace whose `eth0` is plugged into the bridge and carries `address`. */
 export function createNode(node: NodeNetwork): void {
   const iface = node.iface ?? "eth0";
   // Bridge-side names are per bridge namespace and limited to 15 characters.
-  const port = `v-${node.ns}`.slice(0, 15);
+  const port = node.port ?? `v-${node.ns}`.slice(0, 15);
   createNamespace(node.ns);
   try {
     ip("-n", node.bridgeNs, "link", "del", port);
@@ -95,6 +102,64 @@ export function createNode(node: NodeNetwork): void {
   ip("-n", node.bridgeNs, "link", "set", port, "master", BRIDGE, "up");
   ip("-n", node.ns, "addr", "add", node.address, "dev", iface);
   ip("-n", node.ns, "link", "set", iface, "up");
+}
+
+/** argv that runs `command` in the network namespace `ns` (root mount namespace). */
+export function inNamespace(ns: string, command: readonly string[]): string[] {
+  return ["ip", "netns", "exec", ns, ...command];
+}
+
+/** Namespaces a process gets of its own on top of a private mount namespace. */
+export interface Isolation {
+  /** Named network namespace to run in (createNamespace, createNode). */
+  readonly netns?: string;
+  /** A fresh anonymous network namespace instead: loopback only, gone with its last process. */
+  readonly net?: boolean;
+  readonly uts?: boolean;
+  readonly ipc?: boolean;
+  /** A PID namespace whose PID 1 is the script: every process in it dies with that one. */
+  readonly pid?: boolean;
+  /** With `pid`: PID 1 also dies when the unshare process that forked it is killed. */
+  readonly killChild?: boolean;
+}
+
+/** argv that runs `sh -c script` (then `args` as $0, $1, ...) in the namespaces of `iso`. */
+export function isolatedArgv(iso: Isolation, script: string, args: readonly string[] = []): string[] {
+  const unshare = [
+    "unshare",
+    "--mount",
+    ...(iso.net ? ["--net"] : []),
+    ...(iso.uts ? ["--uts"] : []),
+    ...(iso.ipc ? ["--ipc"] : []),
+    ...(iso.pid ? ["--pid", "--fork"] : []),
+    ...(iso.pid && iso.killChild ? ["--kill-child"] : []),
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    script,
+    ...args,
+  ];
+  return iso.netns ? inNamespace(iso.netns, unshare) : unshare;
+}
+
+/**
+ * argv that runs `command` in the mount and network namespaces of host process `pid`, plus those
+ * `iso` made private. With `pid`, nsenter forks into the PID namespace and waits for the command.
+ */
+export function enterArgv(pid: number, iso: Isolation, command: readonly string[]): string[] {
+  return [
+    "nsenter",
+    "-t",
+    String(pid),
+    "-m",
+    "-n",
+    ...(iso.uts ? ["-u"] : []),
+    ...(iso.ipc ? ["-i"] : []),
+    ...(iso.pid ? ["-p"] : []),
+    "--",
+    ...command,
+  ];
 }
 
 export interface NodeProcess {
@@ -114,7 +179,8 @@ export interface NodeProcess {
   readonly setup?: string;
 }
 
-const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+/** Single-quoted for sh. */
+export const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** Shell that makes `dst` exist inside a private mount namespace without touching the host. */
 function bindTarget(src: string, dst: string): string {
@@ -143,21 +209,7 @@ export function nodeArgv(p: NodeProcess, command: readonly string[]): string[] {
     p.setup ?? ":",
     `exec ${command.map(shq).join(" ")}`,
   ].join("\n");
-  return [
-    "ip",
-    "netns",
-    "exec",
-    p.ns,
-    "unshare",
-    "--mount",
-    "--uts",
-    "--ipc",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    script,
-  ];
+  return isolatedArgv({ netns: p.ns, uts: true, ipc: true }, script);
 }
 
 /** Start a long-running command in the node; its pid is the command itself (exec chain). */
@@ -168,7 +220,8 @@ export function spawnInNode(p: NodeProcess, command: readonly string[]): ChildPr
 
 /** Run a short command in the node's network namespace only and return its stdout. */
 export function execInNamespace(ns: string, command: readonly string[]): string {
-  return execFileSync("ip", ["netns", "exec", ns, ...command], {
+  const [cmd, ...args] = inNamespace(ns, command);
+  return execFileSync(cmd as string, args, {
     encoding: "utf8",
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -9,9 +9,10 @@ import {
   writeFileSync,
 } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AppSandbox, PG_BIN } from "../../lab/lib/app-sandbox.js";
 import { requireTools } from "../support/tools.js";
+import { topologyFor } from "../support/topologies.js";
 import { makeSdist, makeWheel } from "./fixtures.js";
-import { AppSandbox, PG_BIN } from "./harness.js";
 
 const canRun = requireTools("index app (postgres 15 + apache mod_fcgid)", [
   "unshare",
@@ -33,7 +34,7 @@ describe.skipIf(!canRun)("index app under Apache mod_fcgid with Postgres", () =>
   let rejected = "";
 
   beforeAll(async () => {
-    sb = await AppSandbox.start();
+    sb = await AppSandbox.start({ topology: topologyFor("staging", 15) });
     upload = `${sb.packageRoot}/incoming/alice/upload`;
     rejected = `${sb.packageRoot}/incoming/alice/rejected`;
     mkdirSync(upload, { recursive: true });

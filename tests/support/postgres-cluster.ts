@@ -2,10 +2,13 @@
  * Runs a rendered Postgres primary/standby pair on this machine: each db node is a network
  * namespace with private /etc/postgresql, /var/lib/postgresql and /run/postgresql (tmpfs in a
  * mount namespace), so the rendered Debian paths, listen addresses and pg_hba rules are used
- * exactly as rendered. Needs root, iproute2, util-linux (unshare, nsenter, runuser).
+ * exactly as rendered. Built on the lab's namespace toolkit (lab/lib/netns.ts, holder.ts).
+ * Needs root, iproute2, util-linux (unshare, nsenter, runuser).
  */
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { chmodSync, existsSync, readdirSync, readFileSync } from "node:fs";
+import { asUser, type ExecOptions, type ExecResult, NamespaceHolder, runArgv } from "../../lab/lib/holder.js";
+import { createBridgeNamespace, createNode, destroyNamespace, inNamespace } from "../../lab/lib/netns.js";
 import type { BundleFile } from "../../src/bundle-types.js";
 import {
   PGPASS_PATH,
@@ -16,49 +19,10 @@ import {
 } from "../../src/render/postgres.js";
 import { type NodeSpec, pgConfDir, pgDataDir, type Topology } from "../../src/topology.js";
 
-export interface ExecResult {
-  readonly status: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+export type { ExecOptions, ExecResult };
 
-export interface ExecOptions {
-  /** OS user to run as (runuser); root when omitted. */
-  readonly user?: string;
-  readonly input?: string;
-  readonly env?: Readonly<Record<string, string>>;
-  /** Return a non-zero status instead of throwing. */
-  readonly allowFail?: boolean;
-  readonly timeoutMs?: number;
-}
-
-function run(argv: readonly string[], opts: ExecOptions = {}): ExecResult {
-  const [cmd, ...args] = argv;
-  if (!cmd) throw new Error("empty command");
-  const r = spawnSync(cmd, args, {
-    input: opts.input ?? "",
-    encoding: "utf8",
-    cwd: "/",
-    timeout: opts.timeoutMs ?? 30_000,
-    env: { ...process.env, ...opts.env },
-  });
-  const result = {
-    status: r.status ?? -1,
-    stdout: r.stdout ?? "",
-    stderr: r.stderr ?? String(r.error ?? ""),
-  };
-  if (result.status !== 0 && !opts.allowFail) {
-    throw new Error(`command failed (${result.status}): ${argv.join(" ")}\n${result.stderr}${result.stdout}`);
-  }
-  return result;
-}
-
-/** Prefix argv so it runs as `user` with only the given extra environment. */
-function asUser(argv: readonly string[], opts: ExecOptions): string[] {
-  const env = Object.entries(opts.env ?? {}).map(([k, v]) => `${k}=${v}`);
-  const inner = env.length > 0 ? ["env", ...env, ...argv] : [...argv];
-  return opts.user ? ["runuser", "-u", opts.user, "--", ...inner] : inner;
-}
+/** What the pair's commands get unless they ask for more. */
+const PG_TIMEOUT_MS = 30_000;
 
 /** Anything that maps a node name to its network namespace (BridgedNetwork or the lab's own). */
 export interface NamespaceOf {
@@ -83,18 +47,15 @@ export class BridgedNetwork {
   static create(prefix: string, hosts: readonly NetHost[], prefixLength = 24): BridgedNetwork {
     const net = new BridgedNetwork(prefix, hosts);
     try {
-      const br = net.bridgeNs;
-      run(["ip", "netns", "add", br]);
-      run(["ip", "-n", br, "link", "add", "br0", "type", "bridge"]);
-      run(["ip", "-n", br, "link", "set", "br0", "up"]);
+      createBridgeNamespace(net.bridgeNs);
       hosts.forEach((host, i) => {
-        const ns = net.ns(host.name);
-        run(["ip", "netns", "add", ns]);
-        run(["ip", "-n", br, "link", "add", `v${i}`, "type", "veth", "peer", "name", "eth0", "netns", ns]);
-        run(["ip", "-n", br, "link", "set", `v${i}`, "master", "br0", "up"]);
-        run(["ip", "-n", ns, "addr", "add", `${host.ip}/${prefixLength}`, "dev", "eth0"]);
-        run(["ip", "-n", ns, "link", "set", "eth0", "up"]);
-        run(["ip", "-n", ns, "link", "set", "lo", "up"]);
+        // Port names of hosts sharing the prefix would collide once cut to 15 characters.
+        createNode({
+          ns: net.ns(host.name),
+          bridgeNs: net.bridgeNs,
+          address: `${host.ip}/${prefixLength}`,
+          port: `v${i}`,
+        });
       });
     } catch (err) {
       net.destroy();
@@ -115,23 +76,16 @@ export class BridgedNetwork {
 
   /** Run a command in a host's network namespace (root mount namespace). */
   exec(host: string, argv: readonly string[], opts: ExecOptions = {}): ExecResult {
-    return run(["ip", "netns", "exec", this.ns(host), ...asUser(argv, opts)], opts);
+    return runArgv(`${host}: ${argv.join(" ")}`, inNamespace(this.ns(host), asUser(argv, opts)), {
+      timeoutMs: PG_TIMEOUT_MS,
+      ...opts,
+    });
   }
 
   /** Kill whatever still runs in the namespaces, then delete them. Safe to call twice. */
   destroy(): void {
-    const existing = new Set(run(["ip", "netns", "list"], { allowFail: true }).stdout.split(/\s+/));
     for (const ns of [...this.hosts.map((h) => `${this.prefix}-${h.name}`), this.bridgeNs]) {
-      if (!existing.has(ns)) continue;
-      const pids = run(["ip", "netns", "pids", ns], { allowFail: true }).stdout.split(/\s+/).filter(Boolean);
-      for (const pid of pids) {
-        try {
-          process.kill(Number(pid), "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
-      run(["ip", "netns", "del", ns], { allowFail: true });
+      destroyNamespace(ns);
     }
   }
 }
@@ -145,13 +99,13 @@ const PRIVATE_DIRS = [
 ] as const;
 
 /**
- * One db node: a holder process in the node's network namespace and in a mount namespace of
- * its own with tmpfs over PRIVATE_DIRS. Commands join both with nsenter.
+ * One db node: a holder in the node's network namespace and in mount and IPC namespaces of its
+ * own, with tmpfs over PRIVATE_DIRS.
  */
 export class PgHost {
   private constructor(
     readonly name: string,
-    private readonly holder: ChildProcess,
+    private readonly holder: NamespaceHolder,
     /** Host-side file the server logs to (outside the private mounts, readable after teardown). */
     readonly logFile: string,
   ) {}
@@ -159,59 +113,20 @@ export class PgHost {
   static async start(network: NamespaceOf, name: string, logFile: string): Promise<PgHost> {
     const ids = (flag: string): string => execFileSync("id", [flag, "postgres"], { encoding: "utf8" }).trim();
     const [uid, gid] = [ids("-u"), ids("-g")];
-    const script = [
-      "set -e",
-      ...PRIVATE_DIRS.map(
+    const holder = await NamespaceHolder.start({
+      name,
+      iso: { netns: network.ns(name), ipc: true },
+      setup: PRIVATE_DIRS.map(
         (d) => `mkdir -p ${d} && mount -t tmpfs -o mode=2775,uid=${uid},gid=${gid},size=512m pgtest ${d}`,
       ),
-      "echo ready",
-      "exec sleep infinity",
-    ].join("\n");
-    const holder = spawn(
-      "ip",
-      [
-        "netns",
-        "exec",
-        network.ns(name),
-        "unshare",
-        "--mount",
-        "--ipc",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    await new Promise<void>((resolve, reject) => {
-      let err = "";
-      const timer = setTimeout(() => reject(new Error(`${name}: mount namespace not ready: ${err}`)), 10_000);
-      holder.stderr?.on("data", (d: Buffer) => {
-        err += d.toString();
-      });
-      holder.stdout?.on("data", (d: Buffer) => {
-        if (d.toString().includes("ready")) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      holder.on("exit", (code) => {
-        clearTimeout(timer);
-        reject(new Error(`${name}: mount namespace holder exited (${code}): ${err}`));
-      });
     });
-    holder.removeAllListeners("exit");
-    run(["sh", "-c", 'touch "$1" && chown postgres:postgres "$1"', "sh", logFile]);
+    runArgv(`${name}: log file`, ["sh", "-c", 'touch "$1" && chown postgres:postgres "$1"', "sh", logFile]);
     return new PgHost(name, holder, logFile);
   }
 
   /** Run a command inside the node (its network and mount namespaces). */
   exec(argv: readonly string[], opts: ExecOptions = {}): ExecResult {
-    const pid = this.holder.pid;
-    if (pid === undefined || this.holder.exitCode !== null)
-      throw new Error(`${this.name}: node is not running`);
-    return run(["nsenter", "-t", String(pid), "-m", "-n", "-i", "--", ...asUser(argv, opts)], opts);
+    return this.holder.exec(argv, { timeoutMs: PG_TIMEOUT_MS, ...opts });
   }
 
   /** Write one file with its mode and owner, creating missing parent directories owned by postgres. */
@@ -301,13 +216,13 @@ export class PgHost {
 
   /** Stop the server if it runs, then end the holder; the tmpfs mounts go with the namespace. */
   stop(t: Topology): void {
-    if (this.holder.exitCode === null) {
+    if (this.holder.running) {
       const v = t.postgres.version;
       this.exec([`${t.postgres.binDir}/pg_ctl`, "-D", pgDataDir(v), "-m", "immediate", "-w", "stop"], {
         user: "postgres",
         allowFail: true,
       });
-      this.holder.kill("SIGKILL");
+      this.holder.stop();
     }
   }
 }

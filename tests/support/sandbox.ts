@@ -1,10 +1,15 @@
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { copyOnWriteMounts, namespaceSetup } from "../../lab/lib/holder.js";
+import { type Isolation, isolatedArgv, shq } from "../../lab/lib/netns.js";
 
 /** Directories each sandboxed node gets a private, writable copy of (overlayfs upper layers). */
 const PRIVATE_TREES = ["/etc", "/var/lib", "/var/log", "/srv", "/opt", "/usr/local/sbin", "/usr/local/lib"];
+
+/** No network but loopback, and a PID namespace so every daemon the script starts dies with it. */
+const SANDBOX: Isolation = { net: true, uts: true, pid: true };
 
 export interface SandboxResult {
   readonly status: number;
@@ -24,39 +29,22 @@ export function runInNodeSandbox(
   env: Record<string, string> = {},
 ): SandboxResult {
   const scratch = mkdtempSync(join(tmpdir(), `pypi-sandbox-${hostname}-`));
-  const mounts = PRIVATE_TREES.map((tree, i) => {
-    const upper = join(scratch, `upper${i}`);
-    const work = join(scratch, `work${i}`);
-    mkdirSync(upper);
-    mkdirSync(work);
-    return `mount -t overlay overlay -o lowerdir=${tree},upperdir=${upper},workdir=${work} ${tree}`;
-  });
-  const setup = [
-    "set -e",
-    ...mounts,
-    "mount -t tmpfs tmpfs /run",
-    "mkdir -p /run/lock /run/sshd /run/postgresql /run/haproxy",
-    `hostname ${hostname}`,
-    "set +e",
-  ].join("\n");
   try {
-    const result = spawnSync(
-      "unshare",
-      [
-        "--mount",
-        "--uts",
-        "--net",
-        "--pid",
-        "--mount-proc",
-        "--fork",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        `${setup}\nip link set lo up\n${script}`,
-      ],
-      { encoding: "utf8", env: { ...process.env, ...env }, timeout: 120_000 },
-    );
+    const setup = [
+      "set -e",
+      ...namespaceSetup(SANDBOX),
+      ...copyOnWriteMounts(PRIVATE_TREES, scratch),
+      "mount -t tmpfs tmpfs /run",
+      "mkdir -p /run/lock /run/sshd /run/postgresql /run/haproxy",
+      `hostname ${shq(hostname)}`,
+      "set +e",
+    ].join("\n");
+    const [cmd, ...args] = isolatedArgv(SANDBOX, `${setup}\n${script}`);
+    const result = spawnSync(cmd as string, args, {
+      encoding: "utf8",
+      env: { ...process.env, ...env },
+      timeout: 120_000,
+    });
     return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
   } finally {
     rmSync(scratch, { recursive: true, force: true });

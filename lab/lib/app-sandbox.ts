@@ -1,0 +1,331 @@
+/**
+ * Runs the index app as deployed, on this machine: a private network (loopback only), PID
+ * and mount namespace with copy-on-write /etc, /opt, /srv, /var/lib, /var/log and an empty
+ * /run; inside it a Postgres 15 primary with a streaming standby, and Apache with mod_fcgid
+ * configured by the real renderers, running the bundled app as /opt/pypi-index/index.fcgi.
+ * The index app test tier and the app benchmark both run it.
+ */
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { indexAppScript } from "../../src/app-artifact.js";
+import { projectRoot } from "../../src/project-files.js";
+import {
+  apacheModules,
+  apachePortsPath,
+  apacheSecurityConfPath,
+  apacheSitePath,
+  indexAppEnv,
+  indexFcgiScript,
+  renderApachePorts,
+  renderApacheSecurityConf,
+  renderApacheSite,
+} from "../../src/render/apache.js";
+import { nodeByName, paths, type Topology } from "../../src/topology.js";
+import { loadLabTopology } from "./config.js";
+import { copyOnWriteMounts, type ExecOptions, type ExecResult, NamespaceHolder } from "./holder.js";
+
+export const PG_BIN = "/usr/lib/postgresql/15/bin";
+export const APP_PASSWORD = "app-secret:with\\colon";
+
+/** The app exactly as the bundles ship it. */
+export function buildApp(outfile: string): void {
+  writeFileSync(outfile, indexAppScript());
+  chmodSync(outfile, 0o755);
+}
+
+/** `base` with the app server's package root, database and upload limit as the sandbox has them. */
+export function appSandboxTopology(base: Topology, packageRoot: string): Topology {
+  return {
+    ...base,
+    // A plain directory stands in for the NFS mount, as in the lab.
+    backend: "lab",
+    bundleLocation: "/var/lib/pypi-lab",
+    overlay: { ...base.overlay, dbWriter: "127.0.0.1" },
+    storage: { ...base.storage, packageRoot },
+    upload: { ...base.upload, maxFileBytes: 64 * 1024 },
+  };
+}
+
+const OVERLAID = ["/etc", "/opt", "/srv", "/var/lib", "/var/log"];
+
+export interface AppSandboxOptions {
+  /** Prefix of the scratch directory's name. @default "pypi-app-" */
+  readonly prefix?: string;
+  /** Deployment whose app-a the sandbox runs. @default the lab's (lab/topology.json) */
+  readonly topology?: Topology;
+}
+
+/** pgpass escaping: backslash and colon. */
+const pgpassEscape = (s: string): string => s.replace(/[\\:]/g, "\\$&");
+
+export class AppSandbox {
+  private constructor(
+    readonly t: Topology,
+    readonly scratch: string,
+    private readonly holder: NamespaceHolder,
+  ) {}
+
+  get packageRoot(): string {
+    return this.t.storage.packageRoot;
+  }
+
+  /** Environment the app gets from Apache, plus the upload limit the agent passes to `register`. */
+  appEnv(): Record<string, string> {
+    return {
+      ...Object.fromEntries(indexAppEnv(this.t)),
+      PYPI_MAX_FILE_BYTES: String(this.t.upload.maxFileBytes),
+      PYPI_SETTLE_SECONDS: "0",
+    };
+  }
+
+  static async start(opts: AppSandboxOptions = {}): Promise<AppSandbox> {
+    const scratch = mkdtempSync(join(tmpdir(), opts.prefix ?? "pypi-app-"));
+    chmodSync(scratch, 0o755);
+    const root = join(scratch, "pypi");
+    mkdirSync(root);
+    const t = appSandboxTopology(opts.topology ?? loadLabTopology(projectRoot()), root);
+    let holder: NamespaceHolder;
+    try {
+      // An anonymous network namespace: nothing to clean up if this process dies first.
+      holder = await NamespaceHolder.start({
+        name: "app sandbox",
+        iso: { net: true, pid: true },
+        setup: [
+          ...copyOnWriteMounts(OVERLAID, scratch),
+          "mount -t tmpfs tmpfs /run",
+          "mkdir -p /run/lock /run/apache2 /run/postgresql && chown postgres:postgres /run/postgresql",
+        ],
+      });
+    } catch (err) {
+      rmSync(scratch, { recursive: true, force: true });
+      throw err;
+    }
+    const sb = new AppSandbox(t, scratch, holder);
+    try {
+      sb.setupPostgres();
+      sb.setupApp();
+      sb.setupApache();
+    } catch (err) {
+      sb.stop();
+      throw err;
+    }
+    return sb;
+  }
+
+  exec(argv: readonly string[], opts: ExecOptions = {}): ExecResult {
+    return this.holder.exec(argv, opts);
+  }
+
+  sh(
+    script: string,
+    opts: { user?: string; env?: Record<string, string>; allowFail?: boolean } = {},
+  ): ExecResult {
+    return this.exec(["sh", "-c", script], opts);
+  }
+
+  psql(sql: string, db = "postgres", port = 5432): string {
+    return this.exec(
+      [
+        `${PG_BIN}/psql`,
+        "-X",
+        "-A",
+        "-t",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "/run/postgresql",
+        "-p",
+        String(port),
+        "-d",
+        db,
+      ],
+      { user: "postgres", input: sql },
+    ).stdout;
+  }
+
+  private setupPostgres(): void {
+    const data = "/var/lib/postgresql/test";
+    this.sh(`mkdir -p ${data} && chown postgres:postgres ${data}`);
+    this.exec(
+      [
+        `${PG_BIN}/initdb`,
+        "-D",
+        `${data}/primary`,
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--auth-local=peer",
+        "--auth-host=scram-sha-256",
+        "-N",
+      ],
+      { user: "postgres" },
+    );
+    const conf = [
+      "listen_addresses = '127.0.0.1'",
+      "port = 5432",
+      "unix_socket_directories = '/run/postgresql'",
+      "wal_level = replica",
+      "max_wal_senders = 10",
+      "fsync = off",
+      "synchronous_commit = off",
+    ].join("\n");
+    this.sh(
+      [
+        `printf '%s\\n' "$CONF" >> ${data}/primary/postgresql.conf`,
+        `printf '%s\\n' 'local all postgres peer' 'host replication postgres 127.0.0.1/32 trust' 'host all all 127.0.0.1/32 scram-sha-256' > ${data}/primary/pg_hba.conf`,
+        `${PG_BIN}/pg_ctl -D ${data}/primary -l ${data}/primary.log -w start >/dev/null`,
+      ].join(" && "),
+      { user: "postgres", env: { CONF: conf } },
+    );
+    const pg = this.t.postgres;
+    this.psql(
+      [
+        `CREATE ROLE ${pg.appUser} LOGIN PASSWORD '${APP_PASSWORD.replace(/'/g, "''")}';`,
+        `GRANT pg_monitor TO ${pg.appUser};`,
+        `CREATE DATABASE ${pg.database} OWNER ${pg.appUser};`,
+      ].join("\n"),
+    );
+    this.exec(
+      [
+        `${PG_BIN}/pg_basebackup`,
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "5432",
+        "-U",
+        "postgres",
+        "-D",
+        `${data}/standby`,
+        "-R",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "-N",
+      ],
+      {
+        user: "postgres",
+      },
+    );
+    this.sh(
+      `echo 'port = 5433' >> ${data}/standby/postgresql.conf && ${PG_BIN}/pg_ctl -D ${data}/standby -l ${data}/standby.log -w start >/dev/null`,
+      { user: "postgres" },
+    );
+  }
+
+  /** The app as the bundle installs it: the script, its pgpass, the package root layout. */
+  private setupApp(): void {
+    const built = join(this.scratch, "index-app.js");
+    buildApp(built);
+    const env = this.appEnv();
+    const pg = this.t.postgres;
+    const passLine = `${this.t.overlay.dbWriter}:${pg.port}:${pg.database}:${pg.appUser}:${pgpassEscape(APP_PASSWORD)}\n`;
+    const passFile = env.PYPI_DB_PASSWORD_FILE as string;
+    this.sh(
+      [
+        `mkdir -p ${paths.appRoot} ${paths.staticRoot} "$(dirname ${passFile})"`,
+        `install -m 0755 ${built} ${indexFcgiScript}`,
+        `printf '%s' "$PASS" > ${passFile} && chown www-data:www-data ${passFile} && chmod 0400 ${passFile}`,
+      ].join(" && "),
+      { env: { PASS: passLine } },
+    );
+    const root = this.packageRoot;
+    mkdirSync(`${root}/packages`, { recursive: true });
+    mkdirSync(`${root}/incoming`, { recursive: true });
+    mkdirSync(`${root}/.health`, { recursive: true });
+    this.sh(`chown www-data:www-data ${root}/.health`);
+    this.exec(["node", indexFcgiScript, "migrate"], { env });
+  }
+
+  private setupApache(): void {
+    const t = this.t;
+    const node = nodeByName(t, "app-a");
+    const files: Record<string, string> = {
+      [apacheSitePath]: renderApacheSite(t, node),
+      [apachePortsPath]: renderApachePorts(t, node),
+      [apacheSecurityConfPath]: renderApacheSecurityConf(t, node),
+    };
+    const steps = [
+      "set -e",
+      "cd /etc/apache2",
+      "rm -f sites-enabled/* mods-enabled/status.* mods-enabled/wsgi.*",
+    ];
+    for (const [path, content] of Object.entries(files)) {
+      steps.push(`printf '%s' '${content.replace(/'/g, "'\\''")}' > ${path}`);
+    }
+    steps.push("ln -s ../sites-available/pypi.conf sites-enabled/pypi.conf");
+    for (const m of apacheModules(t.app.runtime)) {
+      for (const ext of ["load", "conf"]) {
+        steps.push(
+          `[ ! -e mods-available/${m}.${ext} ] || ln -sf ../mods-available/${m}.${ext} mods-enabled/${m}.${ext}`,
+        );
+      }
+    }
+    steps.push(
+      ". /etc/apache2/envvars",
+      "mkdir -p $APACHE_RUN_DIR $APACHE_LOCK_DIR $APACHE_LOG_DIR",
+      "apache2 -t",
+      "apache2 -k start",
+    );
+    this.sh(steps.join("\n"));
+    // Wait until the vhost answers.
+    this.sh(
+      "for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1/ && exit 0; sleep 0.1; done; exit 1",
+    );
+  }
+
+  /** curl inside the sandbox: status, headers and body. */
+  http(path: string, accept?: string): { status: number; headers: string; body: string } {
+    const r = this.exec([
+      "curl",
+      "-s",
+      "-i",
+      ...(accept ? ["-H", `Accept: ${accept}`] : []),
+      `http://127.0.0.1:${this.t.app.httpPort}${path}`,
+    ]);
+    const split = r.stdout.indexOf("\r\n\r\n");
+    const headers = r.stdout.slice(0, split);
+    const status = Number(/^HTTP\/[0-9.]+ ([0-9]{3})/.exec(headers)?.[1] ?? 0);
+    return { status, headers, body: r.stdout.slice(split + 4) };
+  }
+
+  register(user?: string): {
+    summary: {
+      registered: string[];
+      rejected: { file: string; reason: string }[];
+      recovered: string[];
+      deferred: string[];
+    };
+    log: string;
+  } {
+    const r = this.exec(["node", indexFcgiScript, "register", ...(user ? [user] : [])], {
+      env: this.appEnv(),
+    });
+    return { summary: JSON.parse(r.stdout), log: r.stderr };
+  }
+
+  pgCtl(which: "primary" | "standby", action: "start" | "stop"): void {
+    const data = `/var/lib/postgresql/test/${which}`;
+    this.exec([`${PG_BIN}/pg_ctl`, "-D", data, "-l", `${data}.log`, "-m", "fast", "-w", action], {
+      user: "postgres",
+    });
+  }
+
+  apacheErrorLog(): string {
+    return this.exec(
+      ["sh", "-c", "cat /var/log/apache2/pypi-error.log /var/log/apache2/error.log 2>/dev/null"],
+      {
+        allowFail: true,
+      },
+    ).stdout;
+  }
+
+  stop(): void {
+    this.holder.stop();
+    rmSync(this.scratch, { recursive: true, force: true });
+  }
+}
