@@ -1,6 +1,6 @@
 import { isIPv4 } from "node:net";
 import { posix } from "node:path";
-import { type NodeSpec, paths, storagePair, type Topology } from "../topology.js";
+import { dataVolumeDevice, type NodeSpec, paths, storagePair, type Topology } from "../topology.js";
 
 /** The one DRBD resource: the package volume replicated between the storage pair. */
 export const DRBD_RESOURCE = "pypi";
@@ -85,7 +85,6 @@ export function renderDrbdResource(t: Topology): string {
     "",
     `resource ${drbdString("resource", DRBD_RESOURCE)} {`,
     `  device ${drbdString("device", `/dev/drbd${s.drbdMinor}`)};`,
-    `  disk ${drbdString("storage.device", s.device)};`,
     "  meta-disk internal;",
     "  net {",
     // Synchronous: a write completes only once it is on both disks.
@@ -108,6 +107,8 @@ export function renderDrbdResource(t: Topology): string {
     "  }",
     ...pair.flatMap((n) => [
       `  on ${drbdString("node name", n.name)} {`,
+      // Each node's own EBS volume by its stable name; NVMe probe order can swap at boot.
+      `    disk ${drbdString("storage.device", n.dataVolumeId ? dataVolumeDevice(n.dataVolumeId) : s.device)};`,
       `    address ${drbdAddress(n, s.drbdPort)};`,
       "  }",
     ]),

@@ -42,6 +42,25 @@ describe.each<Shape>(["staging", "prod"])("drbd (%s)", (shape) => {
     );
   });
 
+  it("names each node's own data volume by its by-id name, once the volume ids are known", () => {
+    const withVolumes: typeof t = {
+      ...t,
+      nodes: t.nodes.map((n) =>
+        n.name === "app-a"
+          ? { ...n, dataVolumeId: "vol-0123456789abcdef0" }
+          : n.name === "app-b"
+            ? { ...n, dataVolumeId: "vol-0fedcba9876543210" }
+            : n,
+      ),
+    };
+    const l = lines(renderDrbdResource(withVolumes));
+    const onA = l.indexOf('on "app-a" {');
+    const onB = l.indexOf('on "app-b" {');
+    expect(l[onA + 1]).toBe('disk "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0";');
+    expect(l[onB + 1]).toBe('disk "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0fedcba9876543210";');
+    expect(l.filter((x) => x.startsWith('disk "/dev/nvme'))).toEqual([]);
+  });
+
   it("fences the peer's disk through the agent's dopd handler", () => {
     const l = lines(res);
     const disk = l.indexOf("disk {");
