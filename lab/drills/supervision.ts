@@ -138,10 +138,11 @@ export const supervision = drill(
           const uploadedAt = Date.now();
           if (!(await sftp(lab, fip, `put ${CLIENT_DIR}/${wheel.filename} /upload/${wheel.filename}\n`)))
             throw new Error("sftp upload failed");
-          // For KILL_WINDOW_SECONDS every register run on every app server is killed as it starts.
+          // For KILL_WINDOW_SECONDS every register run on every app server is killed as it starts
+          // (`[i]` keeps pkill from matching this shell's own command line).
           const apps = lab.nodesOf("app").map((n) => n.name);
           const killer = `end=$(($(date +%s) + ${KILL_WINDOW_SECONDS})); n=0
-while [ "$(date +%s)" -lt "$end" ]; do pkill -9 -f 'index.fcgi register' && n=$((n + 1)); sleep 0.05; done
+while [ "$(date +%s)" -lt "$end" ]; do pkill -9 -f '[i]ndex.fcgi register' && n=$((n + 1)); sleep 0.05; done
 echo "$n"`;
           const kills = await Promise.all(apps.map((app) => lab.exec(app, killer, { timeoutMs: 30_000 })));
           const killed = kills.reduce((sum, r) => sum + Number(r.stdout.trim() || 0), 0);
