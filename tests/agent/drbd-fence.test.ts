@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { isolatedArgv } from "../../lab/lib/netns.js";
 import { DRBD_RESOURCE, drbdPaths, renderDrbdResource } from "../../src/render/drbd.js";
 import { storagePair } from "../../src/topology.js";
 import { requireTools } from "../support/tools.js";
@@ -161,16 +162,11 @@ describe.skipIf(!canRunDrbdadm)("the rendered resource's handlers, run by drbdad
         .join("\n")
         .replaceAll(drbdPaths.fenceHandler, handler),
     );
-    const r = spawnSync(
-      "unshare",
-      [
-        "--uts",
-        "sh",
-        "-c",
-        `hostname ${home.name} && exec ${DRBDADM} -c ${conf} ${command} ${DRBD_RESOURCE}`,
-      ],
-      { encoding: "utf8", env: { PATH: fakes.path } },
+    const [cmd, ...args] = isolatedArgv(
+      { uts: true },
+      `hostname ${home.name} && exec ${DRBDADM} -c ${conf} ${command} ${DRBD_RESOURCE}`,
     );
+    const r = spawnSync(cmd as string, args, { encoding: "utf8", env: { PATH: fakes.path } });
     return { status: r.status ?? -1, stderr: r.stderr };
   }
 

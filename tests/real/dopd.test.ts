@@ -27,6 +27,7 @@ import {
   createBridgeNamespace,
   createNode,
   destroyNamespace,
+  enterArgv,
   killNamespace,
   namespacePids,
   spawnInNode,
@@ -100,7 +101,8 @@ describe.skipIf(!canRun)(
       const pid = procs[0]?.pid;
       if (pid === undefined) throw new Error("app-a is not running");
       const started = Date.now();
-      const r = spawnSync("nsenter", ["-t", String(pid), "-m", "-u", "-i", "-n", "--", ...command], {
+      const [cmd, ...args] = enterArgv(pid, { uts: true, ipc: true }, command);
+      const r = spawnSync(cmd as string, args, {
         encoding: "utf8",
         env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", ...env },
       });

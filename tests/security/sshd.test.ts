@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "vitest";
+import { isolatedArgv } from "../../lab/lib/netns.js";
 import { renderSshdConfig, uploadChrootRoot } from "../../src/render/sshd.js";
 import { requireTools } from "../support/tools.js";
 import { topologyFor } from "../support/topologies.js";
@@ -26,20 +27,13 @@ function effective(config: string, connection: string): Map<string, string> {
   const sshd = [SSHD, "-T", "-f", file, "-h", key, "-C", connection];
   const out = existsSync("/run/sshd")
     ? execFileSync(sshd[0]!, sshd.slice(1), { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
-    : execFileSync(
-        "unshare",
-        [
-          "--mount",
-          "--propagation",
-          "private",
-          "sh",
-          "-c",
-          'mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec "$@"',
+    : (() => {
+        const [cmd, ...args] = isolatedArgv({}, 'mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec "$@"', [
           "sh",
           ...sshd,
-        ],
-        { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
-      );
+        ]);
+        return execFileSync(cmd as string, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+      })();
   const settings = new Map<string, string>();
   for (const line of out.split("\n")) {
     const m = /^(\S+) (.*)$/.exec(line);
