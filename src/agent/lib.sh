@@ -467,7 +467,7 @@ cmd_overlay() {
   addr=$1 action=$2
   case $PYPI_BACKEND:$action in
     lab:start | lab:take)
-      lab_route_set "$addr"
+      lab_assoc_set routes "$addr"
       lab_addr_held "$addr" || ip addr add "$addr/32" dev "$PYPI_IFACE"
       arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true
       ;;
@@ -516,31 +516,35 @@ cmd_overlay() {
 }
 
 
-# The lab's stand-in for the route tables: one file per overlay address, naming the node its
-# route points at, in the store every lab node shares (as every node sees the same VPC).
-lab_route_file() { printf '%s/routes/%s\n' "${PYPI_LAB_CLOUD:?}" "$1"; }
+# The lab's stand-in for EC2 associations: `<cloud>/<KIND>/<address>` names the node an EIP
+# (KIND eips) or an overlay route (KIND routes) points at, in the store every lab node shares.
+# lab/lib/cloud.ts takes the address off every other node.
+lab_assoc_file() { printf '%s/%s/%s\n' "${PYPI_LAB_CLOUD:?}" "$1" "$2"; }
 
-lab_route_set() {
-  lr_file=$(lab_route_file "$1")
-  mkdir -p "$(dirname "$lr_file")"
-  printf '%s\n' "$PYPI_NODE" >"$lr_file.$$"
-  mv -f "$lr_file.$$" "$lr_file"
+lab_assoc_set() {
+  la_file=$(lab_assoc_file "$1" "$2")
+  mkdir -p "$(dirname "$la_file")"
+  printf '%s\n' "$PYPI_NODE" >"$la_file.$$"
+  mv -f "$la_file.$$" "$la_file"
+}
+
+# mine, other, or none (never associated).
+lab_assoc_holder() {
+  la_file=$(lab_assoc_file "$1" "$2")
+  if [ ! -s "$la_file" ]; then
+    echo none
+  elif [ "$(cat "$la_file")" = "$PYPI_NODE" ]; then
+    echo mine
+  else
+    echo other
+  fi
 }
 
 # Where the route of an overlay address points: mine, other, or none (never taken). Only the
 # route counts: a rebooted node has lost the address itself but the route still names it.
 overlay_holder() {
   case $PYPI_BACKEND in
-    lab)
-      oh_file=$(lab_route_file "$1")
-      if [ ! -s "$oh_file" ]; then
-        echo none
-      elif [ "$(cat "$oh_file")" = "$PYPI_NODE" ]; then
-        echo mine
-      else
-        echo other
-      fi
-      ;;
+    lab) lab_assoc_holder routes "$1" ;;
     aws)
       oh_eni=$(own_eni) || die "cannot learn this node's network interface from IMDS"
       oh_rtb=${PYPI_ROUTE_TABLES%% *}
@@ -558,19 +562,27 @@ overlay_holder() {
 
 # ---------------------------------------------------------------- data volume
 
+# Wait (bounded) until the command succeeds, polling every 2 s; WHAT names it in the log and the
+# error. The command runs in a subshell, so a check that dies does not end the caller.
+wait_until() {
+  wu_what=$1 wu_max=$2
+  shift 2
+  wu_waited=0
+  until ("$@") >/dev/null 2>&1; do
+    [ "$wu_waited" -lt "$wu_max" ] || die "$wu_what: not within $wu_max s"
+    [ $((wu_waited % 30)) -ne 0 ] || log "waiting for $wu_what ($wu_waited s)"
+    wu_waited=$((wu_waited + 2))
+    sleep 2
+  done
+}
+
 # The node's data volume is attached after the instance starts: wait for it by its stable name,
 # put ext4 on it only if it carries no signature at all, and mount it. Never formats a volume
 # with data on it, so a replaced node keeps what its volume holds.
 volume_mount() {
   vm_dir=$1 vm_owner=$2
   if mountpoint -q "$vm_dir"; then return 0; fi
-  vm_waited=0
-  until [ -b "$PYPI_DATA_DEVICE" ]; do
-    [ "$vm_waited" -lt "${PYPI_VOLUME_WAIT_SECONDS:-300}" ] ||
-      die "data volume $PYPI_DATA_DEVICE did not appear within ${PYPI_VOLUME_WAIT_SECONDS:-300} s"
-    vm_waited=$((vm_waited + 1))
-    sleep 1
-  done
+  wait_until "data volume $PYPI_DATA_DEVICE" "${PYPI_VOLUME_WAIT_SECONDS:-300}" test -b "$PYPI_DATA_DEVICE"
   vm_type=$(blkid -p -o value -s TYPE "$PYPI_DATA_DEVICE" 2>/dev/null || true)
   if [ -z "$vm_type" ]; then
     [ -z "$(wipefs -n -O TYPE --noheadings "$PYPI_DATA_DEVICE" 2>/dev/null)" ] ||

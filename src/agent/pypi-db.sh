@@ -102,17 +102,12 @@ pg_peer_state() {
 # Who the writer route points at: mine, other, or none (never taken).
 writer_holder() { overlay_holder "$PYPI_OVERLAY_DB"; }
 
-# Wait (bounded) until the peer answers as a primary; a standby or a fenced old primary needs one.
+pg_peer_is_primary() { [ "$(pg_peer_state)" = primary ]; }
+
+# A standby or a fenced old primary needs a primary to copy; without one it stays down.
 pg_wait_for_primary_peer() {
-  pg_waited=0
-  pg_wait_max=${PYPI_DB_PEER_WAIT_SECONDS:-900}
-  until [ "$(pg_peer_state)" = primary ]; do
-    [ "$pg_waited" -lt "$pg_wait_max" ] ||
-      die "no primary at $PYPI_PG_PEER after $pg_wait_max s; $PYPI_NODE stays down (never writable on its own)"
-    [ $((pg_waited % 30)) -ne 0 ] || log "waiting for a primary at $PYPI_PG_PEER ($pg_waited s)"
-    pg_waited=$((pg_waited + 2))
-    sleep 2
-  done
+  wait_until "a primary at $PYPI_PG_PEER ($PYPI_NODE stays down: never writable on its own)" \
+    "${PYPI_DB_PEER_WAIT_SECONDS:-900}" pg_peer_is_primary
 }
 
 # A new node: the initial primary initialises the cluster unless the pair already has a primary
@@ -176,9 +171,7 @@ cmd_db_converge() {
 # nobody has reaped yet (pg_ctl counts that as running).
 pg_postmaster_gone() {
   [ -r "$PYPI_PG_DATA/postmaster.pid" ] || return 0
-  pg_pid=$(head -n 1 "$PYPI_PG_DATA/postmaster.pid")
-  kill -0 "$pg_pid" 2>/dev/null || return 0
-  [ "$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pg_pid/status" 2>/dev/null)" = Z ]
+  ! proc_alive "$(head -n 1 "$PYPI_PG_DATA/postmaster.pid")"
 }
 
 # Stop the local server, if any, and wait until its postmaster is gone.

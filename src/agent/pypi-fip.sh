@@ -49,10 +49,7 @@ fip_take() {
   log "fip $addr: $alloc associated with $eni $secondary"
 }
 
-# The lab's association record: which node the address is associated with (see lab_eip_*).
-lab_eip_file() { printf '%s/eips/%s\n' "${PYPI_LAB_CLOUD:?}" "$1"; }
-
-lab_eip_mine() { [ -s "$(lab_eip_file "$1")" ] && [ "$(cat "$(lab_eip_file "$1")")" = "$PYPI_NODE" ]; }
+lab_eip_mine() { [ "$(lab_assoc_holder eips "$1")" = mine ]; }
 
 cmd_fip() {
   addr=$1 action=$2
@@ -61,10 +58,7 @@ cmd_fip() {
   case $PYPI_BACKEND:$action in
     lab:start)
       # Associate (the lab's cloud takes the address off the previous holder), then hold it.
-      le_file=$(lab_eip_file "$addr")
-      mkdir -p "$(dirname "$le_file")"
-      printf '%s\n' "$PYPI_NODE" >"$le_file.$$"
-      mv -f "$le_file.$$" "$le_file"
+      lab_assoc_set eips "$addr"
       lab_addr_held "$addr" || ip addr add "$addr/32" dev "$PYPI_IFACE"
       # Gratuitous ARP so peers update their caches now rather than after a timeout.
       arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true

@@ -782,20 +782,6 @@ app_cli() {
 
 # ---------------------------------------------------------------- converge
 
-# Wait (bounded) until CHECK succeeds; WHAT names it in the log and the error.
-wait_until() {
-  wu_what=$1 wu_max=$2
-  shift 2
-  wu_waited=0
-  # A subshell: a check that dies must not end the agent.
-  until ("$@") >/dev/null 2>&1; do
-    [ "$wu_waited" -lt "$wu_max" ] || die "converge: $wu_what: not within $wu_max s"
-    [ $((wu_waited % 30)) -ne 0 ] || log "converge: waiting for $wu_what ($wu_waited s)"
-    wu_waited=$((wu_waited + 2))
-    sleep 2
-  done
-}
-
 # DRBD's first bring-up on the storage pair: metadata on a new disk, attach and connect, and
 # the first full sync forced from the home node only, once, while both disks are new.
 drbd_converge() {
