@@ -7,7 +7,7 @@ import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { HSTS_MAX_AGE_SECONDS } from "../../src/render/nginx.js";
 import { nodesWithRole, pgDialect } from "../../src/topology.js";
-import { CLIENT_DIR, clientCommand, type Lab, sftpArgv } from "../lib/lab.js";
+import { CLIENT_DIR, clientCommand, httpsVia, type Lab, sftpArgv } from "../lib/lab.js";
 import { startLoad } from "../lib/load.js";
 import type { Report } from "../lib/report.js";
 import { buildWheel, type Wheel } from "../lib/wheel.js";
@@ -83,20 +83,10 @@ async function registeredByItsUnit(
 ): Promise<string> {
   const fip = lab.t.floatingIps[0]?.address ?? "";
   for (;;) {
-    const r = await clientRun(lab, [
-      "curl",
-      "-fsS",
-      "--max-time",
-      "5",
-      "--cacert",
-      `${CLIENT_DIR}/ca.pem`,
-      "--resolve",
-      `${lab.t.domain}:443:${fip}`,
-      `https://${lab.t.domain}/simple/${wheel.name}/`,
-    ]);
-    if (r.status === 0 && r.stdout.includes(wheel.filename)) break;
+    const r = await httpsVia(lab, fip, `/simple/${wheel.name}/`);
+    if (r.code === 200 && r.body.includes(wheel.filename)) break;
     if (Date.now() - uploadedAt > 60_000)
-      throw new Error(`not listed 60 s after the upload: ${r.status} ${r.stderr.trim()}`);
+      throw new Error(`not listed 60 s after the upload: ${r.code} ${r.body.slice(0, 300)}`);
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
   const seconds = Math.round((Date.now() - uploadedAt) / 100) / 10;
@@ -140,21 +130,11 @@ async function pipDownload(lab: Lab, wheel: Wheel): Promise<string> {
 async function simplePageEverywhere(lab: Lab, wheel: Wheel): Promise<string> {
   const outs = await Promise.all(
     lab.t.floatingIps.map(async (f) => {
-      const r = await clientRun(lab, [
-        "curl",
-        "-fsS",
-        "--max-time",
-        "5",
-        "--cacert",
-        `${CLIENT_DIR}/ca.pem`,
-        "--resolve",
-        `${lab.t.domain}:443:${f.address}`,
-        `https://${lab.t.domain}/simple/${wheel.name}/`,
-      ]);
-      if (r.status !== 0) throw new Error(`${f.address}: curl exited ${r.status}: ${r.stderr}`);
+      const r = await httpsVia(lab, f.address, `/simple/${wheel.name}/`);
+      if (r.code !== 200) throw new Error(`${f.address}: ${r.code} ${r.body.slice(0, 300)}`);
       expectMatch(
         `/simple/${wheel.name}/ via ${f.address}`,
-        r.stdout,
+        r.body,
         new RegExp(`${wheel.filename}#sha256=${wheel.sha256}`),
       );
       return f.address;

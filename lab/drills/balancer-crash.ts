@@ -3,8 +3,10 @@
  * link down). Heartbeat on the peer must take the address over after deadtime; then the node
  * boots again and, with auto_failback on, takes its address back.
  */
+
+import { bootAgain } from "../lib/boot.js";
 import { startLoad, summarise } from "../lib/load.js";
-import { crash, homeFip, oneWatcher, peerBalancer, reboot, timeOwnership } from "./balancers.js";
+import { homeFip, oneWatcher, peerBalancer, timeOwnership } from "./balancers.js";
 import { between, drill, failedCount, seconds, sleep } from "./common.js";
 
 const LOST = "lb-a";
@@ -24,7 +26,7 @@ export const balancerCrash = drill(
     try {
       await sleep(1_000);
       const killedAt = Date.now();
-      const killed = await crash(lab, LOST);
+      const killed = await lab.node(LOST).crash();
       let takeover: { addressAt: number; httpsAt: number } | undefined;
       await report.check(section, `${survivor} takes over ${fip} and serves HTTPS through it`, async () => {
         takeover = await timeOwnership(lab, fip, survivor, 20_000);
@@ -46,7 +48,7 @@ export const balancerCrash = drill(
       }
       await sleep(1_000);
       const bootAt = Date.now();
-      await reboot(lab, LOST);
+      await bootAgain(lab, LOST);
       let failback: { addressAt: number; httpsAt: number } | undefined;
       await report.check(section, `${LOST} boots and takes ${fip} back (auto_failback on)`, async () => {
         failback = await timeOwnership(lab, fip, LOST, 45_000, true);

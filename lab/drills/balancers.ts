@@ -4,31 +4,12 @@
  */
 
 import { readFileSync } from "node:fs";
-import { bootAgain } from "../lib/boot.js";
-import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
+import { httpsVia, type Lab } from "../lib/lab.js";
 import { nodePids, sleep, until } from "./common.js";
 
 /** Quick HTTPS probe of /_health through one floating IP (1 s budget, so polls stay fine-grained). */
 export async function httpsOk(lab: Lab, fip: string, maxSeconds = 1): Promise<boolean> {
-  const r = await lab.client.execAsync(
-    clientCommand([
-      "curl",
-      "-s",
-      "-o",
-      "/dev/null",
-      "--max-time",
-      String(maxSeconds),
-      "--cacert",
-      `${CLIENT_DIR}/ca.pem`,
-      "--resolve",
-      `${lab.t.domain}:443:${fip}`,
-      "-w",
-      "%{http_code}",
-      `https://${lab.t.domain}/_health`,
-    ]),
-    { timeoutMs: (maxSeconds + 2) * 1000 },
-  );
-  return r.stdout.trim() === "200";
+  return (await httpsVia(lab, fip, "/_health", maxSeconds)).code === 200;
 }
 
 export const homeFip = (lab: Lab, balancer: string): string => {
@@ -58,19 +39,6 @@ export async function timeOwnership(
   });
   const httpsAt = await until(`HTTPS via ${fip}`, timeoutMs, () => httpsOk(lab, fip), 20);
   return { addressAt, httpsAt };
-}
-
-/**
- * A crash: every process of the node dies at once and its links go down, as when an instance
- * stops dead (LabNode.crash). Returns how many processes died.
- */
-export function crash(lab: Lab, node: string): Promise<number> {
-  return lab.node(node).crash();
-}
-
-/** Boot after a crash: the node's init runs its boot unit, as systemd would (addresses start clean). */
-export async function reboot(lab: Lab, node: string): Promise<void> {
-  await bootAgain(lab, node);
 }
 
 /** `pypi-node watch` processes on a balancer (Heartbeat respawns exactly one). */

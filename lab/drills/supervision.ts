@@ -6,7 +6,7 @@
  */
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { CLIENT_DIR, clientCommand, type Lab, sftpArgv } from "../lib/lab.js";
+import { CLIENT_DIR, httpsVia, type Lab, sftpArgv } from "../lib/lab.js";
 import { type LoadHandle, startLoad } from "../lib/load.js";
 import { buildWheel } from "../lib/wheel.js";
 import { homeFip } from "./balancers.js";
@@ -45,21 +45,8 @@ async function sftp(lab: Lab, fip: string, commands: string): Promise<boolean> {
 }
 
 async function listed(lab: Lab, fip: string, name: string, filename: string): Promise<boolean> {
-  const r = await lab.client.execAsync(
-    clientCommand([
-      "curl",
-      "-fsS",
-      "--max-time",
-      "5",
-      "--cacert",
-      `${CLIENT_DIR}/ca.pem`,
-      "--resolve",
-      `${lab.t.domain}:443:${fip}`,
-      `https://${lab.t.domain}/simple/${name}/`,
-    ]),
-    { timeoutMs: 10_000 },
-  );
-  return r.status === 0 && r.stdout.includes(filename);
+  const r = await httpsVia(lab, fip, `/simple/${name}/`);
+  return r.code === 200 && r.body.includes(filename);
 }
 
 export const supervision = drill(

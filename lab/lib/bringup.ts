@@ -6,7 +6,7 @@
  */
 import type { Topology } from "../../src/topology.js";
 import { firstBoot, rollout } from "./boot.js";
-import { CLIENT_DIR, clientCommand, type Lab, nsOf } from "./lab.js";
+import { type HttpsResult, httpsVia, type Lab, nsOf } from "./lab.js";
 import type { Report } from "./report.js";
 
 const SECTION = "bring-up";
@@ -45,28 +45,8 @@ async function floatingIpsHome(lab: Lab): Promise<string> {
   });
 }
 
-/** curl from the client to https://<domain>/_health through one floating IP: status code and body. */
-export async function healthVia(lab: Lab, fip: string): Promise<{ code: number; body: string }> {
-  const r = await lab.client.execAsync(
-    clientCommand([
-      "curl",
-      "-sS",
-      "--max-time",
-      "5",
-      "--cacert",
-      `${CLIENT_DIR}/ca.pem`,
-      "--resolve",
-      `${lab.t.domain}:443:${fip}`,
-      "-w",
-      "\n%{http_code}",
-      `https://${lab.t.domain}/_health`,
-    ]),
-    { timeoutMs: 10_000 },
-  );
-  const lines = r.stdout.trimEnd().split("\n");
-  const code = Number(lines.pop() ?? 0);
-  return { code, body: lines.join("\n") || r.stderr };
-}
+/** `/_health` through one floating IP: status code and body. */
+export const healthVia = (lab: Lab, fip: string): Promise<HttpsResult> => httpsVia(lab, fip, "/_health");
 
 async function healthyEverywhere(lab: Lab): Promise<string> {
   return waitFor(

@@ -33,6 +33,35 @@ export const clientCommand = (argv: readonly string[]): string[] => [
   ...argv,
 ];
 
+/** An HTTPS response through a floating IP: status (0 when none came) and body, or curl's error. */
+export interface HttpsResult {
+  readonly code: number;
+  readonly body: string;
+}
+
+/** GET `https://<domain><path>` from the client through `fip`, verified against the lab CA. */
+export async function httpsVia(lab: Lab, fip: string, path: string, maxSeconds = 5): Promise<HttpsResult> {
+  const r = await lab.client.execAsync(
+    clientCommand([
+      "curl",
+      "-sS",
+      "--max-time",
+      String(maxSeconds),
+      "--cacert",
+      `${CLIENT_DIR}/ca.pem`,
+      "--resolve",
+      `${lab.t.domain}:443:${fip}`,
+      "-w",
+      "\n%{http_code}",
+      `https://${lab.t.domain}${path}`,
+    ]),
+    { timeoutMs: (maxSeconds + 5) * 1000 },
+  );
+  const lines = r.stdout.trimEnd().split("\n");
+  const code = Number(lines.pop() ?? 0);
+  return { code, body: lines.join("\n") || r.stderr };
+}
+
 /**
  * sftp in batch mode as the first upload user to a floating IP, with the lab's key and the
  * upload host key pinned: the same client a PyPI uploader runs. Commands come on stdin.
