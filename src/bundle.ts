@@ -1,5 +1,6 @@
 import { indexAppScript } from "./app-artifact.js";
 import type { BundleFile, NodeBundle, SecretFetch, ServiceName } from "./bundle-types.js";
+import { paths } from "./layout.js";
 import {
   type AgentScript,
   APP_PASSFILE,
@@ -50,8 +51,8 @@ import {
   renderRegisterService,
   renderRegisterTimer,
 } from "./render/systemd.js";
-import { type NodeSpec, paths, pgDialect, storagePair, type Topology } from "./topology.js";
-import { validateTopology } from "./validate-topology.js";
+import { parseTopology } from "./schema.js";
+import { type NodeSpec, pgDialect, storagePair, type Topology } from "./topology.js";
 
 /** Where db nodes keep the recovery.conf the agent installs when it re-attaches a standby. */
 export const RECOVERY_TEMPLATE_PATH = paths.pgRecoveryTemplate;
@@ -251,7 +252,7 @@ function dbBundle(t: Topology, node: NodeSpec): NodeBundle {
  * Validates the topology first, so a bad input fails with the field, value and what is allowed.
  */
 export function buildBundles(topology: Topology): NodeBundle[] {
-  const t = validateTopology(topology);
+  const t = parseTopology(topology);
   const byRole = { balancer: balancerBundle, app: appBundle, db: dbBundle } as const;
   return t.nodes.map((node) => byRole[node.role](t, node));
 }

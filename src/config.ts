@@ -1,20 +1,20 @@
 import * as pulumi from "@pulumi/pulumi";
-import { parseCidr } from "./net.js";
+import { buildTopology, placeholderIds, planNodes } from "./plan.js";
+import {
+  atoms,
+  CONFIG_KEYS,
+  ConfigError,
+  type ConfigKeyType,
+  PROJECT,
+  parseTopology,
+  SECRET_KEYS,
+  show,
+} from "./schema.js";
+import { checkTlsMaterial } from "./tls-material.js";
 import type { AppRuntime } from "./topology.js";
-import { SUPPORTED_PG_VERSIONS } from "./validate-topology.js";
+import { checkUploadUsers, type UploadUser } from "./upload-users.js";
 
-export const PROJECT = "pypi-infra";
-
-/** Secret keys: read with `getSecret`, never through `parseConfig`, so their values never reach plain data. */
-export const SECRET_KEYS = ["tlsCertificate", "tlsKey"] as const;
-
-export interface UploadUser {
-  readonly name: string;
-  readonly uid: number;
-  readonly publicKey: string;
-}
-
-/** The typed stack configuration; every optional key has its default here, not in Pulumi.yaml. */
+/** The typed stack configuration; src/schema.ts holds every key's bounds and default. */
 export interface StackConfig {
   readonly environment: string;
   readonly region: string;
@@ -51,257 +51,108 @@ export interface StackConfig {
   readonly smokeCheck: boolean;
 }
 
-/** Defaults of every optional scalar key; Pulumi.yaml repeats them and a test keeps the two equal. */
-export const DEFAULTS = {
-  vpcCidr: "10.40.0.0/16",
-  floatingIps: 1,
-  appServers: 2,
-  natGateways: 1,
-  balancerInstanceType: "t3.small",
-  appInstanceType: "t3.medium",
-  dbInstanceType: "t3.medium",
-  rootVolumeGb: 16,
-  dbVolumeGb: 20,
-  storageVolumeGb: 50,
-  postgresVersion: 15,
-  synchronousReplication: false,
-  heartbeatKeepaliveMs: 500,
-  heartbeatWarntimeMs: 1000,
-  heartbeatDeadtimeMs: 1500,
-  heartbeatInitdeadMs: 10000,
-  autoFailback: true,
-  appRuntime: "fcgid",
-  appMaxProcesses: 8,
-  appRequestTimeoutSeconds: 30,
-  uploadMaxFileBytes: 104857600,
-  overlayDbWriter: "100.64.10.5",
-  overlayStorage: "100.64.10.6",
-  tlsSource: "generated",
-  deletionProtection: false,
-  smokeCheck: true,
-} as const;
-
-/** Keys without a default. */
-const REQUIRED = ["domain", "uploadUsers"] as const;
-/** Structured keys (objects/lists), outside the scalar schema of Pulumi.yaml. */
-const STRUCTURED = ["availabilityZones", "uploadUsers"] as const;
-
-export const KNOWN_KEYS: readonly string[] = [...Object.keys(DEFAULTS), ...REQUIRED, "availabilityZones"];
-
-export class ConfigError extends Error {
-  constructor(readonly problems: readonly string[]) {
-    super(`invalid stack configuration:\n  - ${problems.join("\n  - ")}`);
-    this.name = "ConfigError";
+/** Turns an engine value (a string; objects as JSON) into the key's type; leaves anything else as is. */
+function coerce(type: ConfigKeyType, value: unknown): unknown {
+  if (typeof value !== "string") return value;
+  if (type === "integer" && /^-?[0-9]+(\.[0-9]+)?$/.test(value)) return Number(value);
+  if (type === "boolean" && (value === "true" || value === "false")) return value === "true";
+  if (type === "array") {
+    try {
+      return JSON.parse(value);
+    } catch {
+      return value;
+    }
   }
+  return value;
 }
-
-const show = (value: unknown): string => JSON.stringify(value) ?? String(value);
 
 /**
  * Turns the raw stack config (`pulumi.runtime.allConfig()`: full keys, string values with
- * objects as JSON; or a YAML `config:` map with typed values) into a StackConfig. Pure; every
- * problem is reported at once, naming the key, the value and what is allowed.
+ * objects as JSON; or a YAML `config:` map with typed values) into a StackConfig, then runs the
+ * planned topology through the schema's rules. Pure; every problem is reported at once, naming
+ * the `pypi-infra:` key, the value and what is allowed.
  */
 export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: string): StackConfig {
   const problems: string[] = [];
-  const bad = (key: string, value: unknown, allowed: string): void => {
-    problems.push(
-      `${key.includes(":") ? key : `${PROJECT}:${key}`}: ${show(value)} is not valid; ${allowed}`,
-    );
-  };
-  const secret = new Set<string>(SECRET_KEYS);
+  const known = new Set(CONFIG_KEYS.map((k) => k.key));
   for (const full of Object.keys(raw)) {
-    const [ns, key] = full.split(":", 2);
-    if (ns !== PROJECT || key === undefined || secret.has(key)) continue;
-    if (!KNOWN_KEYS.includes(key)) {
-      // The value is not echoed: an unknown key might be a misspelt secret.
-      problems.push(`${full}: is not a known key; known keys: ${KNOWN_KEYS.join(", ")}`);
-    }
+    const [ns, name] = full.split(":", 2);
+    // The value is not echoed: an unknown key might be a misspelt secret.
+    if (ns === PROJECT && (name === undefined || !known.has(name)))
+      problems.push(`${full}: is not a known key; known keys: ${[...known].join(", ")}`);
   }
-  const value = (key: string): unknown => raw[`${PROJECT}:${key}`];
-
-  const str = (key: keyof typeof DEFAULTS, test: (s: string) => boolean, allowed: string): string => {
-    const v = value(key) ?? DEFAULTS[key];
-    if (typeof v !== "string" || !test(v)) {
-      bad(key, v, allowed);
-      return String(DEFAULTS[key]);
-    }
-    return v;
-  };
-  const num = (key: keyof typeof DEFAULTS, min: number, max: number, integer = true): number => {
-    const v = value(key) ?? DEFAULTS[key];
-    const n = typeof v === "string" && /^-?[0-9]+(\.[0-9]+)?$/.test(v) ? Number(v) : v;
-    if (
-      typeof n !== "number" ||
-      !Number.isFinite(n) ||
-      (integer && !Number.isInteger(n)) ||
-      n < min ||
-      n > max
-    ) {
-      bad(key, v, `expected ${integer ? "a whole number" : "a number"} from ${min} to ${max}`);
-      return Number(DEFAULTS[key]);
-    }
-    return n;
-  };
-  const bool = (key: keyof typeof DEFAULTS): boolean => {
-    const v = value(key) ?? DEFAULTS[key];
-    if (v === true || v === "true") return true;
-    if (v === false || v === "false") return false;
-    bad(key, v, "expected true or false");
-    return Boolean(DEFAULTS[key]);
-  };
-  const structured = (key: (typeof STRUCTURED)[number]): unknown => {
-    const v = value(key);
-    if (typeof v !== "string") return v;
-    try {
-      return JSON.parse(v);
-    } catch {
-      return v;
-    }
-  };
-
   const region = raw["aws:region"];
-  if (typeof region !== "string" || !/^[a-z]{2}(-[a-z]+)+-[0-9]$/.test(region)) {
-    bad(
-      "aws:region",
-      region,
-      "expected an AWS region such as us-east-1 (pulumi config set aws:region us-east-1)",
+  const regionCheck = atoms.region.schema.safeParse(region);
+  if (!regionCheck.success)
+    problems.push(`aws:region: ${show(region)} is not valid; expected ${atoms.region.allowed}`);
+  const regionText = regionCheck.success ? regionCheck.data : "us-east-1";
+  if (!atoms.hostname.schema.safeParse(stack).success)
+    problems.push(
+      `stack: ${show(stack)} is not valid; expected a lower-case stack name like staging or prod`,
     );
+
+  const defaults: Record<string, unknown> = { availabilityZones: [`${regionText}a`, `${regionText}b`] };
+  const values: Record<string, unknown> = {};
+  for (const k of CONFIG_KEYS) {
+    if (k.secret) continue;
+    const given = raw[`${PROJECT}:${k.key}`];
+    const value = coerce(k.type, given ?? k.default ?? defaults[k.key]);
+    const result = k.atom.schema.safeParse(value);
+    if (result.success) values[k.key] = result.data;
+    else
+      problems.push(
+        `${PROJECT}:${k.key}: ${show(value)} is not valid; expected ${k.atom.allowed}${given === undefined && k.default === undefined ? " (required)" : ""}`,
+      );
   }
-  const regionText = typeof region === "string" ? region : "us-east-1";
-  if (!/^[a-z][a-z0-9-]{0,30}[a-z0-9]$/.test(stack))
-    bad("stack", stack, "expected a lower-case stack name like staging or prod");
-
-  const azsRaw = structured("availabilityZones") ?? [`${regionText}a`, `${regionText}b`];
-  let availabilityZones: [string, string] = [`${regionText}a`, `${regionText}b`];
-  if (
-    Array.isArray(azsRaw) &&
-    azsRaw.length === 2 &&
-    azsRaw.every(
-      (az) => typeof az === "string" && az.startsWith(regionText) && /^[a-z0-9-]+[a-z]$/.test(az),
-    ) &&
-    azsRaw[0] !== azsRaw[1]
-  ) {
-    availabilityZones = [azsRaw[0] as string, azsRaw[1] as string];
-  } else {
-    bad(
-      "availabilityZones",
-      azsRaw,
-      `expected two different zones of ${regionText}, e.g. ["${regionText}a", "${regionText}b"]`,
-    );
+  if (values.uploadUsers !== undefined) {
+    const users = checkUploadUsers(values.uploadUsers, `${PROJECT}:uploadUsers`);
+    problems.push(...users.problems);
+    values.uploadUsers = users.users;
   }
+  if (problems.length > 0) throw new ConfigError(problems);
 
-  const vpcCidr = str(
-    "vpcCidr",
-    (s) => {
-      const c = parseCidr(s);
-      return c !== undefined && c.prefix >= 16 && c.prefix <= 19;
-    },
-    "expected an IPv4 CIDR from /16 to /19 with host bits zero, e.g. 10.40.0.0/16",
-  );
-
-  const domainRaw = value("domain");
-  let domain = "pypi.invalid";
-  if (typeof domainRaw === "string" && /^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}$/.test(domainRaw)) {
-    domain = domainRaw;
-  } else {
-    bad("domain", domainRaw, "expected the public DNS name, e.g. pypi.example.org (required)");
-  }
-
-  const runtimes: readonly AppRuntime[] = ["fcgid", "wsgi", "gunicorn"];
-  const runtime = str(
-    "appRuntime",
-    (s) => (runtimes as readonly string[]).includes(s),
-    `expected one of ${runtimes.join(", ")}`,
-  );
-  const pgVersion = (() => {
-    const v = value("postgresVersion") ?? DEFAULTS.postgresVersion;
-    const n = typeof v === "string" ? Number(v) : v;
-    if (typeof n !== "number" || !SUPPORTED_PG_VERSIONS.includes(n)) {
-      bad("postgresVersion", v, `expected one of ${SUPPORTED_PG_VERSIONS.join(", ")}`);
-      return DEFAULTS.postgresVersion;
-    }
-    return n;
-  })();
-  const tlsSource = str(
-    "tlsSource",
-    (s) => s === "generated" || s === "config",
-    'expected "generated" or "config"',
-  );
-  const natGateways = num("natGateways", 1, 2);
-  const instanceType = (key: "balancerInstanceType" | "appInstanceType" | "dbInstanceType"): string =>
-    str(key, (s) => /^[a-z][a-z0-9-]*\.[a-z0-9]+$/.test(s), "expected an EC2 instance type such as t3.small");
-
-  const keepaliveMs = num("heartbeatKeepaliveMs", 100, 60000);
-  const warntimeMs = num("heartbeatWarntimeMs", 100, 600000);
-  const deadtimeMs = num("heartbeatDeadtimeMs", 100, 600000);
-  const initdeadMs = num("heartbeatInitdeadMs", 100, 3600000);
-  if (deadtimeMs <= 2 * keepaliveMs)
-    bad(
-      "heartbeatDeadtimeMs",
-      deadtimeMs,
-      `expected more than 2 x heartbeatKeepaliveMs (${2 * keepaliveMs})`,
-    );
-  if (warntimeMs <= keepaliveMs || warntimeMs >= deadtimeMs)
-    bad(
-      "heartbeatWarntimeMs",
-      warntimeMs,
-      `expected between heartbeatKeepaliveMs (${keepaliveMs}) and heartbeatDeadtimeMs (${deadtimeMs})`,
-    );
-  if (initdeadMs < 2 * deadtimeMs)
-    bad("heartbeatInitdeadMs", initdeadMs, `expected at least 2 x heartbeatDeadtimeMs (${2 * deadtimeMs})`);
-
-  const usersRaw = structured("uploadUsers");
-  const users: UploadUser[] = [];
-  if (!Array.isArray(usersRaw) || usersRaw.length === 0) {
-    bad("uploadUsers", usersRaw, "expected a list of {name, uid, publicKey} (at least one; required)");
-  } else {
-    usersRaw.forEach((u: unknown, i) => {
-      const rec = (typeof u === "object" && u !== null ? u : {}) as Record<string, unknown>;
-      const uid = typeof rec.uid === "string" ? Number(rec.uid) : rec.uid;
-      if (typeof rec.name !== "string" || typeof rec.publicKey !== "string" || typeof uid !== "number") {
-        bad(`uploadUsers[${i}]`, u, "expected {name: string, uid: number, publicKey: string}");
-        return;
-      }
-      users.push({ name: rec.name, uid, publicKey: rec.publicKey });
-    });
-  }
-
-  const ipv4 = (s: string): boolean => /^([0-9]{1,3}\.){3}[0-9]{1,3}$/.test(s);
+  // Every value below passed its key's schema.
+  const str = (k: string) => values[k] as string;
+  const num = (k: string) => values[k] as number;
+  const bool = (k: string) => values[k] as boolean;
   const config: StackConfig = {
     environment: stack,
     region: regionText,
-    availabilityZones,
-    vpcCidr,
-    domain,
-    floatingIps: num("floatingIps", 1, 8),
-    appServers: num("appServers", 2, 16),
-    natGateways: natGateways === 2 ? 2 : 1,
+    availabilityZones: values.availabilityZones as [string, string],
+    vpcCidr: str("vpcCidr"),
+    domain: str("domain"),
+    floatingIps: num("floatingIps"),
+    appServers: num("appServers"),
+    natGateways: num("natGateways") === 2 ? 2 : 1,
     instanceTypes: {
-      balancer: instanceType("balancerInstanceType"),
-      app: instanceType("appInstanceType"),
-      db: instanceType("dbInstanceType"),
+      balancer: str("balancerInstanceType"),
+      app: str("appInstanceType"),
+      db: str("dbInstanceType"),
     },
-    rootVolumeGb: num("rootVolumeGb", 8, 1024),
-    dbVolumeGb: num("dbVolumeGb", 1, 16384),
-    storageVolumeGb: num("storageVolumeGb", 1, 16384),
-    postgres: { version: pgVersion, synchronous: bool("synchronousReplication") },
-    heartbeat: { keepaliveMs, warntimeMs, deadtimeMs, initdeadMs, autoFailback: bool("autoFailback") },
+    rootVolumeGb: num("rootVolumeGb"),
+    dbVolumeGb: num("dbVolumeGb"),
+    storageVolumeGb: num("storageVolumeGb"),
+    postgres: { version: num("postgresVersion"), synchronous: bool("synchronousReplication") },
+    heartbeat: {
+      keepaliveMs: num("heartbeatKeepaliveMs"),
+      warntimeMs: num("heartbeatWarntimeMs"),
+      deadtimeMs: num("heartbeatDeadtimeMs"),
+      initdeadMs: num("heartbeatInitdeadMs"),
+      autoFailback: bool("autoFailback"),
+    },
     app: {
-      runtime: runtime as AppRuntime,
-      maxProcesses: num("appMaxProcesses", 1, 256),
-      requestTimeoutSeconds: num("appRequestTimeoutSeconds", 1, 600),
+      runtime: str("appRuntime") as AppRuntime,
+      maxProcesses: num("appMaxProcesses"),
+      requestTimeoutSeconds: num("appRequestTimeoutSeconds"),
     },
-    upload: { users, maxFileBytes: num("uploadMaxFileBytes", 1, 2 ** 40) },
-    overlay: {
-      dbWriter: str("overlayDbWriter", ipv4, "expected an IPv4 address outside vpcCidr, e.g. 100.64.10.5"),
-      storage: str("overlayStorage", ipv4, "expected an IPv4 address outside vpcCidr, e.g. 100.64.10.6"),
-    },
-    tlsSource: tlsSource as "generated" | "config",
+    upload: { users: values.uploadUsers as UploadUser[], maxFileBytes: num("uploadMaxFileBytes") },
+    overlay: { dbWriter: str("overlayDbWriter"), storage: str("overlayStorage") },
+    tlsSource: str("tlsSource") as "generated" | "config",
     deletionProtection: bool("deletionProtection"),
     smokeCheck: bool("smokeCheck"),
   };
-  if (problems.length > 0) throw new ConfigError(problems);
+  // Cross-field rules run once, over the planned topology, naming the keys that feed it.
+  parseTopology(buildTopology(config, planNodes(config), placeholderIds(config)), { origin: "stack" });
   return config;
 }
 
@@ -335,19 +186,57 @@ export function missingTlsSecrets(
   ].join("\n");
 }
 
-/** Reads and validates this stack's config: the only place besides src/index.ts that touches pulumi.Config. */
-export function readStackConfig(): { config: StackConfig; tls: TlsInput } {
+/** Whether the engine handed `key` over as secret config (`pulumi config set --secret`). */
+function isSecretConfig(key: string): boolean {
+  // Not in the SDK's typings, but it is how `Config.get` itself tells secret keys apart.
+  const runtime = pulumi.runtime as unknown as { isConfigSecret?: (k: string) => boolean };
+  if (typeof runtime.isConfigSecret !== "function")
+    throw new Error("this @pulumi/pulumi cannot tell secret config apart; cannot check the TLS secrets");
+  return runtime.isConfigSecret(key);
+}
+
+/**
+ * Reads and validates this stack's config: with src/program.ts, the only code that touches
+ * Pulumi's config. A supplied certificate and key are checked here, before any resource exists.
+ */
+export function readStackConfig(now = new Date()): { config: StackConfig; tls: TlsInput } {
   const stack = pulumi.getStack();
   const config = parseConfig(pulumi.runtime.allConfig(), stack);
-  if (config.tlsSource === "generated") return { config, tls: { source: "generated" } };
-  const bag = new pulumi.Config(PROJECT);
-  // Presence only: reading the value with `get` would warn that it is a secret.
-  const present = {
-    certificate: pulumi.runtime.getConfig(`${PROJECT}:tlsCertificate`) !== undefined,
-    key: pulumi.runtime.getConfig(`${PROJECT}:tlsKey`) !== undefined,
+  // `getConfig` reads without the secret warning `Config.get` prints; the values are never logged.
+  const raw = {
+    certificate: pulumi.runtime.getConfig(`${PROJECT}:tlsCertificate`),
+    key: pulumi.runtime.getConfig(`${PROJECT}:tlsKey`),
   };
-  const problem = missingTlsSecrets(stack, present);
+  if (config.tlsSource === "generated") {
+    const stray = SECRET_KEYS.filter((k) => pulumi.runtime.getConfig(`${PROJECT}:${k}`) !== undefined);
+    if (stray.length > 0)
+      throw new ConfigError(
+        stray.map(
+          (k) =>
+            `${PROJECT}:${k}: is set but ${PROJECT}:tlsSource is "generated"; expected ${PROJECT}:tlsSource config to use it, or remove the key`,
+        ),
+      );
+    return { config, tls: { source: "generated" } };
+  }
+  const problem = missingTlsSecrets(stack, {
+    certificate: raw.certificate !== undefined,
+    key: raw.key !== undefined,
+  });
   if (problem) throw new ConfigError([problem]);
+  const problems = [
+    ...SECRET_KEYS.filter((k) => !isSecretConfig(`${PROJECT}:${k}`)).map(
+      (k) =>
+        `${PROJECT}:${k}: is plain text in Pulumi.${stack}.yaml; expected secret config (pulumi config set --stack ${stack} --secret ${PROJECT}:${k} < file), and treat the exposed value as compromised`,
+    ),
+    ...checkTlsMaterial({
+      certificatePem: raw.certificate ?? "",
+      keyPem: raw.key ?? "",
+      domain: config.domain,
+      now,
+    }),
+  ];
+  if (problems.length > 0) throw new ConfigError(problems);
+  const bag = new pulumi.Config(PROJECT);
   return {
     config,
     tls: {

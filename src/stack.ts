@@ -2,8 +2,6 @@ import * as aws from "@pulumi/aws";
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
 import { BASE_PACKAGES, rolloutChains } from "./bring-up.js";
-import { buildBundles } from "./bundle.js";
-import { bundleDirEntries } from "./bundle-dir.js";
 import { AppServers } from "./components/app-servers.js";
 import { BalancerPair } from "./components/balancer-pair.js";
 import { BundleBucket } from "./components/bundle-bucket.js";
@@ -11,157 +9,28 @@ import { DrbdVolume } from "./components/drbd-volume.js";
 import type { AwsAccount } from "./components/iam.js";
 import type { LaunchedNode, PlannedNode } from "./components/node.js";
 import { PostgresPair } from "./components/postgres-pair.js";
-import { type BundleEntries, ConfigRollout } from "./components/rollout.js";
+import { ConfigRollout } from "./components/rollout.js";
 import { type SecretKey, StackSecrets } from "./components/secrets.js";
 import { UploadProxy } from "./components/upload-proxy.js";
 import type { StackConfig, TlsInput } from "./config.js";
-import { azLetter, hostIp, Network, subnetCidr } from "./network.js";
+import { ports } from "./layout.js";
+import { Network } from "./network.js";
+import {
+  buildTopology,
+  bundleEntriesOf,
+  bundleFileLists,
+  parametersByNode,
+  placeholderIds,
+  planNodes,
+} from "./plan.js";
 import { renderCloudInit } from "./render/cloud-init.js";
 import { runbookMarkdown } from "./runbooks/markdown.js";
 import { buildRunbooks, type Runbook } from "./runbooks/runbooks.js";
-import { type FloatingIp, type NodeRole, pgBinDir, storagePair, type Topology } from "./topology.js";
-import { validateTopology } from "./validate-topology.js";
+import { parseTopology } from "./schema.js";
+import { type FloatingIp, type NodeRole, nodeByName, storagePair, type Topology } from "./topology.js";
 
 /** Public SSM parameter with the current Debian 12 AMI of the region. */
 export const DEBIAN_AMI_PARAMETER = "/aws/service/debian/release/12/latest/amd64";
-
-/** What user data installs before the first bundle; each bundle names the rest of its packages. */
-
-/** Node interface name on Nitro instances. */
-const INTERFACE = "ens5";
-
-/** AWS ids the topology needs that exist only after `up`. */
-export interface ResolvedIds {
-  readonly floatingIps: readonly { readonly address: string; readonly allocationId: string }[];
-  readonly routeTableIds: readonly string[];
-  readonly bucket: string;
-  /** Instance id and URN per node name; absent while planning. */
-  readonly instances?: Readonly<Record<string, { readonly instanceId: string; readonly urn: string }>>;
-  /** EBS data volume id per node name (db nodes, the storage pair); absent while planning. */
-  readonly dataVolumes?: Readonly<Record<string, string>>;
-}
-
-/**
- * Stand-ins with the shape of the real ids. The topology built from them has the same nodes,
- * files and secrets as the real one, which is what lets the stack create every resource
- * before any output resolves.
- */
-export function placeholderIds(cfg: StackConfig): ResolvedIds {
-  return {
-    floatingIps: Array.from({ length: cfg.floatingIps }, (_, i) => ({
-      address: `192.0.2.${10 + i}`,
-      allocationId: `eipalloc-pending${i}`,
-    })),
-    routeTableIds: ["rtb-pending-a", "rtb-pending-b"],
-    bucket: `pypi-${cfg.environment}-bundles-pending`,
-  };
-}
-
-export const secretRefs = (environment: string): Topology["secrets"] => ({
-  balancerAuthkey: { parameter: `/pypi/${environment}/heartbeat/balancer-authkey` },
-  storageAuthkey: { parameter: `/pypi/${environment}/heartbeat/storage-authkey` },
-  postgresReplicationPassword: { parameter: `/pypi/${environment}/postgres/replication-password` },
-  postgresAppPassword: { parameter: `/pypi/${environment}/postgres/app-password` },
-  tlsKey: { parameter: `/pypi/${environment}/tls/key` },
-  tlsCertificate: { parameter: `/pypi/${environment}/tls/certificate` },
-  uploadHostKey: { parameter: `/pypi/${environment}/upload/host-key` },
-  drbdSecret: { parameter: `/pypi/${environment}/drbd/secret` },
-});
-
-/**
- * Every node with its AZ and fixed private addresses, from the config alone: host .10, .11, ...
- * of its tier's /24 in its AZ; balancer spares (one per floating IP) from .20.
- */
-export function planNodes(cfg: StackConfig): PlannedNode[] {
-  const node = (role: NodeRole, prefix: string, i: number, tier: "public" | "app" | "db"): PlannedNode => {
-    const azIndex = (i % 2) as 0 | 1;
-    const cidr = subnetCidr(cfg.vpcCidr, tier, azIndex);
-    return {
-      name: `${prefix}-${azLetter(i)}`,
-      role,
-      az: cfg.availabilityZones[azIndex],
-      azIndex,
-      privateIp: hostIp(cidr, 10 + Math.floor(i / 2)),
-      secondaryIps:
-        role === "balancer" ? Array.from({ length: cfg.floatingIps }, (_, f) => hostIp(cidr, 20 + f)) : [],
-    };
-  };
-  return [
-    node("balancer", "lb", 0, "public"),
-    node("balancer", "lb", 1, "public"),
-    ...Array.from({ length: cfg.appServers }, (_, i) => node("app", "app", i, "app")),
-    node("db", "db", 0, "db"),
-    node("db", "db", 1, "db"),
-  ];
-}
-
-/** The whole deployment as plain data. Pure: the same inputs give the same topology. */
-export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], ids: ResolvedIds): Topology {
-  const balancers = nodes.filter((n) => n.role === "balancer");
-  return {
-    environment: cfg.environment,
-    backend: "aws",
-    region: cfg.region,
-    vpcCidr: cfg.vpcCidr,
-    domain: cfg.domain,
-    nodes: nodes.map((n) => ({
-      name: n.name,
-      role: n.role,
-      az: n.az,
-      privateIp: n.privateIp,
-      secondaryIps: n.secondaryIps,
-      interface: INTERFACE,
-      ...(ids.instances?.[n.name] ?? {}),
-      ...(ids.dataVolumes?.[n.name] ? { dataVolumeId: ids.dataVolumes[n.name] } : {}),
-    })),
-    floatingIps: ids.floatingIps.map(
-      (f, i): FloatingIp => ({
-        address: f.address,
-        allocationId: f.allocationId,
-        home: balancers[i % 2]?.name ?? "",
-      }),
-    ),
-    overlay: { ...cfg.overlay, routeTableIds: ids.routeTableIds },
-    postgres: {
-      version: cfg.postgres.version,
-      synchronous: cfg.postgres.synchronous,
-      port: 5432,
-      database: "pypi",
-      appUser: "pypi_app",
-      replicationUser: "replicator",
-      slotName: "standby_slot",
-      walKeepMb: 1024,
-      maxSlotWalKeepMb: 8192,
-      binDir: pgBinDir(cfg.postgres.version),
-    },
-    heartbeat: { udpPort: 694, ...cfg.heartbeat },
-    upload: { port: 22, backendPort: 22, users: cfg.upload.users, maxFileBytes: cfg.upload.maxFileBytes },
-    app: { ...cfg.app, httpPort: 80 },
-    storage: {
-      device: "/dev/nvme1n1",
-      drbdPort: 7788,
-      drbdMinor: 0,
-      volumeMount: "/srv/pypi-volume",
-      packageRoot: "/srv/pypi",
-    },
-    tls: { certificatePath: "/etc/pypi/tls/fullchain.pem", keyPath: "/etc/pypi/tls/privkey.pem" },
-    secrets: secretRefs(cfg.environment),
-    bundleLocation: `s3://${ids.bucket}/bundles`,
-  };
-}
-
-/** Each node's bundle as `relative path -> content`. */
-export function bundleEntriesOf(t: Topology): Record<string, BundleEntries> {
-  return Object.fromEntries(buildBundles(t).map((b) => [b.node, Object.fromEntries(bundleDirEntries(b))]));
-}
-
-/** Each node's bundle file list; from the planned topology, so it is known before `up`. */
-export const bundleFileLists = (t: Topology): Record<string, string[]> =>
-  Object.fromEntries(Object.entries(bundleEntriesOf(t)).map(([node, e]) => [node, Object.keys(e)]));
-
-/** The SSM parameters each node fetches, from its bundle: what its role may read. */
-export const parametersByNode = (t: Topology): Record<string, string[]> =>
-  Object.fromEntries(buildBundles(t).map((b) => [b.node, b.secrets.map((s) => s.parameter)]));
 
 export const SMOKE_SCRIPT = `${[
   "set -eu",
@@ -222,23 +91,74 @@ export class PypiStack extends pulumi.ComponentResource {
     super("pypi:infra:Stack", name, {}, opts);
     const cfg = args.config;
     const plan = planNodes(cfg);
-    // Fails here, synchronously, with every field that is wrong, rather than inside an apply.
-    this.plannedTopology = validateTopology(buildTopology(cfg, plan, placeholderIds(cfg)));
-    const planned = this.plannedTopology;
-    this.plannedFiles = bundleFileLists(planned);
-    const tags = { "pypi:environment": cfg.environment, "pypi:managed-by": "pulumi" };
-    const protect = cfg.deletionProtection;
-    const parent = { parent: this };
+    // Bundles are listed from the planned topology (placeholder ids): known before any id exists.
+    this.plannedTopology = parseTopology(buildTopology(cfg, plan, placeholderIds(cfg)), { origin: "stack" });
+    this.plannedFiles = bundleFileLists(this.plannedTopology);
+    const ctx: StepContext = {
+      name,
+      cfg,
+      plan,
+      planned: this.plannedTopology,
+      tags: { "pypi:environment": cfg.environment, "pypi:managed-by": "pulumi" },
+      parent: { parent: this },
+    };
 
-    const identity = aws.getCallerIdentityOutput({}, parent);
-    const account: pulumi.Output<AwsAccount> = identity.apply((id) => ({
-      partition: id.arn.split(":")[1] ?? "aws",
-      accountId: id.accountId,
-      region: cfg.region,
-    }));
-    const ami = aws.ssm.getParameterOutput({ name: DEBIAN_AMI_PARAMETER }, parent).value;
+    const base = this.foundation(ctx, args.tls);
+    this.network = base.network;
+    this.secrets = base.secrets;
+    this.bundles = base.bundles;
 
-    this.network = new Network(
+    const tiers = this.launchTiers(ctx, base);
+    this.balancers = tiers.balancers;
+    this.apps = tiers.apps;
+    this.databases = tiers.databases;
+    this.storage = tiers.storage;
+    this.upload = tiers.upload;
+
+    const resolved = this.resolvedTopology(ctx, base, tiers);
+    this.rollout = new ConfigRollout(
+      `${name}-rollout`,
+      {
+        bucket: base.bundles.bucket,
+        bucketReady: base.bundles.ready,
+        files: this.plannedFiles,
+        entries: resolved.apply(bundleEntriesOf),
+        chains: rolloutChains(plan),
+        instances: Object.fromEntries(tiers.launched.map((n) => [n.spec.name, n.instance])),
+        region: cfg.region,
+      },
+      ctx.parent,
+    );
+
+    this.topology = withInstanceIds(resolved, tiers.launched);
+    this.floatingIps = this.topology.apply((t) => [...t.floatingIps]);
+    this.nodes = this.topology.apply((t) =>
+      Object.fromEntries(
+        t.nodes.map((n) => [
+          n.name,
+          { instanceId: n.instanceId ?? "", privateIp: n.privateIp, role: n.role, az: n.az },
+        ]),
+      ),
+    );
+    this.runbookData = this.topology.apply((t) => buildRunbooks(t));
+    this.runbooks = this.topology.apply((t) =>
+      Object.fromEntries(buildRunbooks(t).map((rb) => [rb.id, runbookMarkdown(t, rb)])),
+    );
+    this.endpoints = { https: `https://${cfg.domain}/`, upload: this.upload.endpoint };
+    if (cfg.smokeCheck) this.smoke = this.smokeCheck(ctx, args.tls);
+
+    this.registerOutputs({
+      floatingIps: this.floatingIps,
+      nodes: this.nodes,
+      endpoints: this.endpoints,
+      runbooks: this.runbooks,
+    });
+  }
+
+  /** Step 1: the network, the secrets and the bundle bucket: what every node needs before it boots. */
+  private foundation(ctx: StepContext, tls: TlsInput): Foundation {
+    const { name, cfg, planned, tags, parent } = ctx;
+    const network = new Network(
       `${name}-net`,
       {
         vpcCidr: cfg.vpcCidr,
@@ -246,7 +166,7 @@ export class PypiStack extends pulumi.ComponentResource {
         natGateways: cfg.natGateways,
         ports: {
           http: planned.app.httpPort,
-          https: 443,
+          https: ports.https,
           heartbeatUdp: planned.heartbeat.udpPort,
           postgres: planned.postgres.port,
           drbd: planned.storage.drbdPort,
@@ -257,12 +177,32 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
-    const net = this.network;
-    this.secrets = new StackSecrets(
+    const secrets = new StackSecrets(
       `${name}-secrets`,
-      { refs: planned.secrets, tls: args.tls, domain: cfg.domain, tags },
+      { refs: planned.secrets, tls, domain: cfg.domain, tags },
       parent,
     );
+    const bundles = new BundleBucket(
+      `${name}-bundles`,
+      { environment: cfg.environment, retain: cfg.deletionProtection, tags },
+      parent,
+    );
+    return { network, secrets, bundles };
+  }
+
+  /** Step 2: the three node tiers, the storage pair's volumes and the upload proxy. */
+  private launchTiers(ctx: StepContext, base: Foundation): Tiers {
+    const { name, cfg, plan, planned, tags, parent } = ctx;
+    const { network: net, secrets, bundles } = base;
+    const protect = cfg.deletionProtection;
+    const bucket = bundles.bucket;
+    const account: pulumi.Output<AwsAccount> = aws.getCallerIdentityOutput({}, parent).apply((id) => ({
+      partition: id.arn.split(":")[1] ?? "aws",
+      accountId: id.accountId,
+      region: cfg.region,
+    }));
+    const ami = aws.ssm.getParameterOutput({ name: DEBIAN_AMI_PARAMETER }, parent).value;
+
     const byName = new Map(
       (Object.keys(planned.secrets) as SecretKey[]).map((k) => [planned.secrets[k].parameter, k] as const),
     );
@@ -272,14 +212,8 @@ export class PypiStack extends pulumi.ComponentResource {
       [...new Set(nodes.flatMap((n) => nodeParameters[n.name] ?? []))].map((p) => {
         const key = byName.get(p);
         if (!key) throw new Error(`bundle secret ${p} is not one of the topology's secret references`);
-        return this.secrets.parameters[key].arn;
+        return secrets.parameters[key].arn;
       });
-    this.bundles = new BundleBucket(
-      `${name}-bundles`,
-      { environment: cfg.environment, retain: protect, tags },
-      parent,
-    );
-    const bucket = this.bundles.bucket;
 
     // User data depends on the bucket name only: never on a rendered config.
     const userData = Object.fromEntries(
@@ -287,9 +221,7 @@ export class PypiStack extends pulumi.ComponentResource {
         n.name,
         bucket.bucket.apply((b) => {
           const t = buildTopology(cfg, plan, { ...placeholderIds(cfg), bucket: b });
-          const spec = t.nodes.find((x) => x.name === n.name);
-          if (!spec) throw new Error(`no planned node ${n.name}`);
-          return renderCloudInit(t, spec, BASE_PACKAGES);
+          return renderCloudInit(t, nodeByName(t, n.name), BASE_PACKAGES);
         }),
       ]),
     );
@@ -311,13 +243,10 @@ export class PypiStack extends pulumi.ComponentResource {
     const ofRole = (role: NodeRole) => plan.filter((n) => n.role === role);
     const storageNames = storagePair(planned).map((n) => n.name);
     const inStoragePair = (n: PlannedNode): boolean => storageNames.includes(n.name);
-    const pairOf = (role: NodeRole): [PlannedNode, PlannedNode] => {
-      const [a, b] = ofRole(role);
-      if (!a || !b) throw new Error(`need two ${role} nodes`);
-      return [a, b];
-    };
+    // The schema guarantees two of each paired role.
+    const pairOf = (role: NodeRole) => ofRole(role).slice(0, 2) as [PlannedNode, PlannedNode];
 
-    this.balancers = new BalancerPair(
+    const balancers = new BalancerPair(
       `${name}-lb`,
       {
         ...launch("balancer"),
@@ -328,7 +257,7 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
-    this.apps = new AppServers(
+    const apps = new AppServers(
       `${name}-app`,
       {
         ...launch("app"),
@@ -339,7 +268,7 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
-    this.databases = new PostgresPair(
+    const databases = new PostgresPair(
       `${name}-db`,
       {
         ...launch("db"),
@@ -351,12 +280,11 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
-    const [storageA, storageB] = this.apps.nodes;
-    if (!storageA || !storageB) throw new Error("need two app servers for the storage pair");
-    this.storage = new DrbdVolume(
+    const storagePairNodes = apps.nodes.slice(0, 2) as [LaunchedNode, LaunchedNode];
+    const storage = new DrbdVolume(
       `${name}-storage`,
       {
-        pair: [storageA, storageB],
+        pair: storagePairNodes,
         sizeGb: cfg.storageVolumeGb,
         storageAddress: cfg.overlay.storage,
         routeTables: net.privateRouteTables,
@@ -365,7 +293,7 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
-    this.upload = new UploadProxy(
+    const upload = new UploadProxy(
       `${name}-upload`,
       {
         securityGroups: net.securityGroups,
@@ -375,19 +303,26 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
+    const launched = [...balancers.nodes, ...apps.nodes, ...databases.nodes];
+    return { balancers, apps, databases, storage, storagePair: storagePairNodes, upload, launched };
+  }
 
-    // The one boundary where AWS ids meet the pure core: topology -> bundles -> entries.
-    // Bundles need no instance ids, so the objects exist before the instances boot and fetch them.
-    // Each node's agent finds its data volume by the volume id (its stable NVMe name).
+  /**
+   * Step 3: the topology with the real EIPs, route tables, bucket and data volume ids: the one
+   * boundary where AWS ids meet the pure core. Bundles need no instance ids, so the objects exist
+   * before the instances boot and fetch them.
+   */
+  private resolvedTopology(ctx: StepContext, base: Foundation, tiers: Tiers): pulumi.Output<Topology> {
+    const { cfg, plan } = ctx;
     const volumeOwners = [
-      ...this.databases.nodes.map((n, i) => [n.spec.name, this.databases.dataVolumes[i]] as const),
-      ...[storageA, storageB].map((n, i) => [n.spec.name, this.storage.volumes[i]] as const),
+      ...tiers.databases.nodes.map((n, i) => [n.spec.name, tiers.databases.dataVolumes[i]] as const),
+      ...tiers.storagePair.map((n, i) => [n.spec.name, tiers.storage.volumes[i]] as const),
     ];
-    const resolvedTopology = pulumi
+    return pulumi
       .all([
-        pulumi.all(this.balancers.eips.map((e) => pulumi.all([e.publicIp, e.allocationId]))),
-        pulumi.all(net.privateRouteTables.map((rt) => rt.id)),
-        bucket.bucket,
+        pulumi.all(tiers.balancers.eips.map((e) => pulumi.all([e.publicIp, e.allocationId]))),
+        pulumi.all(base.network.privateRouteTables.map((rt) => rt.id)),
+        base.bundles.bucket.bucket,
         pulumi.all(volumeOwners.map(([node, volume]) => pulumi.all([node, volume?.id ?? ""]))),
       ])
       .apply(([fips, routeTableIds, bucketName, volumes]) =>
@@ -398,76 +333,69 @@ export class PypiStack extends pulumi.ComponentResource {
           dataVolumes: Object.fromEntries(volumes.filter(([, id]) => id !== "")),
         }),
       );
-    const entries = resolvedTopology.apply(bundleEntriesOf);
+  }
 
-    const launched: LaunchedNode[] = [...this.balancers.nodes, ...this.apps.nodes, ...this.databases.nodes];
-    const instances = Object.fromEntries(launched.map((n) => [n.spec.name, n.instance]));
-    this.rollout = new ConfigRollout(
-      `${name}-rollout`,
+  /** Step 4: after every rollout, fetch /_health over HTTPS through every floating IP. */
+  private smokeCheck(ctx: StepContext, tls: TlsInput): command.local.Command {
+    const addresses = this.floatingIps.apply((f) => f.map((x) => x.address).join(" "));
+    return new command.local.Command(
+      `${ctx.name}-smoke`,
       {
-        bucket,
-        bucketReady: this.bundles.ready,
-        files: this.plannedFiles,
-        entries,
-        chains: rolloutChains(plan),
-        instances,
-        region: cfg.region,
+        create: SMOKE_SCRIPT,
+        interpreter: ["/bin/sh", "-c"],
+        environment: {
+          PYPI_DOMAIN: ctx.cfg.domain,
+          PYPI_FLOATING_IPS: addresses,
+          // A generated certificate is its own trust anchor; a supplied one chains to a public CA.
+          ...(tls.source === "generated" ? { PYPI_CA_PEM: this.secrets.tlsCertificate } : {}),
+        },
+        // Re-check after every rollout.
+        triggers: [addresses, this.rollout.digests.apply((d) => JSON.stringify(d))],
       },
-      parent,
+      { parent: this, dependsOn: [...this.rollout.done] },
     );
+  }
+}
 
-    this.topology = pulumi
-      .all([
-        resolvedTopology,
-        pulumi.all(launched.map((n) => pulumi.all([n.spec.name, n.instance.id, n.instance.urn]))),
-      ])
-      .apply(([t, ids]) => ({
+interface StepContext {
+  readonly name: string;
+  readonly cfg: StackConfig;
+  readonly plan: readonly PlannedNode[];
+  readonly planned: Topology;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly parent: { readonly parent: pulumi.Resource };
+}
+
+interface Foundation {
+  readonly network: Network;
+  readonly secrets: StackSecrets;
+  readonly bundles: BundleBucket;
+}
+
+interface Tiers {
+  readonly balancers: BalancerPair;
+  readonly apps: AppServers;
+  readonly databases: PostgresPair;
+  readonly storage: DrbdVolume;
+  readonly storagePair: readonly [LaunchedNode, LaunchedNode];
+  readonly upload: UploadProxy;
+  readonly launched: readonly LaunchedNode[];
+}
+
+/** The resolved topology with each node's instance id and URN filled in. */
+function withInstanceIds(resolved: pulumi.Output<Topology>, launched: readonly LaunchedNode[]) {
+  return pulumi
+    .all([
+      resolved,
+      pulumi.all(launched.map((n) => pulumi.all([n.spec.name, n.instance.id, n.instance.urn]))),
+    ])
+    .apply(
+      ([t, ids]): Topology => ({
         ...t,
         nodes: t.nodes.map((node) => {
           const found = ids.find(([nodeName]) => nodeName === node.name);
           return found ? { ...node, instanceId: found[1], urn: found[2] } : node;
         }),
-      }));
-    this.floatingIps = this.topology.apply((t) => [...t.floatingIps]);
-    this.nodes = this.topology.apply((t) =>
-      Object.fromEntries(
-        t.nodes.map((n) => [
-          n.name,
-          { instanceId: n.instanceId ?? "", privateIp: n.privateIp, role: n.role, az: n.az },
-        ]),
-      ),
+      }),
     );
-    this.runbookData = this.topology.apply((t) => buildRunbooks(t));
-    this.runbooks = this.topology.apply((t) =>
-      Object.fromEntries(buildRunbooks(t).map((rb) => [rb.id, runbookMarkdown(t, rb)])),
-    );
-    this.endpoints = { https: `https://${cfg.domain}/`, upload: this.upload.endpoint };
-
-    if (cfg.smokeCheck) {
-      const addresses = this.floatingIps.apply((f) => f.map((x) => x.address).join(" "));
-      this.smoke = new command.local.Command(
-        `${name}-smoke`,
-        {
-          create: SMOKE_SCRIPT,
-          interpreter: ["/bin/sh", "-c"],
-          environment: {
-            PYPI_DOMAIN: cfg.domain,
-            PYPI_FLOATING_IPS: addresses,
-            // A generated certificate is its own trust anchor; a supplied one chains to a public CA.
-            ...(args.tls.source === "generated" ? { PYPI_CA_PEM: this.secrets.tlsCertificate } : {}),
-          },
-          // Re-check after every rollout.
-          triggers: [addresses, this.rollout.digests.apply((d) => JSON.stringify(d))],
-        },
-        { parent: this, dependsOn: [...this.rollout.done] },
-      );
-    }
-
-    this.registerOutputs({
-      floatingIps: this.floatingIps,
-      nodes: this.nodes,
-      endpoints: this.endpoints,
-      runbooks: this.runbooks,
-    });
-  }
 }

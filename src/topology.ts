@@ -159,31 +159,3 @@ export function storagePair(t: Topology): [NodeSpec, NodeSpec] {
 
 export const pgDialect = (version: number): "recovery.conf" | "standby.signal" =>
   version < 12 ? "recovery.conf" : "standby.signal";
-
-/** Paths shared by renderers, the node agent and the runbooks. */
-export const paths = {
-  agent: "/usr/local/sbin/pypi-node",
-  /** The shell library every agent script sources. */
-  agentLib: "/usr/local/lib/pypi-node/lib.sh",
-  /** The database tool (db nodes). */
-  dbTool: "/usr/local/sbin/pypi-db",
-  agentConfig: "/etc/pypi-node/node.env",
-  agentState: "/var/lib/pypi-node",
-  /** recovery.conf (Postgres before 12) as the agent installs it when it makes a standby. */
-  pgRecoveryTemplate: "/etc/pypi-node/postgres/recovery.conf",
-  haproxySocket: "/run/haproxy/admin.sock",
-  staticRoot: "/srv/www/pypi-static",
-  appRoot: "/opt/pypi-index",
-} as const;
-
-/**
- * The udev name of an attached EBS volume on a Nitro instance: the NVMe serial is the volume id
- * without its dash. `/dev/nvme1n1` and friends are numbered in probe order and can swap at boot.
- */
-export function dataVolumeDevice(volumeId: string): string {
-  return `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${volumeId.replace("-", "")}`;
-}
-
-export const pgBinDir = (version: number): string => `/usr/lib/postgresql/${version}/bin`;
-export const pgDataDir = (version: number): string => `/var/lib/postgresql/${version}/main`;
-export const pgConfDir = (version: number): string => `/etc/postgresql/${version}/main`;

@@ -3,8 +3,8 @@ import { buildBundles } from "../src/bundle.js";
 import { bundleDirEntries } from "../src/bundle-dir.js";
 import type { NodeBundle } from "../src/bundle-types.js";
 import { renderCloudInit } from "../src/render/cloud-init.js";
-import { isSafeAbsolutePath } from "../src/validate-topology.js";
-import { topologyFor } from "./support/topologies.js";
+import { isSafeAbsolutePath } from "../src/schema.js";
+import { asLab, topologyFor } from "./support/topologies.js";
 
 const byNode = (bundles: NodeBundle[], name: string): NodeBundle => {
   const b = bundles.find((x) => x.node === name);
@@ -90,7 +90,7 @@ describe("buildBundles", () => {
   });
 
   it("ships recovery.conf as a template only for the recovery.conf dialect", () => {
-    const old = byNode(buildBundles(topologyFor("staging", 11)), "db-b");
+    const old = byNode(buildBundles(asLab(topologyFor("staging", 11))), "db-b");
     expect(paths(old)).toContain("/etc/pypi-node/postgres/recovery.conf");
     const modern = byNode(buildBundles(topologyFor("staging", 15)), "db-b");
     expect(paths(modern)).not.toContain("/etc/pypi-node/postgres/recovery.conf");

@@ -4,8 +4,9 @@
  * exactly as the stack renders it. Checks: no acknowledged commit is lost (synchronous mode),
  * never two writable primaries, the app's health recovers through the floating IPs.
  */
+
+import { paths, pgDataDir } from "../../src/layout.js";
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
-import { paths, pgDataDir } from "../../src/topology.js";
 import { waitFor } from "../lib/bringup.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
 import { balancersHealthy, drill, seconds, sleep } from "./common.js";

@@ -5,8 +5,9 @@
  * runs the runbook's steps on the survivors, and the old primary, booting later, must come back
  * fenced as a standby and never accept a write.
  */
+
+import { paths } from "../../src/layout.js";
 import { buildRunbooks, OPERATOR } from "../../src/runbooks/runbooks.js";
-import { paths } from "../../src/topology.js";
 import { bootAgain, reboot } from "../lib/boot.js";
 import { waitFor } from "../lib/bringup.js";
 import type { Lab } from "../lib/lab.js";

@@ -4,8 +4,9 @@
  * (`db-sync off`, found by command) lets them through. Then the standby starts again and
  * synchronous replication is restored with the runbook's `db-sync on` step.
  */
+
+import { paths } from "../../src/layout.js";
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
-import { paths } from "../../src/topology.js";
 import { waitFor } from "../lib/bringup.js";
 import { stepByCommand, stepFailure } from "../lib/runbook.js";
 import { drill, seconds, sleep } from "./common.js";

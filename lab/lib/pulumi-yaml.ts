@@ -89,3 +89,14 @@ export function stackConfigMap(stack: string): Record<string, unknown> {
   const doc = readYaml(join(ROOT, `Pulumi.${stack}.yaml`));
   return (doc.config ?? {}) as Record<string, unknown>;
 }
+
+/** A stack's config as the Pulumi engine hands it to the program: strings, structured values as JSON. */
+export function engineConfig(stack: string, extra: Record<string, string> = {}): Record<string, string> {
+  const yaml = stackConfigMap(stack);
+  return {
+    ...Object.fromEntries(
+      Object.entries(yaml).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]),
+    ),
+    ...extra,
+  };
+}

@@ -7,15 +7,87 @@ import * as pulumi from "@pulumi/pulumi";
 import { parseConfig, type TlsInput } from "../../src/config.js";
 import { DEBIAN_AMI_PARAMETER, PypiStack } from "../../src/stack.js";
 import { stackConfigMap } from "./pulumi-yaml.js";
+import { makeTlsChain } from "./tls-fixture.js";
 
 export const ACCOUNT = "123456789012";
 export const REGION = "us-east-1";
 export const MOCK_AMI = "ami-0debian12mock0001";
-/** Prod's `--secret` config, supplied by the tests since the stack file cannot hold it. */
-export const PROD_TLS = {
-  certificate: "-----BEGIN CERTIFICATE-----\nMOCKPRODCERTIFICATEc3f1a9\n-----END CERTIFICATE-----\n",
-  key: "-----BEGIN PRIVATE KEY-----\nMOCKPRODTLSKEYb77e0d42\n-----END PRIVATE KEY-----\n",
+/** Prod's `--secret` config, supplied by the tests since the stack file cannot hold it: a real chain. */
+export const PROD_TLS = (() => {
+  const made = makeTlsChain("pypi.example.org");
+  return { certificate: made.chain, key: made.key };
+})();
+/** One base64 line of the prod key: it must reach the key's SSM parameter and nothing else. */
+export const PROD_TLS_KEY_LINE = PROD_TLS.key.split("\n")[1] ?? "";
+
+/**
+ * EC2's answers for the instance types the tests use: memory (MiB), IPv4 addresses per ENI,
+ * architectures and hypervisor, as DescribeInstanceTypes reports them.
+ */
+export const INSTANCE_TYPES: Readonly<
+  Record<string, { memoryMib: number; ipv4PerEni: number; arch: string[]; hypervisor: string }>
+> = {
+  "t3.nano": { memoryMib: 512, ipv4PerEni: 2, arch: ["x86_64"], hypervisor: "nitro" },
+  "t3.micro": { memoryMib: 1024, ipv4PerEni: 2, arch: ["x86_64"], hypervisor: "nitro" },
+  "t3.small": { memoryMib: 2048, ipv4PerEni: 4, arch: ["x86_64"], hypervisor: "nitro" },
+  "t3.medium": { memoryMib: 4096, ipv4PerEni: 6, arch: ["x86_64"], hypervisor: "nitro" },
+  "t3.large": { memoryMib: 8192, ipv4PerEni: 12, arch: ["x86_64"], hypervisor: "nitro" },
+  "c6i.large": { memoryMib: 4096, ipv4PerEni: 10, arch: ["x86_64"], hypervisor: "nitro" },
+  "m6i.large": { memoryMib: 8192, ipv4PerEni: 10, arch: ["x86_64"], hypervisor: "nitro" },
+  "r6i.large": { memoryMib: 16384, ipv4PerEni: 10, arch: ["x86_64"], hypervisor: "nitro" },
+  "t2.medium": { memoryMib: 4096, ipv4PerEni: 6, arch: ["i386", "x86_64"], hypervisor: "xen" },
+  "m7g.large": { memoryMib: 8192, ipv4PerEni: 10, arch: ["arm64"], hypervisor: "nitro" },
 };
+
+/** Zones per region; us-east-1e is the old zone that offers none of the current families. */
+export const ZONES: Readonly<Record<string, string[]>> = {
+  "us-east-1": ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e", "us-east-1f"],
+  "eu-west-1": ["eu-west-1a", "eu-west-1b", "eu-west-1c"],
+};
+const offered = (type: string, zone: string): boolean => zone !== "us-east-1e" || type.startsWith("t2.");
+
+/** What the invokes of src/aws-facts.ts answer. */
+function awsFactsInvoke(token: string, inputs: Record<string, unknown>): Record<string, unknown> | undefined {
+  switch (token) {
+    case "aws:ec2/getInstanceType:getInstanceType": {
+      const type = String(inputs.instanceType);
+      const t = INSTANCE_TYPES[type];
+      if (!t)
+        throw new Error(
+          `reading EC2 Instance Type (${type}): operation error EC2: DescribeInstanceTypes, api error InvalidInstanceType: The following supplied instance types do not exist: [${type}]`,
+        );
+      return {
+        id: type,
+        instanceType: type,
+        memorySize: t.memoryMib,
+        maximumIpv4AddressesPerInterface: t.ipv4PerEni,
+        supportedArchitectures: t.arch,
+        hypervisor: t.hypervisor,
+        bareMetal: false,
+      };
+    }
+    case "aws:index/getAvailabilityZones:getAvailabilityZones":
+      return { id: REGION, names: ZONES[REGION] ?? [], zoneIds: [], groupNames: [] };
+    case "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings": {
+      const filters = (inputs.filters ?? []) as { name: string; values: string[] }[];
+      const types = filters.find((f) => f.name === "instance-type")?.values ?? [];
+      const zones = filters.find((f) => f.name === "location")?.values ?? [];
+      const pairs = types.flatMap((t) =>
+        zones
+          .filter((z) => INSTANCE_TYPES[t] && (ZONES[REGION] ?? []).includes(z) && offered(t, z))
+          .map((z) => [t, z]),
+      );
+      return {
+        id: REGION,
+        instanceTypes: pairs.map(([t]) => t),
+        locations: pairs.map(([, z]) => z),
+        locationTypes: pairs.map(() => "availability-zone"),
+      };
+    }
+    default:
+      return undefined;
+  }
+}
 
 export interface Recorded {
   readonly type: string;
@@ -132,8 +204,11 @@ export function createMocks() {
             value: MOCK_AMI,
             version: 1,
           };
-        default:
+        default: {
+          const answer = awsFactsInvoke(args.token, args.inputs as Record<string, unknown>);
+          if (answer) return answer;
           throw new Error(`unmocked invoke ${args.token}`);
+        }
       }
     },
   };
@@ -186,7 +261,7 @@ export async function buildStack(stack: StackName, overrides: Record<string, unk
   await pulumi.runtime.setMocks(recorder.mocks, "pypi-infra", stack, false);
   const config = parseConfig(rawConfig(stack, overrides), stack);
   const tls = tlsFor(config.tlsSource);
-  if (tls.source === "config") recorder.secrets.push(PROD_TLS.key, "MOCKPRODTLSKEYb77e0d42");
+  if (tls.source === "config") recorder.secrets.push(PROD_TLS.key, PROD_TLS_KEY_LINE);
   const pypi = new PypiStack("pypi", { config, tls });
   const [floatingIps, nodes, runbooks, runbookData, topology, digests] = await Promise.all([
     resolve(pypi.floatingIps),

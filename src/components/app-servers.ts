@@ -14,6 +14,7 @@ import {
   launchNode,
   nodeSuffix,
   type PlannedNode,
+  requireRouteTables,
   validateLaunchArgs,
 } from "./node.js";
 
@@ -32,20 +33,7 @@ export interface AppServersArgs extends LaunchArgs {
 }
 
 export function validateAppServersArgs(args: AppServersArgs): void {
-  if (args.nodes.length < 2 || args.nodes.length > 16)
-    throw new Error(`AppServers: nodes has ${args.nodes.length} entries; expected 2-16 app servers`);
-  const wrong = args.nodes.find((n) => n.role !== "app");
-  if (wrong)
-    throw new Error(
-      `AppServers: node ${JSON.stringify(wrong.name)} has role ${JSON.stringify(wrong.role)}; expected app`,
-    );
-  const [a, b] = args.nodes;
-  if (a && b && a.azIndex === b.azIndex)
-    throw new Error(
-      `AppServers: storage pair ${a.name} and ${b.name} share AZ ${JSON.stringify(a.az)}; expected two AZs`,
-    );
-  if (args.routeTableIds.length === 0)
-    throw new Error("AppServers: routeTableIds is empty; expected the private route tables");
+  requireRouteTables("AppServers", "routeTableIds", args.routeTableIds);
   validateLaunchArgs("AppServers", args.nodes, args);
 }
 

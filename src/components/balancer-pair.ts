@@ -41,29 +41,6 @@ export interface BalancerPairArgs extends LaunchArgs {
   readonly internetGateway?: pulumi.Resource;
 }
 
-export function validateBalancerPairArgs(args: BalancerPairArgs): void {
-  const [a, b] = args.nodes;
-  if (args.nodes.length !== 2 || a.role !== "balancer" || b.role !== "balancer")
-    throw new Error(
-      `BalancerPair: nodes ${JSON.stringify(args.nodes.map((n) => `${n.name}:${n.role}`))} is not valid; expected exactly 2 balancers`,
-    );
-  if (a.azIndex === b.azIndex)
-    throw new Error(
-      `BalancerPair: nodes ${a.name} and ${b.name} share AZ ${JSON.stringify(a.az)}; expected two AZs`,
-    );
-  if (!Number.isInteger(args.floatingIps) || args.floatingIps < 1 || args.floatingIps > 8)
-    throw new Error(
-      `BalancerPair: floatingIps ${JSON.stringify(args.floatingIps)} is not valid; expected 1-8`,
-    );
-  for (const node of args.nodes) {
-    if (node.secondaryIps.length !== args.floatingIps)
-      throw new Error(
-        `BalancerPair: ${node.name}.secondaryIps ${JSON.stringify(node.secondaryIps)} is not valid; expected ${args.floatingIps} (one per floating IP)`,
-      );
-  }
-  validateLaunchArgs("BalancerPair", args.nodes, args);
-}
-
 /** Balancer statements: associate/disassociate only these EIPs on these two interfaces. */
 export function floatingIpStatements(
   account: AwsAccount,
@@ -99,7 +76,7 @@ export class BalancerPair extends pulumi.ComponentResource {
 
   constructor(name: string, args: BalancerPairArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("pypi:infra:BalancerPair", name, {}, opts);
-    validateBalancerPairArgs(args);
+    validateLaunchArgs("BalancerPair", args.nodes, args);
     const retain = args.retainAddresses ?? false;
     this.homes = Array.from({ length: args.floatingIps }, (_, i) => args.nodes[i % 2]?.name ?? "");
     this.eips = this.homes.map(

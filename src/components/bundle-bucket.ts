@@ -16,10 +16,17 @@ export interface BundleBucketArgs {
   readonly tags?: Readonly<Record<string, string>>;
 }
 
+/** The provider refuses a longer `bucketPrefix`. */
+export const BUCKET_PREFIX_MAX = 37;
+
+export const bundleBucketPrefix = (environment: string): string => `pypi-${environment}-bundles-`;
+
 export function validateBundleBucketArgs(args: BundleBucketArgs): void {
-  if (!/^[a-z][a-z0-9-]{0,20}$/.test(args.environment))
+  // The schema allows 32-character stack names; the prefix derived from them has a lower limit.
+  const prefix = bundleBucketPrefix(args.environment);
+  if (prefix.length > BUCKET_PREFIX_MAX)
     throw new Error(
-      `BundleBucket: environment ${JSON.stringify(args.environment)} is not valid; expected [a-z][a-z0-9-]{0,20}`,
+      `BundleBucket: environment ${JSON.stringify(args.environment)} is too long; the bucket prefix ${prefix} must be at most ${BUCKET_PREFIX_MAX} characters`,
     );
 }
 
@@ -36,7 +43,7 @@ export class BundleBucket extends pulumi.ComponentResource {
     const parent = { parent: this };
     this.bucket = new aws.s3.Bucket(
       `${name}-bucket`,
-      { bucketPrefix: `pypi-${args.environment}-bundles-`, forceDestroy: !retain, tags: args.tags },
+      { bucketPrefix: bundleBucketPrefix(args.environment), forceDestroy: !retain, tags: args.tags },
       { parent: this, protect: retain, retainOnDelete: retain },
     );
     const bucket = this.bucket.id;

@@ -1,6 +1,6 @@
 import type * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { attachDataVolume, type LaunchedNode, nodeSuffix } from "./node.js";
+import { attachDataVolume, type LaunchedNode, nodeSuffix, requireRouteTables } from "./node.js";
 import { overlayRoutes } from "./postgres-pair.js";
 
 export interface DrbdVolumeArgs {
@@ -25,23 +25,7 @@ export interface DrbdVolumeArgs {
 }
 
 export function validateDrbdVolumeArgs(args: DrbdVolumeArgs): void {
-  const [a, b] = args.pair;
-  if (args.pair.length !== 2 || a.spec.role !== "app" || b.spec.role !== "app")
-    throw new Error(
-      `DrbdVolume: pair ${JSON.stringify(args.pair.map((n) => n.spec.name))} is not valid; expected 2 app servers`,
-    );
-  if (a.spec.azIndex === b.spec.azIndex)
-    throw new Error(
-      `DrbdVolume: ${a.spec.name} and ${b.spec.name} share AZ ${JSON.stringify(a.spec.az)}; expected two AZs`,
-    );
-  if (!Number.isInteger(args.sizeGb) || args.sizeGb < 1 || args.sizeGb > 16384)
-    throw new Error(`DrbdVolume: sizeGb ${JSON.stringify(args.sizeGb)} is not valid; expected 1-16384`);
-  if (!/^([0-9]{1,3}\.){3}[0-9]{1,3}$/.test(args.storageAddress))
-    throw new Error(
-      `DrbdVolume: storageAddress ${JSON.stringify(args.storageAddress)} is not valid; expected an IPv4 address`,
-    );
-  if (args.routeTables.length === 0)
-    throw new Error("DrbdVolume: routeTables is empty; expected the private route tables");
+  requireRouteTables("DrbdVolume", "routeTables", args.routeTables);
 }
 
 /** The DRBD-replicated package volume: one encrypted EBS volume per storage node and the NFS overlay route. */

@@ -15,6 +15,7 @@ import {
   launchNode,
   nodeSuffix,
   type PlannedNode,
+  requireRouteTables,
   validateLaunchArgs,
 } from "./node.js";
 
@@ -40,25 +41,7 @@ export interface PostgresPairArgs extends LaunchArgs {
 }
 
 export function validatePostgresPairArgs(args: PostgresPairArgs): void {
-  const [a, b] = args.nodes;
-  if (args.nodes.length !== 2 || a.role !== "db" || b.role !== "db")
-    throw new Error(
-      `PostgresPair: nodes ${JSON.stringify(args.nodes.map((n) => `${n.name}:${n.role}`))} is not valid; expected exactly 2 db nodes`,
-    );
-  if (a.azIndex === b.azIndex)
-    throw new Error(
-      `PostgresPair: nodes ${a.name} and ${b.name} share AZ ${JSON.stringify(a.az)}; expected two AZs`,
-    );
-  if (!Number.isInteger(args.dataVolumeGb) || args.dataVolumeGb < 1 || args.dataVolumeGb > 16384)
-    throw new Error(
-      `PostgresPair: dataVolumeGb ${JSON.stringify(args.dataVolumeGb)} is not valid; expected 1-16384`,
-    );
-  if (!/^([0-9]{1,3}\.){3}[0-9]{1,3}$/.test(args.writerAddress))
-    throw new Error(
-      `PostgresPair: writerAddress ${JSON.stringify(args.writerAddress)} is not valid; expected an IPv4 address`,
-    );
-  if (args.routeTables.length === 0)
-    throw new Error("PostgresPair: routeTables is empty; expected the private route tables");
+  requireRouteTables("PostgresPair", "routeTables", args.routeTables);
   validateLaunchArgs("PostgresPair", args.nodes, args);
 }
 

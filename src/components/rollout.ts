@@ -38,6 +38,7 @@ export const DEFAULT_APPLY_TIMING: ApplyTiming = {
 export const SSM_PENDING_STATES = ["Pending", "InProgress", "Delayed"] as const;
 
 export function validateApplyTiming(t: ApplyTiming): void {
+  // Timing is a component option, not a config key: the schema never sees it.
   for (const [key, value] of Object.entries(t)) {
     if (!Number.isInteger(value) || value < 0)
       throw new Error(
@@ -150,6 +151,7 @@ export interface ConfigRolloutArgs {
 }
 
 export function validateConfigRolloutArgs(args: ConfigRolloutArgs): void {
+  // Chains, files and instances are joined here from three sources; the schema sees none of them.
   validateApplyTiming({ ...DEFAULT_APPLY_TIMING, ...args.timing });
   const seen = new Set<string>();
   for (const node of args.chains.flat()) {

@@ -13,14 +13,6 @@ export interface UploadProxyArgs {
   readonly domain: string;
 }
 
-export function validateUploadProxyArgs(args: UploadProxyArgs): void {
-  for (const key of ["port", "backendPort"] as const) {
-    const v = args[key];
-    if (!Number.isInteger(v) || v < 1 || v > 65535)
-      throw new Error(`UploadProxy: ${key} ${JSON.stringify(v)} is not valid; expected a port 1-65535`);
-  }
-}
-
 /**
  * The SFTP upload path on the balancers: HAProxy (TCP mode, rendered into the balancer bundle)
  * at the floating IPs, proxying to the app servers' upload sshd. This component owns the
@@ -32,7 +24,6 @@ export class UploadProxy extends pulumi.ComponentResource {
 
   constructor(name: string, args: UploadProxyArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("pypi:infra:UploadProxy", name, {}, opts);
-    validateUploadProxyArgs(args);
     createRules(this, name, uploadRules(args.port, args.backendPort), args.securityGroups);
     this.endpoint = `${args.domain}:${args.port}`;
     this.registerOutputs({ endpoint: this.endpoint });

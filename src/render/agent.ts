@@ -1,19 +1,8 @@
 import { readFileSync } from "node:fs";
 import { dirname, relative } from "node:path";
+import { dataVolumeDevice, paths, pgBinDir, pgConfDir, pgDataDir } from "../layout.js";
 import { projectFile } from "../project-files.js";
-import {
-  dataVolumeDevice,
-  type NodeSpec,
-  nodesWithRole,
-  paths,
-  peerOf,
-  pgBinDir,
-  pgConfDir,
-  pgDataDir,
-  pgDialect,
-  storagePair,
-  type Topology,
-} from "../topology.js";
+import { type NodeSpec, nodesWithRole, peerOf, pgDialect, storagePair, type Topology } from "../topology.js";
 import { apacheConfDir, indexDbPasswordFile } from "./apache.js";
 import { bootstrapIncomingDir } from "./cloud-init.js";
 import { DRBD_RESOURCE, drbdPaths } from "./drbd.js";

@@ -1,4 +1,5 @@
-import { type AppRuntime, type NodeSpec, nodesWithRole, paths, type Topology } from "../topology.js";
+import { paths } from "../layout.js";
+import { type AppRuntime, type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
 
 /** Debian's config dir; the agent checks a candidate tree of it as a whole (`apache2ctl -t`). */
 export const apacheConfDir = "/etc/apache2";
@@ -189,7 +190,6 @@ function gunicornVhostLines(t: Topology): string[] {
 /** The site: static files, packages from the package volume, the index app for /simple/ and /_health. */
 export function renderApacheSite(t: Topology, _node: NodeSpec): string {
   const balancers = nodesWithRole(t, "balancer").map((n) => n.privateIp);
-  if (balancers.length === 0) throw new Error(`apache: topology ${t.environment} has no balancers`);
   const packagesDir = `${t.storage.packageRoot}/packages/`;
   const runtime = t.app.runtime;
   const appLines =

@@ -1,4 +1,5 @@
-import { type NodeSpec, paths, type Topology } from "../topology.js";
+import { paths } from "../layout.js";
+import type { NodeSpec, Topology } from "../topology.js";
 
 export const bootstrapScriptPath = "/usr/local/sbin/pypi-bootstrap";
 export const bootstrapEnvPath = "/etc/pypi-node/bootstrap.env";
@@ -117,14 +118,8 @@ export function renderBootstrapEnv(t: Topology, node: NodeSpec): string {
   return `${vars.map(([k, v]) => `${k}=${envQuote(v)}`).join("\n")}\n`;
 }
 
-/**
- * User data of a node: a stable `#cloud-config` that sets the hostname (Heartbeat and DRBD match
- * `uname -n`), installs packages and runs the bootstrap. Config changes reach the node through
- * its bundle, never through this text, so they never touch the instance.
- */
 /** Installs AWS's SSM agent package from the region's own bucket, retrying while the network settles. */
 export function ssmAgentInstall(region: string): string {
-  if (!/^[a-z]{2}-[a-z]+-[0-9]$/.test(region)) throw new Error(`cloud-init: invalid region "${region}"`);
   const url = `https://s3.${region}.amazonaws.com/amazon-ssm-${region}/latest/debian_amd64/amazon-ssm-agent.deb`;
   return [
     "dpkg -s amazon-ssm-agent >/dev/null 2>&1 && exit 0",
@@ -136,10 +131,13 @@ export function ssmAgentInstall(region: string): string {
   ].join("\n");
 }
 
+/**
+ * User data of a node: a stable `#cloud-config` that sets the hostname (Heartbeat and DRBD match
+ * `uname -n`), installs packages and runs the bootstrap. Config changes reach the node through
+ * its bundle, never through this text, so they never touch the instance.
+ */
 export function renderCloudInit(t: Topology, node: NodeSpec, packages: readonly string[]): string {
-  if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(node.name)) {
-    throw new Error(`cloud-init: node name "${node.name}" is not a valid host name`);
-  }
+  // The package list comes from the program, not the topology, so the schema never sees it.
   const bad = packages.find((p) => !/^[a-z0-9][a-z0-9+.-]+$/.test(p));
   if (bad !== undefined) throw new Error(`cloud-init: invalid Debian package name "${bad}"`);
   // Sorted and deduplicated so the bundle's package order cannot change the user data.

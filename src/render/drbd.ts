@@ -1,6 +1,6 @@
-import { isIPv4 } from "node:net";
 import { posix } from "node:path";
-import { dataVolumeDevice, type NodeSpec, paths, storagePair, type Topology } from "../topology.js";
+import { dataVolumeDevice, paths } from "../layout.js";
+import { storagePair, type Topology } from "../topology.js";
 
 /** The one DRBD resource: the package volume replicated between the storage pair. */
 export const DRBD_RESOURCE = "pypi";
@@ -56,27 +56,9 @@ export function drbdString(field: string, value: string): string {
   return `"${value.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
 }
 
-/** `address` is the one value drbdadm refuses in quotes; it must be a literal `ipv4:port`. */
-function drbdAddress(node: NodeSpec, port: number): string {
-  if (!isIPv4(node.privateIp)) {
-    throw new Error(
-      `drbd: ${node.name}.privateIp must be an IPv4 address; got ${JSON.stringify(node.privateIp)}`,
-    );
-  }
-  if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new Error(`drbd: storage.drbdPort must be a port number; got ${JSON.stringify(port)}`);
-  }
-  return `${node.privateIp}:${port}`;
-}
-
 /** `/etc/drbd.d/pypi.res` for both members of the storage pair (DRBD 8.4 syntax). */
 export function renderDrbdResource(t: Topology): string {
   const s = t.storage;
-  if (!Number.isInteger(s.drbdMinor) || s.drbdMinor < 0) {
-    throw new Error(
-      `drbd: storage.drbdMinor must be a non-negative integer; got ${JSON.stringify(s.drbdMinor)}`,
-    );
-  }
   const pair = storagePair(t);
   return [
     `# DRBD 8.4 resource of ${t.environment}: the package volume of the storage pair.`,
@@ -109,7 +91,8 @@ export function renderDrbdResource(t: Topology): string {
       `  on ${drbdString("node name", n.name)} {`,
       // Each node's own EBS volume by its stable name; NVMe probe order can swap at boot.
       `    disk ${drbdString("storage.device", n.dataVolumeId ? dataVolumeDevice(n.dataVolumeId) : s.device)};`,
-      `    address ${drbdAddress(n, s.drbdPort)};`,
+      // drbdadm refuses a quoted address: a literal ipv4:port, which the schema guarantees.
+      `    address ${n.privateIp}:${s.drbdPort};`,
       "  }",
     ]),
     "}",

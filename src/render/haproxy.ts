@@ -1,4 +1,5 @@
-import { type NodeSpec, nodesWithRole, paths, type Topology } from "../topology.js";
+import { paths } from "../layout.js";
+import { type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
 
 /** Backend of the upload sshd servers; runbooks address servers as `${UPLOAD_BACKEND}/<node>`. */
 export const UPLOAD_BACKEND = "uploads";
@@ -52,15 +53,13 @@ const section = (head: string, body: readonly string[]): string[] => [head, ...b
 
 /** `server` lines of the upload backend: one per app server, named after the node. */
 export function uploadServerLines(t: Topology): string[] {
-  const apps = nodesWithRole(t, "app");
-  if (apps.length === 0) throw new Error(`topology ${t.environment} has no app servers for haproxy`);
-  return apps.map((a) => `server ${q(a.name)} ${q(`${a.privateIp}:${t.upload.backendPort}`)} check`);
+  return nodesWithRole(t, "app").map(
+    (a) => `server ${q(a.name)} ${q(`${a.privateIp}:${t.upload.backendPort}`)} check`,
+  );
 }
 
 /** The complete /etc/haproxy/haproxy.cfg of a balancer: TCP proxy for SFTP uploads. */
 export function renderHaproxyCfg(t: Topology, node: NodeSpec): string {
-  if (node.role !== "balancer")
-    throw new Error(`haproxy runs on balancers, not on ${node.name} (${node.role})`);
   const c = UPLOAD_CHECK;
 
   const lines = [

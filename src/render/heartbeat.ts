@@ -1,4 +1,5 @@
-import { type NodeSpec, nodesWithRole, paths, storagePair, type Topology } from "../topology.js";
+import { paths } from "../layout.js";
+import { type NodeSpec, nodesWithRole, storagePair, type Topology } from "../topology.js";
 import { DRBD_RESOURCE, dopdHaCfLines } from "./drbd.js";
 
 /** Heartbeat 3 (R1 mode, `crm no`) configuration for the balancer pair and the storage pair. */
@@ -35,37 +36,6 @@ export function haToken(field: string, value: string | number): string {
   return text;
 }
 
-/** Rejects timings Heartbeat refuses (or that make no sense), naming the field and value. */
-export function validateHeartbeatTimings(hb: Topology["heartbeat"]): void {
-  const fields = ["keepaliveMs", "warntimeMs", "deadtimeMs", "initdeadMs"] as const;
-  for (const f of fields) {
-    if (!Number.isInteger(hb[f]) || hb[f] <= 0) {
-      throw new Error(
-        `heartbeat.${f} must be a positive integer of milliseconds; got ${JSON.stringify(hb[f])}`,
-      );
-    }
-  }
-  if (!Number.isInteger(hb.udpPort) || hb.udpPort < 1 || hb.udpPort > 65535) {
-    throw new Error(`heartbeat.udpPort must be a port number; got ${JSON.stringify(hb.udpPort)}`);
-  }
-  // Heartbeat itself refuses to start on the next two ("Dead time ... too small compared to keepalive").
-  if (hb.deadtimeMs <= 2 * hb.keepaliveMs) {
-    throw new Error(
-      `heartbeat.deadtimeMs must be more than twice keepaliveMs (${hb.keepaliveMs}); got ${hb.deadtimeMs}`,
-    );
-  }
-  if (hb.initdeadMs < hb.deadtimeMs) {
-    throw new Error(
-      `heartbeat.initdeadMs must be at least deadtimeMs (${hb.deadtimeMs}); got ${hb.initdeadMs}`,
-    );
-  }
-  if (hb.warntimeMs <= hb.keepaliveMs || hb.warntimeMs >= hb.deadtimeMs) {
-    throw new Error(
-      `heartbeat.warntimeMs must lie between keepaliveMs (${hb.keepaliveMs}) and deadtimeMs (${hb.deadtimeMs}); got ${hb.warntimeMs}`,
-    );
-  }
-}
-
 const ms = (field: string, value: number): string => haToken(field, `${value}ms`);
 
 function renderHaCf(
@@ -76,10 +46,6 @@ function renderHaCf(
   extra: readonly string[] = [],
 ): string {
   const hb = t.heartbeat;
-  validateHeartbeatTimings(hb);
-  if (!members.some((m) => m.name === node.name)) {
-    throw new Error(`heartbeat: node "${node.name}" is not a member of the ${cluster} cluster`);
-  }
   const peers = members.filter((m) => m.name !== node.name);
   return [
     `# Heartbeat ${cluster} cluster of ${t.environment}, as seen from ${node.name}.`,
@@ -107,15 +73,6 @@ function renderHaCf(
   ].join("\n");
 }
 
-function balancers(t: Topology): [NodeSpec, NodeSpec] {
-  const lbs = nodesWithRole(t, "balancer");
-  const [a, b] = lbs;
-  if (!a || !b || lbs.length !== 2) {
-    throw new Error(`heartbeat: topology ${t.environment} needs exactly two balancers; got ${lbs.length}`);
-  }
-  return [a, b];
-}
-
 /** The agent loop Heartbeat keeps running on each balancer (see `pypi-node watch`). */
 export const BALANCER_WATCH_COMMAND = `${paths.agent} watch`;
 
@@ -125,23 +82,17 @@ export const BALANCER_WATCH_COMMAND = `${paths.agent} watch`;
  */
 export function renderBalancerHaCf(t: Topology, node: NodeSpec): string {
   const watch = BALANCER_WATCH_COMMAND.split(" ").map((part) => haToken("respawn command", part));
-  return renderHaCf(t, node, balancers(t), "balancer", [`respawn root ${watch.join(" ")}`]);
+  return renderHaCf(t, node, nodesWithRole(t, "balancer"), "balancer", [`respawn root ${watch.join(" ")}`]);
 }
 
 /** haresources of the balancer pair: one group per floating IP, on its home balancer. */
 export function renderBalancerHaresources(t: Topology): string {
-  const names = balancers(t).map((n) => n.name);
-  if (t.floatingIps.length === 0) throw new Error(`heartbeat: topology ${t.environment} has no floating IPs`);
   return [
     "# <home balancer> <resource>::<argument>; the peer takes a group over while its home is down.",
-    ...t.floatingIps.map((fip) => {
-      if (!names.includes(fip.home)) {
-        throw new Error(
-          `heartbeat: floating IP ${fip.address} has home "${fip.home}", which is not a balancer`,
-        );
-      }
-      return `${haToken("floatingIps.home", fip.home)} pypi-fip::${haToken("floatingIps.address", fip.address)}`;
-    }),
+    ...t.floatingIps.map(
+      (fip) =>
+        `${haToken("floatingIps.home", fip.home)} pypi-fip::${haToken("floatingIps.address", fip.address)}`,
+    ),
     "",
   ].join("\n");
 }
@@ -160,11 +111,6 @@ export function renderStorageHaCf(t: Topology, node: NodeSpec): string {
 export function renderStorageHaresources(t: Topology): string {
   const [home] = storagePair(t);
   const s = t.storage;
-  if (!Number.isInteger(s.drbdMinor) || s.drbdMinor < 0) {
-    throw new Error(
-      `heartbeat: storage.drbdMinor must be a non-negative integer; got ${JSON.stringify(s.drbdMinor)}`,
-    );
-  }
   const volume = [
     `${DRBD_DISK_SCRIPT}::${haToken("DRBD resource", DRBD_RESOURCE)}`,
     [

@@ -1,4 +1,3 @@
-import { isIPv4 } from "node:net";
 import { nodesWithRole, type Topology } from "../topology.js";
 
 /**
@@ -51,30 +50,18 @@ export function nfsToken(field: string, value: string | number): string {
   return text;
 }
 
-function absolutePath(field: string, value: string): string {
-  if (!value.startsWith("/") || value.split("/").includes("..")) {
-    throw new Error(`nfs: ${field} must be an absolute path without ".."; got ${JSON.stringify(value)}`);
-  }
-  return nfsToken(field, value);
-}
-
-function ipv4(field: string, value: string): string {
-  if (!isIPv4(value)) throw new Error(`nfs: ${field} must be an IPv4 address; got ${JSON.stringify(value)}`);
-  return nfsToken(field, value);
-}
-
 /** `/etc/exports` of the storage pair (whichever node is primary serves it). */
 export function renderExports(t: Topology): string {
   const apps = nodesWithRole(t, "app");
   const options = `rw,sync,no_subtree_check,root_squash,fsid=${nfsToken("fsid", PACKAGE_EXPORT_FSID)}`;
   const clients = [
-    ...apps.map((n) => `${ipv4(`${n.name}.privateIp`, n.privateIp)}/32(${options})`),
+    ...apps.map((n) => `${nfsToken(`${n.name}.privateIp`, n.privateIp)}/32(${options})`),
     // The primary mounts its own export through the overlay address, which is then also the source.
-    `${ipv4("overlay.storage", t.overlay.storage)}/32(${options})`,
+    `${nfsToken("overlay.storage", t.overlay.storage)}/32(${options})`,
   ];
   return [
     `# Package volume of ${t.environment}: app servers only, root squashed, synchronous.`,
-    `${absolutePath("storage.volumeMount", t.storage.volumeMount)} ${clients.join(" ")}`,
+    `${nfsToken("storage.volumeMount", t.storage.volumeMount)} ${clients.join(" ")}`,
     "",
   ].join("\n");
 }
@@ -93,12 +80,12 @@ export function renderNfsConf(): string {
 
 /** `<overlay>:<volumeMount>`, what every app server mounts. */
 export function nfsMountSource(t: Topology): string {
-  return `${ipv4("overlay.storage", t.overlay.storage)}:${absolutePath("storage.volumeMount", t.storage.volumeMount)}`;
+  return `${nfsToken("overlay.storage", t.overlay.storage)}:${nfsToken("storage.volumeMount", t.storage.volumeMount)}`;
 }
 
 /** systemd's unit-name escaping of a mount point (`/srv/pypi` -> `srv-pypi`). */
 export function mountUnitName(where: string): string {
-  const path = absolutePath("mount point", where).replace(/\/+$/, "").replace(/^\/+/, "");
+  const path = nfsToken("mount point", where).replace(/\/+$/, "").replace(/^\/+/, "");
   if (path === "") return "-.mount";
   const escaped = path
     .split("/")
@@ -124,7 +111,7 @@ export function renderPackageMount(t: Topology): string {
     "",
     "[Mount]",
     `What=${nfsMountSource(t)}`,
-    `Where=${absolutePath("storage.packageRoot", t.storage.packageRoot)}`,
+    `Where=${nfsToken("storage.packageRoot", t.storage.packageRoot)}`,
     "Type=nfs",
     `Options=${NFS_MOUNT_OPTIONS.join(",")}`,
     "",

@@ -68,9 +68,9 @@ const block = (head: string, body: readonly string[]): string[] => [`${head} {`,
 
 /** Upstream members: every app server on its HTTP port. */
 export function upstreamServers(t: Topology): string[] {
-  const apps = nodesWithRole(t, "app");
-  if (apps.length === 0) throw new Error(`topology ${t.environment} has no app servers for nginx`);
-  return apps.map((a) => `server ${q(`${a.privateIp}:${t.app.httpPort}`)} max_fails=2 fail_timeout=10s;`);
+  return nodesWithRole(t, "app").map(
+    (a) => `server ${q(`${a.privateIp}:${t.app.httpPort}`)} max_fails=2 fail_timeout=10s;`,
+  );
 }
 
 /**
@@ -78,8 +78,6 @@ export function upstreamServers(t: Topology): string[] {
  * directory so a copy of /etc/nginx can be checked in place with `nginx -t -c`.
  */
 export function renderNginxConf(t: Topology, node: NodeSpec): string {
-  if (node.role !== "balancer")
-    throw new Error(`nginx runs on balancers, not on ${node.name} (${node.role})`);
   const readTimeout = t.app.requestTimeoutSeconds + READ_TIMEOUT_MARGIN_SECONDS;
 
   // No keepalive pool: a request on a kept-alive connection to a dead (blackholed) app server

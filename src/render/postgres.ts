@@ -1,27 +1,8 @@
 import type { BundleFile } from "../bundle-types.js";
-import {
-  type NodeSpec,
-  nodesWithRole,
-  peerOf,
-  pgConfDir,
-  pgDataDir,
-  pgDialect,
-  type Topology,
-} from "../topology.js";
-
-/** Major versions the renderers know the settings of. */
-export const SUPPORTED_PG_VERSIONS = [9.6, 10, 11, 12, 13, 14, 15, 16, 17] as const;
+import { pgConfDir, pgDataDir } from "../layout.js";
+import { type NodeSpec, nodesWithRole, peerOf, pgDialect, type Topology } from "../topology.js";
 
 export type PgRole = "primary" | "standby";
-
-/** Throws unless `version` is one of SUPPORTED_PG_VERSIONS. */
-export function validatePgVersion(version: number): void {
-  if (!(SUPPORTED_PG_VERSIONS as readonly number[]).includes(version)) {
-    throw new Error(
-      `postgres.version: unsupported major version ${JSON.stringify(version)}; supported: ${SUPPORTED_PG_VERSIONS.join(", ")}`,
-    );
-  }
-}
 
 /** Home of the postgres OS user: libpq's default passfile location, so 9.6 (no `passfile`) finds it too. */
 export const PGPASS_PATH = "/var/lib/postgresql/.pgpass";
@@ -70,11 +51,7 @@ function standbyName(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
 }
 
-const hostAddress = (ip: string): string => {
-  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(ip))
-    throw new Error(`expected an IPv4 address, got ${JSON.stringify(ip)}`);
-  return `${ip}/32`;
-};
+const hostAddress = (ip: string): string => `${ip}/32`;
 
 type Setting = string | number | boolean;
 
@@ -90,15 +67,9 @@ function settingLine(name: string, value: Setting): string {
   return `${name} = ${text}`;
 }
 
-function dbNode(t: Topology, node: NodeSpec): NodeSpec {
-  if (node.role !== "db") throw new Error(`node "${node.name}" is not a db node (role ${node.role})`);
-  validatePgVersion(t.postgres.version);
-  return node;
-}
-
 /** The libpq connection string a node uses to stream from its peer (never carries a password). */
 export function primaryConninfo(t: Topology, node: NodeSpec): string {
-  const peer = peerOf(t, dbNode(t, node));
+  const peer = peerOf(t, node);
   const params: [string, string][] = [
     ["host", peer.privateIp],
     ["port", String(t.postgres.port)],
@@ -113,7 +84,7 @@ export function primaryConninfo(t: Topology, node: NodeSpec): string {
 
 /** `synchronous_standby_names` for a node: its peer, which is the standby whenever this node is primary. */
 export function synchronousStandbyNames(t: Topology, node: NodeSpec): string {
-  const peer = peerOf(t, dbNode(t, node));
+  const peer = peerOf(t, node);
   return t.postgres.version >= 10 ? `FIRST 1 (${standbyName(peer.name)})` : `1 (${standbyName(peer.name)})`;
 }
 
@@ -123,7 +94,6 @@ export function synchronousStandbyNames(t: Topology, node: NodeSpec): string {
  * standby marker (standby.signal / recovery.conf).
  */
 export function renderPostgresConf(t: Topology, node: NodeSpec): string {
-  dbNode(t, node);
   const pg = t.postgres;
   const v = pg.version;
   const conf = pgConfDir(v);
@@ -201,7 +171,7 @@ function hbaLine(type: string, database: string, user: string, address: string, 
  * from the peer db node, the app database only from the app servers. Anything else is rejected.
  */
 export function renderPgHba(t: Topology, node: NodeSpec): string {
-  const peer = peerOf(t, dbNode(t, node));
+  const peer = peerOf(t, node);
   const pg = t.postgres;
   const method = pg.version >= 10 ? "scram-sha-256" : "md5";
   const repl = hbaField(pg.replicationUser);
@@ -231,14 +201,12 @@ export function renderPgHba(t: Topology, node: NodeSpec): string {
 }
 
 /** pg_ident.conf: no maps; present because ident_file names it. */
-export function renderPgIdent(t: Topology, node: NodeSpec): string {
-  dbNode(t, node);
+export function renderPgIdent(_t: Topology, _node: NodeSpec): string {
   return `${[HEADER, "# MAPNAME  SYSTEM-USERNAME  PG-USERNAME"].join("\n")}\n`;
 }
 
 /** recovery.conf for 9.6–11 standbys. Promotion is `pg_ctl promote`, so no trigger_file. */
 export function renderRecoveryConf(t: Topology, node: NodeSpec): string {
-  dbNode(t, node);
   if (pgDialect(t.postgres.version) !== "recovery.conf") {
     throw new Error(`recovery.conf is not used by postgres ${t.postgres.version}; render standby.signal`);
   }
@@ -269,7 +237,6 @@ const pgFile = (
 
 /** The marker file(s) that make a node start as a standby, in its data directory. */
 export function renderStandbyFiles(t: Topology, node: NodeSpec): BundleFile[] {
-  dbNode(t, node);
   const data = pgDataDir(t.postgres.version);
   return pgDialect(t.postgres.version) === "recovery.conf"
     ? [pgFile(`${data}/recovery.conf`, "0600", renderRecoveryConf(t, node))]

@@ -1,4 +1,5 @@
-import { paths, type Topology } from "../topology.js";
+import { paths } from "../layout.js";
+import type { Topology } from "../topology.js";
 import { indexAppEnv } from "./apache.js";
 import { uploadDir } from "./sshd.js";
 

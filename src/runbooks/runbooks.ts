@@ -1,5 +1,6 @@
+import { paths } from "../layout.js";
 import { synchronousStandbyNames } from "../render/postgres.js";
-import { type NodeSpec, nodesWithRole, paths, peerOf, storagePair, type Topology } from "../topology.js";
+import { type NodeSpec, nodesWithRole, peerOf, storagePair, type Topology } from "../topology.js";
 
 /** The operator's workstation (AWS) or the client namespace (lab). */
 export const OPERATOR = "operator";

@@ -11,9 +11,10 @@ import { join, relative } from "node:path";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
 import { buildBundles } from "../../src/bundle.js";
+import { paths } from "../../src/layout.js";
 import { projectFile, projectRoot } from "../../src/project-files.js";
 import { type AgentScript, agentScript, agentScriptPaths } from "../../src/render/agent.js";
-import { paths, storagePair, type Topology } from "../../src/topology.js";
+import { storagePair, type Topology } from "../../src/topology.js";
 import { asLab, topologyFor } from "../support/topologies.js";
 
 const SCRIPTS = Object.keys(agentScriptPaths) as AgentScript[];

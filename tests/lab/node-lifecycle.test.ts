@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { detachVolumes, LabNode } from "../../lab/lib/lab-node.js";
 import { createBridgeNamespace, createNode, destroyNamespace, namespacePids } from "../../lab/lib/netns.js";
-import { dataVolumeDevice } from "../../src/topology.js";
+import { dataVolumeDevice } from "../../src/layout.js";
 import { requireTools } from "../support/tools.js";
 
 const canRun = requireTools("lab node lifecycle", ["ip", "unshare", "nsenter", "setpriv", "losetup", "perl"]);

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LabNode } from "../../lab/lib/lab-node.js";
 import { createNamespace, destroyNamespace } from "../../lab/lib/netns.js";
+import { paths } from "../../src/layout.js";
 import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
 import { uploadDir } from "../../src/render/sshd.js";
 import {
@@ -21,7 +22,6 @@ import {
   renderRegisterService,
   renderRegisterTimer,
 } from "../../src/render/systemd.js";
-import { paths } from "../../src/topology.js";
 import { requireTools } from "../support/tools.js";
 import { asLab, topologyFor } from "../support/topologies.js";
 

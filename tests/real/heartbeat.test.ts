@@ -9,13 +9,14 @@ import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeF
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { paths } from "../../src/layout.js";
 import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
 import {
   type ResourceScript,
   renderBalancerHaCf,
   renderBalancerHaresources,
 } from "../../src/render/heartbeat.js";
-import { nodeByName, paths, type Topology } from "../../src/topology.js";
+import { nodeByName, type Topology } from "../../src/topology.js";
 import {
   addressesOf,
   createBridgeNamespace,

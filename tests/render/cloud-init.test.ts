@@ -6,6 +6,7 @@ import {
   renderCloudInit,
   yamlQuote,
 } from "../../src/render/cloud-init.js";
+import { parseTopology } from "../../src/schema.js";
 import { nodeByName, type Topology } from "../../src/topology.js";
 import { type Shape, topologyFor } from "../support/topologies.js";
 
@@ -98,9 +99,16 @@ describe("quoting", () => {
     expect(envQuote("it's")).toBe("'it'\\''s'");
     expect(() => envQuote("a\nb")).toThrow();
   });
-  it("refuses bad host and package names", () => {
+  it("refuses bad package names", () => {
     const t = topologyFor("staging");
-    expect(() => renderCloudInit(t, { ...t.nodes[0]!, name: "Bad_Name" }, [])).toThrow(/Bad_Name/);
     expect(() => renderCloudInit(t, t.nodes[0]!, ["evil pkg"])).toThrow(/evil pkg/);
+  });
+  it("leaves host names and regions to parseTopology, which names the field", () => {
+    const t = topologyFor("staging");
+    const badName = { ...t, nodes: t.nodes.map((n, i) => (i === 0 ? { ...n, name: "Bad_Name" } : n)) };
+    expect(() => parseTopology(badName)).toThrow('nodes[0].name: "Bad_Name" is not valid');
+    expect(() => parseTopology({ ...t, region: "us-east-1; reboot" })).toThrow(
+      'region: "us-east-1; reboot" is not valid',
+    );
   });
 });

@@ -10,6 +10,7 @@ import {
   renderDrbdResource,
   renderDrbdSecretFile,
 } from "../../src/render/drbd.js";
+import { parseTopology } from "../../src/schema.js";
 import { nodeByName, type Topology } from "../../src/topology.js";
 import { type Shape, topologyFor } from "../support/topologies.js";
 
@@ -117,15 +118,16 @@ describe("drbd helpers", () => {
     expect(() => drbdString("storage.device", "")).toThrow(/storage\.device/);
   });
 
-  it("rejects bad addresses and ports, naming the value", () => {
+  it("leaves bad addresses and ports to parseTopology, which names the field", () => {
     const t = topologyFor("staging");
     const badPort: Topology = { ...t, storage: { ...t.storage, drbdPort: 70000 } };
-    expect(() => renderDrbdResource(badPort)).toThrow(/storage\.drbdPort.*70000/);
+    expect(() => parseTopology(badPort)).toThrow("storage.drbdPort: 70000 is not valid");
     const badIp: Topology = {
       ...t,
       nodes: t.nodes.map((n) => (n.name === "app-b" ? { ...n, privateIp: "10.0.0.1; }" } : n)),
     };
-    expect(() => renderDrbdResource(badIp)).toThrow(/app-b\.privateIp/);
+    const appB = badIp.nodes.findIndex((n) => n.name === "app-b");
+    expect(() => parseTopology(badIp)).toThrow(`nodes[${appB}].privateIp: "10.0.0.1; }" is not valid`);
   });
 
   it("renders the secret file as a common net section", () => {

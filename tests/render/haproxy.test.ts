@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { paths } from "../../src/layout.js";
 import {
   haproxyQuote,
   renderHaproxyCfg,
@@ -7,7 +8,8 @@ import {
   UPLOAD_FRONTEND,
   uploadServerLines,
 } from "../../src/render/haproxy.js";
-import { nodeByName, nodesWithRole, paths } from "../../src/topology.js";
+import { parseTopology } from "../../src/schema.js";
+import { nodeByName, nodesWithRole } from "../../src/topology.js";
 import { type Shape, topologyFor } from "../support/topologies.js";
 
 const render = (shape: Shape): string => {
@@ -128,14 +130,13 @@ describe("renderHaproxyCfg inputs", () => {
     const t = { ...base, upload: { ...base.upload, port: 2022, backendPort: 2222 } };
     const text = renderHaproxyCfg(t, nodeByName(t, "lb-b"));
     expect(text).toContain("    bind :2022\n");
-    expect(text).toContain("    server app-b 10.40.11.11:2222 check\n");
+    expect(text).toContain("    server app-b 10.40.11.10:2222 check\n");
   });
 
-  it("refuses non-balancer nodes and topologies without app servers", () => {
+  it("leaves a topology without app servers to parseTopology, which names the role count", () => {
     const t = topologyFor("prod");
-    expect(() => renderHaproxyCfg(t, nodeByName(t, "db-a"))).toThrow(/balancers/);
     const noApps = { ...t, nodes: t.nodes.filter((n) => n.role !== "app") };
-    expect(() => renderHaproxyCfg(noApps, nodeByName(noApps, "lb-a"))).toThrow(/no app servers/);
+    expect(() => parseTopology(noApps)).toThrow("nodes(role app): 0 is not valid");
   });
 });
 

@@ -7,8 +7,8 @@ import {
   renderBalancerHaresources,
   renderStorageHaCf,
   renderStorageHaresources,
-  validateHeartbeatTimings,
 } from "../../src/render/heartbeat.js";
+import { parseTopology } from "../../src/schema.js";
 import { nodeByName, type Topology } from "../../src/topology.js";
 import { asLab, type Shape, topologyFor } from "../support/topologies.js";
 
@@ -85,29 +85,42 @@ describe.each<Shape>(["staging", "prod"])("heartbeat (%s)", (shape) => {
     expect(lines(renderStorageHaresources(lab))).toEqual(["app-a pypi-nfs pypi-overlay::100.64.10.6", ""]);
     expect(renderStorageHaCf(lab, nodeByName(lab, "app-a"))).not.toContain("dopd");
   });
+});
 
-  it("refuses a node outside the cluster", () => {
-    expect(() => renderStorageHaCf(t, lbA)).toThrow(/lb-a.*storage/);
-    expect(() => renderBalancerHaCf(t, nodeByName(t, "app-a"))).toThrow(/app-a.*balancer/);
+describe("heartbeat timings and homes: parseTopology judges them, the renderer does not", () => {
+  const t = topologyFor("staging");
+  const withHb = (hb: Partial<Topology["heartbeat"]>): Topology => ({
+    ...t,
+    heartbeat: { ...t.heartbeat, ...hb },
+  });
+
+  it("rejects deadtime <= 2 * keepalive, naming field and value", () => {
+    expect(() => parseTopology(withHb({ deadtimeMs: 1000 }))).toThrow(
+      "heartbeat.deadtimeMs: 1000 is not valid",
+    );
+    expect(() => parseTopology(withHb({ deadtimeMs: 1001 }))).not.toThrow();
+  });
+
+  it("rejects initdead below 2 x deadtime and warntime outside (keepalive, deadtime)", () => {
+    expect(() => parseTopology(withHb({ initdeadMs: 1500 }))).toThrow(
+      "heartbeat.initdeadMs: 1500 is not valid",
+    );
+    expect(() => parseTopology(withHb({ initdeadMs: 3000 }))).not.toThrow();
+    expect(() => parseTopology(withHb({ warntimeMs: 1500 }))).toThrow(
+      "heartbeat.warntimeMs: 1500 is not valid",
+    );
+    expect(() => parseTopology(withHb({ keepaliveMs: 0.5 }))).toThrow(
+      "heartbeat.keepaliveMs: 0.5 is not valid",
+    );
+  });
+
+  it("rejects a floating IP homed outside the balancers", () => {
+    const bad: Topology = { ...t, floatingIps: [{ ...t.floatingIps[0]!, home: "app-a" }] };
+    expect(() => parseTopology(bad)).toThrow('floatingIps[0].home: "app-a" is not valid');
   });
 });
 
-describe("heartbeat validation", () => {
-  const hb = topologyFor("staging").heartbeat;
-
-  it("rejects deadtime <= 2 * keepalive, naming field and value", () => {
-    expect(() => validateHeartbeatTimings({ ...hb, deadtimeMs: 1000 })).toThrow(
-      "heartbeat.deadtimeMs must be more than twice keepaliveMs (500); got 1000",
-    );
-    expect(() => validateHeartbeatTimings({ ...hb, deadtimeMs: 1001 })).not.toThrow();
-  });
-
-  it("rejects initdead below deadtime and warntime outside (keepalive, deadtime)", () => {
-    expect(() => validateHeartbeatTimings({ ...hb, initdeadMs: 1400 })).toThrow(/initdeadMs.*got 1400/);
-    expect(() => validateHeartbeatTimings({ ...hb, warntimeMs: 1500 })).toThrow(/warntimeMs.*got 1500/);
-    expect(() => validateHeartbeatTimings({ ...hb, keepaliveMs: 0.5 })).toThrow(/keepaliveMs.*0\.5/);
-  });
-
+describe("haToken", () => {
   it("rejects tokens that would change ha.cf's meaning", () => {
     expect(haToken("x", "eth0")).toBe("eth0");
     for (const bad of ["", "a b", "a\nb", "a#b", "a::b", "a\tb"]) {
@@ -119,12 +132,6 @@ describe("heartbeat validation", () => {
       nodes: t.nodes.map((n) => (n.name === "lb-a" ? { ...n, interface: "ens5\nnode evil" } : n)),
     };
     expect(() => renderBalancerHaCf(evil, nodeByName(evil, "lb-a"))).toThrow(/lb-a\.interface/);
-  });
-
-  it("rejects a floating IP homed outside the balancers", () => {
-    const t = topologyFor("staging");
-    const bad: Topology = { ...t, floatingIps: [{ ...t.floatingIps[0]!, home: "app-a" }] };
-    expect(() => renderBalancerHaresources(bad)).toThrow(/home "app-a"/);
   });
 });
 

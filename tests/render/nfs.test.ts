@@ -10,6 +10,7 @@ import {
   renderNfsConf,
   renderPackageMount,
 } from "../../src/render/nfs.js";
+import { parseTopology } from "../../src/schema.js";
 import { nodesWithRole, type Topology } from "../../src/topology.js";
 import { type Shape, topologyFor } from "../support/topologies.js";
 
@@ -72,7 +73,11 @@ describe("nfs helpers", () => {
     const t = topologyFor("staging");
     const bad: Topology = { ...t, storage: { ...t.storage, volumeMount: "/srv/x(rw,no_root_squash)" } };
     expect(() => renderExports(bad)).toThrow(/storage\.volumeMount/);
+  });
+
+  it("leaves relative and traversing paths to parseTopology, which names the field", () => {
+    const t = topologyFor("staging");
     const rel: Topology = { ...t, storage: { ...t.storage, packageRoot: "srv/../etc" } };
-    expect(() => renderPackageMount(rel)).toThrow(/storage\.packageRoot/);
+    expect(() => parseTopology(rel)).toThrow('storage.packageRoot: "srv/../etc" is not valid');
   });
 });

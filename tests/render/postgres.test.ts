@@ -11,11 +11,10 @@ import {
   renderPostgresFiles,
   renderRecoveryConf,
   renderStandbyFiles,
-  SUPPORTED_PG_VERSIONS,
-  validatePgVersion,
 } from "../../src/render/postgres.js";
-import { nodeByName, type Topology } from "../../src/topology.js";
-import { type Shape, topologyFor } from "../support/topologies.js";
+import { PG_MAJORS, parseTopology } from "../../src/schema.js";
+import { nodeByName, pgDialect, type Topology } from "../../src/topology.js";
+import { asLab, type Shape, topologyFor } from "../support/topologies.js";
 
 const shapes: Shape[] = ["staging", "prod"];
 const lines = (text: string): string[] => text.split("\n");
@@ -25,27 +24,32 @@ const rules = (text: string): string[] =>
     .filter((l) => l.trim() !== "" && !l.startsWith("#"))
     .map((l) => l.replace(/\s+/g, " "));
 const db = (t: Topology, name: "db-a" | "db-b") => nodeByName(t, name);
+/** A topology the schema accepts: AWS runs 15 only, the lab also runs 11. */
+const valid = (shape: Shape, v: number): Topology =>
+  parseTopology(v === 15 ? topologyFor(shape, v) : asLab(topologyFor(shape, v)));
 
-describe("version support", () => {
-  it("accepts exactly 9.6 and 10 to 17", () => {
-    expect([...SUPPORTED_PG_VERSIONS]).toEqual([9.6, 10, 11, 12, 13, 14, 15, 16, 17]);
-    for (const v of SUPPORTED_PG_VERSIONS) expect(() => validatePgVersion(v)).not.toThrow();
-    for (const v of [9.5, 12.1, 18, 8])
-      expect(() => validatePgVersion(v)).toThrow(/postgres\.version.*unsupported/);
+describe("version support (the schema's PG_MAJORS)", () => {
+  it("accepts 15 everywhere and 11 in the lab only", () => {
+    expect([...PG_MAJORS]).toEqual([11, 15]);
+    for (const v of PG_MAJORS) expect(() => valid("staging", v)).not.toThrow();
+    expect(() => parseTopology(topologyFor("staging", 11))).toThrow("postgres.version: 11 is not valid");
   });
 
-  it("refuses to render an unsupported version or a non-db node", () => {
-    expect(() =>
-      renderPostgresConf(topologyFor("staging", 18), db(topologyFor("staging", 18), "db-a")),
-    ).toThrow(/unsupported major version 18/);
-    const t = topologyFor("staging");
-    expect(() => renderPgHba(t, nodeByName(t, "app-a"))).toThrow(/not a db node/);
+  it("rejects any other major, naming the field", () => {
+    for (const v of [9.6, 12, 17, 18])
+      expect(() => parseTopology(asLab(topologyFor("staging", v)))).toThrow(
+        `postgres.version: ${v} is not valid`,
+      );
   });
 });
 
 describe("dialects", () => {
-  it.each([...SUPPORTED_PG_VERSIONS])("renders the standby marker of postgres %s", (v) => {
-    const t = topologyFor("staging", v);
+  it("takes the dialect from pgDialect: recovery.conf for 11, standby.signal for 15", () => {
+    expect(PG_MAJORS.map(pgDialect)).toEqual(["recovery.conf", "standby.signal"]);
+  });
+
+  it.each([...PG_MAJORS])("renders the standby marker of postgres %s", (v) => {
+    const t = valid("staging", v);
     const standby = renderPostgresFiles(t, db(t, "db-b"), "standby").map((f) => f.path);
     const primary = renderPostgresFiles(t, db(t, "db-a"), "primary").map((f) => f.path);
     const common = [
@@ -68,7 +72,7 @@ describe("dialects", () => {
   });
 
   it("puts the standby settings in recovery.conf before 12", () => {
-    const t = topologyFor("staging", 11);
+    const t = valid("staging", 11);
     const conf = renderPostgresConf(t, db(t, "db-b"));
     expect(conf).not.toMatch(/primary_conninfo|primary_slot_name|standby_mode/);
     expect(lines(renderRecoveryConf(t, db(t, "db-b")))).toEqual([
@@ -79,13 +83,12 @@ describe("dialects", () => {
       "recovery_target_timeline = 'latest'",
       "",
     ]);
-    expect(() =>
-      renderRecoveryConf(topologyFor("staging", 12), db(topologyFor("staging", 12), "db-b")),
-    ).toThrow(/not used by postgres 12/);
+    const modern = valid("staging", 15);
+    expect(() => renderRecoveryConf(modern, db(modern, "db-b"))).toThrow(/not used by postgres 15/);
   });
 
   it("puts the standby settings in postgresql.conf from 12, with an empty standby.signal", () => {
-    const t = topologyFor("staging", 12);
+    const t = valid("staging", 15);
     const conf = lines(renderPostgresConf(t, db(t, "db-a")));
     expect(conf).toContain(
       "primary_conninfo = 'host=10.40.21.10 port=5432 user=replicator passfile=/var/lib/postgresql/.pgpass application_name=db-a connect_timeout=5'",
@@ -94,7 +97,7 @@ describe("dialects", () => {
     expect(conf.join("\n")).not.toMatch(/standby_mode|recovery_target_timeline|trigger_file/);
     const [signal] = renderStandbyFiles(t, db(t, "db-b"));
     expect(signal).toMatchObject({
-      path: "/var/lib/postgresql/12/main/standby.signal",
+      path: "/var/lib/postgresql/15/main/standby.signal",
       content: "",
       mode: "0600",
     });
@@ -182,7 +185,7 @@ describe("pg_hba.conf", () => {
       "host replication replicator 10.40.21.10/32 scram-sha-256",
       "host postgres replicator 10.40.21.10/32 scram-sha-256",
       "host pypi pypi_app 10.40.10.10/32 scram-sha-256",
-      "host pypi pypi_app 10.40.11.11/32 scram-sha-256",
+      "host pypi pypi_app 10.40.11.10/32 scram-sha-256",
     ]);
   });
 
@@ -193,8 +196,8 @@ describe("pg_hba.conf", () => {
       "host replication replicator 10.40.20.10/32 scram-sha-256",
       "host postgres replicator 10.40.20.10/32 scram-sha-256",
       "host pypi pypi_app 10.40.10.10/32 scram-sha-256",
-      "host pypi pypi_app 10.40.11.11/32 scram-sha-256",
-      "host pypi pypi_app 10.40.10.12/32 scram-sha-256",
+      "host pypi pypi_app 10.40.11.10/32 scram-sha-256",
+      "host pypi pypi_app 10.40.10.11/32 scram-sha-256",
     ]);
   });
 });
@@ -202,8 +205,8 @@ describe("pg_hba.conf", () => {
 describe("secrets and files", () => {
   it("never renders a password, a trust rule or an open network", () => {
     for (const shape of shapes) {
-      for (const v of SUPPORTED_PG_VERSIONS) {
-        const t = topologyFor(shape, v);
+      for (const v of PG_MAJORS) {
+        const t = valid(shape, v);
         for (const name of ["db-a", "db-b"] as const) {
           for (const f of renderPostgresFiles(t, db(t, name), "standby")) {
             expect(f.content).not.toMatch(/\bpassword\s*=|PGPASSWORD|\btrust\b|0\.0\.0\.0|::\/0/i);

@@ -1,24 +1,32 @@
 import type * as aws from "@pulumi/aws";
 import { describe, expect, test } from "vitest";
 import { validateAppServersArgs } from "../../src/components/app-servers.js";
-import { floatingIpStatements, validateBalancerPairArgs } from "../../src/components/balancer-pair.js";
+import { floatingIpStatements } from "../../src/components/balancer-pair.js";
 import { validateBundleBucketArgs } from "../../src/components/bundle-bucket.js";
 import { validateDrbdVolumeArgs } from "../../src/components/drbd-volume.js";
 import { bundleReadStatements, parameterReadStatements } from "../../src/components/iam.js";
-import type { LaunchedNode, PlannedNode } from "../../src/components/node.js";
+import { type LaunchedNode, type PlannedNode, validateLaunchArgs } from "../../src/components/node.js";
 import { validatePostgresPairArgs } from "../../src/components/postgres-pair.js";
 import { bundleDigest, validateConfigRolloutArgs } from "../../src/components/rollout.js";
 import { validateStackSecretsArgs } from "../../src/components/secrets.js";
-import { validateUploadProxyArgs } from "../../src/components/upload-proxy.js";
 import { parseConfig } from "../../src/config.js";
 import { hostIp, networkRules, subnetCidr, validateNetworkArgs } from "../../src/network.js";
-import { buildTopology, bundleFileLists, placeholderIds, planNodes, secretRefs } from "../../src/stack.js";
+import { buildTopology, bundleFileLists, placeholderIds, planNodes, secretRefs } from "../../src/plan.js";
+import { parseTopology } from "../../src/schema.js";
+import type { Topology } from "../../src/topology.js";
 import { stackConfigMap } from "./yaml.js";
 
 // Validation reads plain fields only; resource-typed args are stand-ins.
 const fake = <T>() => ({}) as unknown as T;
 const subnets = [fake<aws.ec2.Subnet>(), fake<aws.ec2.Subnet>()] as const;
 const prodConfig = () => parseConfig(stackConfigMap("prod"), "prod");
+/** Parsing the prod stack config with some keys replaced (full `pypi-infra:` names). */
+const prodWith = (changes: Record<string, unknown>) => () =>
+  parseConfig({ ...stackConfigMap("prod"), ...changes }, "prod");
+const plannedTopology = (): Topology => {
+  const cfg = prodConfig();
+  return buildTopology(cfg, planNodes(cfg), placeholderIds(cfg));
+};
 const plan = () => planNodes(prodConfig());
 const ofRole = (role: string) => plan().filter((n) => n.role === role);
 const launch = (nodes: readonly PlannedNode[]) => ({
@@ -61,7 +69,9 @@ describe("planning", () => {
         ],
         routeTableIds: ["rtb-0123", "rtb-0456"],
         bucket: "pypi-prod-bundles-0c1d2e3f",
-        instances: { "lb-a": { instanceId: "i-0123", urn: "urn:pulumi:prod::pypi-infra::x::y" } },
+        instances: {
+          "lb-a": { instanceId: "i-0123456789abcdef0", urn: "urn:pulumi:prod::pypi-infra::x::y" },
+        },
       }),
     );
     expect(resolved).toEqual(planned);
@@ -100,18 +110,23 @@ describe("validateXArgs", () => {
     );
   });
 
-  test("BalancerPair", () => {
+  test("BalancerPair: node args are the schema's; only user data is the component's to check", () => {
+    const t = plannedTopology();
+    expect(() => parseTopology(t)).not.toThrow();
+    const oneSpare = {
+      ...t,
+      nodes: t.nodes.map((n, i) => (i === 0 ? { ...n, secondaryIps: ["10.40.0.20"] } : n)),
+    };
+    expect(() => parseTopology(oneSpare)).toThrow("nodes[0].secondaryIps");
+    const oneAz = { ...t, nodes: t.nodes.map((n, i) => (i === 1 ? { ...n, az: t.nodes[0]!.az } : n)) };
+    expect(() => parseTopology(oneAz)).toThrow("nodes(role balancer).az");
+    expect(prodWith({ "pypi-infra:floatingIps": 9 })).toThrow("pypi-infra:floatingIps: 9 is not valid");
+    expect(prodWith({ "pypi-infra:balancerInstanceType": "big" })).toThrow(
+      'pypi-infra:balancerInstanceType: "big" is not valid',
+    );
     const [a, b] = ofRole("balancer") as [PlannedNode, PlannedNode];
-    const ok = { ...launch([a, b]), nodes: [a, b] as const, floatingIps: 2 };
-    expect(() => validateBalancerPairArgs(ok)).not.toThrow();
-    expect(() => validateBalancerPairArgs({ ...ok, floatingIps: 3 })).toThrow(
-      /lb-a.secondaryIps \["10.40.0.20","10.40.0.21"\] is not valid; expected 3/,
-    );
-    expect(() => validateBalancerPairArgs({ ...ok, nodes: [a, { ...b, azIndex: 0 }] })).toThrow(/share AZ/);
-    expect(() => validateBalancerPairArgs({ ...ok, instanceType: "big" })).toThrow(
-      'instanceType "big" is not valid',
-    );
-    expect(() => validateBalancerPairArgs({ ...ok, userData: {} })).toThrow(
+    expect(() => validateLaunchArgs("BalancerPair", [a, b], launch([a, b]))).not.toThrow();
+    expect(() => validateLaunchArgs("BalancerPair", [a, b], { ...launch([a, b]), userData: {} })).toThrow(
       /userData has no entry for node "lb-a"/,
     );
   });
@@ -137,9 +152,7 @@ describe("validateXArgs", () => {
     const apps = ofRole("app");
     const ok = { ...launch(apps), nodes: apps, storageParameterArns: [], routeTableIds: ["rtb-1"] };
     expect(() => validateAppServersArgs(ok)).not.toThrow();
-    expect(() => validateAppServersArgs({ ...ok, nodes: apps.slice(0, 1) })).toThrow(
-      /1 entries; expected 2-16/,
-    );
+    expect(prodWith({ "pypi-infra:appServers": 1 })).toThrow("pypi-infra:appServers: 1 is not valid");
     expect(() => validateAppServersArgs({ ...ok, routeTableIds: [] })).toThrow(/routeTableIds is empty/);
   });
 
@@ -153,11 +166,13 @@ describe("validateXArgs", () => {
       routeTables: [fake<aws.ec2.RouteTable>()],
     };
     expect(() => validatePostgresPairArgs(ok)).not.toThrow();
-    expect(() => validatePostgresPairArgs({ ...ok, dataVolumeGb: 0 })).toThrow(
-      "PostgresPair: dataVolumeGb 0 is not valid",
+    expect(prodWith({ "pypi-infra:dbVolumeGb": 0 })).toThrow("pypi-infra:dbVolumeGb: 0 is not valid");
+    const t = plannedTopology();
+    expect(() => parseTopology({ ...t, overlay: { ...t.overlay, dbWriter: "db" } })).toThrow(
+      'overlay.dbWriter: "db" is not valid',
     );
-    expect(() => validatePostgresPairArgs({ ...ok, writerAddress: "db" })).toThrow(
-      'writerAddress "db" is not valid',
+    expect(() => validatePostgresPairArgs({ ...ok, routeTables: [] })).toThrow(
+      "PostgresPair: routeTables is empty",
     );
   });
 
@@ -171,30 +186,32 @@ describe("validateXArgs", () => {
       routeTables: [fake<aws.ec2.RouteTable>()],
     };
     expect(() => validateDrbdVolumeArgs(ok)).not.toThrow();
-    expect(() => validateDrbdVolumeArgs({ ...ok, pair: [node(a), node(a)] })).toThrow(/share AZ/);
-    expect(() => validateDrbdVolumeArgs({ ...ok, sizeGb: 1.5 })).toThrow(
-      "DrbdVolume: sizeGb 1.5 is not valid",
+    // The plan alternates AZs, so the storage pair (the first two app servers) spans both.
+    expect(a.azIndex).not.toBe(b.azIndex);
+    expect(prodWith({ "pypi-infra:storageVolumeGb": 1.5 })).toThrow(
+      "pypi-infra:storageVolumeGb: 1.5 is not valid",
+    );
+    expect(() => validateDrbdVolumeArgs({ ...ok, routeTables: [] })).toThrow(
+      "DrbdVolume: routeTables is empty",
     );
   });
 
   test("UploadProxy, StackSecrets, BundleBucket, ConfigRollout", () => {
-    const groups = {
-      balancer: fake<aws.ec2.SecurityGroup>(),
-      app: fake<aws.ec2.SecurityGroup>(),
-      db: fake<aws.ec2.SecurityGroup>(),
-    };
-    expect(() =>
-      validateUploadProxyArgs({ securityGroups: groups, port: 22, backendPort: 0, domain: "x.org" }),
-    ).toThrow("UploadProxy: backendPort 0 is not valid; expected a port 1-65535");
-    expect(() =>
-      validateStackSecretsArgs({
-        refs: { ...secretRefs("s"), tlsKey: { parameter: "tls key" } },
-        tls: { source: "generated" },
-        domain: "x.org",
-      }),
-    ).toThrow('StackSecrets: refs.tlsKey.parameter "tls key" is not valid');
-    expect(() => validateBundleBucketArgs({ environment: "Prod" })).toThrow(
-      'BundleBucket: environment "Prod" is not valid',
+    const t = plannedTopology();
+    expect(() => parseTopology({ ...t, upload: { ...t.upload, backendPort: 0 } })).toThrow(
+      "upload.backendPort: 0 is not valid",
+    );
+    const badRef = { ...t, secrets: { ...t.secrets, tlsKey: { parameter: "tls key" } } };
+    expect(() => parseTopology(badRef)).toThrow('secrets.tlsKey.parameter: "tls key" is not valid');
+    const secrets = { refs: secretRefs("s"), tls: { source: "generated" as const }, domain: "x.org" };
+    expect(() => validateStackSecretsArgs(secrets)).not.toThrow();
+    expect(() => validateStackSecretsArgs({ ...secrets, certificateHours: 0 })).toThrow(
+      "StackSecrets: certificateHours 0 is not valid",
+    );
+    expect(() => parseTopology({ ...t, environment: "Prod" })).toThrow('environment: "Prod" is not valid');
+    expect(() => validateBundleBucketArgs({ environment: "x".repeat(23) })).not.toThrow();
+    expect(() => validateBundleBucketArgs({ environment: "x".repeat(24) })).toThrow(
+      /BundleBucket: environment "x{24}" is too long/,
     );
     const base = {
       bucket: fake<aws.s3.Bucket>(),

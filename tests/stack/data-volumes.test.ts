@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, test } from "vitest";
-import { bundleEntriesOf } from "../../src/stack.js";
-import { dataVolumeDevice, storagePair } from "../../src/topology.js";
+import { dataVolumeDevice } from "../../src/layout.js";
+import { bundleEntriesOf } from "../../src/plan.js";
+import { storagePair } from "../../src/topology.js";
 import { type Built, buildStack } from "./harness.js";
 
 const envOf = (text: string): Record<string, string> =>

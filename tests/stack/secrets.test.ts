@@ -6,7 +6,7 @@ import {
   type ParameterTier,
   StackSecrets,
 } from "../../src/components/secrets.js";
-import { secretRefs } from "../../src/stack.js";
+import { secretRefs } from "../../src/plan.js";
 import { createMocks, plain, type Recorded, settle } from "./harness.js";
 
 /** A leaf and three intermediates: about 6 KB of PEM, like a real chain with a cross-signed root. */

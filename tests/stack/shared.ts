@@ -1,6 +1,6 @@
 import { expect, test } from "vitest";
+import { bundleEntriesOf, parametersByNode } from "../../src/plan.js";
 import { NFS_SERVER_PORTS } from "../../src/render/nfs.js";
-import { bundleEntriesOf, parametersByNode } from "../../src/stack.js";
 import { storagePair } from "../../src/topology.js";
 import { type Built, isSecret, plain } from "./harness.js";
 import { allowed, asList, roleGroups } from "./iam.js";

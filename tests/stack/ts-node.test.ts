@@ -18,10 +18,13 @@ test("the Pulumi runtime's ts-node registration loads the program's modules", ()
     for (const m of ["src/stack.ts", "src/config.ts", "src/bundle.ts"]) {
       const exported = Object.keys(require(require("node:path").resolve(m)));
       console.log(m, exported.length);
-    }`;
+    }
+    // Pulumi's run.js requires the entry and calls it when module.exports is a function.
+    console.log("index", typeof require(require("node:path").resolve("src/index.ts")));`;
   const run = spawnSync(process.execPath, ["-e", script], { encoding: "utf8", timeout: 60_000 });
   expect(run.stderr).toBe("");
   expect(run.status).toBe(0);
   expect(run.stdout).toMatch(/^src\/stack\.ts [1-9]/m);
   expect(run.stdout).toMatch(/^src\/bundle\.ts [1-9]/m);
+  expect(run.stdout).toMatch(/^index function$/m);
 });

@@ -10,6 +10,7 @@ import { chmodSync, existsSync, readdirSync, readFileSync } from "node:fs";
 import { asUser, type ExecOptions, type ExecResult, NamespaceHolder, runArgv } from "../../lab/lib/holder.js";
 import { createBridgeNamespace, createNode, destroyNamespace, inNamespace } from "../../lab/lib/netns.js";
 import type { BundleFile } from "../../src/bundle-types.js";
+import { pgConfDir, pgDataDir } from "../../src/layout.js";
 import {
   PGPASS_PATH,
   pgpassLine,
@@ -17,7 +18,7 @@ import {
   renderPostgresFiles,
   renderStandbyFiles,
 } from "../../src/render/postgres.js";
-import { type NodeSpec, pgConfDir, pgDataDir, type Topology } from "../../src/topology.js";
+import type { NodeSpec, Topology } from "../../src/topology.js";
 
 export type { ExecOptions, ExecResult };
 

@@ -1,12 +1,8 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import { isSafeAbsolutePath, parseTopology, TOPOLOGY_RULES, TopologyError } from "../src/schema.js";
 import type { Topology } from "../src/topology.js";
-import {
-  isSafeAbsolutePath,
-  isSshPublicKey,
-  TopologyError,
-  validateTopology,
-} from "../src/validate-topology.js";
-import { topologyFor } from "./support/topologies.js";
+import { asLab, topologyFor } from "./support/topologies.js";
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] extends object ? Mutable<T[K]> : T[K] };
 
@@ -18,7 +14,7 @@ function broken(edit: (t: Mutable<Topology>) => void): Topology {
 
 function problemsOf(t: Topology): string[] {
   try {
-    validateTopology(t);
+    parseTopology(t);
   } catch (error) {
     if (error instanceof TopologyError) return [...error.problems];
     throw error;
@@ -26,16 +22,36 @@ function problemsOf(t: Topology): string[] {
   return [];
 }
 
-describe("validateTopology", () => {
-  it("accepts the staging and prod shapes and both Postgres dialects", () => {
+describe("parseTopology", () => {
+  it("accepts the staging and prod shapes, the lab's file, and Postgres 11 in the lab", () => {
+    const lab = JSON.parse(readFileSync("lab/topology.json", "utf8")) as Topology;
     for (const t of [
       topologyFor("staging"),
       topologyFor("prod"),
-      topologyFor("staging", 11),
-      topologyFor("prod", 17),
+      lab,
+      asLab({ ...topologyFor("prod"), postgres: { ...topologyFor("prod").postgres, version: 11 } }),
     ]) {
       expect(problemsOf(t)).toEqual([]);
     }
+  });
+
+  it("refuses Postgres 11 on AWS and anything but 11 or 15 anywhere, saying why", () => {
+    const pg = (version: number, t = topologyFor("staging")) => ({
+      ...t,
+      postgres: { ...t.postgres, version },
+    });
+    expect(problemsOf(pg(11))).toEqual([
+      "postgres.version: 11 is not valid; expected 15: Debian 12 ships only Postgres 15 and the nodes have no other package source (the lab runs 11 from its own binaries to prove the recovery.conf dialect)",
+    ]);
+    for (const v of [9.6, 16, 17]) expect(problemsOf(asLab(pg(v)))[0]).toMatch(/^postgres\.version: /);
+  });
+
+  it("refuses a misspelt field in a topology file without echoing its value", () => {
+    const t = {
+      ...topologyFor("staging"),
+      heartbeat: { ...topologyFor("staging").heartbeat, deadtimeMS: 1500 },
+    };
+    expect(problemsOf(t as Topology)).toEqual(["heartbeat.deadtimeMS: not a known field"]);
   });
 
   // Each case: the edit, the field the message must name, and the value it must quote.
@@ -118,7 +134,7 @@ describe("validateTopology", () => {
         t.upload.users = [];
       },
       "upload.users",
-      "[]",
+      "empty list",
     ],
     [
       "not an SSH public key",
@@ -126,7 +142,7 @@ describe("validateTopology", () => {
         t.upload.users[0]!.publicKey = "ssh-ed25519 bm90IGEga2V5 x@y";
       },
       "upload.users[0].publicKey",
-      '"ssh-ed25519 bm90IGEga2V5 x@y"',
+      "ssh-ed25519",
     ],
     [
       "path with ..",
@@ -165,7 +181,7 @@ describe("validateTopology", () => {
       (t) => {
         t.nodes[1]!.az = t.nodes[0]!.az;
       },
-      "nodes (role balancer).az",
+      "nodes(role balancer).az",
       "us-east-1a",
     ],
     [
@@ -173,7 +189,7 @@ describe("validateTopology", () => {
       (t) => {
         t.nodes = t.nodes.filter((n) => n.name !== "app-b");
       },
-      "nodes (role app)",
+      "nodes(role app)",
       "1",
     ],
     [
@@ -216,7 +232,7 @@ describe("validateTopology", () => {
       const hit = problems.find((m) => m.startsWith(`${field}:`));
       expect(hit, `problems were: ${problems.join(" | ")}`).toBeDefined();
       expect(hit).toContain(quoted);
-      expect(hit).toMatch(/expected|must/);
+      expect(hit).toMatch(/expected|must|only|copy/);
     });
   }
 
@@ -230,7 +246,7 @@ describe("validateTopology", () => {
     );
     expect(problems.length).toBeGreaterThanOrEqual(3);
     expect(() =>
-      validateTopology(
+      parseTopology(
         broken((t) => {
           t.postgres.port = 0;
         }),
@@ -239,14 +255,64 @@ describe("validateTopology", () => {
   });
 });
 
-describe("helpers", () => {
-  it("isSshPublicKey checks the embedded algorithm name", () => {
-    expect(isSshPublicKey(topologyFor("staging").upload.users[0]!.publicKey)).toBe(true);
-    const [, blob] = topologyFor("staging").upload.users[0]!.publicKey.split(" ");
-    expect(isSshPublicKey(`ssh-rsa ${blob}`)).toBe(false);
-    expect(isSshPublicKey("-----BEGIN OPENSSH PRIVATE KEY-----")).toBe(false);
+describe("the rule table", () => {
+  // One topology per rule that breaks it, so every rule is shown to fire.
+  const breaks: Record<string, (t: Mutable<Topology>) => void> = {
+    "heartbeat-deadtime": (t) => {
+      t.heartbeat.deadtimeMs = 1000;
+    },
+    "heartbeat-warntime": (t) => {
+      t.heartbeat.warntimeMs = 400;
+    },
+    "heartbeat-initdead": (t) => {
+      t.heartbeat.initdeadMs = 2000;
+    },
+    "postgres-package-source": (t) => {
+      t.postgres.version = 11;
+    },
+    "postgres-slot-wal": (t) => {
+      t.postgres.maxSlotWalKeepMb = 512;
+    },
+    "role-counts": (t) => {
+      t.nodes = t.nodes.filter((n) => n.name !== "db-b");
+    },
+    "unique-node-names": (t) => {
+      t.nodes[3]!.name = "app-a";
+    },
+    "pairs-split-over-azs": (t) => {
+      t.nodes[1]!.az = t.nodes[0]!.az;
+    },
+    "azs-in-region": (t) => {
+      t.nodes[0]!.az = "eu-west-1a";
+    },
+    "addresses-in-vpc": (t) => {
+      t.nodes[0]!.privateIp = "192.0.2.1";
+    },
+    "one-spare-per-floating-ip": (t) => {
+      t.nodes[2]!.secondaryIps = ["10.40.10.99"];
+    },
+    "floating-ips": (t) => {
+      t.floatingIps[0]!.home = "db-a";
+    },
+    "overlay-outside-vpc": (t) => {
+      t.overlay.storage = t.overlay.dbWriter;
+    },
+    "bundle-location": (t) => {
+      t.bundleLocation = "/var/lib/bundles";
+    },
+  };
+  it("has a breaking case for every rule, and each case fires only its rule", () => {
+    expect(Object.keys(breaks).sort()).toEqual(TOPOLOGY_RULES.map((r) => r.id).sort());
+    for (const rule of TOPOLOGY_RULES) {
+      const t = broken(breaks[rule.id]!);
+      const fired = TOPOLOGY_RULES.filter((r) => r.check(t, (f) => f).length > 0).map((r) => r.id);
+      expect(fired, rule.id).toContain(rule.id);
+      expect(problemsOf(t).length, rule.id).toBeGreaterThan(0);
+    }
   });
+});
 
+describe("helpers", () => {
   it("isSafeAbsolutePath refuses traversal, relatives, spaces and quotes", () => {
     expect(isSafeAbsolutePath("/etc/nginx/nginx.conf")).toBe(true);
     for (const bad of ["etc/x", "/a/../b", "/a b", '/a"b', "/a//b", "/a;rm"])

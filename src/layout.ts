@@ -1,0 +1,67 @@
+/**
+ * Where things live on a node and which ports they use: one module for every fixed on-node path
+ * and port, shared by the plan, the renderers, the agent, the runbooks and the lab.
+ */
+
+/** Fixed ports of the deployment. */
+export const ports = {
+  http: 80,
+  https: 443,
+  /** Upload SFTP at the floating IPs (HAProxy) and at the app servers' upload sshd. */
+  upload: 22,
+  uploadBackend: 22,
+  heartbeatUdp: 694,
+  postgres: 5432,
+  drbd: 7788,
+} as const;
+
+/** Network interface of the primary address on Nitro instances. */
+export const NITRO_INTERFACE = "ens5";
+
+/** Fixed parts of every AWS deployment's topology that no config key sets. */
+export const layout = {
+  postgres: {
+    database: "pypi",
+    appUser: "pypi_app",
+    replicationUser: "replicator",
+    slotName: "standby_slot",
+    walKeepMb: 1024,
+    maxSlotWalKeepMb: 8192,
+  },
+  storage: {
+    /** Before the volume id is known; the agent uses the volume's by-id name. */
+    device: "/dev/nvme1n1",
+    drbdMinor: 0,
+    volumeMount: "/srv/pypi-volume",
+    packageRoot: "/srv/pypi",
+  },
+  tls: { certificatePath: "/etc/pypi/tls/fullchain.pem", keyPath: "/etc/pypi/tls/privkey.pem" },
+} as const;
+
+/** Paths shared by renderers, the node agent and the runbooks. */
+export const paths = {
+  agent: "/usr/local/sbin/pypi-node",
+  /** The shell library every agent script sources. */
+  agentLib: "/usr/local/lib/pypi-node/lib.sh",
+  /** The database tool (db nodes). */
+  dbTool: "/usr/local/sbin/pypi-db",
+  agentConfig: "/etc/pypi-node/node.env",
+  agentState: "/var/lib/pypi-node",
+  /** recovery.conf (Postgres before 12) as the agent installs it when it makes a standby. */
+  pgRecoveryTemplate: "/etc/pypi-node/postgres/recovery.conf",
+  haproxySocket: "/run/haproxy/admin.sock",
+  staticRoot: "/srv/www/pypi-static",
+  appRoot: "/opt/pypi-index",
+} as const;
+
+/**
+ * The udev name of an attached EBS volume on a Nitro instance: the NVMe serial is the volume id
+ * without its dash. `/dev/nvme1n1` and friends are numbered in probe order and can swap at boot.
+ */
+export function dataVolumeDevice(volumeId: string): string {
+  return `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${volumeId.replace("-", "")}`;
+}
+
+export const pgBinDir = (version: number): string => `/usr/lib/postgresql/${version}/bin`;
+export const pgDataDir = (version: number): string => `/var/lib/postgresql/${version}/main`;
+export const pgConfDir = (version: number): string => `/etc/postgresql/${version}/main`;

@@ -1,0 +1,28 @@
+import { checkAwsFacts, fetchAwsFacts } from "./aws-facts.js";
+import { readStackConfig } from "./config.js";
+import { ConfigError } from "./schema.js";
+import { PypiStack } from "./stack.js";
+
+/**
+ * The program: the config and the TLS material are checked first, then what AWS says about the
+ * instance types and zones, all before the first resource is registered, so a bad setting fails
+ * preview with nothing half-planned.
+ */
+export async function program(opts: { readonly now?: Date } = {}) {
+  const { config, tls } = readStackConfig(opts.now);
+  const problems = checkAwsFacts(config, await fetchAwsFacts(config));
+  if (problems.length > 0) throw new ConfigError(problems);
+  const stack = new PypiStack("pypi", { config, tls });
+  return {
+    /** Address, allocation id and home balancer of every floating IP. */
+    floatingIps: stack.floatingIps,
+    /** The HTTPS URL and the SFTP upload `host:port`. */
+    endpoints: stack.endpoints,
+    /** Node name -> instance id, private IP, role, AZ. */
+    nodes: stack.nodes,
+    /** Runbook id -> markdown, with the real instance ids and addresses filled in. */
+    runbooks: stack.runbooks,
+    /** The same runbooks as data (steps with host, command and expected result). */
+    runbookData: stack.runbookData,
+  };
+}
