@@ -15,6 +15,9 @@ export const ports = {
   drbd: 7788,
 } as const;
 
+/** Postgres connections each index app worker's pool may open. */
+export const APP_DB_POOL = 2;
+
 /** Network interface of the primary address on Nitro instances. */
 export const NITRO_INTERFACE = "ens5";
 

@@ -145,16 +145,7 @@ const KEY_TYPES: ReadonlySet<string> = new Set(SSH_KEY_TYPES);
 /** Known to OpenSSH but refused here; recognised so the message can say why. */
 const REFUSED_TYPES: ReadonlyMap<string, string> = new Map([
   ["ssh-dss", "DSA (ssh-dss) keys are not accepted: OpenSSH no longer allows them"],
-  ...[
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-    "ssh-dss",
-  ].map(
+  ...[...SSH_KEY_TYPES, "ssh-dss"].map(
     (t) =>
       [
         t.replace(/(@openssh\.com)?$/, "-cert-v01@openssh.com"),

@@ -6,6 +6,7 @@
  *   register [USER...]  register settled uploads from incoming/<user>/upload/
  */
 import { fstatSync } from "node:fs";
+import { APP_DB_POOL } from "../layout.js";
 import { loadConfig } from "./config.js";
 import { Db } from "./db.js";
 import { serveFastCgi } from "./fastcgi.js";
@@ -29,7 +30,7 @@ function parseListen(arg: string | undefined): { path: string } | { port: number
 function serve(listen: { fd: number } | { path: string } | { port: number; host: string }): void {
   const cfg = loadConfig();
   // One request at a time per process under mod_fcgid: a second connection is for health overlap.
-  const db = new Db(cfg.db, log, { max: 2 });
+  const db = new Db(cfg.db, log, { max: APP_DB_POOL });
   const server = serveFastCgi(makeHandler(cfg, db), listen, log);
   const stop = (): void => {
     server.close();

@@ -1,5 +1,5 @@
 import type { BundleFile } from "../bundle-types.js";
-import { pgConfDir, pgDataDir } from "../layout.js";
+import { APP_DB_POOL, pgConfDir, pgDataDir } from "../layout.js";
 import { type NodeSpec, nodesWithRole, peerOf, pgDialect, type Topology } from "../topology.js";
 
 export type PgRole = "primary" | "standby";
@@ -54,6 +54,15 @@ function standbyName(name: string): string {
 const hostAddress = (ip: string): string => `${ip}/32`;
 
 type Setting = string | number | boolean;
+
+/**
+ * Every app worker's pool at once, plus room for the register job, the agent and psql; never
+ * below Postgres' default of 100. Walsenders do not count here (max_wal_senders).
+ */
+export function maxConnections(t: Topology): number {
+  const apps = nodesWithRole(t, "app").length;
+  return Math.max(100, apps * t.app.maxProcesses * APP_DB_POOL + 20);
+}
 
 function settingLine(name: string, value: Setting): string {
   const text =
@@ -111,7 +120,7 @@ export function renderPostgresConf(t: Topology, node: NodeSpec): string {
     // pg_hba.conf decides who may connect.
     settingLine("listen_addresses", "*"),
     settingLine("port", pg.port),
-    settingLine("max_connections", 100),
+    settingLine("max_connections", maxConnections(t)),
     settingLine("unix_socket_directories", PG_SOCKET_DIR),
     settingLine("shared_buffers", "128MB"),
     // 9.6 only knows md5 (a boolean setting there).

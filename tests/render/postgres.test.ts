@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import {
   conninfoQuote,
   hbaField,
+  maxConnections,
   PGPASS_PATH,
   pgConfQuote,
   pgpassLine,
@@ -174,6 +175,22 @@ describe("postgresql.conf", () => {
     const t = topologyFor("staging", 9.6);
     expect(lines(renderPostgresConf(t, db(t, "db-a")))).toContain("password_encryption = on");
     expect(rules(renderPgHba(t, db(t, "db-a")))).toContain("host replication replicator 10.40.21.10/32 md5");
+  });
+});
+
+describe("max_connections covers every app worker's pool", () => {
+  it("is 100 for staging, grows with prod's workers, and is what postgresql.conf says", () => {
+    expect(maxConnections(topologyFor("staging"))).toBe(100);
+    // 3 app servers x 16 workers x 2 pooled connections + 20.
+    expect(maxConnections(topologyFor("prod"))).toBe(116);
+    const big = topologyFor("prod");
+    const many = {
+      ...big,
+      app: { ...big.app, maxProcesses: 64 },
+    };
+    expect(maxConnections(many)).toBe(3 * 64 * 2 + 20);
+    const conf = renderPostgresConf(many, nodeByName(many, "db-a"));
+    expect(conf).toContain(`max_connections = ${3 * 64 * 2 + 20}`);
   });
 });
 
