@@ -1,15 +1,25 @@
+/// <reference types="node" />
 /**
  * The pack's rules as pure functions: resource type token + input properties (+ the few facts
  * a rule needs about related resources) -> violation messages. No Pulumi imports, so the unit
  * tests and the stack tests run them directly; policies.ts wraps them for CrossGuard.
  * Messages never quote a secret value: they say what was found and where.
  */
+// The pack runs on Node (ts-node under the CLI); gzip is the one platform API it needs.
+import { gunzipSync } from "node:zlib";
 
 export type Props = Readonly<Record<string, unknown>>;
 
 export const T = {
   instance: "aws:ec2/instance:Instance",
+  spotInstanceRequest: "aws:ec2/spotInstanceRequest:SpotInstanceRequest",
+  launchConfiguration: "aws:ec2/launchConfiguration:LaunchConfiguration",
   launchTemplate: "aws:ec2/launchTemplate:LaunchTemplate",
+  spotFleetRequest: "aws:ec2/spotFleetRequest:SpotFleetRequest",
+  networkInterface: "aws:ec2/networkInterface:NetworkInterface",
+  networkInterfaceAttachment: "aws:ec2/networkInterfaceAttachment:NetworkInterfaceAttachment",
+  networkInterfaceSgAttachment:
+    "aws:ec2/networkInterfaceSecurityGroupAttachment:NetworkInterfaceSecurityGroupAttachment",
   volume: "aws:ebs/volume:Volume",
   subnet: "aws:ec2/subnet:Subnet",
   eip: "aws:ec2/eip:Eip",
@@ -17,8 +27,11 @@ export const T = {
   securityGroup: "aws:ec2/securityGroup:SecurityGroup",
   securityGroupRule: "aws:ec2/securityGroupRule:SecurityGroupRule",
   ingressRule: "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+  prefixList: "aws:ec2/managedPrefixList:ManagedPrefixList",
+  prefixListEntry: "aws:ec2/managedPrefixListEntry:ManagedPrefixListEntry",
   bucket: "aws:s3/bucket:Bucket",
   bucketV2: "aws:s3/bucketV2:BucketV2",
+  bucketPolicy: "aws:s3/bucketPolicy:BucketPolicy",
   publicAccessBlock: "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
   bucketAcl: "aws:s3/bucketAcl:BucketAcl",
   bucketAclV2: "aws:s3/bucketAclV2:BucketAclV2",
@@ -27,6 +40,16 @@ export const T = {
   sse: "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
   sseV2: "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
 } as const;
+
+/** Every way to launch an instance with its own settings; all of them get the instance rules. */
+export const LAUNCHERS: readonly string[] = [
+  T.instance,
+  T.spotInstanceRequest,
+  T.launchConfiguration,
+  T.launchTemplate,
+];
+/** Launchers shaped like aws.ec2.Instance (rootBlockDevice, associatePublicIpAddress, userData). */
+const INSTANCE_SHAPED: readonly string[] = [T.instance, T.spotInstanceRequest, T.launchConfiguration];
 
 const rec = (v: unknown): Props =>
   typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Props) : {};
@@ -37,9 +60,13 @@ const isTrue = (v: unknown): boolean => v === true || v === "true";
 
 // IMDSv2 ---------------------------------------------------------------------------------------
 
-/** Instances and launch templates must require session tokens (IMDSv2): SSRF cannot read the role's keys. */
+/** Every launcher must require session tokens (IMDSv2): SSRF cannot read the role's keys. */
 export function imdsv2Required(type: string, props: Props): string[] {
-  if (type !== T.instance && type !== T.launchTemplate) return [];
+  if (type === T.spotFleetRequest)
+    return list(props.launchSpecifications).length > 0
+      ? ["launchSpecifications cannot require IMDSv2; launch from a launch template (launchTemplateConfigs)"]
+      : [];
+  if (!LAUNCHERS.includes(type)) return [];
   const tokens = rec(props.metadataOptions).httpTokens;
   return tokens === "required"
     ? []
@@ -48,17 +75,21 @@ export function imdsv2Required(type: string, props: Props): string[] {
 
 // Encryption -----------------------------------------------------------------------------------
 
-/** Root and data volumes are encrypted: instance root and EBS block devices, launch templates, volumes. */
+/** Root and data volumes are encrypted: every launcher's root and EBS block devices, and volumes. */
 export function encryptedVolumes(type: string, props: Props): string[] {
   const out: string[] = [];
-  if (type === T.instance) {
+  if (INSTANCE_SHAPED.includes(type)) {
     if (!isTrue(rec(props.rootBlockDevice).encrypted))
       out.push("rootBlockDevice.encrypted is not true (an absent rootBlockDevice is unencrypted by default)");
     list(props.ebsBlockDevices).forEach((d, i) => {
       if (!isTrue(d.encrypted)) out.push(`ebsBlockDevices[${i}] (${String(d.deviceName)}) is not encrypted`);
     });
   } else if (type === T.launchTemplate) {
-    list(props.blockDeviceMappings).forEach((m, i) => {
+    const mappings = list(props.blockDeviceMappings);
+    // Without a mapping the root volume is the AMI's snapshot as is: unencrypted for public AMIs.
+    if (!mappings.some((m) => m.ebs !== undefined))
+      out.push("has no EBS blockDeviceMappings (the root volume would be unencrypted by default)");
+    mappings.forEach((m, i) => {
       if (m.ebs !== undefined && !isTrue(rec(m.ebs).encrypted))
         out.push(`blockDeviceMappings[${i}].ebs.encrypted is not true`);
     });
@@ -68,43 +99,163 @@ export function encryptedVolumes(type: string, props: Props): string[] {
   return out;
 }
 
-// Security-group ingress -----------------------------------------------------------------------
+// CIDR ranges ----------------------------------------------------------------------------------
 
-export const WORLD_V4 = "0.0.0.0/0";
-export const WORLD_V6 = "::/0";
+/** An inclusive address interval; bigint so IPv4 and IPv6 share one helper. */
+export type Span = readonly [bigint, bigint];
+
+export interface Cidr {
+  readonly family: 4 | 6;
+  readonly span: Span;
+}
+
+function ipv4Value(text: string): bigint | undefined {
+  const parts = text.split(".");
+  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) return undefined;
+  return parts.reduce((v, p) => (v << 8n) | BigInt(p), 0n);
+}
+
+function ipv6Value(text: string): bigint | undefined {
+  // A dotted IPv4 tail (::ffff:192.0.2.1) is the last two 16-bit words.
+  const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  const v4 = dotted ? ipv4Value(dotted[2] ?? "") : undefined;
+  if (dotted && v4 === undefined) return undefined;
+  const s =
+    dotted && v4 !== undefined
+      ? `${dotted[1]}${(v4 >> 16n).toString(16)}:${(v4 & 0xffffn).toString(16)}`
+      : text;
+  const halves = s.split("::");
+  if (halves.length > 2) return undefined;
+  const words = (h: string | undefined) => (h ? h.split(":") : []);
+  const head = words(halves[0]);
+  const tail = words(halves[1]);
+  if (![...head, ...tail].every((w) => /^[0-9a-f]{1,4}$/i.test(w))) return undefined;
+  const given = head.length + tail.length;
+  if (halves.length === 1 ? given !== 8 : given > 7) return undefined;
+  return [...head, ...Array<string>(8 - given).fill("0"), ...tail].reduce(
+    (v, w) => (v << 16n) | BigInt(`0x${w}`),
+    0n,
+  );
+}
+
+/** `a.b.c.d/n` or an IPv6 prefix, host bits masked off as EC2 does; undefined if malformed. */
+export function parseCidr(text: string): Cidr | undefined {
+  const [address = "", prefix, extra] = text.trim().split("/");
+  if (extra !== undefined) return undefined;
+  const family = address.includes(":") ? 6 : 4;
+  const width = family === 4 ? 32 : 128;
+  const value = family === 4 ? ipv4Value(address) : ipv6Value(address);
+  const bits = prefix === undefined ? width : /^\d{1,3}$/.test(prefix) ? Number(prefix) : -1;
+  if (value === undefined || bits < 0 || bits > width) return undefined;
+  const size = 1n << BigInt(width - bits);
+  const base = (value / size) * size;
+  return { family, span: [base, base + size - 1n] };
+}
+
+/** The union of intervals as sorted, disjoint, non-adjacent intervals. */
+export function mergeSpans(spans: readonly Span[]): Span[] {
+  const sorted = [...spans].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const out: [bigint, bigint][] = [];
+  for (const [lo, hi] of sorted) {
+    const last = out[out.length - 1];
+    if (!last || lo > last[1] + 1n) out.push([lo, hi]);
+    else if (hi > last[1]) last[1] = hi;
+  }
+  return out;
+}
+
+const spansOf = (cidrs: readonly string[]): Span[] =>
+  cidrs.map(parseCidr).flatMap((c) => (c ? [c.span] : []));
+
+/** Addresses of merged `a` that fall in merged `b`. */
+function overlap(a: readonly Span[], b: readonly Span[]): bigint {
+  let n = 0n;
+  for (const [alo, ahi] of a)
+    for (const [blo, bhi] of b) {
+      // bigint has no Math.min/max.
+      const [lo] = [alo, blo].sort((x, y) => (x < y ? 1 : -1));
+      const [hi] = [ahi, bhi].sort((x, y) => (x < y ? -1 : 1));
+      if (lo !== undefined && hi !== undefined && lo <= hi) n += hi - lo + 1n;
+    }
+  return n;
+}
+
+/** IPv4 space that is not the internet: this-network, RFC 1918, CGNAT, loopback, link-local, multicast/reserved. */
+const NON_PUBLIC_V4 = mergeSpans(
+  spansOf([
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/3",
+  ]),
+);
+const PUBLIC_V4: Span[] = (() => {
+  const out: Span[] = [];
+  let next = 0n;
+  for (const [lo, hi] of NON_PUBLIC_V4) {
+    if (lo > next) out.push([next, lo - 1n]);
+    next = hi + 1n;
+  }
+  if (next <= 0xffffffffn) out.push([next, 0xffffffffn]);
+  return out;
+})();
+/** Global unicast: the only IPv6 space routed on the internet. */
+const PUBLIC_V6 = spansOf(["2000::/3"]);
 
 /**
- * Ports the world may reach, and only on the balancer group: HTTP (redirect) and HTTPS, and 22,
+ * "Open to the internet" means the union of the sources holds at least a /8's worth of public
+ * IPv4 addresses (2^24) or a /32's worth of global IPv6 ones (2^96, an ISP's whole allocation).
+ * Judged on the union, so 0.0.0.0/1 + 128.0.0.0/1, or 256 scattered /16s, count as the world;
+ * private and reserved space never counts. No partner or office range this stack admits is
+ * anywhere near that size.
+ */
+export const INTERNET_V4_ADDRESSES = 1n << 24n;
+export const INTERNET_V6_ADDRESSES = 1n << 96n;
+
+/** Public addresses the union of `cidrs` holds, per family. */
+export function publicAddresses(cidrs: readonly string[]): { readonly v4: bigint; readonly v6: bigint } {
+  const parsed = cidrs.map(parseCidr).filter((c): c is Cidr => c !== undefined);
+  const union = (family: 4 | 6) => mergeSpans(parsed.filter((c) => c.family === family).map((c) => c.span));
+  return { v4: overlap(union(4), PUBLIC_V4), v6: overlap(union(6), PUBLIC_V6) };
+}
+
+const hasPublic = (cidrs: readonly string[]): boolean => {
+  const n = publicAddresses(cidrs);
+  return n.v4 > 0n || n.v6 > 0n;
+};
+
+export function coversInternet(cidrs: readonly string[]): boolean {
+  const n = publicAddresses(cidrs);
+  return n.v4 >= INTERNET_V4_ADDRESSES || n.v6 >= INTERNET_V6_ADDRESSES;
+}
+
+// Security-group ingress -----------------------------------------------------------------------
+
+/**
+ * Ports the internet may reach, and only on balancer nodes: HTTP (redirect) and HTTPS, and 22,
  * which on the balancers is HAProxy in front of the SFTP upload service (chrooted, key-only
  * sshd on the app servers), not an admin shell. Admin access is SSM Session Manager.
  */
 export const WORLD_TCP_PORTS: readonly number[] = [80, 443, 22];
 
-/** What a rule knows about the group it belongs to: its tags and Pulumi name. */
-export interface GroupFacts {
-  readonly name?: string;
-  readonly tags?: Readonly<Record<string, unknown>>;
-}
-
-/**
- * The balancer group: `pypi:role=balancer` if tagged, else the Network component's naming,
- * which calls each group `<network>-<role>` and tags it `Name=<network>-<role>`.
- */
-export function isBalancerGroup(group: GroupFacts | undefined): boolean {
-  if (!group) return false;
-  const tags = group.tags ?? {};
-  if (tags["pypi:role"] !== undefined) return tags["pypi:role"] === "balancer";
-  const name = typeof tags.Name === "string" ? tags.Name : group.name;
-  return typeof name === "string" && /(^|-)balancer$/.test(name);
-}
+/** The role tag the Node component puts on every instance and interface. */
+export const ROLE_TAG = "pypi:role";
 
 /** One ingress permission in a common shape, whichever resource type carried it. */
-interface Ingress {
+export interface Ingress {
+  /** Where it came from, for messages: a rule resource's name or `<group>.ingress[i]`. */
   readonly where: string;
   readonly protocol: string;
   readonly fromPort: number | undefined;
   readonly toPort: number | undefined;
+  /** CIDR sources, IPv4 and IPv6 (group references are not internet sources). */
   readonly sources: readonly string[];
+  /** Managed prefix list ids; the pack adds their entries' CIDRs to `sources` where it sees them. */
+  readonly prefixListIds: readonly string[];
 }
 
 const num = (v: unknown): number | undefined => {
@@ -115,18 +266,21 @@ const num = (v: unknown): number | undefined => {
 /** Protocol names and numbers as EC2 accepts them; "-1"/"all" is every protocol. */
 const normalizeProtocol = (p: unknown): string => {
   const s = String(p ?? "").toLowerCase();
-  return s === "6" ? "tcp" : s === "17" ? "udp" : s === "all" ? "-1" : s;
+  const names: Record<string, string> = { "6": "tcp", "17": "udp", "1": "icmp", "58": "icmpv6", all: "-1" };
+  return names[s] ?? s;
 };
 
-function ingressesOf(type: string, props: Props): Ingress[] {
+/** The ingress permissions a group, a SecurityGroupRule or a SecurityGroupIngressRule carries. */
+export function ingressesOf(type: string, props: Props, where = "rule"): Ingress[] {
   if (type === T.ingressRule) {
     return [
       {
-        where: "rule",
+        where,
         protocol: normalizeProtocol(props.ipProtocol),
         fromPort: num(props.fromPort),
         toPort: num(props.toPort),
         sources: [props.cidrIpv4, props.cidrIpv6].filter((c): c is string => typeof c === "string"),
+        prefixListIds: typeof props.prefixListId === "string" ? [props.prefixListId] : [],
       },
     ];
   }
@@ -134,61 +288,133 @@ function ingressesOf(type: string, props: Props): Ingress[] {
     if (props.type !== "ingress") return [];
     return [
       {
-        where: "rule",
+        where,
         protocol: normalizeProtocol(props.protocol),
         fromPort: num(props.fromPort),
         toPort: num(props.toPort),
         sources: [...strings(props.cidrBlocks), ...strings(props.ipv6CidrBlocks)],
+        prefixListIds: strings(props.prefixListIds),
       },
     ];
   }
   if (type === T.securityGroup) {
     return list(props.ingress).map((r, i) => ({
-      where: `ingress[${i}]`,
+      where: `${where}.ingress[${i}]`,
       protocol: normalizeProtocol(r.protocol),
       fromPort: num(r.fromPort),
       toPort: num(r.toPort),
       sources: [...strings(r.cidrBlocks), ...strings(r.ipv6CidrBlocks)],
+      prefixListIds: strings(r.prefixListIds),
     }));
   }
   return [];
 }
 
+/** A protocol (and for TCP/UDP a port range) the internet reaches, and through which permissions. */
+export interface Exposure {
+  /** "tcp", "udp", another protocol, or "-1": every protocol not reported on its own. */
+  readonly protocol: string;
+  readonly ports?: readonly [number, number];
+  readonly via: readonly Ingress[];
+}
+
+const PORTED = ["tcp", "udp"];
+
 /**
- * No ingress from 0.0.0.0/0 or ::/0 except single TCP ports 80, 443 and 22 on the balancer
- * group. `group` describes the rule's security group (for an inline rule, the group itself).
+ * What the internet reaches through a set of permissions (all groups of one node): for every
+ * protocol and port, the union of the CIDRs of every permission that covers it. TCP ranges are
+ * split at the world ports so each of those is judged on its own.
  */
-export function noOpenIngress(type: string, props: Props, group?: GroupFacts): string[] {
-  const self: GroupFacts | undefined =
-    type === T.securityGroup ? { name: group?.name, tags: rec(props.tags) } : group;
-  const balancer = isBalancerGroup(self);
-  const out: string[] = [];
-  for (const r of ingressesOf(type, props)) {
-    const open = r.sources.filter((s) => s === WORLD_V4 || s === WORLD_V6);
-    if (open.length === 0) continue;
-    const ports = r.fromPort === r.toPort ? String(r.fromPort) : `${r.fromPort}-${r.toPort}`;
-    const what = `${r.where}: ${r.protocol}/${ports} from ${open.join(", ")}`;
-    if (r.protocol !== "tcp" || r.fromPort === undefined || r.fromPort !== r.toPort) {
-      out.push(`${what}: world ingress must be a single TCP port`);
-    } else if (!WORLD_TCP_PORTS.includes(r.fromPort)) {
-      out.push(`${what}: only TCP ${WORLD_TCP_PORTS.join(", ")} may be open to the world`);
-    } else if (!balancer) {
-      out.push(`${what}: world ingress is allowed only on the balancer security group`);
+export function internetExposure(ingress: readonly Ingress[]): Exposure[] {
+  const candidates = ingress.filter((r) => hasPublic(r.sources));
+  const out: Exposure[] = [];
+  const protocols = new Set(["tcp", "udp", ...candidates.map((r) => r.protocol)]);
+  for (const protocol of protocols) {
+    const covering = candidates.filter((r) => r.protocol === protocol || r.protocol === "-1");
+    if (covering.length === 0) continue;
+    if (!PORTED.includes(protocol)) {
+      // ICMP type/code and "all" carry no ports: the whole protocol is one unit.
+      if (coversInternet(covering.flatMap((r) => r.sources))) out.push({ protocol, via: covering });
+      continue;
+    }
+    const range = (r: Ingress): [number, number] =>
+      r.protocol === "-1" || r.fromPort === undefined || r.fromPort < 0
+        ? [0, 65535]
+        : [Math.max(0, r.fromPort), Math.min(65535, r.toPort ?? r.fromPort)];
+    const cuts = new Set([0, 65536]);
+    for (const r of covering) {
+      const [lo, hi] = range(r);
+      cuts.add(lo).add(hi + 1);
+    }
+    if (protocol === "tcp") for (const p of WORLD_TCP_PORTS) cuts.add(p).add(p + 1);
+    const sorted = [...cuts].filter((c) => c >= 0 && c <= 65536).sort((a, b) => a - b);
+    for (let i = 0; i + 1 < sorted.length; i++) {
+      const lo = sorted[i] as number;
+      const hi = (sorted[i + 1] as number) - 1;
+      const via = covering.filter((r) => {
+        const [a, b] = range(r);
+        return a <= lo && hi <= b;
+      });
+      if (via.length > 0 && coversInternet(via.flatMap((r) => r.sources)))
+        out.push({ protocol, ports: [lo, hi], via });
     }
   }
   return out;
+}
+
+const describeExposure = (e: Pick<Exposure, "protocol" | "ports">): string =>
+  e.protocol === "-1"
+    ? "every other protocol"
+    : e.ports === undefined
+      ? e.protocol
+      : `${e.protocol}/${e.ports[0] === e.ports[1] ? e.ports[0] : `${e.ports[0]}-${e.ports[1]}`}`;
+
+/**
+ * Internet ingress a node may have, judged on everything attached to it: only a node tagged
+ * `pypi:role=balancer` takes any, and only on TCP 80, 443 and 22; app and db nodes, untagged
+ * nodes and groups attached to nothing take none. `role` is the node's `pypi:role` tag.
+ */
+export function noInternetIngress(role: string | undefined, ingress: readonly Ingress[]): string[] {
+  const balancer = role === "balancer";
+  const allowed = (e: Exposure) =>
+    balancer &&
+    e.protocol === "tcp" &&
+    e.ports !== undefined &&
+    e.ports[0] === e.ports[1] &&
+    WORLD_TCP_PORTS.includes(e.ports[0]);
+  // Adjacent ranges of one protocol read as one finding.
+  const merged: { protocol: string; ports?: [number, number]; via: Set<Ingress> }[] = [];
+  for (const e of internetExposure(ingress).filter((x) => !allowed(x))) {
+    const last = merged[merged.length - 1];
+    if (last?.protocol === e.protocol && last.ports && e.ports && last.ports[1] + 1 === e.ports[0]) {
+      last.ports[1] = e.ports[1];
+      for (const v of e.via) last.via.add(v);
+    } else
+      merged.push({
+        protocol: e.protocol,
+        ports: e.ports && [e.ports[0], e.ports[1]],
+        via: new Set(e.via),
+      });
+  }
+  const why = balancer
+    ? `a balancer takes only TCP ${WORLD_TCP_PORTS.join(", ")} from the internet`
+    : `only balancers (${ROLE_TAG}=balancer) take internet ingress; this has ${role ? `${ROLE_TAG}=${role}` : `no ${ROLE_TAG} tag`}`;
+  return merged.map((m) => {
+    const via = [...m.via].map((r) => `${r.where} (${r.sources.filter((s) => hasPublic([s])).join(", ")})`);
+    return `${describeExposure(m)} is open to the internet via ${via.join(", ")}: ${why}`;
+  });
 }
 
 // Public addresses -----------------------------------------------------------------------------
 
 /**
  * Public addresses come only from EIPs: the floating IPs (moved by Heartbeat), the balancers'
- * egress addresses and the NAT gateways'. No instance or launch template asks for one, and no
- * subnet hands them out: the public subnets host the balancers (EIPs) and the NAT gateways
- * (EIPs), so nothing there needs a launch-time address.
+ * egress addresses and the NAT gateways'. No launcher asks for one, and no subnet hands them
+ * out: the public subnets host the balancers (EIPs) and the NAT gateways (EIPs), so nothing
+ * there needs a launch-time address.
  */
 export function noPublicIps(type: string, props: Props): string[] {
-  if (type === T.instance && isTrue(props.associatePublicIpAddress))
+  if (INSTANCE_SHAPED.includes(type) && isTrue(props.associatePublicIpAddress))
     return ["associatePublicIpAddress is true; public addresses come only from the floating IPs"];
   if (type === T.launchTemplate)
     return list(props.networkInterfaces)
@@ -252,6 +478,89 @@ export function bucketPrivate(type: string, props: Props): string[] {
   return out;
 }
 
+/**
+ * Condition keys that pin a request to our network, accounts or AWS services, the ones S3's own
+ * "is this policy public" test accepts. aws:SourceIp restricts only if its ranges are not the
+ * internet.
+ */
+const RESTRICTING_KEYS = new Set(
+  [
+    "aws:SourceVpce",
+    "aws:SourceVpc",
+    "aws:SourceIp",
+    "aws:SourceArn",
+    "aws:SourceAccount",
+    "aws:SourceOwner",
+    "aws:SourceOrgID",
+    "aws:PrincipalAccount",
+    "aws:PrincipalArn",
+    "aws:PrincipalOrgID",
+    "aws:userid",
+    "s3:DataAccessPointArn",
+    "s3:DataAccessPointAccount",
+  ].map((k) => k.toLowerCase()),
+);
+/** Positive matches only: negated operators (StringNotEquals...) admit everyone else. */
+const RESTRICTING_OPERATORS =
+  /^(ForAnyValue:)?(StringEquals(IgnoreCase)?|StringLike|ArnEquals|ArnLike|IpAddress)$/i;
+
+const wildcardOnly = (v: string) => /^[*?]*$/.test(v);
+/** A value that names nothing in particular: empty, all wildcards, or an ARN with a wildcard account. */
+const loose = (v: string) => wildcardOnly(v) || /^arn:[^:]*:[^:]*:[^:]*:[^:]*[*?]/.test(v);
+
+function restrictedByCondition(condition: unknown): boolean {
+  return Object.entries(rec(condition)).some(
+    ([operator, tests]) =>
+      RESTRICTING_OPERATORS.test(operator) &&
+      Object.entries(rec(tests)).some(([key, value]) => {
+        const values = (Array.isArray(value) ? value : [value]).map(String);
+        if (!RESTRICTING_KEYS.has(key.toLowerCase()) || values.length === 0 || values.some(loose))
+          return false;
+        return key.toLowerCase() !== "aws:sourceip" || !coversInternet(values);
+      }),
+  );
+}
+
+/** `"*"`, `{"AWS": "*"}`, `{"AWS": ["*"]}`, a wildcard account, or any principal key holding "*". */
+function publicPrincipal(principal: unknown): boolean {
+  if (principal === undefined) return false;
+  const values = typeof principal === "string" ? [principal] : Object.values(rec(principal)).flat();
+  return values.some((v) => typeof v === "string" && (wildcardOnly(v) || /^arn:[^:]*:iam::[*?]/.test(v)));
+}
+
+/** A policy document from a JSON string or an object; undefined if it does not parse. */
+function policyDocument(policy: unknown): Props | undefined {
+  if (typeof policy !== "string") return rec(policy);
+  try {
+    return rec(JSON.parse(policy));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * No bucket policy grants the public: an Allow to `*` (or via NotPrincipal) must carry a
+ * condition that pins it (VPC endpoint, accounts/org, source ARN/account, non-internet IPs).
+ * Deny statements with `*` are how TLS-only policies are written and always pass.
+ */
+export function bucketPolicyPrivate(type: string, props: Props): string[] {
+  if (type !== T.bucketPolicy && type !== T.bucket && type !== T.bucketV2) return [];
+  if (props.policy === undefined || props.policy === null || props.policy === "") return [];
+  const doc = policyDocument(props.policy);
+  if (!doc) return ["policy is not valid JSON; it cannot be checked"];
+  const statements = Array.isArray(doc.Statement) ? list(doc.Statement) : [rec(doc.Statement)];
+  return statements.flatMap((s, i) => {
+    if (String(s.Effect).toLowerCase() !== "allow") return [];
+    const who =
+      s.NotPrincipal !== undefined ? "NotPrincipal" : publicPrincipal(s.Principal) ? "Principal" : "";
+    if (!who || restrictedByCondition(s.Condition)) return [];
+    const sid = typeof s.Sid === "string" ? ` (${s.Sid})` : "";
+    return [
+      `policy Statement[${i}]${sid} allows the public (${who}) without a restricting Condition (e.g. aws:SourceVpce, aws:PrincipalOrgID)`,
+    ];
+  });
+}
+
 /** A bucket and the companion resources that point at it (by their `bucket` input). */
 export interface BucketFacts {
   readonly props: Props;
@@ -279,24 +588,62 @@ export function bucketHardened(bucket: BucketFacts): string[] {
 
 // Secrets in user data -------------------------------------------------------------------------
 
-/** Base64 decode without platform APIs (the pack compiles without DOM or Node types); Latin-1 out. */
-export function decodeBase64(text: string): string | undefined {
+/** Strict base64 to bytes (Buffer's decoder skips junk, which would hide a plain-text value). */
+export function decodeBase64Bytes(text: string): Uint8Array | undefined {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   const clean = text.replace(/\s+/g, "");
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(clean) || clean.length % 4 !== 0) return undefined;
+  if (clean === "" || !/^[A-Za-z0-9+/]*={0,2}$/.test(clean) || clean.length % 4 !== 0) return undefined;
   const bytes: number[] = [];
   let bits = 0;
   let value = 0;
   for (const c of clean.replace(/=+$/, "")) {
-    value = (value << 6) | alphabet.indexOf(c);
+    value = ((value << 6) | alphabet.indexOf(c)) & 0xffffff;
     bits += 6;
     if (bits >= 8) {
       bits -= 8;
       bytes.push((value >> bits) & 0xff);
     }
   }
-  // Latin-1 is enough: every pattern below is ASCII.
-  return String.fromCharCode(...bytes);
+  return Uint8Array.from(bytes);
+}
+
+/** Latin-1 is enough: every pattern below is ASCII. Chunked: spreading 1 MiB overflows the stack. */
+const latin1 = (bytes: Uint8Array): string => {
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 8192) out += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  return out;
+};
+
+export function decodeBase64(text: string): string | undefined {
+  const bytes = decodeBase64Bytes(text);
+  return bytes && latin1(bytes);
+}
+
+/** Inflated user data is capped: a gzip bomb must not stall a preview. */
+export const MAX_USER_DATA_BYTES = 1 << 20;
+
+const isGzip = (b: Uint8Array) => b[0] === 0x1f && b[1] === 0x8b;
+/** No control bytes but tab, newlines, VT and FF: random binary of any length has some. */
+const isText = (b: Uint8Array) => b.every((c) => (c >= 0x20 && c !== 0x7f) || (c >= 0x09 && c <= 0x0d));
+
+/**
+ * The text cloud-init would read from one user-data input, or why it cannot be checked.
+ * `base64`: the input is always base64 (userDataBase64, launch templates). Plain userData that is
+ * valid base64 is sent as is by the provider, so the instance decodes it too; it is decoded
+ * when that gives text or gzip.
+ */
+export function userDataText(raw: string, base64: boolean): { text: string } | { problem: string } {
+  const bytes = decodeBase64Bytes(raw);
+  if (!bytes) return { text: raw };
+  if (isGzip(bytes)) {
+    try {
+      return { text: latin1(gunzipSync(bytes, { maxOutputLength: MAX_USER_DATA_BYTES })) };
+    } catch {
+      return { problem: `is gzip that is corrupt or inflates past ${MAX_USER_DATA_BYTES} bytes` };
+    }
+  }
+  if (isText(bytes)) return { text: latin1(bytes) };
+  return base64 ? { problem: "decodes to binary that is neither text nor gzip" } : { text: raw };
 }
 
 /** Shannon entropy in bits per character. */
@@ -308,15 +655,38 @@ export function entropy(s: string): number {
   return h;
 }
 
+/**
+ * Whether a 20+ character run reads as random rather than as words. It needs both cases, and
+ * a digit or at least 20% capitals among the letters after the first (camelCase identifiers
+ * run ~15%, random [A-Za-z0-9] ~50%). Its entropy must be within 1.5 bits of log2(length), the
+ * most n characters can carry (capped at 4): random 32-character strings average 4.5 and
+ * reached no lower than 3.69 in 5 million draws, while a flat 4 missed one in 4000.
+ */
+export function looksRandom(part: string): boolean {
+  if (part.length < 20 || !/[a-z]/.test(part) || !/[A-Z]/.test(part)) return false;
+  const letters = part.slice(1).replace(/[^A-Za-z]/g, "");
+  const capitals = letters.replace(/[^A-Z]/g, "").length;
+  if (!/[0-9]/.test(part) && capitals < 0.2 * letters.length) return false;
+  return entropy(part) >= Math.min(4, Math.log2(part.length) - 1.5);
+}
+
 /** Public key material is not a secret: OpenSSH public keys and certificates. */
 const PUBLIC_KEY =
   /\b(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+={0,3}/g;
 const PUBLIC_PEM = /-----BEGIN (CERTIFICATE|PUBLIC KEY|PGP PUBLIC KEY BLOCK)-----[\s\S]*?-----END \1-----/g;
 
 /**
+ * A secret-named key (bare, quoted or JSON-escaped) assigned a literal: quoted values of any
+ * length, bare ones of 4+ characters. Not a variable reference, template or prompt
+ * ($X, ${X}, %X%, {{ x }}, <x>), and not a boolean setting (lock_passwd: true).
+ */
+const ASSIGNMENT =
+  /(?:password|passwd|passphrase|secret|token|api[_-]?key|authkey)\\?['"]?\s*[=:]\s*(?:\\?(['"])(?![$%{<])[^'"\\\n]+\\?\1|(?![$%{<'"\\\s]|(?:true|false|yes|no|null|none)\b)[^\s'",;}\]]{4,})/i;
+
+/**
  * Things that look like secrets, by kind (never the value): PEM/OpenSSH private keys, AWS access
- * key ids, `password=`-style assignments of a literal, and long high-entropy tokens (mixed case
- * and digits, 20+ characters, entropy >= 4 bits/char: random passwords and API keys, but not
+ * key ids, assignments of a literal to a secret-named key (`password=`, `"api_key": "..."`), and
+ * long random tokens (see looksRandom: random passwords and API keys, but not camelCase words,
  * paths, package names, hex digests or the bootstrap's words).
  */
 export function findSecrets(text: string): string[] {
@@ -324,40 +694,28 @@ export function findSecrets(text: string): string[] {
   if (/-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----/.test(text)) found.add("a PEM/OpenSSH private key");
   if (/\b(AKIA|ASIA|AIDA|AROA|AGPA)[A-Z0-9]{16}\b/.test(text)) found.add("an AWS access key id");
   if (/aws_secret_access_key|AWS_SECRET_ACCESS_KEY\s*[=:]/.test(text)) found.add("an AWS secret access key");
-  // A literal value, not a variable reference or a prompt.
-  if (
-    /(password|passwd|passphrase|secret|token|api[_-]?key|authkey)\s*[=:]\s*['"]?(?![$%{<'"\s])[^\s'"]{4,}/i.test(
-      text,
-    )
-  )
-    found.add("a password/secret assignment");
+  if (ASSIGNMENT.test(text)) found.add("a password/secret assignment");
   const scrubbed = text.replace(PUBLIC_KEY, " ").replace(PUBLIC_PEM, " ");
   for (const token of scrubbed.match(/[A-Za-z0-9+/_=-]{20,}/g) ?? []) {
     // Assignments, snake/kebab-case names and path segments are words, not tokens.
-    for (const part of token.split(token.startsWith("/") ? /[/=_-]/ : /[=_-]/)) {
-      if (
-        part.length >= 20 &&
-        /[a-z]/.test(part) &&
-        /[A-Z]/.test(part) &&
-        /[0-9]/.test(part) &&
-        entropy(part) >= 4
-      ) {
-        found.add("a high-entropy token");
-      }
-    }
+    if (token.split(token.startsWith("/") ? /[/=_-]/ : /[=_-]/).some(looksRandom))
+      found.add("a high-entropy token");
   }
   return [...found];
 }
 
-/** User data of instances and launch templates must not carry secrets: it is readable via IMDS and the API. */
+/** User data of every launcher must not carry secrets: it is readable via IMDS and the API. */
 export function noSecretsInUserData(type: string, props: Props): string[] {
-  if (type !== T.instance && type !== T.launchTemplate) return [];
-  const texts: [string, string][] = [];
-  if (typeof props.userData === "string") {
-    const decoded = type === T.launchTemplate ? decodeBase64(props.userData) : undefined;
-    texts.push(["userData", decoded ?? props.userData]);
-  }
-  if (typeof props.userDataBase64 === "string")
-    texts.push(["userDataBase64", decodeBase64(props.userDataBase64) ?? props.userDataBase64]);
-  return texts.flatMap(([key, text]) => findSecrets(text).map((kind) => `${key} contains ${kind}`));
+  if (!LAUNCHERS.includes(type)) return [];
+  const inputs: [string, boolean][] = [
+    ["userData", type === T.launchTemplate],
+    ["userDataBase64", true],
+  ];
+  return inputs.flatMap(([key, base64]) => {
+    const raw = props[key];
+    if (typeof raw !== "string") return [];
+    const decoded = userDataText(raw, base64);
+    if ("problem" in decoded) return [`${key} ${decoded.problem}; it cannot be checked for secrets`];
+    return findSecrets(decoded.text).map((kind) => `${key} contains ${kind}`);
+  });
 }
