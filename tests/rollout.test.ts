@@ -36,6 +36,25 @@ case "$*" in
 esac
 `;
 
+/**
+ * The script's clock, first on PATH too: `date +%s` reads the fake epoch and `sleep N` moves it
+ * on by N, so a wait of minutes runs in no time and its length is exact. Any other use of
+ * `date` or `sleep` is refused, so the script cannot reach past the fake clock unnoticed.
+ */
+const FAKE_DATE = `#!/bin/sh
+[ "$*" = "+%s" ] || { echo "fake date: unexpected call: $*" >&2; exit 2; }
+cat "$FAKE_AWS_DIR/now"
+`;
+const FAKE_SLEEP = `#!/bin/sh
+case "$*" in
+  ''|*[!0-9]*) echo "fake sleep: unexpected call: $*" >&2; exit 2 ;;
+esac
+echo "$1" >>"$FAKE_AWS_DIR/sleeps"
+echo $(($(cat "$FAKE_AWS_DIR/now") + $1)) >"$FAKE_AWS_DIR/now"
+`;
+/** The fake clock's start: any fixed epoch. */
+const EPOCH = 1_700_000_000;
+
 const dirs: string[] = [];
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -56,6 +75,8 @@ interface Run {
   readonly stdout: string;
   readonly stderr: string;
   readonly seconds: number;
+  /** Seconds that passed on the script's own (fake) clock: the sum of its sleeps. */
+  readonly clock: number;
   /** How many times the script asked for the invocation's status. */
   readonly polls: number;
 }
@@ -63,8 +84,15 @@ interface Run {
 function run(shell: string, answers: readonly string[], timing: Partial<ApplyTiming> = {}): Run {
   const dir = mkdtempSync(join(tmpdir(), "pypi-rollout-"));
   dirs.push(dir);
-  writeFileSync(join(dir, "aws"), FAKE_AWS);
-  chmodSync(join(dir, "aws"), 0o755);
+  for (const [name, script] of [
+    ["aws", FAKE_AWS],
+    ["date", FAKE_DATE],
+    ["sleep", FAKE_SLEEP],
+  ] as const) {
+    writeFileSync(join(dir, name), script);
+    chmodSync(join(dir, name), 0o755);
+  }
+  writeFileSync(join(dir, "now"), `${EPOCH}\n`);
   writeFileSync(join(dir, "status"), `${answers.join("\n")}\n`);
   writeFileSync(
     join(dir, "stderr-content"),
@@ -73,6 +101,8 @@ function run(shell: string, answers: readonly string[], timing: Partial<ApplyTim
   const started = Date.now();
   const r = spawnSync(shell, ["-c", renderApplyScript({ ...FAST, ...timing })], {
     encoding: "utf8",
+    // No stdin: on a socket (a piped stdin from node is one) bash reads ~/.bashrc as under sshd.
+    stdio: ["ignore", "pipe", "pipe"],
     // A script that never gives up fails here instead of hanging the suite.
     timeout: 20_000,
     env: {
@@ -90,6 +120,7 @@ function run(shell: string, answers: readonly string[], timing: Partial<ApplyTim
     stdout: r.stdout,
     stderr: r.stderr,
     seconds: (Date.now() - started) / 1000,
+    clock: Number(readFileSync(join(dir, "now"), "utf8")) - EPOCH,
     polls: calls.split("\n").filter((c) => c.endsWith(" --query Status")).length,
   };
 }
@@ -129,6 +160,7 @@ describe.each(["bash", "/bin/sh"])("rollout apply script under %s", (shell) => {
     expect(r.stderr).toContain("ExpiredTokenException");
     expect(r.stderr).toContain("command 0a1b2c3d-cmd may still be running");
     expect(r.polls).toBe(2);
+    expect(r.clock).toBe(0);
     expect(r.seconds).toBeLessThan(10);
   });
 
@@ -145,24 +177,36 @@ describe.each(["bash", "/bin/sh"])("rollout apply script under %s", (shell) => {
   it("waits out InvocationDoesNotExist right after send-command, then follows the invocation", () => {
     const missing =
       "An error occurred (InvocationDoesNotExist) when calling the GetCommandInvocation operation: ";
-    const r = run(shell, [`254 |${missing}`, `254 |${missing}`, "0 InProgress|", "0 Success|"]);
+    const r = run(shell, [`254 |${missing}`, `254 |${missing}`, "0 InProgress|", "0 Success|"], {
+      pollSeconds: 1,
+      notFoundGraceSeconds: 5,
+    });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain("applied bundle");
+    expect(r.polls).toBe(4);
+    expect(r.clock).toBe(3);
   });
 
   it("fails on InvocationDoesNotExist once the grace is over", () => {
     const missing =
       "An error occurred (InvocationDoesNotExist) when calling the GetCommandInvocation operation: ";
-    const r = run(shell, [`254 |${missing}`], { pollSeconds: 1, notFoundGraceSeconds: 1 });
+    const r = run(shell, [`254 |${missing}`], { pollSeconds: 2, notFoundGraceSeconds: 5 });
     expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("aws get-command-invocation failed");
     expect(r.stderr).toContain("InvocationDoesNotExist");
+    // Asked at 0, 2 and 4 s (inside the grace), then at 6 s: over it.
+    expect(r.polls).toBe(4);
+    expect(r.clock).toBe(6);
     expect(r.seconds).toBeLessThan(10);
   });
 
   it("gives up at the deadline while the invocation stays Pending", () => {
-    const r = run(shell, ["0 Pending|"], { pollSeconds: 1, deadlineSeconds: 2 });
+    const r = run(shell, ["0 Pending|"], { pollSeconds: 5, deadlineSeconds: 60 });
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain("still Pending after 2s, command 0a1b2c3d-cmd");
+    expect(r.stderr).toContain("still Pending after 60s, command 0a1b2c3d-cmd");
+    // One poll every 5 s from 0 to the deadline, and not one poll more.
+    expect(r.polls).toBe(13);
+    expect(r.clock).toBe(60);
     expect(r.seconds).toBeLessThan(10);
   });
 });

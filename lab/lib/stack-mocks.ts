@@ -257,12 +257,20 @@ export function tlsFor(tlsSource: string): TlsInput {
 
 /** Builds one stack from its real Pulumi.<stack>.yaml under fresh mocks and waits for every resource. */
 export async function buildStack(stack: StackName, overrides: Record<string, unknown> = {}) {
+  return build(stack, overrides, {});
+}
+
+async function build(
+  stack: StackName,
+  overrides: Record<string, unknown>,
+  opts: pulumi.ComponentResourceOptions,
+) {
   const recorder = createMocks();
   await pulumi.runtime.setMocks(recorder.mocks, "pypi-infra", stack, false);
   const config = parseConfig(rawConfig(stack, overrides), stack);
   const tls = tlsFor(config.tlsSource);
   if (tls.source === "config") recorder.secrets.push(PROD_TLS.key, PROD_TLS_KEY_LINE);
-  const pypi = new PypiStack("pypi", { config, tls });
+  const pypi = new PypiStack("pypi", { config, tls }, opts);
   const [floatingIps, nodes, runbooks, runbookData, topology, digests] = await Promise.all([
     resolve(pypi.floatingIps),
     resolve(pypi.nodes),
@@ -278,3 +286,102 @@ export async function buildStack(stack: StackName, overrides: Record<string, unk
 }
 
 export type Built = Awaited<ReturnType<typeof buildStack>>;
+
+/**
+ * Runs a stack build without the stack traces Pulumi takes for its own diagnostics: one for
+ * every promise it tracks (for its leak report) and a full one for every resource it registers
+ * (its source position), which vitest then maps through source maps. They make up most of a
+ * build's time. Nothing a test reads comes from them.
+ *
+ * If the build fails, it runs once more with stack traces on, so the error that reaches the
+ * test carries its stack: `run` must be repeatable (install its own mocks and config).
+ */
+export async function withCheapStackTraces<T>(run: () => Promise<T>): Promise<T> {
+  // V8's own formatting when unset (@types/node declares the hook as always present).
+  const traces = Error as {
+    prepareStackTrace?: ErrorConstructor["prepareStackTrace"];
+    stackTraceLimit: number;
+  };
+  const { prepareStackTrace, stackTraceLimit } = traces;
+  const restore = () => {
+    traces.prepareStackTrace = prepareStackTrace;
+    traces.stackTraceLimit = stackTraceLimit;
+  };
+  traces.prepareStackTrace = undefined;
+  traces.stackTraceLimit = 0;
+  try {
+    return await run();
+  } catch (error) {
+    restore();
+    await run();
+    throw new Error("the stack build failed only without stack traces", { cause: error });
+  } finally {
+    restore();
+  }
+}
+
+/** An instance's launch options as the component code passed them: the mocks never see options. */
+export interface InstanceOptions {
+  readonly name: string;
+  readonly ignoreChanges: readonly string[] | undefined;
+  readonly deleteBeforeReplace: boolean | undefined;
+  readonly userDataReplaceOnChange: unknown;
+}
+
+/** A stack built once per process and shared, read-only, by every test that only reads it. */
+export type SharedBuilt = Built & { readonly instanceOptions: readonly InstanceOptions[] };
+
+function deepFreeze<T>(value: T, seen = new WeakSet<object>()): T {
+  if (typeof value === "object" && value !== null && !seen.has(value)) {
+    seen.add(value);
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v, seen);
+  }
+  return value;
+}
+
+const sharedBuilds = new Map<StackName, Promise<SharedBuilt>>();
+/** Builds run one after another: the mocks are global, and each build installs its own. */
+let lastBuild: Promise<unknown> = Promise.resolve();
+
+/**
+ * `buildStack(stack)`, built once per process (a vitest worker that runs its files without
+ * isolation shares it between them) and frozen: a test that writes to it fails instead of
+ * changing what the next file reads. A recording transformation on the top component, which
+ * changes nothing, also keeps each instance's resource options (`instanceOptions`).
+ *
+ * The build is settled (every registration recorded) before it is handed out, so a later
+ * `setMocks` by a file that builds a modified stack cannot reach it.
+ */
+export function builtStack(stack: StackName): Promise<SharedBuilt> {
+  let shared = sharedBuilds.get(stack);
+  if (!shared) {
+    shared = lastBuild.catch(() => undefined).then(() => buildShared(stack));
+    lastBuild = shared;
+    sharedBuilds.set(stack, shared);
+  }
+  return shared;
+}
+
+async function buildShared(stack: StackName): Promise<SharedBuilt> {
+  let instanceOptions: InstanceOptions[] = [];
+  const record: pulumi.ResourceTransformation = ({ type, name, props, opts }) => {
+    if (type === "aws:ec2/instance:Instance") {
+      const custom = opts as pulumi.CustomResourceOptions;
+      instanceOptions.push({
+        name,
+        ignoreChanges: custom.ignoreChanges ? [...custom.ignoreChanges] : undefined,
+        deleteBeforeReplace: custom.deleteBeforeReplace,
+        userDataReplaceOnChange: props.userDataReplaceOnChange,
+      });
+    }
+    return undefined;
+  };
+  const built = await withCheapStackTraces(() => {
+    instanceOptions = [];
+    return build(stack, {}, { transformations: [record] });
+  });
+  deepFreeze([built.config, built.outputs, built.resources, built.secrets, built.invokes, instanceOptions]);
+  deepFreeze([built.pypi.plannedTopology, built.pypi.plannedFiles, built.pypi.endpoints]);
+  return { ...built, instanceOptions };
+}

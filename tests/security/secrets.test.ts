@@ -1,11 +1,11 @@
 import { beforeAll, describe, expect, test } from "vitest";
-import { type Built, buildStack, PROD_TLS, plain, type Recorded } from "../stack/harness.js";
+import { type Built, builtStack, PROD_TLS, plain, type Recorded } from "../stack/harness.js";
 import { sweep } from "./sweep.js";
 
 describe.each(["staging", "prod"] as const)("%s: no secret outside its SSM parameter", (stack) => {
   let built: Built;
   beforeAll(async () => {
-    built = await buildStack(stack);
+    built = await builtStack(stack);
   }, 60_000);
 
   const allOutputs = (b: Built) => ({

@@ -1,18 +1,21 @@
 import { expect, test } from "vitest";
-import { buildStack, type Recorded } from "./harness.js";
+import { buildStack, builtStack, type Recorded, withCheapStackTraces } from "./harness.js";
 
 const byKey = (resources: readonly Recorded[]) => new Map(resources.map((r) => [`${r.type}::${r.name}`, r]));
 
 test("a rendered-config change touches only bundle objects and rollout/smoke commands, never an instance", async () => {
-  const before = byKey((await buildStack("staging")).resources);
+  // The shared build is settled and frozen, so building the changed stack after it cannot alter it.
+  const before = byKey((await builtStack("staging")).resources);
   const after = byKey(
     (
-      await buildStack("staging", {
-        "pypi-infra:appMaxProcesses": 12,
-        "pypi-infra:heartbeatKeepaliveMs": 400,
-        "pypi-infra:heartbeatWarntimeMs": 900,
-        "pypi-infra:heartbeatDeadtimeMs": 2000,
-      })
+      await withCheapStackTraces(() =>
+        buildStack("staging", {
+          "pypi-infra:appMaxProcesses": 12,
+          "pypi-infra:heartbeatKeepaliveMs": 400,
+          "pypi-infra:heartbeatWarntimeMs": 900,
+          "pypi-infra:heartbeatDeadtimeMs": 2000,
+        }),
+      )
     ).resources,
   );
   expect([...after.keys()].sort()).toEqual([...before.keys()].sort());

@@ -2,7 +2,7 @@ import { beforeAll, describe, expect, test } from "vitest";
 import { dataVolumeDevice } from "../../src/layout.js";
 import { bundleEntriesOf } from "../../src/plan.js";
 import { storagePair } from "../../src/topology.js";
-import { type Built, buildStack } from "./harness.js";
+import { type Built, builtStack } from "./harness.js";
 
 const envOf = (text: string): Record<string, string> =>
   Object.fromEntries(
@@ -19,7 +19,7 @@ for (const stack of ["staging", "prod"] as const) {
   describe(`${stack}: each node finds its own data volume by its stable name`, () => {
     let b: Built;
     beforeAll(async () => {
-      b = await buildStack(stack);
+      b = await builtStack(stack);
     }, 60_000);
 
     test("db nodes and the storage pair carry the by-id name of the volume attached to them; no one else", () => {

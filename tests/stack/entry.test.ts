@@ -1,28 +1,37 @@
 import * as pulumi from "@pulumi/pulumi";
 import { describe, expect, test } from "vitest";
 import { program } from "../../src/program.js";
-import { createMocks, PROD_TLS, PROD_TLS_KEY_LINE, resolve, settle } from "./harness.js";
+import {
+  createMocks,
+  PROD_TLS,
+  PROD_TLS_KEY_LINE,
+  resolve,
+  settle,
+  withCheapStackTraces,
+} from "./harness.js";
 import { engineConfig } from "./yaml.js";
 
 describe("the program entry (src/program.ts, exported by src/index.ts) under mocks", () => {
   test("prod with its TLS secrets set exports the designed outputs", async () => {
-    const recorder = createMocks();
-    await pulumi.runtime.setMocks(recorder.mocks, "pypi-infra", "prod", false);
-    pulumi.runtime.setAllConfig(
-      engineConfig("prod", {
-        "pypi-infra:tlsCertificate": PROD_TLS.certificate,
-        "pypi-infra:tlsKey": PROD_TLS.key,
-      }),
-      ["pypi-infra:tlsCertificate", "pypi-infra:tlsKey"],
-    );
-    const outputs = await program();
-    const [floatingIps, nodes, runbooks] = await Promise.all([
-      resolve(outputs.floatingIps),
-      resolve(outputs.nodes),
-      resolve(outputs.runbooks),
-    ]);
-    const out = { floatingIps, nodes, runbooks };
-    await settle(recorder.resources);
+    const { recorder, outputs, out } = await withCheapStackTraces(async () => {
+      const recorder = createMocks();
+      await pulumi.runtime.setMocks(recorder.mocks, "pypi-infra", "prod", false);
+      pulumi.runtime.setAllConfig(
+        engineConfig("prod", {
+          "pypi-infra:tlsCertificate": PROD_TLS.certificate,
+          "pypi-infra:tlsKey": PROD_TLS.key,
+        }),
+        ["pypi-infra:tlsCertificate", "pypi-infra:tlsKey"],
+      );
+      const outputs = await program();
+      const [floatingIps, nodes, runbooks] = await Promise.all([
+        resolve(outputs.floatingIps),
+        resolve(outputs.nodes),
+        resolve(outputs.runbooks),
+      ]);
+      await settle(recorder.resources);
+      return { recorder, outputs, out: { floatingIps, nodes, runbooks } };
+    });
     expect(out.floatingIps).toHaveLength(2);
     expect(Object.keys(out.nodes).sort()).toEqual([
       "app-a",

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, test } from "vitest";
 import type { Topology } from "../../src/topology.js";
-import { type Built, buildStack, type StackName } from "./harness.js";
+import { type Built, builtStack, type StackName } from "./harness.js";
 import { allowed, groupOfNode } from "./iam.js";
 
 /** Who may do what, written out by hand from the design: the nodes each capability belongs to. */
@@ -25,7 +25,7 @@ function designed(t: Topology) {
 describe.each(["prod", "staging"] as const)("IAM of the %s stack, per node", (stack: StackName) => {
   let b: Built;
   beforeAll(async () => {
-    b = await buildStack(stack);
+    b = await builtStack(stack);
   }, 60_000);
 
   const nodesAllowed = (action: string, resource: string): string[] =>

@@ -1,10 +1,10 @@
 import { beforeAll, describe, expect, test } from "vitest";
-import { type Built, buildStack, PROD_TLS, plain } from "./harness.js";
+import { type Built, builtStack, PROD_TLS, plain } from "./harness.js";
 import { sharedStackTests } from "./shared.js";
 
 let built: Built;
 beforeAll(async () => {
-  built = await buildStack("prod");
+  built = await builtStack("prod");
 }, 60_000);
 
 describe("prod stack under mocks", () => {

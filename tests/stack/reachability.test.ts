@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, test } from "vitest";
 import { NFS_SERVER_PORTS } from "../../src/render/nfs.js";
-import { type Built, buildStack } from "./harness.js";
+import { type Built, builtStack } from "./harness.js";
 import { admitsClient, type Model, modelOf, type Target, walk } from "./reachability.js";
 
 /** AWS APIs every node calls: SSM (agent, parameters, sessions), EC2 (EIP moves, route replacement), STS. */
@@ -115,7 +115,7 @@ describe.each(["staging", "prod"] as const)("reachability of the %s stack", (sta
   let built: Built;
   let model: Model;
   beforeAll(async () => {
-    built = await buildStack(stack);
+    built = await builtStack(stack);
     model = modelOf(built.resources, built.config.region);
   }, 60_000);
 

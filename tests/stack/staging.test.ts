@@ -1,10 +1,10 @@
 import { beforeAll, describe, expect, test } from "vitest";
-import { type Built, buildStack, plain } from "./harness.js";
+import { type Built, builtStack, plain } from "./harness.js";
 import { sharedStackTests } from "./shared.js";
 
 let built: Built;
 beforeAll(async () => {
-  built = await buildStack("staging");
+  built = await builtStack("staging");
 }, 60_000);
 
 describe("staging stack under mocks", () => {
