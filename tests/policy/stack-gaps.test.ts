@@ -2,7 +2,7 @@ import { gzipSync } from "node:zlib";
 import { beforeAll, describe, expect, test } from "vitest";
 import { attachedNodes, openIngressViolations, type StackResource } from "../../policy/policies.js";
 import { T } from "../../policy/rules.js";
-import { type Built, buildStack } from "../stack/harness.js";
+import { type Built, builtStack } from "../stack/harness.js";
 import { firstPreview, runPack, stackResources } from "./pack.js";
 
 /**
@@ -15,7 +15,7 @@ describe.each(["staging", "prod"] as const)(
     let built: Built;
     let resources: StackResource[];
     beforeAll(async () => {
-      built = await buildStack(stack);
+      built = await builtStack(stack);
       resources = stackResources(built, stack);
     }, 60_000);
 

@@ -1,12 +1,12 @@
 import { beforeAll, describe, expect, test } from "vitest";
 import { T } from "../../policy/rules.js";
-import { type Built, buildStack } from "../stack/harness.js";
+import { type Built, builtStack } from "../stack/harness.js";
 import { runPack, stackResources } from "./pack.js";
 
 describe.each(["staging", "prod"] as const)("the %s stack under mocks", (stack) => {
   let built: Built;
   beforeAll(async () => {
-    built = await buildStack(stack);
+    built = await builtStack(stack);
   }, 60_000);
 
   test("passes the whole pack with zero violations", async () => {

@@ -17,6 +17,7 @@ import { executeRunbook } from "../../lab/lib/runbook.js";
 import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
 import { paths, pgConfDir, pgDataDir } from "../../src/layout.js";
+import { maxConnections } from "../../src/render/postgres.js";
 import { buildRunbooks, OPERATOR } from "../../src/runbooks/runbooks.js";
 import type { Topology } from "../../src/topology.js";
 import { LabNode, writeTree } from "../support/lab-nodes.js";
@@ -200,22 +201,25 @@ describe.skipIf(!canRun).each(cases)(
       const bundle = join(root, "lab", "bundles", "db-b");
       const conf = join(bundle, "files", pgConfDir(t.postgres.version), "postgresql.conf");
       const original = readFileSync(conf, "utf8");
-      expect(original).toMatch(/^max_connections = 100$/m);
+      const rendered = Number(/^max_connections = ([0-9]+)$/m.exec(original)?.[1]);
+      expect(rendered).toBe(maxConnections(t));
+      // A standby may raise it above its primary's, never lower it.
+      const raised = rendered + 20;
       const apply = () =>
         node("db-b").exec(["sh", `${bundle}/files${paths.agent}`, "apply", bundle], { timeoutMs: 90_000 });
       try {
-        writeFileSync(conf, original.replace(/^max_connections = 100$/m, "max_connections = 120"));
+        writeFileSync(conf, original.replace(/^max_connections = [0-9]+$/m, `max_connections = ${raised}`));
         const r = apply();
         expect(r.status, r.stderr).toBe(0);
         expect(r.stderr).toContain("restarting for settings that need it: max_connections");
-        expect(superSql("db-b", "SHOW max_connections").stdout.trim()).toBe("120");
+        expect(superSql("db-b", "SHOW max_connections").stdout.trim()).toBe(String(raised));
         expect(superSql("db-b", "SELECT pg_is_in_recovery()").stdout.trim()).toBe("t");
       } finally {
         writeFileSync(conf, original);
         const r = apply();
         expect(r.status, r.stderr).toBe(0);
       }
-      expect(superSql("db-b", "SHOW max_connections").stdout.trim()).toBe("100");
+      expect(superSql("db-b", "SHOW max_connections").stdout.trim()).toBe(String(rendered));
     }, 120_000);
 
     it("fails over with the runbook's steps as written and re-attaches the old primary", async () => {
