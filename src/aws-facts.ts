@@ -5,7 +5,7 @@
  */
 import * as aws from "@pulumi/aws";
 import type { StackConfig } from "./config.js";
-import { PROJECT, show } from "./schema.js";
+import { invalid, PROJECT } from "./schema.js";
 import type { NodeRole } from "./topology.js";
 
 export interface InstanceTypeFacts {
@@ -69,7 +69,7 @@ function factsOf(cfg: StackConfig, facts: AwsFacts, role: NodeRole): InstanceTyp
 }
 
 const problem = (key: string, value: unknown, allowed: string): string =>
-  `${key.includes(":") ? key : `${PROJECT}:${key}`}: ${show(value)} is not valid; expected ${allowed}`;
+  invalid(key.includes(":") ? key : `${PROJECT}:${key}`, value, allowed);
 
 export const AWS_FACT_RULES: readonly AwsFactRule[] = [
   {

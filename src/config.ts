@@ -5,10 +5,10 @@ import {
   CONFIG_KEYS,
   ConfigError,
   type ConfigKeyType,
+  invalid,
   PROJECT,
   parseTopology,
   SECRET_KEYS,
-  show,
 } from "./schema.js";
 import { checkTlsMaterial } from "./tls-material.js";
 import type { AppRuntime } from "./topology.js";
@@ -83,13 +83,10 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
   }
   const region = raw["aws:region"];
   const regionCheck = atoms.region.schema.safeParse(region);
-  if (!regionCheck.success)
-    problems.push(`aws:region: ${show(region)} is not valid; expected ${atoms.region.allowed}`);
+  if (!regionCheck.success) problems.push(invalid("aws:region", region, atoms.region.allowed));
   const regionText = regionCheck.success ? regionCheck.data : "us-east-1";
   if (!atoms.hostname.schema.safeParse(stack).success)
-    problems.push(
-      `stack: ${show(stack)} is not valid; expected a lower-case stack name like staging or prod`,
-    );
+    problems.push(invalid("stack", stack, "a lower-case stack name like staging or prod"));
 
   const defaults: Record<string, unknown> = { availabilityZones: [`${regionText}a`, `${regionText}b`] };
   const values: Record<string, unknown> = {};
@@ -101,7 +98,11 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
     if (result.success) values[k.key] = result.data;
     else
       problems.push(
-        `${PROJECT}:${k.key}: ${show(value)} is not valid; expected ${k.atom.allowed}${given === undefined && k.default === undefined ? " (required)" : ""}`,
+        invalid(
+          `${PROJECT}:${k.key}`,
+          value,
+          `${k.atom.allowed}${given === undefined && k.default === undefined ? " (required)" : ""}`,
+        ),
       );
   }
   if (values.uploadUsers !== undefined) {

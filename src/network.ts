@@ -1,6 +1,6 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import { cidrContains, formatIpv4, parseCidr, parseIpv4 } from "./net.js";
+import { formatIpv4, parseCidr } from "./net.js";
 import { NFS_SERVER_PORTS } from "./render/nfs.js";
 
 /** Subnet tiers. Each gets one /24 per AZ at a fixed offset, so addresses are known before `up`. */
@@ -221,27 +221,6 @@ export interface NetworkArgs {
   readonly tags: Readonly<Record<string, string>>;
 }
 
-export function validateNetworkArgs(args: NetworkArgs): void {
-  const c = parseCidr(args.vpcCidr);
-  if (!c || c.prefix < 16 || c.prefix > 19)
-    throw new Error(`Network: vpcCidr ${JSON.stringify(args.vpcCidr)} is not valid; expected /16 to /19`);
-  if (args.availabilityZones.length !== 2 || args.availabilityZones[0] === args.availabilityZones[1])
-    throw new Error(
-      `Network: availabilityZones ${JSON.stringify(args.availabilityZones)} is not valid; expected two different AZs`,
-    );
-  if (args.natGateways !== undefined && args.natGateways !== 1 && args.natGateways !== 2)
-    throw new Error(`Network: natGateways ${JSON.stringify(args.natGateways)} is not valid; expected 1 or 2`);
-  if (!/^[a-z]{2}(-[a-z]+)+-[0-9]$/.test(args.region))
-    throw new Error(`Network: region ${JSON.stringify(args.region)} is not valid; expected e.g. us-east-1`);
-  for (const key of ["dbWriter", "storage"] as const) {
-    const ip = parseIpv4(args.overlay[key]);
-    if (ip === undefined || cidrContains(c, ip))
-      throw new Error(
-        `Network: overlay.${key} ${JSON.stringify(args.overlay[key])} is not valid; expected an IPv4 address outside vpcCidr`,
-      );
-  }
-}
-
 /**
  * Interface endpoints (private DNS on) for every AWS API a node calls: SSM (parameters, agent,
  * Session Manager) and EC2 (EIP moves, route replacement), so a failover never depends on a NAT
@@ -269,7 +248,6 @@ export class Network extends pulumi.ComponentResource {
 
   constructor(name: string, args: NetworkArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("pypi:infra:Network", name, {}, opts);
-    validateNetworkArgs(args);
     const parent = { parent: this };
     const tags = (role: string) => ({ ...args.tags, Name: `${name}-${role}` });
     this.vpc = new aws.ec2.Vpc(

@@ -17,6 +17,10 @@ export const SECRET_KEYS = ["tlsCertificate", "tlsKey"] as const;
 
 export const show = (value: unknown): string => JSON.stringify(value) ?? String(value);
 
+/** The one shape of a problem with a setting: what it is called, its value, and what is allowed. */
+export const invalid = (name: string, value: unknown, allowed: string): string =>
+  `${name}: ${show(value)} is not valid; expected ${allowed}`;
+
 /** A problem in the stack config: every message names the `pypi-infra:` key a user sets. */
 export class ConfigError extends Error {
   constructor(readonly problems: readonly string[]) {
@@ -379,12 +383,6 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     description: "After up, fetch /_health over HTTPS from every floating IP",
   }),
 ];
-
-export const configKey = (name: string): ConfigKey => {
-  const found = CONFIG_KEYS.find((k) => k.key === name);
-  if (!found) throw new Error(`no config key ${name}`);
-  return found;
-};
 
 /** `pypi-infra:<key>` for a topology field fed by a config key; `aws:region` for the region. */
 export function configKeyOfField(field: string): string | undefined {
@@ -797,7 +795,7 @@ export function issueMessages(error: z.ZodError, input: unknown, name: FieldName
       // Values are not echoed: an unknown key might be a misplaced secret.
       return `${issue.keys.map((k) => name(field ? `${field}.${k}` : k)).join(", ")}: not a known field`;
     }
-    return `${name(field)}: ${show(valueAt(input, issue.path))} is not valid; expected ${issue.message}`;
+    return invalid(name(field), valueAt(input, issue.path), issue.message);
   });
 }
 
@@ -821,7 +819,7 @@ export function parseTopology(input: unknown, opts: TopologyParse = { origin: "f
   if (!parsed.success) fail([...issueMessages(parsed.error, input, name), ...userProblems]);
   const t = input as Topology;
   const problems = TOPOLOGY_RULES.flatMap((rule) =>
-    rule.check(t, name).map((f) => `${name(f.field)}: ${show(f.value)} is not valid; expected ${f.allowed}`),
+    rule.check(t, name).map((f) => invalid(name(f.field), f.value, f.allowed)),
   );
   problems.push(...userProblems);
   if (problems.length > 0) fail(problems);

@@ -6,9 +6,10 @@
  * what the text looks like. Certificate subjects, DNS names and dates are public and may be quoted.
  */
 import { createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from "node:crypto";
+import { PROJECT } from "./schema.js";
 
-export const TLS_CERTIFICATE_CONFIG_KEY = "pypi-infra:tlsCertificate";
-export const TLS_KEY_CONFIG_KEY = "pypi-infra:tlsKey";
+export const TLS_CERTIFICATE_CONFIG_KEY = `${PROJECT}:tlsCertificate`;
+export const TLS_KEY_CONFIG_KEY = `${PROJECT}:tlsKey`;
 
 export interface TlsLimits {
   readonly certificateBytes: number;

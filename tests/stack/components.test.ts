@@ -10,7 +10,7 @@ import { validatePostgresPairArgs } from "../../src/components/postgres-pair.js"
 import { bundleDigest, validateConfigRolloutArgs } from "../../src/components/rollout.js";
 import { validateStackSecretsArgs } from "../../src/components/secrets.js";
 import { parseConfig } from "../../src/config.js";
-import { hostIp, networkRules, subnetCidr, validateNetworkArgs } from "../../src/network.js";
+import { hostIp, networkRules, subnetCidr } from "../../src/network.js";
 import { buildTopology, bundleFileLists, placeholderIds, planNodes, secretRefs } from "../../src/plan.js";
 import { parseTopology } from "../../src/schema.js";
 import type { Topology } from "../../src/topology.js";
@@ -88,25 +88,16 @@ describe("planning", () => {
 });
 
 describe("validateXArgs", () => {
-  test("Network", () => {
-    const ok = {
-      vpcCidr: "10.40.0.0/16",
-      availabilityZones: ["a1", "a2"] as const,
-      ports: networkPorts(),
-      overlay: OVERLAY,
-      region: "us-east-1",
-      tags: {},
-    };
-    expect(() => validateNetworkArgs(ok)).not.toThrow();
-    expect(() => validateNetworkArgs({ ...ok, vpcCidr: "10.40.0.0/24" })).toThrow(
-      'Network: vpcCidr "10.40.0.0/24" is not valid; expected /16 to /19',
+  test("Network: the schema, not the component, refuses its bad inputs, naming the keys", () => {
+    expect(prodWith({ "pypi-infra:vpcCidr": "10.40.0.0/24" })).toThrow(
+      'pypi-infra:vpcCidr: "10.40.0.0/24" is not valid; expected an IPv4 CIDR from /16 to /19',
     );
-    expect(() => validateNetworkArgs({ ...ok, availabilityZones: ["a1", "a1"] })).toThrow(
-      /expected two different AZs/,
+    expect(prodWith({ "pypi-infra:availabilityZones": ["us-east-1a", "us-east-1a"] })).toThrow(
+      'pypi-infra:availabilityZones: ["us-east-1a","us-east-1a"] is not valid; expected two different availability zones',
     );
-    expect(() => validateNetworkArgs({ ...ok, region: "us east" })).toThrow('Network: region "us east"');
-    expect(() => validateNetworkArgs({ ...ok, overlay: { ...OVERLAY, storage: "10.40.3.3" } })).toThrow(
-      'Network: overlay.storage "10.40.3.3" is not valid; expected an IPv4 address outside vpcCidr',
+    expect(prodWith({ "aws:region": "us east" })).toThrow('aws:region: "us east" is not valid');
+    expect(prodWith({ "pypi-infra:overlayStorage": "10.40.3.3" })).toThrow(
+      'pypi-infra:overlayStorage: "10.40.3.3" is not valid; expected an address OUTSIDE pypi-infra:vpcCidr',
     );
   });
 
