@@ -17,7 +17,8 @@ export type ServiceName =
   | "postgresql"
   | "drbd"
   | "nfs-server"
-  | "pypi-index-register";
+  | "pypi-index-register"
+  | "pypi-upload-watch";
 
 export interface BundleFile {
   /** Absolute path on the node; never contains `..`. */

@@ -36,6 +36,13 @@ import {
 import { NGINX_CONF_PATH, renderNginxConf } from "./render/nginx.js";
 import { PGPASS_PATH, renderPostgresFiles, renderRecoveryConf } from "./render/postgres.js";
 import {
+  renderSshLimitsDropIn,
+  renderUploadWatchService,
+  sshLimitsDropInPath,
+  UPLOAD_WATCH_UNIT,
+  uploadWatchUnitPath,
+} from "./render/ssh-limits.js";
+import {
   authorizedKeysPath,
   renderAuthorizedKeys,
   renderSshdConfig,
@@ -143,6 +150,8 @@ function apacheFiles(t: Topology, node: NodeSpec): BundleFile[] {
 function appBundle(t: Topology, node: NodeSpec): NodeBundle {
   const inStoragePair = storagePair(t).some((n) => n.name === node.name);
   const services: ServiceName[] = [
+    // Before ssh: its drop-in requires the watcher (an upload it cannot see could be registered open).
+    UPLOAD_WATCH_UNIT,
     "ssh",
     "apache2",
     ...(inStoragePair ? (["heartbeat"] as const) : []),
@@ -185,8 +194,12 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
       ...storageFiles,
       // Every app server mounts the storage pair's export; the lab shares a directory instead.
       ...(t.backend === "aws" ? [file(packageMountUnitPath(t), renderPackageMount(t))] : []),
-      file(indexScriptPath, indexAppScript(), { mode: "0755", reloads: ["apache2"] }),
-      file(appEnvPath, renderAppEnv(t)),
+      // The watcher runs the same script with the same environment: a new one restarts it.
+      file(indexScriptPath, indexAppScript(), { mode: "0755", reloads: ["apache2", UPLOAD_WATCH_UNIT] }),
+      file(appEnvPath, renderAppEnv(t), { reloads: [UPLOAD_WATCH_UNIT] }),
+      file(uploadWatchUnitPath, renderUploadWatchService(t, node), { reloads: [UPLOAD_WATCH_UNIT] }),
+      // A new LimitFSIZE needs sshd restarted, not reloaded; the agent's svc_reload sees to that.
+      file(sshLimitsDropInPath, renderSshLimitsDropIn(t), { reloads: ["ssh"] }),
       file(`/etc/systemd/system/${REGISTER_UNIT}.service`, renderRegisterService(t), {
         reloads: [REGISTER_UNIT],
       }),

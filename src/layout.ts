@@ -16,6 +16,15 @@ export const ports = {
 } as const;
 
 /** Postgres connections each index app worker's pool may open. */
+/** The app's environment on an app server (systemd EnvironmentFile format), written by the agent. */
+export const APP_ENV_FILE = "/etc/pypi-index/env";
+
+/** Upload form fields besides the file (metadata text, a long description included). */
+export const UPLOAD_FORM_OVERHEAD_BYTES = 1024 * 1024;
+
+/** The largest upload request body; nginx, Apache and the app are all set from this one figure. */
+export const uploadBodyLimit = (maxFileBytes: number): number => maxFileBytes + UPLOAD_FORM_OVERHEAD_BYTES;
+
 export const APP_DB_POOL = 2;
 
 /** Network interface of the primary address on Nitro instances. */

@@ -64,7 +64,20 @@ describe("buildBundles", () => {
     // app-c is not in the storage pair: no DRBD, NFS server or storage Heartbeat.
     const plain = byNode(bundles, "app-c");
     expect(paths(plain).filter((p) => /drbd|exports|ha\.d/.test(p))).toEqual([]);
-    expect(plain.services).toEqual(["ssh", "apache2", "pypi-index-register"]);
+    // The upload watcher first: ssh's drop-in requires it.
+    expect(plain.services).toEqual(["pypi-upload-watch", "ssh", "apache2", "pypi-index-register"]);
+    const watch = plain.files.find((f) => f.path === "/etc/systemd/system/pypi-upload-watch.service");
+    expect(watch?.content).toContain('watch-uploads --host "app-c" --write-as www-data');
+    expect(watch?.reloads).toEqual(["pypi-upload-watch"]);
+    const dropIn = plain.files.find((f) => f.path === "/etc/systemd/system/ssh.service.d/pypi-upload.conf");
+    expect(dropIn?.content).toMatch(/^LimitFSIZE=[0-9]+$/m);
+    // The agent restarts rather than reloads ssh when its limits change (lib.sh svc_limits_stale).
+    expect(dropIn?.reloads).toEqual(["ssh"]);
+    // The watcher is the app script too, with the app's environment: either change restarts it.
+    expect(plain.files.find((f) => f.path === "/opt/pypi-index/index.fcgi")?.reloads).toContain(
+      "pypi-upload-watch",
+    );
+    expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.reloads).toEqual(["pypi-upload-watch"]);
     // Every app server runs the same index app and registers uploads.
     const app = plain.files.find((f) => f.path === "/opt/pypi-index/index.fcgi");
     expect(app?.mode).toBe("0755");
@@ -74,6 +87,10 @@ describe("buildBundles", () => {
     ).toContain("DirectoryNotEmpty=/srv/pypi/incoming/alice/upload");
     expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.content).toContain(
       'PYPI_DB_PASSWORD_FILE="/etc/pypi-index/pgpass"',
+    );
+    // The registrar waits for every app server's writer scan.
+    expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.content).toContain(
+      'PYPI_UPLOAD_HOSTS="app-a,app-b,app-c"',
     );
     expect(plain.files.find((f) => f.path === "/etc/systemd/system/srv-pypi.mount")?.content).toContain(
       "What=100.64.10.6:/srv/pypi-volume",

@@ -11,6 +11,7 @@ import { CLIENT_DIR, clientCommand, httpsVia, type Lab, sftpArgv } from "../lib/
 import { startLoad } from "../lib/load.js";
 import type { Report } from "../lib/report.js";
 import { buildWheel, type Wheel } from "../lib/wheel.js";
+import { runPublishChecks } from "./publish.js";
 
 const expectMatch = (what: string, text: string, re: RegExp): void => {
   if (!re.test(text)) throw new Error(`${what}: expected ${re} in: ${text.slice(0, 600)}`);
@@ -277,6 +278,7 @@ export async function runEndToEnd(lab: Lab, report: Report): Promise<void> {
     await report.check(flow, "pip download over TLS via the floating IP", () => pipDownload(lab, wheel));
     await report.check(flow, "simple page via every floating IP", () => simplePageEverywhere(lab, wheel));
   }
+  await runPublishChecks(lab, report);
 
   const tls = "tls";
   await report.check(tls, "HTTP redirects to HTTPS", () => httpRedirect(lab));

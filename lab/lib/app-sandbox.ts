@@ -8,6 +8,7 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { sftpStateDir } from "../../src/app/sftp-events.js";
 import { indexAppScript } from "../../src/app-artifact.js";
 import { paths } from "../../src/layout.js";
 import { projectRoot } from "../../src/project-files.js";
@@ -49,6 +50,8 @@ export function appSandboxTopology(base: Topology, packageRoot: string): Topolog
 }
 
 const OVERLAID = ["/etc", "/opt", "/srv", "/var/lib", "/var/log"];
+/** The app server the sandbox plays. */
+const SANDBOX_NODE = "app-a";
 
 export interface AppSandboxOptions {
   /** Prefix of the scratch directory's name. @default "pypi-app-" */
@@ -71,12 +74,15 @@ export class AppSandbox {
     return this.t.storage.packageRoot;
   }
 
-  /** Environment the app gets from Apache, plus the upload limit the agent passes to `register`. */
+  /**
+   * Environment the app gets from Apache, plus what the register job's env file adds: the one
+   * app server whose writer scans the registrar waits for is this one.
+   */
   appEnv(): Record<string, string> {
     return {
       ...Object.fromEntries(indexAppEnv(this.t)),
       PYPI_MAX_FILE_BYTES: String(this.t.upload.maxFileBytes),
-      PYPI_SETTLE_SECONDS: "0",
+      PYPI_UPLOAD_HOSTS: SANDBOX_NODE,
     };
   }
 
@@ -235,16 +241,21 @@ export class AppSandbox {
       { env: { PASS: passLine } },
     );
     const root = this.packageRoot;
-    mkdirSync(`${root}/packages`, { recursive: true });
+    // The node's layout (the agent's ensure_package_layout): the root is root's, what the app
+    // writes is www-data's, so the app workers can register uploads and write the pages.
     mkdirSync(`${root}/incoming`, { recursive: true });
-    mkdirSync(`${root}/.health`, { recursive: true });
-    this.sh(`chown www-data:www-data ${root}/.health`);
+    for (const dir of ["packages", ".staging", ".health", "simple", "pypi"])
+      mkdirSync(`${root}/${dir}`, { recursive: true });
+    this.sh(
+      `cd ${root} && chown www-data:www-data packages .staging .health simple pypi && chmod 0700 .staging .health`,
+    );
+    this.sh(`install -d -o www-data -g www-data -m 0755 ${sftpStateDir(root)}`);
     this.exec(["node", indexFcgiScript, "migrate"], { env });
   }
 
   private setupApache(): void {
     const t = this.t;
-    const node = nodeByName(t, "app-a");
+    const node = nodeByName(t, SANDBOX_NODE);
     const files: Record<string, string> = {
       [apacheSitePath]: renderApacheSite(t, node),
       [apachePortsPath]: renderApachePorts(t, node),
@@ -303,6 +314,11 @@ export class AppSandbox {
     };
     log: string;
   } {
+    // No watcher runs here: one round of its scan (as root, as it runs) says nothing is open.
+    this.exec(
+      ["node", indexFcgiScript, "watch-uploads", "--once", "--host", SANDBOX_NODE, "--write-as", "www-data"],
+      { env: this.appEnv() },
+    );
     const r = this.exec(["node", indexFcgiScript, "register", ...(user ? [user] : [])], {
       env: this.appEnv(),
     });

@@ -37,3 +37,33 @@ export function buildWheel(dir: string, name: string, version: string): Wheel {
   const sha256 = createHash("sha256").update(readFileSync(path)).digest("hex");
   return { name, version, filename, path, sha256 };
 }
+
+/**
+ * Hostile wheels, built with Python's zipfile so they are what a real attacker's tools make:
+ * `bomb` (one member of zeros that inflates about 1,000-fold), `mismatch` (METADATA names
+ * another project and version), `slip` (a member path climbing out of the install dir).
+ */
+export type HostileKind = "bomb" | "mismatch" | "slip";
+
+export function writeHostileWheel(path: string, kind: HostileKind, name: string, version: string): void {
+  const script = `
+import sys, zipfile
+path, kind, name, version = sys.argv[1:5]
+dist = name.replace("-", "_")
+info = f"{dist}-{version}.dist-info"
+meta_name, meta_version = ("requests", "99.0") if kind == "mismatch" else (name, version)
+files = {
+    f"{info}/METADATA": f"Metadata-Version: 2.1\\nName: {meta_name}\\nVersion: {meta_version}\\n",
+    f"{info}/WHEEL": "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+    f"{info}/RECORD": "",
+}
+with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+    for n, c in files.items():
+        z.writestr(n, c)
+    if kind == "bomb":
+        z.writestr(f"{dist}/zeros.bin", b"\\0" * (63 * 1024 * 1024))
+    if kind == "slip":
+        z.writestr("../../../../tmp/pwned.py", "print('pwned')\\n")
+`;
+  execFileSync("/usr/bin/python3", ["-c", script, path, kind, name, version], { timeout: 30_000 });
+}

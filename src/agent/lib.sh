@@ -124,9 +124,121 @@ svc_reload() {
   fi
   # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
-    systemd) systemctl daemon-reload && systemctl reload-or-restart $(systemd_units "$1") ;;
-    direct) direct_reload "$1" ;;
+    systemd)
+      systemctl daemon-reload || return
+      if svc_limits_stale "$1"; then
+        systemctl restart $(systemd_units "$1")
+      else
+        systemctl reload-or-restart $(systemd_units "$1")
+      fi
+      ;;
+    direct)
+      if svc_limits_stale "$1"; then
+        svc_stop "$1" && direct_start "$1"
+      else
+        direct_reload "$1"
+      fi
+      ;;
   esac
+}
+
+# A reload keeps the main process, and so the resource limits it was started with: true when the
+# running main process's limits differ from its unit's Limit*= (a restart applies them). For
+# ssh (Debian's unit has KillMode=process) a restart ends no session.
+svc_limits_stale() {
+  ls_unit=$(systemd_units "$1")
+  case $ls_unit in *" "* | *.path | *.timer) return 1 ;; esac
+  case $PYPI_SERVICE_MANAGER in
+    systemd) ls_pid=$(systemctl show -P MainPID "$ls_unit" 2>/dev/null) || return 1 ;;
+    direct) ls_pid=$(svc_main_pid "$1") || return 1 ;;
+  esac
+  proc_alive "${ls_pid:-}" || return 1
+  unit_limits "$(unit_name "$ls_unit")" | {
+    while read -r ls_res ls_soft ls_hard; do
+      ls_have=$(prlimit --pid "$ls_pid" "--$ls_res" -o SOFT,HARD --noheadings --raw 2>/dev/null) || continue
+      if [ "$ls_have" != "$ls_soft $ls_hard" ]; then
+        log "$1: pid $ls_pid runs with $ls_res $ls_have, its unit says $ls_soft $ls_hard; restarting it"
+        exit 0
+      fi
+    done
+    exit 1
+  }
+}
+
+# A unit name with systemd's default suffix.
+unit_name() { case $1 in *.*) echo "$1" ;; *) echo "$1.service" ;; esac; }
+
+# UNIT's file and its drop-ins, in the order systemd reads them (as lab/node/pypi-supervise.sh
+# does): the first main file found, then every `UNIT.d/*.conf` by name, /etc's masking the rest.
+unit_files() {
+  uf_main=""
+  for uf_dir in "${PYPI_UNIT_DIR:?}" /run/systemd/system /lib/systemd/system; do
+    if [ -f "$uf_dir/$1" ]; then
+      uf_main=$uf_dir/$1
+      break
+    fi
+  done
+  [ -n "$uf_main" ] || return 1
+  printf '%s\n' "$uf_main"
+  for uf_dir in "$PYPI_UNIT_DIR" /run/systemd/system /lib/systemd/system; do
+    for uf_file in "$uf_dir/$1.d"/*.conf; do
+      if [ -f "$uf_file" ]; then printf '%s %s\n' "${uf_file##*/}" "$uf_file"; fi
+    done
+  done | awk '!seen[$1]++' | sort -k1,1 | cut -d ' ' -f 2-
+}
+
+# `unit_values UNIT SECTION KEY`: KEY's effective values, one a line (an empty assignment
+# clears the ones before it; for a single-valued key the last line counts).
+unit_values() {
+  uv_files=$(unit_files "$1") || return 0
+  # shellcheck disable=SC2086
+  awk -v sec="[$2]" -v key="$3" '
+    function trim(s) { gsub(/^[ \t]+|[ \t]+$/, "", s); return s }
+    FNR == 1 { cur = "" }
+    /^[ \t]*([#;]|$)/ { next }
+    /^[ \t]*\[/ { cur = trim($0); next }
+    cur != sec { next }
+    {
+      i = index($0, "="); if (!i || trim(substr($0, 1, i - 1)) != key) next
+      v = trim(substr($0, i + 1))
+      if (v == "") n = 0; else val[++n] = v
+    }
+    END { for (j = 1; j <= n; j++) print val[j] }' $uv_files
+}
+
+# UNIT's Limit*= settings as `RESOURCE SOFT HARD` lines, RESOURCE as prlimit names it
+# (LimitFSIZE: fsize) and infinity as `unlimited`. Values are counts or bytes (K, M, G, T: 1024).
+unit_limits() {
+  ul_files=$(unit_files "$1") || return 0
+  # shellcheck disable=SC2086
+  awk '
+    function trim(s) { gsub(/^[ \t]+|[ \t]+$/, "", s); return s }
+    function value(v,  m, f) {
+      if (v == "infinity") return "unlimited"
+      if (!match(v, /^[0-9]+[KMGT]?$/)) return ""
+      m = index("KMGT", substr(v, length(v))); f = 1
+      if (m) { v = substr(v, 1, length(v) - 1); while (m-- > 0) f *= 1024 }
+      return sprintf("%.0f", v * f)
+    }
+    FNR == 1 { cur = "" }
+    /^[ \t]*([#;]|$)/ { next }
+    /^[ \t]*\[/ { cur = trim($0); next }
+    cur != "[Service]" { next }
+    {
+      i = index($0, "="); k = trim(substr($0, 1, i - 1))
+      if (!i || k !~ /^Limit[A-Z]+$/) next
+      if (!(k in v)) keys[++nk] = k
+      v[k] = trim(substr($0, i + 1))
+    }
+    END {
+      for (j = 1; j <= nk; j++) {
+        k = keys[j]; if (v[k] == "") continue
+        c = index(v[k], ":")
+        soft = value(c ? substr(v[k], 1, c - 1) : v[k]); hard = value(c ? substr(v[k], c + 1) : v[k])
+        if (soft == "" || hard == "") { printf "pypi-node: %s=%s is not understood; not applied\n", k, v[k] > "/dev/stderr"; continue }
+        print tolower(substr(k, 6)), soft, hard
+      }
+    }' $ul_files
 }
 
 # Unit names under systemd for services that are not a single .service.
@@ -180,6 +292,8 @@ svc_pidfile() {
     ssh) echo /run/sshd.pid ;;
     heartbeat) echo /run/heartbeat.pid ;;
     postgresql) echo "$PYPI_PG_DATA/postmaster.pid" ;;
+    # Type=simple: no pidfile under systemd; the direct start writes this one.
+    pypi-upload-watch) echo /run/pypi-upload-watch.pid ;;
     *) return 1 ;;
   esac
 }
@@ -300,9 +414,11 @@ direct_start() {
     haproxy) mkdir -p "$(dirname "$PYPI_HAPROXY_SOCKET")" &&
       haproxy -W -D -p "$(svc_pidfile haproxy)" -f "$PYPI_HAPROXY_CONF" ;;
     apache2) mkdir -p /run/apache2 /var/log/apache2 && apache2ctl start ;;
-    ssh) mkdir -p /run/sshd && /usr/sbin/sshd ;;
+    # Under its unit's Limit*= (the upload size limit), as systemd starts it.
+    ssh) mkdir -p /run/sshd && direct_limited ssh /usr/sbin/sshd ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat ;;
     postgresql) pg_direct_start ;;
+    pypi-upload-watch) direct_simple "$1" ;;
     *)
       log "no direct start for $1; skipped"
       return 0
@@ -323,6 +439,78 @@ direct_start() {
   direct_mark_active "$1"
 }
 
+# `direct_limited SVC CMD...`: CMD under the Limit*= of SVC's unit.
+direct_limited() {
+  dl_args=$(unit_limits "$(unit_name "$(systemd_units "$1")")" |
+    while read -r dl_res dl_soft dl_hard; do printf ' --%s=%s:%s' "$dl_res" "$dl_soft" "$dl_hard"; done)
+  shift
+  if [ -z "$dl_args" ]; then
+    "$@"
+    return
+  fi
+  # shellcheck disable=SC2086
+  prlimit $dl_args -- "$@"
+}
+
+# A Type=simple service from its unit, as systemd starts it: its ExecStart= in a clean
+# environment (but the agent's PATH) plus Environment= and EnvironmentFile=, under its Limit*=, in a session of its own,
+# from /. Its pid goes where svc_pidfile says, its output (the journal's part) to /var/log/SVC.log.
+# Like the lab's other daemons it runs without the unit's sandbox settings.
+direct_simple() {
+  dsm_unit=$(unit_name "$(systemd_units "$1")")
+  dsm_exec=$(unit_values "$dsm_unit" Service ExecStart | tail -n 1)
+  [ -n "$dsm_exec" ] || {
+    log "error: $dsm_unit: no ExecStart= (is the unit installed?)"
+    return 1
+  }
+  dsm_pidfile=$(svc_pidfile "$1") || return
+  dsm_limits=$(unit_limits "$dsm_unit" |
+    while read -r dsm_res dsm_soft dsm_hard; do printf ' --%s=%s:%s' "$dsm_res" "$dsm_soft" "$dsm_hard"; done)
+  rm -f "$dsm_pidfile"
+  setsid env -i PATH="$PATH" LANG=C.UTF-8 \
+    sh -c "$DIRECT_SIMPLE_RUNNER" direct-simple "$dsm_pidfile" "$dsm_exec" "$dsm_limits" \
+    "$(unit_values "$dsm_unit" Service Environment)" "$(unit_values "$dsm_unit" Service EnvironmentFile)" \
+    </dev/null >>"/var/log/$1.log" 2>&1 &
+}
+
+# direct_simple's child. Values are unquoted as sh would, and an EnvironmentFile is read as sh
+# reads it, as the supervisor runs oneshots: what systemd's quoting in our units means.
+# Arguments: the pidfile, ExecStart=, prlimit options, Environment= and EnvironmentFile= lines.
+# shellcheck disable=SC2016
+DIRECT_SIMPLE_RUNNER='
+pidfile=$1 exec_line=$2 limits=$3 assignments=$4 env_files=$5
+cd /
+set -a
+while IFS= read -r line; do
+  [ -n "$line" ] || continue
+  eval "set -- $line"
+  for kv; do export "$kv"; done
+done <<EOF
+$assignments
+EOF
+while IFS= read -r f; do
+  [ -n "$f" ] || continue
+  optional=${f%"${f#-}"}
+  f=${f#-}
+  if [ -r "$f" ]; then
+    . "$f"
+  elif [ -z "$optional" ]; then
+    echo "EnvironmentFile $f not readable" >&2
+    exit 1
+  fi
+done <<EOF
+$env_files
+EOF
+set +a
+unset line kv f optional
+# systemd escapes: $$ is a dollar, %% a percent; a leading - only ignores the exit status.
+exec_line=$(printf "%s\n" "$exec_line" | sed -e "s/[\$][\$]/\\\\\$/g" -e "s/%%/%/g" -e "s/^-//")
+eval "set -- $exec_line"
+echo $$ >"$pidfile"
+if [ -n "$limits" ]; then exec prlimit $limits -- "$@"; fi
+exec "$@"
+'
+
 direct_reload() {
   direct_running "$1" || {
     direct_start "$1"
@@ -337,6 +525,8 @@ direct_reload() {
     ssh) kill -HUP "$(cat "$(svc_pidfile ssh)")" ;;
     heartbeat) kill -HUP "$(cat "$(svc_pidfile heartbeat)")" ;;
     postgresql) pg_ctl_ reload >/dev/null ;;
+    # No ExecReload=: systemd's reload-or-restart restarts it.
+    pypi-upload-watch) svc_stop "$1" && direct_start "$1" ;;
     *) log "no direct reload for $1; skipped" ;;
   esac
 }
@@ -352,6 +542,7 @@ direct_stop() {
     ssh) kill "$(cat "$(svc_pidfile ssh)")" ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat -k ;;
     postgresql) pg_ctl_ -w -m fast stop >/dev/null ;;
+    pypi-upload-watch) if dst_pid=$(svc_main_pid "$1"); then kill "$dst_pid"; fi ;;
     *) log "no direct stop for $1; skipped" ;;
   esac
 }
@@ -607,6 +798,10 @@ ensure_package_layout() {
   install -d -o root -g root -m 0755 "$root" "$root/incoming"
   install -d -o www-data -g www-data -m 0755 "$root/packages"
   install -d -o www-data -g www-data -m 0700 "$root/.staging" "$root/.health"
+  # The static index pages the app writes at each registration; Apache serves them.
+  install -d -o www-data -g www-data -m 0755 "$root/simple" "$root/pypi"
+  # The upload watchers' scans (written as www-data, outside every chroot), read by the registrar.
+  install -d -o www-data -g www-data -m 0755 "$root/.sftp-state"
   for entry in $PYPI_UPLOAD_USERS; do
     user=${entry%%:*} uid=${entry#*:}
     # The chroot must be root-owned and not writable by anyone else (sshd refuses it otherwise).

@@ -295,7 +295,7 @@ service_log() {
 service_expected() {
   if [ "$PYPI_SERVICE_MANAGER" = direct ]; then
     ! direct_skipped "$1" || return 1
-    case $1 in nginx | haproxy | apache2 | ssh | heartbeat | postgresql | pypi-index-register) ;; *) return 1 ;; esac
+    case $1 in nginx | haproxy | apache2 | ssh | heartbeat | postgresql | pypi-index-register | pypi-upload-watch) ;; *) return 1 ;; esac
   fi
   if [ "$1" = postgresql ] && ! svc_running postgresql && ! pg_may_start 2>/dev/null; then return 1; fi
   return 0

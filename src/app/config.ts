@@ -1,5 +1,6 @@
 /** The app's settings, all from the environment that Apache (FcgidInitialEnv) or the agent sets. */
 import { readFileSync } from "node:fs";
+import { APP_ENV_FILE } from "../layout.js";
 
 export interface AppConfig {
   readonly db: {
@@ -14,10 +15,13 @@ export interface AppConfig {
   /** URL prefix of the stored files, ending in `/`. */
   readonly packagesUrl: string;
   readonly maxFileBytes: number;
-  /** Uploads younger than this are left for the next run: the client may still be writing. */
-  readonly settleSeconds: number;
-  /** Seconds a worker reuses a rendered index page (0 disables). */
-  readonly pageCacheSeconds: number;
+  /**
+   * App servers whose upload watchers must have published before any upload counts as closed
+   * (sftp-events.ts); empty: whichever have published.
+   */
+  readonly uploadHosts: readonly string[];
+  /** Rejected uploads are deleted after this many seconds. */
+  readonly rejectedRetentionSeconds: number;
   /** When set, /_health also requires the package root to be a mount point. */
   readonly requireMount: boolean;
 }
@@ -51,8 +55,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
     packageRoot: required(env, "PYPI_PACKAGE_ROOT").replace(/\/+$/, ""),
     packagesUrl: packagesUrl.endsWith("/") ? packagesUrl : `${packagesUrl}/`,
     maxFileBytes: positiveInt(env, "PYPI_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES),
-    settleSeconds: positiveInt(env, "PYPI_SETTLE_SECONDS", 5),
-    pageCacheSeconds: positiveInt(env, "PYPI_PAGE_CACHE_SECONDS", 5),
+    uploadHosts: (env.PYPI_UPLOAD_HOSTS ?? "")
+      .split(",")
+      .map((h) => h.trim())
+      .filter((h) => h !== ""),
+    rejectedRetentionSeconds: positiveInt(env, "PYPI_REJECTED_RETENTION_SECONDS", 7 * 24 * 3600),
     requireMount: env.PYPI_REQUIRE_MOUNT === "1",
   };
 }
@@ -102,4 +109,34 @@ export function readPassword(cfg: AppConfig["db"]): string | undefined {
       `${cfg.passwordFile}: no pgpass line for ${cfg.host}:${cfg.port}:${cfg.database}:${cfg.user}`,
     );
   return password;
+}
+
+/** Parse an EnvironmentFile as systemd does: KEY=value lines, double quotes with `\\` and `\"`, `#` comments. */
+export function parseEnvFile(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m || line.trimStart().startsWith("#")) continue;
+    const raw = (m[2] as string).trim();
+    out[m[1] as string] =
+      raw.startsWith('"') && raw.endsWith('"') && raw.length >= 2
+        ? raw.slice(1, -1).replace(/\\(.)/g, "$1")
+        : raw;
+  }
+  return out;
+}
+
+/**
+ * The environment for commands an operator runs by hand (`admin`): the process's own when it
+ * names the database, else the node's env file, so `pypi-index admin …` works in a plain shell.
+ */
+export function operatorEnv(env: NodeJS.ProcessEnv = process.env, file = APP_ENV_FILE): NodeJS.ProcessEnv {
+  if (env.PYPI_DB_HOST) return env;
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return env;
+  }
+  return { ...parseEnvFile(text), ...env };
 }

@@ -93,16 +93,34 @@ export class Db {
   }
 }
 
+/** Socket-level errno codes: the database host or the path to it is gone. */
+const NETWORK_ERRNO = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
+
 /**
  * Errors that mean the connection (not the statement) is bad, so retrying elsewhere may work:
- * anything without a SQLSTATE (socket errors, "connection terminated", "not queryable"), and
- * the SQLSTATEs of a server going away or of a standby reached after a failover.
+ * pg's own connection errors (no code, a message about the connection), socket errnos, and the SQLSTATEs of a server going
+ * away or of a standby reached after a failover. A filesystem error (it names a syscall and a
+ * path, e.g. EACCES on an upload) is not one: it must not stop the registrar.
  */
 export function isConnectionError(err: unknown): boolean {
   if (err instanceof DbUnavailable) return true;
   if (!(err instanceof Error)) return false;
-  const code = (err as { code?: unknown }).code;
-  if (typeof code !== "string" || !/^[0-9A-Z]{5}$/.test(code)) return true;
+  const { code, syscall } = err as { code?: unknown; syscall?: unknown };
+  if (typeof code === "string" && NETWORK_ERRNO.has(code)) return true;
+  // pg reports a lost connection as a plain Error ("Connection terminated unexpectedly", "… not queryable").
+  if (typeof code !== "string")
+    return typeof syscall !== "string" && /connection|terminated|not queryable/i.test(err.message);
+  if (!/^[0-9A-Z]{5}$/.test(code)) return false;
   // 08: connection exception; 57P01-03: admin/crash shutdown, cannot connect now; 25006: read-only.
   return code.startsWith("08") || /^57P0[1-3]$/.test(code) || code === "25006";
 }

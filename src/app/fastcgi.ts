@@ -2,6 +2,8 @@
  * A FastCGI responder (FastCGI 1.0): enough of the protocol for mod_fcgid, which hands the
  * process a listening Unix socket as fd 0 and sends one request per connection.
  */
+import { randomBytes } from "node:crypto";
+import { closeSync, constants, mkdirSync, openSync, rmSync, unlinkSync, writeSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 
 const VERSION = 1;
@@ -21,16 +23,28 @@ const ROLE_RESPONDER = 1;
 const FLAG_KEEP_CONN = 1;
 const STATUS = { REQUEST_COMPLETE: 0, CANT_MPX_CONN: 1, UNKNOWN_ROLE: 3 } as const;
 const MAX_CONTENT = 65535;
-/** Request bodies are tiny here; a cap keeps a hostile client from filling memory. */
-const MAX_STDIN = 1024 * 1024;
+/** Bodies up to this stay in memory; larger ones (uploads) are spooled to a file. */
+const MEMORY_BODY_BYTES = 256 * 1024;
+
+export interface BodyLimits {
+  /** Largest request body accepted; a larger CONTENT_LENGTH is answered 413 before reading it. */
+  readonly maxBodyBytes: number;
+  /** Directory for spooled bodies (created 0700). */
+  readonly spoolDir: string;
+}
 
 export interface FcgiRequest {
   readonly params: Readonly<Record<string, string>>;
+  /** The body when it was small enough to keep in memory (else empty). */
   readonly body: Buffer;
+  /** The spooled body, for large ones; removed after the response. */
+  readonly bodyFile?: string;
 }
 
 export interface FcgiResponse {
   readonly status: number;
+  /** Reason phrase for the status line (one line of printable ASCII); twine prints it. */
+  readonly reason?: string;
   readonly headers: Readonly<Record<string, string>>;
   readonly body: string | Buffer;
 }
@@ -42,9 +56,13 @@ const REASONS: Record<number, string> = {
   301: "Moved Permanently",
   304: "Not Modified",
   400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
   406: "Not Acceptable",
+  409: "Conflict",
+  413: "Content Too Large",
   500: "Internal Server Error",
   503: "Service Unavailable",
 };
@@ -116,9 +134,20 @@ export function encodeParams(params: Readonly<Record<string, string>>): Buffer {
   return Buffer.concat(parts);
 }
 
+/** The reason phrase: printable ASCII only (RFC 9112 allows no more), capped. */
+function statusReason(res: FcgiResponse): string {
+  const fallback = REASONS[res.status] ?? "Status";
+  if (res.reason === undefined) return fallback;
+  const clean = res.reason
+    .replace(/[^\x20-\x7e]+/g, " ")
+    .trim()
+    .slice(0, 400);
+  return clean === "" ? fallback : clean;
+}
+
 /** CGI response head: `Status:` plus headers; header values must not carry line breaks. */
 export function cgiHead(res: FcgiResponse, bodyLength: number): Buffer {
-  const lines = [`Status: ${res.status} ${REASONS[res.status] ?? "Status"}`];
+  const lines = [`Status: ${res.status} ${statusReason(res)}`];
   for (const [k, v] of Object.entries(res.headers)) {
     if (/[\r\n]/.test(k) || /[\r\n]/.test(v)) throw new Error(`fastcgi: header ${k} has a line break`);
     lines.push(`${k}: ${v}`);
@@ -134,9 +163,26 @@ interface Pending {
   stdinBytes: number;
   paramsDone: boolean;
   started: boolean;
+  spool?: { fd: number; path: string };
+  refused?: boolean;
 }
 
-function serveConnection(socket: Socket, handler: Handler, log: (msg: string) => void): void {
+function contentLength(params: Buffer[]): number {
+  try {
+    const raw = decodeParams(Buffer.concat(params)).CONTENT_LENGTH ?? "";
+    return /^[0-9]+$/.test(raw) ? Number(raw) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+function serveConnection(
+  socket: Socket,
+  handler: Handler,
+  log: (msg: string) => void,
+  limits: BodyLimits | undefined,
+): void {
+  const maxBody = limits?.maxBodyBytes ?? MEMORY_BODY_BYTES;
   let buffered: Buffer = Buffer.alloc(0);
   const requests = new Map<number, Pending>();
   let busy = false;
@@ -157,7 +203,9 @@ function serveConnection(socket: Socket, handler: Handler, log: (msg: string) =>
       return;
     }
     const body = Buffer.concat(req.stdin);
-    handler({ params, body })
+    const spool = req.spool;
+    if (spool) closeSync(spool.fd);
+    handler(spool ? { params, body: Buffer.alloc(0), bodyFile: spool.path } : { params, body })
       .catch((err: unknown): FcgiResponse => {
         log(`request failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
         return {
@@ -178,10 +226,38 @@ function serveConnection(socket: Socket, handler: Handler, log: (msg: string) =>
         busy = false;
         if (!req.keepConn) socket.end();
       })
+      .finally(() => {
+        if (spool) rmSync(spool.path, { force: true });
+      })
       .catch((err: unknown) => {
         log(`response failed: ${String(err)}`);
         socket.destroy();
       });
+  };
+
+  /** 413 without reading the rest; the connection is closed after the answer. */
+  const refuseBody = (id: number, req: Pending): void => {
+    req.refused = true;
+    if (req.spool) {
+      closeSync(req.spool.fd);
+      unlinkSync(req.spool.path);
+      req.spool = undefined;
+    }
+    const reason = `Request body over the limit of ${maxBody} bytes`;
+    const res: FcgiResponse = {
+      status: 413,
+      reason,
+      headers: { "Content-Type": "text/plain; charset=utf-8" },
+      body: `${reason}\n`,
+    };
+    const data = Buffer.from(res.body as string, "utf8");
+    write([
+      ...streamRecords(T.STDOUT, id, Buffer.concat([cgiHead(res, data.length), data])),
+      record(T.STDOUT, id),
+      endRequest(id, 0, STATUS.REQUEST_COMPLETE),
+    ]);
+    requests.delete(id);
+    socket.end();
   };
 
   const onRecord = (type: number, id: number, content: Buffer): void => {
@@ -216,18 +292,32 @@ function serveConnection(socket: Socket, handler: Handler, log: (msg: string) =>
       }
       case T.STDIN: {
         const req = requests.get(id);
-        if (!req || req.started) return;
+        if (!req || req.started || req.refused) return;
+        if (req.stdinBytes === 0 && contentLength(req.params) > maxBody) {
+          refuseBody(id, req);
+          return;
+        }
         if (content.length === 0) {
           dispatch(id, req);
           return;
         }
         req.stdinBytes += content.length;
-        if (req.stdinBytes > MAX_STDIN) {
-          log("request body too large; closing connection");
-          socket.destroy();
+        if (req.stdinBytes > maxBody) {
+          refuseBody(id, req);
           return;
         }
-        req.stdin.push(content);
+        if (limits && !req.spool && req.stdinBytes > MEMORY_BODY_BYTES) {
+          mkdirSync(limits.spoolDir, { recursive: true, mode: 0o700 });
+          const path = `${limits.spoolDir}/body-${process.pid}-${randomBytes(8).toString("hex")}`;
+          req.spool = {
+            fd: openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600),
+            path,
+          };
+          for (const b of req.stdin) writeAll(req.spool.fd, b);
+          req.stdin = [];
+        }
+        if (req.spool) writeAll(req.spool.fd, content);
+        else req.stdin.push(content);
         return;
       }
       case T.ABORT_REQUEST: {
@@ -274,13 +364,19 @@ function serveConnection(socket: Socket, handler: Handler, log: (msg: string) =>
   socket.on("error", (err) => log(`connection error: ${err.message}`));
 }
 
+function writeAll(fd: number, b: Buffer): void {
+  let off = 0;
+  while (off < b.length) off += writeSync(fd, b, off, b.length - off);
+}
+
 /** Serve FastCGI on an already-listening socket (fd 0 under mod_fcgid) or on a path/port for tests. */
 export function serveFastCgi(
   handler: Handler,
   listen: { fd: number } | { path: string } | { port: number; host: string },
   log: (msg: string) => void,
+  limits?: BodyLimits,
 ): Server {
-  const server = createServer((socket) => serveConnection(socket, handler, log));
+  const server = createServer((socket) => serveConnection(socket, handler, log, limits));
   server.on("error", (err) => log(`server error: ${err.message}`));
   server.listen(listen);
   return server;

@@ -1,35 +1,35 @@
 /**
- * `register`: move uploads from incoming/<user>/upload/ into packages/<project>/ and record
- * them. A file becomes visible only when its row is 'ok' and its file is in place; every
- * crash point leaves a 'pending' row that the next run reconciles. Rejected uploads go to
- * incoming/<user>/rejected/ with a `.reason` file: nothing is deleted, nothing overwritten.
+ * `register`: the SFTP door. Uploads in incoming/<user>/upload/ are copied to a private
+ * staging file and handed to the one registration (registration.ts) that the upload API uses
+ * too. Every crash point leaves a 'pending' row that the next run reconciles. Rejected uploads
+ * go to incoming/<user>/rejected/ with a `.reason` file and expire after the retention time.
  */
 import { createHash, randomBytes } from "node:crypto";
 import {
   closeSync,
   constants,
-  createReadStream,
   existsSync,
   fstatSync,
   fsyncSync,
-  linkSync,
   lstatSync,
   mkdirSync,
   openSync,
   readdirSync,
-  readFileSync,
   readSync,
   renameSync,
+  rmSync,
   type Stats,
   unlinkSync,
   writeFileSync,
   writeSync,
 } from "node:fs";
-import { createGunzip } from "node:zlib";
 import type pg from "pg";
 import type { AppConfig } from "./config.js";
 import { type Db, isConnectionError } from "./db.js";
-import { type ParsedFilename, parseFilename } from "./names.js";
+import { parseFilename } from "./names.js";
+import { publishProject, publishRoot, tryProjectLock } from "./publish.js";
+import { type Outcome, registerDistribution, type Staged, stagingPath } from "./registration.js";
+import { uploadClosed } from "./sftp-events.js";
 
 /** Only one registrar at a time across all app servers (they share the volume and the database). */
 const REGISTER_LOCK = 7_503_692;
@@ -41,6 +41,7 @@ export interface RegisterSummary {
   rejected: { user: string; file: string; reason: string }[];
   deferred: string[];
   recovered: string[];
+  expired: string[];
 }
 
 export const layout = (root: string) => ({
@@ -70,26 +71,13 @@ function sha256File(path: string | Buffer): string {
   return hash.digest("hex");
 }
 
-function fsyncDir(dir: string): void {
-  const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /**
  * Copy the upload (already opened, checked regular) to a private staging file, hashing on the
  * way. The copy, not the uploader's inode, is what gets stored: the uploader cannot change it
  * after the hash was taken.
  */
-function stageCopy(
-  fd: number,
-  stagingDir: string,
-  maxBytes: number,
-): { path: string; sha256: string; size: number } {
-  const path = `${stagingDir}/${randomBytes(12).toString("hex")}`;
+function stageCopy(fd: number, root: string, maxBytes: number): Staged {
+  const path = stagingPath(root);
   const out = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
   const hash = createHash("sha256");
   let size = 0;
@@ -113,40 +101,6 @@ function stageCopy(
   }
   closeSync(out);
   return { path, sha256: hash.digest("hex"), size };
-}
-
-/** A zip (wheel or zip sdist) ends with an end-of-central-directory record. */
-function checkZip(path: string, size: number): void {
-  const tail = Math.min(size, 22 + 65535);
-  if (size < 22) throw new Rejection("not a zip archive: too short");
-  const fd = openSync(path, "r");
-  try {
-    const buf = Buffer.alloc(tail);
-    readSync(fd, buf, 0, tail, size - tail);
-    const head = Buffer.alloc(4);
-    readSync(fd, head, 0, 4, 0);
-    if (head.readUInt32LE(0) !== 0x04034b50)
-      throw new Rejection("not a zip archive: bad local header signature");
-    if (buf.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06])) < 0)
-      throw new Rejection(
-        "not a complete zip archive: no end-of-central-directory record (truncated upload?)",
-      );
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** A .tar.gz must inflate completely, CRC included: catches truncated uploads. */
-async function checkGzip(path: string): Promise<void> {
-  const head = readFileSync(path).subarray(0, 2);
-  if (head.length < 2 || head[0] !== 0x1f || head[1] !== 0x8b) throw new Rejection("not a gzip file");
-  await new Promise<void>((resolve, reject) => {
-    const gunzip = createGunzip();
-    gunzip.on("data", () => {});
-    gunzip.on("end", resolve);
-    gunzip.on("error", (err) => reject(new Rejection(`corrupt or truncated gzip: ${err.message}`)));
-    createReadStream(path).on("error", reject).pipe(gunzip);
-  });
 }
 
 interface Context {
@@ -191,8 +145,10 @@ async function registerOne(ctx: Context, user: string, raw: Buffer): Promise<voi
   const st = lstatSync(source);
   if (st.isSymbolicLink()) return reject(ctx, user, raw, shown, "is a symbolic link");
   if (!st.isFile()) return reject(ctx, user, raw, shown, "is not a regular file");
-  if (Date.now() - st.mtimeMs < cfg.settleSeconds * 1000) {
+  const v = uploadClosed(cfg.packageRoot, user, raw, st, { hosts: cfg.uploadHosts });
+  if (!v.closed) {
     ctx.summary.deferred.push(`${user}/${shown}`);
+    ctx.log(`register: ${user}/${shown} deferred: ${v.why}`);
     return;
   }
   if (name === null) return reject(ctx, user, raw, shown, "filename is not valid UTF-8");
@@ -202,10 +158,6 @@ async function registerOne(ctx: Context, user: string, raw: Buffer): Promise<voi
     return reject(ctx, user, raw, shown, `size ${st.size} exceeds the limit of ${cfg.maxFileBytes} bytes`);
   if (st.nlink > 1) return reject(ctx, user, raw, shown, "file has more than one hard link");
 
-  const dup = await client.query<{ sha256: string }>("SELECT sha256 FROM files WHERE filename = $1", [name]);
-  if (dup.rows[0])
-    return reject(ctx, user, raw, shown, duplicateReason(dup.rows[0].sha256, sha256File(source)));
-
   // O_NOFOLLOW + same inode: the file checked above is the file copied.
   let staged: { path: string; sha256: string; size: number };
   const fd = openSync(source, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -213,9 +165,8 @@ async function registerOne(ctx: Context, user: string, raw: Buffer): Promise<voi
     const fst: Stats = fstatSync(fd);
     if (!fst.isFile() || fst.ino !== st.ino || fst.dev !== st.dev)
       return reject(ctx, user, raw, shown, "file changed while being checked");
-    mkdirSync(L.staging, { recursive: true, mode: 0o700 });
     try {
-      staged = stageCopy(fd, L.staging, cfg.maxFileBytes);
+      staged = stageCopy(fd, cfg.packageRoot, cfg.maxFileBytes);
     } catch (err) {
       if (err instanceof Rejection) return reject(ctx, user, raw, shown, err.message);
       throw err;
@@ -223,125 +174,100 @@ async function registerOne(ctx: Context, user: string, raw: Buffer): Promise<voi
   } finally {
     closeSync(fd);
   }
+  let outcome: Outcome;
   try {
-    if (parsed.value.archive === "zip") checkZip(staged.path, staged.size);
-    else await checkGzip(staged.path);
-    await store(ctx, user, parsed.value, staged);
-  } catch (err) {
+    outcome = await registerDistribution(
+      { cfg, client, log: ctx.log },
+      { account: user, via: "sftp", filename: name, staged, allowedProjects: null },
+    );
+  } finally {
     if (existsSync(staged.path)) unlinkSync(staged.path);
-    if (err instanceof Rejection) return reject(ctx, user, raw, shown, err.message);
-    throw err;
   }
+  if (!outcome.ok) return reject(ctx, user, raw, shown, outcome.reason);
   unlinkSync(source);
-  ctx.log(
-    `register: stored ${parsed.value.project}/${name} from ${user} sha256=${staged.sha256} size=${staged.size}`,
-  );
-  ctx.summary.registered.push(`${parsed.value.project}/${name}`);
+  ctx.summary.registered.push(`${outcome.project}/${name}`);
 }
 
-const duplicateReason = (existing: string, incoming: string): string =>
-  existing === incoming
-    ? "duplicate: this filename is already registered (identical content); files are never replaced"
-    : "duplicate: this filename is already registered with different content; files are never replaced, upload a new version";
-
-/** Pending row, then the file under its final name (link: never replaces), then 'ok'. */
-async function store(
-  ctx: Context,
-  user: string,
-  f: ParsedFilename,
-  staged: { path: string; sha256: string; size: number },
-): Promise<void> {
-  const { client, cfg } = ctx;
-  const L = layout(cfg.packageRoot);
-  try {
-    await client.query("BEGIN");
-    await client.query(
-      "INSERT INTO projects (name, display_name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-      [f.project, f.name],
-    );
-    await client.query(
-      "INSERT INTO files (filename, project, version, packagetype, sha256, size, uploader, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
-      [f.filename, f.project, f.version, f.packagetype, staged.sha256, staged.size, user],
-    );
-    await client.query("COMMIT");
-  } catch (err) {
-    await client.query("ROLLBACK").catch(() => {});
-    if ((err as { code?: string }).code === "23505") {
-      const row = await client.query<{ sha256: string }>("SELECT sha256 FROM files WHERE filename = $1", [
-        f.filename,
-      ]);
-      throw new Rejection(duplicateReason(row.rows[0]?.sha256 ?? "", staged.sha256));
-    }
-    throw err;
-  }
-  const dir = `${L.packages}/${f.project}`;
-  const target = L.stored(f.project, f.filename);
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o755 });
-    linkSync(staged.path, target);
-    fsyncDir(dir);
-  } catch (err) {
-    await client.query("DELETE FROM files WHERE filename = $1 AND state = 'pending'", [f.filename]);
-    if ((err as NodeJS.ErrnoException).code === "EEXIST")
-      throw new Rejection(
-        "a stored file of this name already exists (not in the index); it is never replaced",
-      );
-    throw err;
-  }
-  unlinkSync(staged.path);
-  await client.query(
-    "UPDATE files SET state = 'ok', uploaded_at = now() WHERE filename = $1 AND state = 'pending'",
-    [f.filename],
-  );
-}
+/** Staging files older than this belong to no live registration (an upload takes minutes, not hours). */
+const STAGING_STALE_MS = 6 * 3600 * 1000;
 
 /**
  * Finish or undo registrations a crash interrupted: a pending row whose stored file is
  * complete becomes 'ok' (and its upload, if still there, is removed); one without a stored
- * file is deleted, so its upload is retried. Staging leftovers are removed.
+ * file is deleted, so its upload is retried. A project whose lock is held is being registered
+ * right now (the upload API) and is left alone. Stale staging files are removed and dirty
+ * pages rewritten.
  */
 async function recover(ctx: Context): Promise<void> {
   const L = layout(ctx.cfg.packageRoot);
-  const { rows } = await ctx.client.query<{
+  const { client, cfg } = ctx;
+  const { rows } = await client.query<{
     filename: string;
     project: string;
     sha256: string;
     uploader: string;
   }>("SELECT filename, project, sha256, uploader FROM files WHERE state = 'pending' ORDER BY filename");
   for (const r of rows) {
-    const stored = L.stored(r.project, r.filename);
-    if (existsSync(stored) && sha256File(stored) === r.sha256) {
-      await ctx.client.query("UPDATE files SET state = 'ok' WHERE filename = $1 AND state = 'pending'", [
-        r.filename,
-      ]);
-      const upload = `${L.upload(r.uploader)}/${r.filename}`;
-      if (existsSync(upload) && lstatSync(upload).isFile() && sha256File(upload) === r.sha256)
-        unlinkSync(upload);
-      ctx.log(`register: recovered ${r.project}/${r.filename}: stored file complete, marked ok`);
-    } else if (existsSync(stored)) {
-      ctx.log(
-        `register: ${r.project}/${r.filename}: stored file does not match its pending row; left pending for an operator`,
-      );
-      continue;
-    } else {
-      await ctx.client.query("DELETE FROM files WHERE filename = $1 AND state = 'pending'", [r.filename]);
-      ctx.log(
-        `register: recovered ${r.project}/${r.filename}: no stored file, pending row removed (upload will be retried)`,
-      );
-    }
-    ctx.summary.recovered.push(`${r.project}/${r.filename}`);
+    await tryProjectLock(client, r.project, async () => {
+      const stored = L.stored(r.project, r.filename);
+      if (existsSync(stored) && sha256File(stored) === r.sha256) {
+        await client.query("UPDATE files SET state = 'ok' WHERE filename = $1 AND state = 'pending'", [
+          r.filename,
+        ]);
+        await client.query("UPDATE projects SET pages_dirty = true WHERE name = $1", [r.project]);
+        const upload = `${L.upload(r.uploader)}/${r.filename}`;
+        if (existsSync(upload) && lstatSync(upload).isFile() && sha256File(upload) === r.sha256)
+          unlinkSync(upload);
+        ctx.log(`register: recovered ${r.project}/${r.filename}: stored file complete, marked ok`);
+      } else if (existsSync(stored)) {
+        ctx.log(
+          `register: ${r.project}/${r.filename}: stored file does not match its pending row; left pending for an operator`,
+        );
+        return;
+      } else {
+        await client.query("DELETE FROM files WHERE filename = $1 AND state = 'pending'", [r.filename]);
+        ctx.log(
+          `register: recovered ${r.project}/${r.filename}: no stored file, pending row removed (upload will be retried)`,
+        );
+      }
+      ctx.summary.recovered.push(`${r.project}/${r.filename}`);
+    });
   }
-  if (existsSync(L.staging)) for (const f of readdirSync(L.staging)) unlinkSync(`${L.staging}/${f}`);
+  if (existsSync(L.staging))
+    for (const f of readdirSync(L.staging)) {
+      const path = `${L.staging}/${f}`;
+      if (Date.now() - lstatSync(path).mtimeMs > STAGING_STALE_MS) unlinkSync(path);
+    }
+  const dirty = await client.query<{ name: string }>(
+    "SELECT name FROM projects WHERE pages_dirty ORDER BY name",
+  );
+  for (const { name } of dirty.rows)
+    await tryProjectLock(client, name, () => publishProject(client, cfg, name, { root: false }));
+  if (dirty.rows.length > 0) await publishRoot(client, cfg);
 }
 
-/** Register every settled upload of `users` (default: every directory under incoming/). */
+/** Rejected uploads (and their reasons) older than the retention are deleted. */
+function expireRejected(ctx: Context, user: string): void {
+  const dir = layout(ctx.cfg.packageRoot).rejected(user);
+  if (!existsSync(dir)) return;
+  const cutoff = Date.now() - ctx.cfg.rejectedRetentionSeconds * 1000;
+  for (const raw of readdirSync(dir, { encoding: "buffer" })) {
+    const path = Buffer.concat([Buffer.from(`${dir}/`), raw]);
+    const st = lstatSync(path);
+    if (st.mtimeMs >= cutoff) continue;
+    rmSync(path, { recursive: true, force: true });
+    ctx.summary.expired.push(`${user}/${decodeName(raw) ?? raw.toString("hex")}`);
+  }
+}
+
+/** Register every closed upload of `users` (default: every directory under incoming/). */
 export async function register(
   cfg: AppConfig,
   db: Db,
   log: (msg: string) => void,
   users?: readonly string[],
 ): Promise<RegisterSummary> {
-  const summary: RegisterSummary = { registered: [], rejected: [], deferred: [], recovered: [] };
+  const summary: RegisterSummary = { registered: [], rejected: [], deferred: [], recovered: [], expired: [] };
   const L = layout(cfg.packageRoot);
   const client = await db.connect();
   try {
@@ -364,6 +290,13 @@ export async function register(
         if (!USER_RE.test(user)) {
           log(`register: skipping incoming directory with an invalid user name: ${JSON.stringify(user)}`);
           continue;
+        }
+        try {
+          expireRejected(ctx, user);
+        } catch (err) {
+          log(
+            `register: ${user}: expiring rejected uploads failed: ${err instanceof Error ? err.message : String(err)}`,
+          );
         }
         const dir = L.upload(user);
         if (!existsSync(dir)) continue;

@@ -18,6 +18,10 @@ export interface IndexFile {
   readonly size: number;
   readonly uploadTime: Date;
   readonly requiresPython: string | null;
+  /** PEP 592: null when not yanked; otherwise the reason, "" when none was given. */
+  readonly yanked: string | null;
+  /** PEP 658: sha256 of the file's core metadata, served at `<file url>.metadata`; null if none. */
+  readonly coreMetadataSha256: string | null;
 }
 
 /** Escape text and attribute values for HTML. The one escaping helper for HTML output. */
@@ -85,6 +89,28 @@ export function negotiate(accept: string | undefined): Format | null {
   return chosen;
 }
 
+/**
+ * PEP 691's optional `?format=<media type>`, which overrides Accept. Undefined when the query has
+ * no `format`; null when it names a type this index does not serve (406). `+` is taken
+ * literally: clients that do not percent-encode it mean the media type, not a space.
+ */
+export function formatFromQuery(query: string | undefined): Format | null | undefined {
+  if (!query) return undefined;
+  for (const pair of query.split("&")) {
+    if (!pair.startsWith("format=")) continue;
+    let value: string;
+    try {
+      value = decodeURIComponent(pair.slice("format=".length)).trim().toLowerCase();
+    } catch {
+      return null;
+    }
+    value = value.replace("application/vnd.pypi.simple.latest+", "application/vnd.pypi.simple.v1+");
+    const found = (Object.keys(MEDIA) as Format[]).find((f) => MEDIA[f] === value);
+    return found ?? null;
+  }
+  return undefined;
+}
+
 const htmlHead = (title: string): string[] => [
   "<!DOCTYPE html>",
   "<html>",
@@ -111,13 +137,22 @@ export function renderRootJson(projects: readonly string[]): string {
   });
 }
 
-/** `/simple/<project>/`: one anchor per file, with the sha256 fragment and data-requires-python. */
+/**
+ * `/simple/<project>/`: one anchor per file, with the sha256 fragment, data-requires-python,
+ * data-yanked (PEP 592) and the core metadata hash under both its PEP 714 and PEP 658 names.
+ */
 export function renderProjectHtml(project: string, files: readonly IndexFile[], packagesUrl: string): string {
   const lines = [...htmlHead(`Links for ${project}`), `    <h1>Links for ${htmlEscape(project)}</h1>`];
   for (const f of files) {
     const href = `${fileUrl(packagesUrl, project, f.filename)}#sha256=${f.sha256}`;
-    const rp = f.requiresPython ? ` data-requires-python="${htmlEscape(f.requiresPython)}"` : "";
-    lines.push(`    <a href="${htmlEscape(href)}"${rp}>${htmlEscape(f.filename)}</a><br/>`);
+    let attrs = "";
+    if (f.requiresPython) attrs += ` data-requires-python="${htmlEscape(f.requiresPython)}"`;
+    if (f.yanked !== null) attrs += ` data-yanked="${htmlEscape(f.yanked)}"`;
+    if (f.coreMetadataSha256) {
+      const meta = htmlEscape(`sha256=${f.coreMetadataSha256}`);
+      attrs += ` data-core-metadata="${meta}" data-dist-info-metadata="${meta}"`;
+    }
+    lines.push(`    <a href="${htmlEscape(href)}"${attrs}>${htmlEscape(f.filename)}</a><br/>`);
   }
   lines.push("  </body>", "</html>");
   return `${lines.join("\n")}\n`;
@@ -140,6 +175,13 @@ export function renderProjectJson(project: string, files: readonly IndexFile[], 
       ...(f.requiresPython ? { "requires-python": f.requiresPython } : {}),
       size: f.size,
       "upload-time": f.uploadTime.toISOString(),
+      yanked: f.yanked === null ? false : f.yanked === "" ? true : f.yanked,
+      ...(f.coreMetadataSha256
+        ? {
+            "core-metadata": { sha256: f.coreMetadataSha256 },
+            "dist-info-metadata": { sha256: f.coreMetadataSha256 },
+          }
+        : {}),
     })),
   });
 }

@@ -11,6 +11,7 @@ import { heartbeatPaths, resourceScriptPath } from "./heartbeat.js";
 import { mountUnitName, nfsPaths } from "./nfs.js";
 import { NGINX_CONF_PATH, NGINX_ERROR_LOG, NGINX_PID_PATH } from "./nginx.js";
 import { PG_LOG_DIR, PG_SOCKET_DIR, PGPASS_PATH } from "./postgres.js";
+import { uploadWatchUnitPath } from "./ssh-limits.js";
 import { uploadHostKeyPath } from "./sshd.js";
 import { appEnvPath, indexScriptPath } from "./systemd.js";
 
@@ -95,6 +96,8 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     ["PYPI_DB_TOOL", agentScriptPaths["pypi-db"]],
     ["PYPI_FIP_SCRIPT", agentScriptPaths["pypi-fip"]],
     ["PYPI_NFS_SCRIPT", agentScriptPaths["pypi-nfs"]],
+    // Where the bundles install units and drop-ins; the lab's direct start reads them from there.
+    ["PYPI_UNIT_DIR", dirname(uploadWatchUnitPath)],
   ];
   if (t.backend === "lab")
     vars.push(

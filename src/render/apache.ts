@@ -1,4 +1,6 @@
-import { paths } from "../layout.js";
+import { GZIP_SUFFIX, PAGE_FILES, PAGE_TYPES } from "../app/pages.js";
+import { MEDIA } from "../app/simple.js";
+import { paths, uploadBodyLimit } from "../layout.js";
 import { type AppRuntime, type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
 
 /** Debian's config dir; the agent checks a candidate tree of it as a whole (`apache2ctl -t`). */
@@ -29,6 +31,9 @@ const fcgid = {
 
 const proxyConnectTimeout = 5;
 
+/** Paths routed to the index app; under /simple and /pypi only what has no static page. */
+const appPaths = ["/simple", "/pypi", "/legacy", "/_health"] as const;
+
 // biome-ignore lint/suspicious/noTemplateCurlyInString: Apache expands this from envvars
 const apacheLogDir = "${APACHE_LOG_DIR}";
 
@@ -52,7 +57,17 @@ export function apacheQuote(value: string | number): string {
 
 /** Modules the agent enables (`a2enmod`) for a runtime, besides Debian's defaults. */
 export function apacheModules(runtime: AppRuntime): string[] {
-  const base = ["alias", "authz_core", "authz_host", "headers", "mime", "remoteip", "setenvif"];
+  const base = [
+    "alias",
+    "authz_core",
+    "authz_host",
+    "headers",
+    "mime",
+    "negotiation",
+    "remoteip",
+    "rewrite",
+    "setenvif",
+  ];
   switch (runtime) {
     case "fcgid":
       return [...base, "fcgid"];
@@ -76,6 +91,7 @@ export function indexAppEnv(t: Topology): ReadonlyArray<readonly [string, string
     ["PYPI_DB_PASSWORD_FILE", indexDbPasswordFile],
     ["PYPI_PACKAGE_ROOT", t.storage.packageRoot],
     ["PYPI_PACKAGES_URL", "/packages/"],
+    ["PYPI_MAX_FILE_BYTES", String(t.upload.maxFileBytes)],
     // On AWS the package root is an NFS mount; the lab shares a plain directory.
     ["PYPI_REQUIRE_MOUNT", t.backend === "aws" ? "1" : "0"],
   ];
@@ -115,9 +131,10 @@ function fcgidVhostLines(t: Topology): string[] {
     `  FcgidIOTimeout ${apacheQuote(timeout)}`,
     `  FcgidBusyTimeout ${apacheQuote(timeout * 2)}`,
     `  FcgidMaxRequestsPerProcess ${apacheQuote(fcgid.maxRequestsPerProcess)}`,
+    // Uploads through /legacy/ arrive as one multipart body.
+    `  FcgidMaxRequestLen ${apacheQuote(uploadBodyLimit(t.upload.maxFileBytes))}`,
     ...indexAppEnv(t).map(([k, v]) => `  FcgidInitialEnv ${apacheQuote(k)} ${apacheQuote(v)}`),
-    `  Alias ${apacheQuote("/simple")} ${apacheQuote(indexFcgiScript)}`,
-    `  Alias ${apacheQuote("/_health")} ${apacheQuote(indexFcgiScript)}`,
+    ...appPaths.map((p) => `  Alias ${apacheQuote(p)} ${apacheQuote(indexFcgiScript)}`),
     `  <Directory ${apacheQuote(paths.appRoot)}>`,
     "    Options ExecCGI",
     "    AllowOverride None",
@@ -156,8 +173,7 @@ function wsgiVhostLines(t: Topology): string[] {
     "  WSGIProcessGroup pypi-index",
     "  WSGIApplicationGroup %{GLOBAL}",
     ...indexAppEnv(t).map(([k, v]) => `  SetEnv ${apacheQuote(k)} ${apacheQuote(v)}`),
-    `  WSGIScriptAlias ${apacheQuote("/simple")} ${apacheQuote(indexWsgiScript)}`,
-    `  WSGIScriptAlias ${apacheQuote("/_health")} ${apacheQuote(indexWsgiScript)}`,
+    ...appPaths.map((p) => `  WSGIScriptAlias ${apacheQuote(p)} ${apacheQuote(indexWsgiScript)}`),
     `  <Directory ${apacheQuote(paths.appRoot)}>`,
     "    Options None",
     "    AllowOverride None",
@@ -183,11 +199,100 @@ function gunicornVhostLines(t: Topology): string[] {
     `  ProxyPass ${apacheQuote("/packages/")} !`,
     pass("/simple/"),
     `  ProxyPassReverse ${apacheQuote("/simple/")} ${apacheQuote(`${origin}/simple/`)}`,
+    pass("/pypi/"),
+    pass("/legacy/"),
     pass("/_health"),
   ];
 }
 
-/** The site: static files, packages from the package volume, the index app for /simple/ and /_health. */
+/** A `?format=` value for `expr=`: the media type with `/` and `+` as sent or percent-encoded. */
+function formatQueryRegex(media: string): string {
+  const [major, minor] = media.split("/") as [string, string];
+  const sub = minor
+    .replace(/\./g, "[.]")
+    .replace("vnd[.]pypi[.]simple[.]v1+", "vnd[.]pypi[.]simple[.](v1|latest)([+]|%2B)");
+  return `(^|&)format=${major}(/|%2F)${sub}(&|$)`;
+}
+
+/**
+ * `/simple/` and `/pypi/<project>/json` as static pages (src/app/pages.ts): one file per form,
+ * each with its gzip form, chosen by mod_negotiation from the directory's type map, which
+ * honours Accept q-values and Accept-Encoding. A path without a page (an unknown or not
+ * normalized name) is not rewritten and falls through to the index app.
+ */
+function pageLines(t: Topology): string[] {
+  const simpleDir = `${t.storage.packageRoot}/simple`;
+  const apiDir = `${t.storage.packageRoot}/pypi`;
+  const onSimple = "%{REQUEST_URI} =~ m#^/simple/#";
+  const format = (media: string): string =>
+    apacheQuote(`expr=${onSimple} && %{QUERY_STRING} =~ m#${formatQueryRegex(media)}#i`);
+  const variants = Object.values(PAGE_FILES.simple)
+    .map((f) => f.replace("index.", ""))
+    .join("|");
+  const gz = GZIP_SUFFIX.replace(".", "[.]");
+  const map = PAGE_FILES.typeMap;
+  const mimeLines = (exts: readonly string[]): string[] => [
+    `    AddHandler type-map ${map.slice(map.lastIndexOf("."))}`,
+    // Each variant's gzip form keeps its variant's type and is sent with Content-Encoding.
+    `    RemoveType ${GZIP_SUFFIX}`,
+    `    AddEncoding gzip ${GZIP_SUFFIX}`,
+    ...PAGE_TYPES.filter(([ext]) => exts.includes(ext)).map(
+      ([ext, type]) => `    AddType ${apacheQuote(type)} ${ext}`,
+    ),
+  ];
+  const dirOpen = (dir: string): string[] => [
+    `  <Directory ${apacheQuote(dir)}>`,
+    "    Options -Indexes -ExecCGI -Includes -MultiViews",
+    "    AllowOverride None",
+    "    Require all granted",
+  ];
+  return [
+    "  # Index pages: static, negotiated by type maps; missing pages go to the index app.",
+    "  RewriteEngine On",
+    // PEP 691 ?format= overrides Accept; a format not served ends in 406.
+    `  RequestHeader set Accept ${apacheQuote("application/x-unsupported-format")} ${apacheQuote(`expr=${onSimple} && %{QUERY_STRING} =~ m#(^|&)format=#`)}`,
+    ...[MEDIA.text, MEDIA.html, MEDIA.json].map(
+      (m) => `  RequestHeader set Accept ${apacheQuote(m)} ${format(m)}`,
+    ),
+    `  RewriteCond ${apacheQuote(`${simpleDir}/$1${map}`)} -f`,
+    `  RewriteRule ${apacheQuote("^/simple/((?:[a-z0-9-]+/)?)$")} ${apacheQuote(`${simpleDir}/$1${map}`)} [L]`,
+    // The variant a type map picked arrives as an internal redirect to its own name.
+    `  RewriteCond ${apacheQuote(`${simpleDir}/$1`)} -f`,
+    `  RewriteRule ${apacheQuote(`^/simple/((?:[a-z0-9-]+/)?index[.](?:${variants})(?:${gz})?)$`)} ${apacheQuote(`${simpleDir}/$1`)} [L]`,
+    `  RewriteCond ${apacheQuote(`${apiDir}/$1/${map}`)} -f`,
+    `  RewriteRule ${apacheQuote("^/pypi/([a-z0-9-]+)/json$")} ${apacheQuote(`${apiDir}/$1/${map}`)} [L]`,
+    `  RewriteCond ${apacheQuote(`${apiDir}/$1`)} -f`,
+    `  RewriteRule ${apacheQuote(`^/pypi/([a-z0-9-]+/index[.]json(?:${gz})?)$`)} ${apacheQuote(`${apiDir}/$1`)} [L]`,
+    ...dirOpen(simpleDir),
+    ...mimeLines([".html", ".v1html", ".v1json"]),
+    `    Header set Cache-Control ${apacheQuote(pageCacheControl)}`,
+    '    Header always set Vary "Accept, Accept-Encoding"',
+    ...negotiatedHeaderLines,
+    "  </Directory>",
+    ...dirOpen(apiDir),
+    ...mimeLines([".json"]),
+    // One type only: any Accept gets the JSON rather than a 406.
+    "    RequestHeader unset Accept",
+    `    Header set Cache-Control ${apacheQuote(pageCacheControl)}`,
+    '    Header always set Vary "Accept-Encoding"',
+    ...negotiatedHeaderLines,
+    "  </Directory>",
+  ];
+}
+
+/** Index pages change on every upload; a short lifetime keeps caches close to the database. */
+const pageCacheControl = "max-age=60, public";
+
+const negotiatedHeaderLines = [
+  "    Header always unset TCN",
+  "    Header always unset Content-Location",
+  // mod_negotiation's structured ETag (variant;variant-list) lacks its closing quote: add it
+  // on the way out, and take it off again in If-None-Match so the comparison still matches.
+  String.raw`    Header edit ETag "^((?:W/)?\"[^\"]*)$" "$1\""`,
+  String.raw`    RequestHeader edit* If-None-Match "(\"[^\",;]*;[^\",]*)\"" "$1"`,
+];
+
+/** The site: static files, packages from the package volume, the index pages and the index app. */
 export function renderApacheSite(t: Topology, _node: NodeSpec): string {
   const balancers = nodesWithRole(t, "balancer").map((n) => n.privateIp);
   const packagesDir = `${t.storage.packageRoot}/packages/`;
@@ -210,7 +315,7 @@ export function renderApacheSite(t: Topology, _node: NodeSpec): string {
     "  RemoteIPHeader X-Forwarded-For",
     `  RemoteIPInternalProxy ${balancers.map(apacheQuote).join(" ")}`,
     '  LogFormat "%a %l %u %t \\"%r\\" %>s %O \\"%{Referer}i\\" \\"%{User-Agent}i\\" %D" pypi',
-    '  SetEnvIf Request_URI "^/_health$" pypi_health',
+    '  SetEnvIf Request_URI "^/_health(/detail)?$" pypi_health',
     `  ErrorLog ${apacheLogDir}/pypi-error.log`,
     `  CustomLog ${apacheLogDir}/pypi-access.log pypi env=!pypi_health`,
     "",
@@ -237,6 +342,19 @@ export function renderApacheSite(t: Topology, _node: NodeSpec): string {
     "    AddType application/x-bzip2 .bz2",
     "    AddType text/plain .asc .metadata",
     "  </Directory>",
+    "",
+    // The upload token travels in Authorization, which Apache hides from FastCGI unless told.
+    `  <Location ${apacheQuote("/legacy")}>`,
+    "    CGIPassAuth On",
+    "  </Location>",
+    // Health detail (writer address, standby names, lag) only for the balancers' checks and the
+    // node itself; through nginx it is a 404. mod_remoteip has already replaced a proxied
+    // request's address with the client's, so a forwarded request never matches.
+    `  <Location ${apacheQuote("/_health/detail")}>`,
+    `    Require ip ${[...balancers, "127.0.0.1", "::1"].map(apacheQuote).join(" ")}`,
+    "  </Location>",
+    "",
+    ...pageLines(t),
     "",
     ...appLines,
     "</VirtualHost>",

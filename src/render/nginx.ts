@@ -1,3 +1,4 @@
+import { uploadBodyLimit } from "../layout.js";
 import { type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
 
 /** Name of the upstream that holds every app server. */
@@ -124,7 +125,16 @@ export function renderNginxConf(t: Topology, node: NodeSpec): string {
     `proxy_next_upstream_tries ${q(PROXY_NEXT_UPSTREAM_TRIES)};`,
     `proxy_next_upstream_timeout ${q(`${readTimeout}s`)};`,
     "",
+    // Public health is status only; the detail path is for the balancers' own checks.
     ...block("location = /_health", ["access_log off;", ...proxied]),
+    ...block("location ^~ /_health/", ["return 404;"]),
+    // The upload API: the only large bodies. nginx buffers them before choosing an app server,
+    // and never retries a POST on another one (no non_idempotent), so an upload is sent once.
+    ...block("location = /legacy/", [
+      `client_max_body_size ${q(uploadBodyLimit(t.upload.maxFileBytes))};`,
+      "client_body_buffer_size 1m;",
+      ...proxied,
+    ]),
     ...block("location /", proxied),
   ]);
 
@@ -135,7 +145,7 @@ export function renderNginxConf(t: Topology, node: NodeSpec): string {
     "server_tokens off;",
     "include mime.types;",
     "default_type application/octet-stream;",
-    // Uploads go over SFTP; HTTP bodies are small form posts.
+    // Everywhere but the upload API, bodies are small.
     "client_max_body_size 1m;",
     "",
     "log_format pypi '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent '",

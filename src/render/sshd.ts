@@ -16,7 +16,35 @@ export const uploadChrootRoot = (t: Topology): string => `${t.storage.packageRoo
 /** The user-writable directory inside the chroot, as seen from outside it. */
 export const uploadDir = (t: Topology, user: string): string => `${uploadChrootRoot(t)}/${user}/upload`;
 
-const sftpFlags = "-u 0022 -l INFO";
+/**
+ * SFTP requests an uploader may make (`sftp-server -Q requests` lists them all): enough to put,
+ * list, rename and remove files. Left out: setstat, fsetstat and lsetstat (chmod, chown, times:
+ * the modes of the upload tree are not the uploader's), mkdir and rmdir, symlink, hardlink,
+ * readlink, copy-data, users-groups-by-id. An allowlist, so a request a later OpenSSH adds stays off.
+ */
+export const sftpAllowedRequests = [
+  "open",
+  "close",
+  "read",
+  "write",
+  "lstat",
+  "fstat",
+  "opendir",
+  "readdir",
+  "remove",
+  "realpath",
+  "stat",
+  "rename",
+  "posix-rename",
+  "statvfs",
+  "fstatvfs",
+  "limits",
+  "expand-path",
+  "home-directory",
+  "fsync",
+] as const;
+
+const sftpFlags = `-u 0022 -l INFO -p ${sftpAllowedRequests.join(",")}`;
 
 /**
  * Quote one value for sshd_config. sshd splits arguments like a shell word list with double

@@ -1,10 +1,10 @@
-import { paths } from "../layout.js";
-import type { Topology } from "../topology.js";
+import { APP_ENV_FILE, paths } from "../layout.js";
+import { nodesWithRole, type Topology } from "../topology.js";
 import { indexAppEnv } from "./apache.js";
 import { uploadDir } from "./sshd.js";
 
 export const REGISTER_UNIT = "pypi-index-register";
-export const appEnvPath = "/etc/pypi-index/env";
+export const appEnvPath = APP_ENV_FILE;
 export const indexScriptPath = `${paths.appRoot}/index.fcgi`;
 
 /**
@@ -18,9 +18,14 @@ export function systemdQuote(value: string): string {
   return `"${value.replace(/[\\"]/g, "\\$&").replaceAll("%", "%%")}"`;
 }
 
-/** The index app's environment, for the register job (Apache passes the same through FcgidInitialEnv). */
+/**
+ * The index app's environment, for the register job and the upload watcher (Apache passes the
+ * same through FcgidInitialEnv). Only the registrar reads PYPI_UPLOAD_HOSTS: every app server's
+ * watcher must have published before an upload counts as closed.
+ */
 export function renderAppEnv(t: Topology): string {
-  const env = [...indexAppEnv(t), ["PYPI_MAX_FILE_BYTES", String(t.upload.maxFileBytes)] as const];
+  const hosts = nodesWithRole(t, "app").map((n) => n.name);
+  const env = [...indexAppEnv(t), ["PYPI_UPLOAD_HOSTS", hosts.join(",")] as const];
   return `${env.map(([k, v]) => `${k}=${systemdQuote(v)}`).join("\n")}\n`;
 }
 
@@ -57,7 +62,7 @@ export function renderRegisterPath(t: Topology): string {
   ].join("\n")}\n`;
 }
 
-/** register skips uploads still settling; the timer picks them up. */
+/** register skips uploads still open for writing; the timer picks them up. */
 export function renderRegisterTimer(): string {
   return `${[
     "[Unit]",

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { pgpassLookup } from "../../src/app/config.js";
 import { decodeParams, encodeParams } from "../../src/app/fastcgi.js";
 import {
+  formatFromQuery,
   type IndexFile,
   negotiate,
   renderProjectHtml,
@@ -18,6 +19,8 @@ const files: IndexFile[] = [
     size: 10,
     uploadTime: new Date("2024-01-02T03:04:05Z"),
     requiresPython: null,
+    yanked: null,
+    coreMetadataSha256: null,
   },
   {
     filename: "demo_pkg-1.1+x-py3-none-any.whl",
@@ -26,6 +29,28 @@ const files: IndexFile[] = [
     size: 20,
     uploadTime: new Date("2024-02-02T03:04:05Z"),
     requiresPython: ">=3.8,<4",
+    yanked: null,
+    coreMetadataSha256: "c".repeat(64),
+  },
+  {
+    filename: "demo_pkg-1.2-py3-none-any.whl",
+    version: "1.2",
+    sha256: "d".repeat(64),
+    size: 30,
+    uploadTime: new Date("2024-03-02T03:04:05Z"),
+    requiresPython: null,
+    yanked: 'broken <build> & "bad"',
+    coreMetadataSha256: null,
+  },
+  {
+    filename: "demo_pkg-1.3-py3-none-any.whl",
+    version: "1.3",
+    sha256: "e".repeat(64),
+    size: 40,
+    uploadTime: new Date("2024-04-02T03:04:05Z"),
+    requiresPython: null,
+    yanked: "",
+    coreMetadataSha256: null,
   },
 ];
 
@@ -37,8 +62,17 @@ describe("PEP 503 HTML", () => {
       `<a href="/packages/demo-pkg/demo_pkg-1.0.tar.gz#sha256=${"a".repeat(64)}">demo_pkg-1.0.tar.gz</a><br/>`,
     );
     expect(html).toContain(
-      `<a href="/packages/demo-pkg/demo_pkg-1.1%2Bx-py3-none-any.whl#sha256=${"b".repeat(64)}" data-requires-python="&#62;=3.8,&#60;4">`,
+      `<a href="/packages/demo-pkg/demo_pkg-1.1%2Bx-py3-none-any.whl#sha256=${"b".repeat(64)}" data-requires-python="&#62;=3.8,&#60;4"`,
     );
+    expect(html).toContain(
+      `data-core-metadata="sha256=${"c".repeat(64)}" data-dist-info-metadata="sha256=${"c".repeat(64)}">demo_pkg-1.1+x-py3-none-any.whl</a>`,
+    );
+    expect(html).toContain(
+      `#sha256=${"d".repeat(64)}" data-yanked="broken &#60;build&#62; &#38; &#34;bad&#34;">demo_pkg-1.2-py3-none-any.whl</a>`,
+    );
+    expect(html).toContain(`#sha256=${"e".repeat(64)}" data-yanked="">demo_pkg-1.3-py3-none-any.whl</a>`);
+    expect(html.match(/data-core-metadata/g)).toHaveLength(1);
+    expect(html.match(/data-yanked/g)).toHaveLength(2);
     expect(html.endsWith("</html>\n")).toBe(true);
   });
 
@@ -54,15 +88,23 @@ describe("PEP 691 JSON", () => {
     const doc = JSON.parse(renderProjectJson("demo-pkg", files, "/packages/"));
     expect(doc.meta).toEqual({ "api-version": "1.1" });
     expect(doc.name).toBe("demo-pkg");
-    expect(doc.versions).toEqual(["1.0", "1.1+x"]);
+    expect(doc.versions).toEqual(["1.0", "1.1+x", "1.2", "1.3"]);
     expect(doc.files[0]).toEqual({
       filename: "demo_pkg-1.0.tar.gz",
       url: "/packages/demo-pkg/demo_pkg-1.0.tar.gz",
       hashes: { sha256: "a".repeat(64) },
       size: 10,
       "upload-time": "2024-01-02T03:04:05.000Z",
+      yanked: false,
     });
     expect(doc.files[1]["requires-python"]).toBe(">=3.8,<4");
+    // PEP 714 and its PEP 658 predecessor: both keys, same hash.
+    expect(doc.files[1]["core-metadata"]).toEqual({ sha256: "c".repeat(64) });
+    expect(doc.files[1]["dist-info-metadata"]).toEqual({ sha256: "c".repeat(64) });
+    expect(doc.files[0]).not.toHaveProperty("core-metadata");
+    // PEP 592 in JSON: the reason, or true when none was given.
+    expect(doc.files[2].yanked).toBe('broken <build> & "bad"');
+    expect(doc.files[3].yanked).toBe(true);
   });
 
   it("renders the root list", () => {
@@ -95,6 +137,23 @@ describe("content negotiation", () => {
     ["text/html;q=0", null],
   ])("%j -> %s", (accept, want) => {
     expect(negotiate(accept)).toBe(want);
+  });
+});
+
+describe("?format= (PEP 691)", () => {
+  it.each([
+    [undefined, undefined],
+    ["", undefined],
+    ["x=1", undefined],
+    ["format=application/vnd.pypi.simple.v1%2Bjson", "json"],
+    ["format=application%2Fvnd.pypi.simple.v1+json", "json"],
+    ["a=b&format=application/vnd.pypi.simple.latest%2Bhtml", "html"],
+    ["format=text/html", "text"],
+    ["format=TEXT%2FHTML", "text"],
+    ["format=application/json", null],
+    ["format=%E0%A4%A", null],
+  ])("%j -> %s", (query, want) => {
+    expect(formatFromQuery(query)).toBe(want);
   });
 });
 

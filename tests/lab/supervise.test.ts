@@ -10,8 +10,17 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LabNode } from "../../lab/lib/lab-node.js";
 import { createNamespace, destroyNamespace } from "../../lab/lib/netns.js";
+import { sftpStateDir } from "../../src/app/sftp-events.js";
+import { indexAppScript } from "../../src/app-artifact.js";
 import { paths } from "../../src/layout.js";
 import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
+import {
+  renderSshLimitsDropIn,
+  renderUploadWatchService,
+  sshLimitsDropInPath,
+  uploadFsizeLimit,
+  uploadWatchUnitPath,
+} from "../../src/render/ssh-limits.js";
 import { uploadDir } from "../../src/render/sshd.js";
 import {
   appEnvPath,
@@ -22,6 +31,7 @@ import {
   renderRegisterService,
   renderRegisterTimer,
 } from "../../src/render/systemd.js";
+import { nodesWithRole } from "../../src/topology.js";
 import { requireTools } from "../support/tools.js";
 import { asLab, topologyFor } from "../support/topologies.js";
 
@@ -34,6 +44,9 @@ const canRun = requireTools("lab supervisor", [
   "haproxy",
   "nginx",
   "apache2ctl",
+  "/usr/sbin/sshd",
+  "prlimit",
+  "node",
 ]);
 
 const tag = `pypisv${process.pid % 100000}`;
@@ -249,6 +262,68 @@ describe.skipIf(!canRun)("lab supervisor (systemd's part in direct mode)", { tim
     );
     expect(again, runs()).toBeGreaterThanOrEqual(0);
     expect(app.run(["cat", LOG])).toMatch(/pypi-index-register\.timer: OnUnitInactiveSec/);
+  });
+
+  it("runs the upload watcher from its unit, and sshd under the drop-in's limit, restarted when it changes", async () => {
+    expect((await agent(app, `svc_stop ${REGISTER_UNIT}`)).status).toBe(0);
+    const node = nodesWithRole(t, "app")[0];
+    if (!node) throw new Error("no app node");
+    const root = t.storage.packageRoot;
+    await put(app, indexScriptPath, indexAppScript(), "0755");
+    await put(app, appEnvPath, renderAppEnv(t));
+    await put(app, uploadWatchUnitPath, renderUploadWatchService(t, node));
+    await put(app, sshLimitsDropInPath, renderSshLimitsDropIn(t));
+    await app.sh(`install -d -o www-data -g www-data -m 0755 ${sftpStateDir(root)}`);
+    const scan = `${sftpStateDir(root)}/${node.name}.json`;
+    const fsize = (pidfile: string) =>
+      app
+        .run([
+          "prlimit",
+          "--pid",
+          String(mainPid(app, pidfile)),
+          "--fsize",
+          "-o",
+          "SOFT,HARD",
+          "--noheadings",
+          "--raw",
+        ])
+        .trim();
+
+    const watch = await agent(app, "svc_start pypi-upload-watch");
+    expect(watch.status, watch.stderr).toBe(0);
+    const first = mainPid(app, "/run/pypi-upload-watch.pid");
+    expect(first).toBeGreaterThan(0);
+    // Published by the app as shipped, as www-data, under the node's name from ExecStart=.
+    const seen = await msUntil(() => app.exec(["stat", "-c", "%U", scan]).stdout === "www-data\n", 10_000);
+    expect(seen, app.run(["sh", "-c", "cat /var/log/pypi-upload-watch.log"])).toBeGreaterThanOrEqual(0);
+
+    const ssh = await agent(app, "svc_start ssh");
+    expect(ssh.status, ssh.stderr).toBe(0);
+    const limit = uploadFsizeLimit(t);
+    expect(fsize("/run/sshd.pid")).toBe(`${limit} ${limit}`);
+    // A reload keeps the limits (sshd re-executes itself on HUP); a new LimitFSIZE= restarts it.
+    const sshdUp = () => msUntil(() => mainPid(app, "/run/sshd.pid") > 0, 5_000);
+    const same = await agent(app, "svc_reload ssh");
+    expect(same.status, same.stderr).toBe(0);
+    expect(same.stderr).not.toMatch(/restarting it/);
+    expect(await sshdUp()).toBeGreaterThanOrEqual(0);
+    expect(fsize("/run/sshd.pid")).toBe(`${limit} ${limit}`);
+    await put(app, sshLimitsDropInPath, renderSshLimitsDropIn(t).replace(`=${limit}`, `=${limit + 1}`));
+    const changed = await agent(app, "svc_reload ssh");
+    expect(changed.status, changed.stderr).toBe(0);
+    expect(changed.stderr).toMatch(/ssh: pid \d+ runs with fsize .*; restarting it/);
+    expect(await sshdUp()).toBeGreaterThanOrEqual(0);
+    expect(fsize("/run/sshd.pid")).toBe(`${limit + 1} ${limit + 1}`);
+
+    // Restart=always: the supervisor starts it again.
+    app.run(["kill", "-9", String(first)]);
+    const back = await msUntil(() => {
+      const pid = mainPid(app, "/run/pypi-upload-watch.pid");
+      return pid !== 0 && pid !== first;
+    }, 5_000);
+    expect(back, app.run(["cat", LOG])).toBeGreaterThanOrEqual(0);
+    expect((await agent(app, "svc_stop ssh && svc_stop pypi-upload-watch")).status).toBe(0);
+    expect(mainPid(app, "/run/pypi-upload-watch.pid")).toBe(0);
   });
 
   it("starts the enabled services at boot, after a crash, in their units' After= order", async () => {

@@ -26,7 +26,8 @@ describe.each<Shape>(["staging", "prod"])("apache site (%s)", (shape) => {
     expect(l).toContain(`Alias "/packages/" "${t.storage.packageRoot}/packages/"`);
     expect(l).toContain(`<Directory "${t.storage.packageRoot}/packages/">`);
     expect(l.filter((x) => x === "AllowOverride None").length).toBeGreaterThanOrEqual(3);
-    expect(l.filter((x) => x.startsWith("Options ") && x.includes("-Indexes")).length).toBe(2);
+    // DocumentRoot, packages, and the two page trees.
+    expect(l.filter((x) => x.startsWith("Options ") && x.includes("-Indexes")).length).toBe(4);
     expect(l).toContain("RemoveEncoding .gz .tgz .bz2 .Z");
     expect(l).toContain("AddType application/zip .whl .egg .zip");
     expect(l).toContain("AddType application/gzip .gz .tgz");
@@ -62,8 +63,10 @@ describe.each<Shape>(["staging", "prod"])("apache site (%s)", (shape) => {
     const vhostStart = l.findIndex((x) => x.startsWith("<VirtualHost"));
     expect(l.indexOf(`FcgidMaxProcesses ${t.app.maxProcesses}`)).toBeLessThan(vhostStart);
     expect(l.findIndex((x) => x.startsWith("FcgidIdleTimeout"))).toBeLessThan(vhostStart);
-    expect(l).toContain('Alias "/simple" "/opt/pypi-index/index.fcgi"');
-    expect(l).toContain('Alias "/_health" "/opt/pypi-index/index.fcgi"');
+    for (const p of ["/simple", "/pypi", "/legacy", "/_health"])
+      expect(l).toContain(`Alias "${p}" "/opt/pypi-index/index.fcgi"`);
+    // An upload body: the largest file plus the multipart form around it.
+    expect(l).toContain(`FcgidMaxRequestLen ${t.upload.maxFileBytes + 1024 * 1024}`);
     expect(l).toContain("SetHandler fcgid-script");
     expect(l).toContain(`FcgidInitialEnv "PYPI_DB_HOST" "${t.overlay.dbWriter}"`);
     expect(l).toContain(`FcgidInitialEnv "PYPI_DB_PORT" "${t.postgres.port}"`);
@@ -80,6 +83,112 @@ describe.each<Shape>(["staging", "prod"])("apache site (%s)", (shape) => {
   it("sets security headers", () => {
     expect(l).toContain('Header always set X-Content-Type-Options "nosniff"');
     expect(l).toContain('Header always set X-Frame-Options "DENY"');
+  });
+});
+
+describe("apache: static index pages", () => {
+  const t = topologyFor("prod");
+  const site = renderApacheSite(t, appNode(t));
+  const l = lines(site);
+  const root = t.storage.packageRoot;
+  const block = (dir: string): string[] => {
+    const start = l.indexOf(`<Directory "${dir}">`);
+    return l.slice(start, l.indexOf("</Directory>", start));
+  };
+
+  it("rewrites a page URL to its type map only when the page exists; the rest goes to the app", () => {
+    const i = l.indexOf(`RewriteRule "^/simple/((?:[a-z0-9-]+/)?)$" "${root}/simple/$1index.var" [L]`);
+    expect(i).toBeGreaterThan(0);
+    expect(l[i - 1]).toBe(`RewriteCond "${root}/simple/$1index.var" -f`);
+    expect(l).toContain(`RewriteRule "^/pypi/([a-z0-9-]+)/json$" "${root}/pypi/$1/index.var" [L]`);
+    expect(l).toContain(`RewriteCond "${root}/pypi/$1/index.var" -f`);
+    // The variants the maps name, and nothing else, are reachable as files.
+    const variants = l.find((x) => x.startsWith('RewriteRule "^/simple/((?:[a-z0-9-]+/)?index'));
+    const re = new RegExp(/^RewriteRule "([^"]+)"/.exec(variants ?? "")?.[1] ?? "^$");
+    for (const ok of ["index.html", "index.v1json.gz", "demo-pkg/index.v1html", "a/index.html.gz"])
+      expect(re.test(`/simple/${ok}`), ok).toBe(true);
+    for (const bad of ["index.var", "../index.html", "Demo/index.html", "a/b/index.html", "a/index.json"])
+      expect(re.test(`/simple/${bad}`), bad).toBe(false);
+    expect(l).toContain("RewriteEngine On");
+  });
+
+  it("declares each form's type, gzip as an encoding (not a type), and the type-map handler", () => {
+    const simple = block(`${root}/simple`);
+    expect(simple).toEqual(
+      expect.arrayContaining([
+        "AddHandler type-map .var",
+        "RemoveType .gz",
+        "AddEncoding gzip .gz",
+        'AddType "text/html; charset=utf-8" .html',
+        'AddType "application/vnd.pypi.simple.v1+html" .v1html',
+        'AddType "application/vnd.pypi.simple.v1+json" .v1json',
+        'Header set Cache-Control "max-age=60, public"',
+        'Header always set Vary "Accept, Accept-Encoding"',
+        "AllowOverride None",
+        "Require all granted",
+      ]),
+    );
+    expect(simple.some((x) => x.startsWith("Header edit ETag "))).toBe(true);
+    const api = block(`${root}/pypi`);
+    expect(api).toEqual(
+      expect.arrayContaining([
+        "AddHandler type-map .var",
+        "AddEncoding gzip .gz",
+        'AddType "application/json" .json',
+        "RequestHeader unset Accept",
+        'Header always set Vary "Accept-Encoding"',
+      ]),
+    );
+  });
+
+  it("mends the negotiated ETag's missing closing quote, and If-None-Match to match it", () => {
+    const edit = l.find((x) => x.startsWith("Header edit ETag "));
+    const [, pattern, replacement] = /^Header edit ETag "(.*)" "(.*)"$/.exec(edit ?? "") ?? [];
+    const unquote = (s: string): string => s.replace(/\\"/g, '"');
+    const fix = (etag: string): string =>
+      etag.replace(new RegExp(unquote(pattern as string)), unquote(replacement as string));
+    expect(fix('"8-5f;2b9-6e')).toBe('"8-5f;2b9-6e"');
+    expect(fix('W/"8-5f;2b9-6e')).toBe('W/"8-5f;2b9-6e"');
+    expect(fix('"8-5f"')).toBe('"8-5f"');
+    const inm = l.find((x) => x.startsWith("RequestHeader edit* If-None-Match "));
+    const [, p2, r2] = /^RequestHeader edit\* If-None-Match "(.*)" "(.*)"$/.exec(inm ?? "") ?? [];
+    expect('"8-5f;2b9-6e"'.replace(new RegExp(unquote(p2 as string), "g"), unquote(r2 as string))).toBe(
+      '"8-5f;2b9-6e',
+    );
+    expect('"plain"'.replace(new RegExp(unquote(p2 as string), "g"), unquote(r2 as string))).toBe('"plain"');
+  });
+
+  it("?format= overrides Accept for /simple/ only; a type not served becomes an unmatched Accept", () => {
+    const sets = l.filter((x) => x.startsWith("RequestHeader set Accept "));
+    const parsed = sets.map((x) => {
+      const [, value, expr] = /^RequestHeader set Accept "([^"]+)" "expr=(.*)"$/.exec(x) ?? [];
+      const regexes = [...(expr ?? "").matchAll(/m#(.*?)#(i?)/g)].map(
+        (m) => new RegExp(m[1] as string, m[2]),
+      );
+      return { value, uri: regexes[0] as RegExp, query: regexes[1] as RegExp };
+    });
+    // Later lines win: the generic "unsupported" comes first.
+    expect(parsed.map((p) => p.value)).toEqual([
+      "application/x-unsupported-format",
+      "text/html",
+      "application/vnd.pypi.simple.v1+html",
+      "application/vnd.pypi.simple.v1+json",
+    ]);
+    const accept = (uri: string, query: string): string | undefined =>
+      parsed.filter((p) => p.uri.test(uri) && p.query.test(query)).at(-1)?.value;
+    expect(accept("/simple/x/", "format=application/vnd.pypi.simple.v1%2Bjson")).toBe(
+      "application/vnd.pypi.simple.v1+json",
+    );
+    expect(accept("/simple/x/", "a=1&format=application%2Fvnd.pypi.simple.latest+html")).toBe(
+      "application/vnd.pypi.simple.v1+html",
+    );
+    expect(accept("/simple/", "format=TEXT/HTML")).toBe("text/html");
+    expect(accept("/simple/x/", "format=application/json")).toBe("application/x-unsupported-format");
+    expect(accept("/simple/x/", "format=application/vnd.pypi.simple.v1+jsonx")).toBe(
+      "application/x-unsupported-format",
+    );
+    expect(accept("/simple/x/", "noformat=1")).toBeUndefined();
+    expect(accept("/packages/x/", "format=text/html")).toBeUndefined();
   });
 });
 
@@ -107,13 +216,16 @@ describe("apache runtimes", () => {
     expect(passes[1]).toBe(
       `ProxyPass "/simple/" "http://127.0.0.1:8000/simple/" "connectiontimeout=5" "timeout=${t.app.requestTimeoutSeconds}" "retry=0"`,
     );
-    expect(passes[2]).toMatch(/^ProxyPass "\/_health" "http:\/\/127\.0\.0\.1:8000\/_health" /);
+    expect(passes.slice(2).map((x) => x.split(" ")[1])).toEqual(['"/pypi/"', '"/legacy/"', '"/_health"']);
+    expect(passes.at(-1)).toMatch(/^ProxyPass "\/_health" "http:\/\/127\.0\.0\.1:8000\/_health" /);
     expect(l).toContain("ProxyRequests Off");
     expect(l).toContain(`ProxyTimeout ${t.app.requestTimeoutSeconds}`);
   });
 
   it("lists the modules each runtime needs", () => {
-    expect(apacheModules("fcgid")).toEqual(expect.arrayContaining(["remoteip", "headers", "fcgid"]));
+    expect(apacheModules("fcgid")).toEqual(
+      expect.arrayContaining(["remoteip", "headers", "fcgid", "negotiation", "rewrite", "mime"]),
+    );
     expect(apacheModules("wsgi")).toEqual(expect.arrayContaining(["remoteip", "wsgi"]));
     expect(apacheModules("wsgi")).not.toContain("fcgid");
     expect(apacheModules("gunicorn")).toEqual(expect.arrayContaining(["remoteip", "proxy", "proxy_http"]));

@@ -169,6 +169,19 @@ describe.each<Shape>(["staging", "prod"])("renderNginxConf (%s)", (shape) => {
     expect(https[lastLocation + 1]).toBe(`proxy_pass http://${NGINX_UPSTREAM};`);
   });
 
+  it("takes upload bodies only on /legacy/, up to the file limit plus the form, and hides health detail", () => {
+    const legacy = blockLines(text, "location = /legacy/");
+    expect(legacy).toContain(`client_max_body_size ${t.upload.maxFileBytes + 1024 * 1024};`);
+    expect(legacy).toContain(`proxy_pass http://${NGINX_UPSTREAM};`);
+    // A POST is never replayed on a second app server.
+    expect(https.join("\n")).not.toMatch(/non_idempotent/);
+    expect(lines.filter((l) => l.startsWith("client_max_body_size"))).toEqual([
+      "client_max_body_size 1m;",
+      `client_max_body_size ${t.upload.maxFileBytes + 1024 * 1024};`,
+    ]);
+    expect(blockLines(text, "location ^~ /_health/")).toEqual(["return 404;"]);
+  });
+
   it("is deterministic and names the node", () => {
     expect(render(shape)).toBe(text);
     expect(lines[0]).toBe(`# ${shape} balancer lb-a: TLS termination for ${t.domain}`);

@@ -1,9 +1,17 @@
 import { describe, expect, it } from "vitest";
 import {
+  renderSshLimitsDropIn,
+  renderUploadWatchService,
+  sshLimitsDropInPath,
+  uploadFsizeLimit,
+  uploadWatchUnitPath,
+} from "../../src/render/ssh-limits.js";
+import {
   authorizedKeyLine,
   authorizedKeysPath,
   renderAuthorizedKeys,
   renderSshdConfig,
+  sftpAllowedRequests,
   sshdQuote,
   uploadDir,
 } from "../../src/render/sshd.js";
@@ -50,8 +58,9 @@ describe.each<Shape>(["staging", "prod"])("upload sshd_config (%s)", (shape) => 
   });
 
   it("offers chrooted SFTP and nothing else", () => {
-    expect(s.get("Subsystem")).toBe("sftp internal-sftp -u 0022 -l INFO");
-    expect(s.get("ForceCommand")).toBe("internal-sftp -u 0022 -l INFO");
+    const flags = `-u 0022 -l INFO -p ${sftpAllowedRequests.join(",")}`;
+    expect(s.get("Subsystem")).toBe(`sftp internal-sftp ${flags}`);
+    expect(s.get("ForceCommand")).toBe(`internal-sftp ${flags}`);
     expect(s.get("ChrootDirectory")).toBe(`${t.storage.packageRoot}/incoming/%u`);
     for (const k of [
       "AllowTcpForwarding",
@@ -68,6 +77,51 @@ describe.each<Shape>(["staging", "prod"])("upload sshd_config (%s)", (shape) => 
     }
     expect(s.get("DisableForwarding")).toBe("yes");
     expect(s.get("PermitOpen")).toBe("none");
+  });
+
+  it("lets the uploader put, rename and remove files, but never change modes or make links", () => {
+    expect(sftpAllowedRequests).toEqual(
+      expect.arrayContaining(["open", "write", "close", "rename", "remove"]),
+    );
+    for (const denied of [
+      "setstat",
+      "fsetstat",
+      "lsetstat",
+      "mkdir",
+      "rmdir",
+      "symlink",
+      "hardlink",
+      "copy-data",
+    ])
+      expect(sftpAllowedRequests as readonly string[]).not.toContain(denied);
+    expect(text).toMatchSnapshot();
+  });
+
+  it("limits the file size of ssh.service one byte above the upload limit, after the watcher", () => {
+    const dropIn = renderSshLimitsDropIn(t);
+    expect(sshLimitsDropInPath).toBe("/etc/systemd/system/ssh.service.d/pypi-upload.conf");
+    expect(dropIn).toContain(`\nLimitFSIZE=${t.upload.maxFileBytes + 1}\n`);
+    expect(uploadFsizeLimit(t)).toBe(t.upload.maxFileBytes + 1);
+    expect(dropIn).toMatch(/^Wants=pypi-upload-watch\.service$/m);
+    expect(dropIn).not.toMatch(/^Requires=/m);
+    expect(dropIn).toMatch(/^After=pypi-upload-watch\.service$/m);
+    expect(dropIn).toMatchSnapshot();
+  });
+
+  it("runs the upload watcher as root, writing only its state directory", () => {
+    const unit = renderUploadWatchService(t, appNode(t));
+    expect(uploadWatchUnitPath).toBe("/etc/systemd/system/pypi-upload-watch.service");
+    expect(unit).toMatch(
+      new RegExp(
+        `^ExecStart=/opt/pypi-index/index.fcgi watch-uploads --host "${appNode(t).name}" --write-as www-data$`,
+        "m",
+      ),
+    );
+    expect(unit).toMatch(/^Restart=always$/m);
+    expect(unit).toMatch(/^Before=ssh\.service$/m);
+    expect(unit).not.toMatch(/^User=/m);
+    expect(unit).toContain(`\nReadWritePaths="${t.storage.packageRoot}/.sftp-state"\n`);
+    expect(unit).toMatchSnapshot();
   });
 
   it("bounds unauthenticated connections", () => {

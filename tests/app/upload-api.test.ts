@@ -1,0 +1,251 @@
+/**
+ * The upload API and ownership with real clients: twine against Apache + mod_fcgid + the app
+ * + Postgres 15, tokens made by the admin command, and the SFTP door's registration of the
+ * same rules. Every refusal is checked by what twine prints.
+ */
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AppSandbox, PG_BIN } from "../../lab/lib/app-sandbox.js";
+import { writeHostileWheel } from "../../lab/lib/wheel.js";
+import { indexFcgiScript } from "../../src/render/apache.js";
+import { requireTools } from "../support/tools.js";
+import { topologyFor } from "../support/topologies.js";
+import { makeSdist, makeWheel } from "./fixtures.js";
+
+const canRun = requireTools("upload API (twine, postgres 15, apache mod_fcgid)", [
+  "unshare",
+  "nsenter",
+  "curl",
+  "python3",
+  "twine",
+  "apache2",
+  `${PG_BIN}/postgres`,
+  "/usr/lib/apache2/modules/mod_fcgid.so",
+]);
+
+describe.skipIf(!canRun)("upload API and project ownership", () => {
+  let sb: AppSandbox;
+  let dists = "";
+  const tokens: Record<string, string> = {};
+
+  beforeAll(async () => {
+    sb = await AppSandbox.start({ prefix: "pypi-upload-", topology: topologyFor("staging", 15) });
+    sb.exec(["node", indexFcgiScript, "migrate"], { env: sb.appEnv() });
+    dists = `${sb.scratch}/dists`;
+    mkdirSync(dists, { recursive: true });
+    tokens.alice = admin(["token", "create", "alice"]).trim();
+    tokens.mallory = admin(["token", "create", "mallory"]).trim();
+    tokens.scoped = admin(["token", "create", "alice", "--project", "Other_Project"]).trim();
+  }, 120_000);
+
+  afterAll(() => {
+    if (sb && process.env.PYPI_APP_KEEP_LOGS) console.log(sb.apacheErrorLog());
+    sb?.stop();
+  });
+
+  function admin(args: string[], allowFail = false) {
+    const r = sb.exec(["node", indexFcgiScript, "admin", ...args], { env: sb.appEnv(), allowFail: true });
+    if (!allowFail && r.status !== 0) throw new Error(`admin ${args.join(" ")}: ${r.stderr}`);
+    return allowFail ? `${r.status}\n${r.stdout}${r.stderr}` : r.stdout;
+  }
+
+  function twine(token: string, file: string, extra: string[] = []) {
+    const r = sb.exec(
+      [
+        "twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        `http://127.0.0.1:${sb.t.app.httpPort}/legacy/`,
+        "-u",
+        "__token__",
+        "-p",
+        token,
+        ...extra,
+        file,
+      ],
+      { allowFail: true, timeoutMs: 60_000, env: { HOME: "/tmp" } },
+    );
+    // twine wraps the server's reason over lines; one space per gap keeps the checks simple.
+    return { status: r.status, out: `${r.stdout}${r.stderr}`.replace(/\s+/g, " ") };
+  }
+
+  const count = (sql: string): number => Number(sb.psql(sql, "pypi").trim());
+
+  it("tokens are stored as hashes only and listed without their secret", () => {
+    expect(tokens.alice).toMatch(/^pypi-[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
+    const stored = sb.psql("SELECT secret_sha256 FROM api_tokens", "pypi");
+    expect(stored).not.toContain((tokens.alice ?? "").split("_").slice(1).join("_"));
+    const list = admin(["token", "list", "alice"]);
+    expect(list.split("\n").filter(Boolean)).toHaveLength(2);
+    expect(list).toMatch(/\tother-project\tlive\t/);
+    expect(list).not.toContain(tokens.alice);
+  });
+
+  it("twine uploads a wheel and an sdist; the project belongs to the uploader; pip installs it", () => {
+    makeWheel(`${dists}/Demo_Pkg-1.0.0-py3-none-any.whl`, "Demo_Pkg", "1.0.0");
+    makeSdist(`${dists}/demo_pkg-1.0.0.tar.gz`, "demo_pkg", "1.0.0");
+    const w = twine(tokens.alice ?? "", `${dists}/Demo_Pkg-1.0.0-py3-none-any.whl`);
+    expect(w.status, w.out).toBe(0);
+    const s = twine(tokens.alice ?? "", `${dists}/demo_pkg-1.0.0.tar.gz`);
+    expect(s.status, s.out).toBe(0);
+    expect(sb.psql("SELECT account, role FROM project_roles WHERE project = 'demo-pkg'", "pypi").trim()).toBe(
+      "alice|owner",
+    );
+    expect(sb.psql("SELECT via, uploader FROM files ORDER BY filename", "pypi").trim()).toBe(
+      "http|alice\nhttp|alice",
+    );
+    const page = sb.http("/simple/demo-pkg/");
+    expect(page.status).toBe(200);
+    expect(page.body).toContain("Demo_Pkg-1.0.0-py3-none-any.whl");
+    expect(page.body).toMatch(/data-core-metadata="sha256=[0-9a-f]{64}"/);
+    const meta = sb.http("/packages/demo-pkg/Demo_Pkg-1.0.0-py3-none-any.whl.metadata");
+    expect(meta.status).toBe(200);
+    expect(meta.body).toMatch(/^Metadata-Version: 2\.1\nName: Demo_Pkg\nVersion: 1\.0\.0\n/);
+
+    const pip = sb.exec(
+      [
+        "python3",
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--target",
+        "/tmp/pip-target",
+        "--index-url",
+        `http://127.0.0.1:${sb.t.app.httpPort}/simple/`,
+        "demo-pkg==1.0",
+      ],
+      { allowFail: true, timeoutMs: 120_000 },
+    );
+    expect(pip.status, pip.stdout + pip.stderr).toBe(0);
+  }, 180_000);
+
+  it("refuses another account's upload into the project, whatever the filename's spelling", () => {
+    makeWheel(`${dists}/demo.pkg-1.0.1-py3-none-any.whl`, "demo.pkg", "1.0.1");
+    const r = twine(tokens.mallory ?? "", `${dists}/demo.pkg-1.0.1-py3-none-any.whl`);
+    expect(r.status).not.toBe(0);
+    expect(r.out).toMatch(/403 .*The account mallory is not an owner or maintainer of the project demo-pkg/);
+    expect(count("SELECT count(*) FROM files WHERE uploader = 'mallory'")).toBe(0);
+  }, 60_000);
+
+  it("refuses a re-spelled filename of an existing file, even from the owner", () => {
+    makeWheel(`${dists}/demo_pkg-1.0.0.0-py3-none-any.whl`, "demo_pkg", "1.0.0.0");
+    const r = twine(tokens.alice ?? "", `${dists}/demo_pkg-1.0.0.0-py3-none-any.whl`);
+    expect(r.status).not.toBe(0);
+    expect(r.out).toMatch(
+      /409 .*File already exists under another spelling: Demo_Pkg-1\.0\.0-py3-none-any\.whl/,
+    );
+  }, 60_000);
+
+  it("an exact re-upload is 409 and twine --skip-existing accepts it", () => {
+    const again = twine(tokens.alice ?? "", `${dists}/Demo_Pkg-1.0.0-py3-none-any.whl`);
+    expect(again.out).toMatch(/409 .*File already exists: Demo_Pkg-1\.0\.0-py3-none-any\.whl/);
+    const skip = twine(tokens.alice ?? "", `${dists}/Demo_Pkg-1.0.0-py3-none-any.whl`, ["--skip-existing"]);
+    expect(skip.status, skip.out).toBe(0);
+    expect(skip.out).toMatch(/Skipping/);
+  }, 60_000);
+
+  it("a token limited to other projects cannot upload here", () => {
+    makeWheel(`${dists}/demo_pkg-1.1-py3-none-any.whl`, "demo_pkg", "1.1");
+    const r = twine(tokens.scoped ?? "", `${dists}/demo_pkg-1.1-py3-none-any.whl`);
+    expect(r.out).toMatch(
+      /403 .*This token is limited to the projects other-project; it cannot upload to demo-pkg/,
+    );
+  }, 60_000);
+
+  it.each([
+    ["bomb", "bomb-1.0-py3-none-any.whl", /400 .*(zip bomb|inflate)/i],
+    ["mismatch", "mismatch3-2.0-py3-none-any.whl", /400 .*METADATA says "requests 99\.0"/],
+    ["slip", "slip-1.0-py3-none-any.whl", /400 .*\.\.\/\.\.\/\.\.\/\.\.\/tmp\/pwned\.py/],
+  ] as const)(
+    "refuses a %s wheel with the reason twine prints",
+    (kind, filename, re) => {
+      const [name, version] = filename.split("-") as [string, string];
+      writeHostileWheel(`${dists}/${filename}`, kind, name, version);
+      const r = twine(tokens.alice ?? "", `${dists}/${filename}`);
+      expect(r.status).not.toBe(0);
+      expect(r.out).toMatch(re);
+      expect(count(`SELECT count(*) FROM files WHERE filename = '${filename}'`)).toBe(0);
+      expect(readdirSync(`${sb.packageRoot}/packages`)).not.toContain(name);
+    },
+    60_000,
+  );
+
+  it("refuses a revoked token, a wrong digest and a body over the limit", () => {
+    const id = /^pypi-([0-9a-f]{16})_/.exec(tokens.mallory ?? "")?.[1] ?? "";
+    expect(admin(["token", "revoke", id])).toBe(`revoked ${id}\n`);
+    makeWheel(`${dists}/mallorys-1.0-py3-none-any.whl`, "mallorys", "1.0");
+    expect(twine(tokens.mallory ?? "", `${dists}/mallorys-1.0-py3-none-any.whl`).out).toMatch(
+      /403 .*Invalid or revoked API token/,
+    );
+
+    const file = `${dists}/digest-1.0-py3-none-any.whl`;
+    makeWheel(file, "digest", "1.0");
+    const curl = (extra: string[]) =>
+      sb.exec(
+        [
+          "curl",
+          "-s",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{http_code}",
+          "-u",
+          `__token__:${tokens.alice}`,
+          "-F",
+          ":action=file_upload",
+          "-F",
+          "protocol_version=1",
+          "-F",
+          "filetype=bdist_wheel",
+          ...extra,
+          `http://127.0.0.1:${sb.t.app.httpPort}/legacy/`,
+        ],
+        { allowFail: true },
+      ).stdout;
+    expect(curl(["-F", `sha256_digest=${"0".repeat(64)}`, "-F", `content=@${file}`])).toBe("400");
+    const big = `${dists}/big-1.0-py3-none-any.whl`;
+    writeFileSync(big, Buffer.alloc(sb.t.upload.maxFileBytes + 1, 1));
+    expect(curl(["-F", `sha256_digest=${"0".repeat(64)}`, "-F", `content=@${big}`])).toBe("413");
+    expect(count("SELECT count(*) FROM files WHERE filename LIKE 'digest%' OR filename LIKE 'big%'")).toBe(0);
+  }, 60_000);
+
+  it("the SFTP door applies the same ownership and archive checks", () => {
+    const upload = `${sb.packageRoot}/incoming/mallory/upload`;
+    mkdirSync(upload, { recursive: true });
+    makeWheel(`${upload}/DEMO_PKG-2.0-py3-none-any.whl`, "DEMO_PKG", "2.0");
+    writeHostileWheel(`${upload}/slip2-1.0-py3-none-any.whl`, "slip", "slip2", "1.0");
+    // One entry the registrar cannot move aside must not stop the others.
+    mkdirSync(`${upload}/0`);
+    makeWheel(`${upload}/zz_mallory-1.0-py3-none-any.whl`, "zz_mallory", "1.0");
+    const { summary } = sb.register("mallory");
+    const reasons = Object.fromEntries(summary.rejected.map((r) => [r.file, r.reason]));
+    expect(reasons["DEMO_PKG-2.0-py3-none-any.whl"]).toMatch(
+      /not an owner or maintainer of the project demo-pkg/,
+    );
+    expect(reasons["slip2-1.0-py3-none-any.whl"]).toMatch(/pwned/);
+    expect(summary.registered).toEqual(["zz-mallory/zz_mallory-1.0-py3-none-any.whl"]);
+  }, 60_000);
+
+  it("owners add maintainers; yank and unyank show in every form", () => {
+    admin(["role", "add", "demo-pkg", "mallory", "maintainer"]);
+    expect(admin(["role", "list", "Demo_Pkg"])).toBe(
+      "demo-pkg\talice\towner\ndemo-pkg\tmallory\tmaintainer\n",
+    );
+    expect(admin(["role", "remove", "demo-pkg", "alice"], true)).toMatch(/^2\n.*last owner/s);
+    expect(admin(["yank", "demo-pkg", "1.0", "--reason", "broken build"])).toMatch(
+      /^yanked demo-pkg 1\.0 \(2 files\)/,
+    );
+    expect(sb.http("/simple/demo-pkg/").body).toMatch(/data-yanked="broken build"/);
+    const json = JSON.parse(sb.http("/simple/demo-pkg/", "application/vnd.pypi.simple.v1+json").body);
+    expect(json.files.every((f: { yanked: unknown }) => f.yanked === "broken build")).toBe(true);
+    admin(["unyank", "demo-pkg", "1.0.0"]);
+    expect(sb.http("/simple/demo-pkg/").body).not.toMatch(/data-yanked/);
+    expect(admin(["yank", "demo-pkg", "9.9"], true)).toMatch(/^2\n.*no release 9\.9/s);
+    expect(readFileSync(`${sb.packageRoot}/simple/demo-pkg/index.html`, "utf8")).toContain("Demo_Pkg-1.0.0");
+  });
+});
