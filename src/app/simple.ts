@@ -176,12 +176,9 @@ export function renderProjectJson(project: string, files: readonly IndexFile[], 
       size: f.size,
       "upload-time": f.uploadTime.toISOString(),
       yanked: f.yanked === null ? false : f.yanked === "" ? true : f.yanked,
-      ...(f.coreMetadataSha256
-        ? {
-            "core-metadata": { sha256: f.coreMetadataSha256 },
-            "dist-info-metadata": { sha256: f.coreMetadataSha256 },
-          }
-        : {}),
+      // PEP 714: only the new key in JSON. pip 22.3-23.0 (Debian 12's pip) crash on the old
+      // `dist-info-metadata` key holding a dict; the HTML attribute is a string and safe.
+      ...(f.coreMetadataSha256 ? { "core-metadata": { sha256: f.coreMetadataSha256 } } : {}),
     })),
   });
 }

@@ -104,9 +104,10 @@ describe.skipIf(!canRun)("upload API and project ownership", () => {
     expect(meta.status).toBe(200);
     expect(meta.body).toMatch(/^Metadata-Version: 2\.1\nName: Demo_Pkg\nVersion: 1\.0\.0\n/);
 
+    // Debian 12's own pip (23.0), the client of the lab and of the nodes' users.
     const pip = sb.exec(
       [
-        "python3",
+        "/usr/bin/python3",
         "-m",
         "pip",
         "install",
