@@ -98,8 +98,11 @@ export async function runPublishChecks(lab: Lab, report: Report): Promise<void> 
       );
       if (r.status !== 0) throw new Error(`pip exited ${r.status}: ${r.stderr}${r.stdout}`);
       const imported = await lab.client.execAsync(
-        clientCommand(["/usr/bin/python3", "-c", "import labpub; print(labpub.__version__)"]),
-        { env: { PYTHONPATH: `${CLIENT_DIR}/pip-target` } },
+        clientCommand([
+          "/usr/bin/python3",
+          "-c",
+          `import sys; sys.path.insert(0, "${CLIENT_DIR}/pip-target"); import labpub; print(labpub.__version__)`,
+        ]),
       );
       if (imported.stdout.trim() !== version)
         throw new Error(`imported ${imported.stdout}${imported.stderr}`);

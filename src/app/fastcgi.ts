@@ -3,7 +3,7 @@
  * process a listening Unix socket as fd 0 and sends one request per connection.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, mkdirSync, openSync, rmSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, mkdirSync, openSync, readdirSync, rmSync, statSync, writeSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 
 const VERSION = 1;
@@ -238,11 +238,7 @@ function serveConnection(
   /** 413 without reading the rest; the connection is closed after the answer. */
   const refuseBody = (id: number, req: Pending): void => {
     req.refused = true;
-    if (req.spool) {
-      closeSync(req.spool.fd);
-      unlinkSync(req.spool.path);
-      req.spool = undefined;
-    }
+    dropSpool(req);
     const reason = `Request body over the limit of ${maxBody} bytes`;
     const res: FcgiResponse = {
       status: 413,
@@ -323,6 +319,7 @@ function serveConnection(
       case T.ABORT_REQUEST: {
         const req = requests.get(id);
         if (req && !req.started) {
+          dropSpool(req);
           requests.delete(id);
           write([endRequest(id, 0, STATUS.REQUEST_COMPLETE)]);
         }
@@ -362,6 +359,35 @@ function serveConnection(
     }
   });
   socket.on("error", (err) => log(`connection error: ${err.message}`));
+  // A body cut off mid-way (client gone, Apache timeout) must not leave its spool behind.
+  socket.on("close", () => {
+    for (const req of requests.values()) if (!req.started) dropSpool(req);
+  });
+}
+
+function dropSpool(req: Pending): void {
+  if (!req.spool) return;
+  closeSync(req.spool.fd);
+  rmSync(req.spool.path, { force: true });
+  req.spool = undefined;
+}
+
+/** Spools of processes that were killed mid-request; a live request's spool is never this old. */
+export function sweepSpool(dir: string, olderThanMs = 3600_000): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const path = `${dir}/${n}`;
+    try {
+      if (Date.now() - statSync(path).mtimeMs > olderThanMs) rmSync(path, { force: true });
+    } catch {
+      // Gone already: another worker swept it.
+    }
+  }
 }
 
 function writeAll(fd: number, b: Buffer): void {
@@ -376,6 +402,7 @@ export function serveFastCgi(
   log: (msg: string) => void,
   limits?: BodyLimits,
 ): Server {
+  if (limits) sweepSpool(limits.spoolDir);
   const server = createServer((socket) => serveConnection(socket, handler, log, limits));
   server.on("error", (err) => log(`server error: ${err.message}`));
   server.listen(listen);

@@ -92,7 +92,18 @@ function storageProbe(cfg: AppConfig): Promise<ProbeResult> {
   });
 }
 
-export async function checkHealth(cfg: AppConfig, db: Db): Promise<HealthReport> {
+/** Anonymous callers can reach /_health: within this window a process answers from its last check, so a flood cannot turn into writes. */
+const REUSE_MS = 1_000;
+let last: { at: number; report: Promise<HealthReport> } | undefined;
+
+export function checkHealth(cfg: AppConfig, db: Db): Promise<HealthReport> {
+  const now = Date.now();
+  if (last && now - last.at < REUSE_MS) return last.report;
+  last = { at: now, report: runChecks(cfg, db) };
+  return last.report;
+}
+
+async function runChecks(cfg: AppConfig, db: Db): Promise<HealthReport> {
   const dbWrite = timed(() =>
     withTimeout(
       db

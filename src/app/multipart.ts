@@ -89,6 +89,9 @@ function parsePartHeaders(block: string): PartHeaders {
   return { name, filename, contentType };
 }
 
+/** Transport padding allowed after a boundary (RFC 2046 allows some; nobody sends more than a few bytes). */
+const MAX_PADDING = 1024;
+
 type State = "preamble" | "headers" | "body" | "after-delimiter" | "done";
 
 /**
@@ -146,6 +149,8 @@ export class MultipartParser {
         // Transport padding (spaces, tabs) may precede the CRLF.
         let i = 0;
         while (i < this.buf.length && (this.buf[i] === 0x20 || this.buf[i] === 0x09)) i++;
+        // Unbounded padding would be held and rescanned on every chunk.
+        if (i > MAX_PADDING) throw new MultipartError("malformed boundary line");
         if (this.buf.length < i + 2) return false;
         if (this.buf[i] !== 0x0d || this.buf[i + 1] !== 0x0a)
           throw new MultipartError("malformed boundary line");

@@ -22,10 +22,17 @@ export async function withProjectLock<T>(
   try {
     return await fn();
   } finally {
-    await client
-      .query("SELECT pg_advisory_unlock($1, hashtext($2))", [PROJECT_LOCK, project])
-      .catch(() => {});
+    await unlockProject(client, project);
   }
+}
+
+/**
+ * Release the lock. An aborted transaction would make the unlock fail and leave the lock held
+ * by a pooled connection, so roll back first (outside a transaction that is only a notice).
+ */
+async function unlockProject(client: pg.ClientBase, project: string): Promise<void> {
+  await client.query("ROLLBACK").catch(() => {});
+  await client.query("SELECT pg_advisory_unlock($1, hashtext($2))", [PROJECT_LOCK, project]);
 }
 
 /** Like withProjectLock, but gives up at once: false when another holder has it. */
@@ -42,9 +49,7 @@ export async function tryProjectLock(
   try {
     await fn();
   } finally {
-    await client
-      .query("SELECT pg_advisory_unlock($1, hashtext($2))", [PROJECT_LOCK, project])
-      .catch(() => {});
+    await unlockProject(client, project);
   }
   return true;
 }

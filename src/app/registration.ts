@@ -17,6 +17,7 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  rmSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
@@ -65,10 +66,11 @@ const refuse = (status: 400 | 403 | 409 | 413, reason: string): Outcome => ({ ok
 
 /** A spelling-independent filename: re-spelled names of one distribution collide on it. */
 export function canonicalFilename(f: ParsedFilename): string {
+  // "/" cannot occur in a project, a version or a tag, so no two distributions' keys can meet.
   const key = versionKey(f.version) ?? f.version.toLowerCase();
-  if (f.packagetype === "sdist") return `${f.project}-${key}.${f.archive}`;
+  if (f.packagetype === "sdist") return `${f.project}/${key}/${f.archive}`;
   const parts = f.filename.slice(0, -".whl".length).split("-");
-  return `${[f.project, key, ...parts.slice(2).map((p) => p.toLowerCase())].join("-")}.whl`;
+  return `${[f.project, key, ...parts.slice(2).map((p) => p.toLowerCase())].join("/")}/whl`;
 }
 
 /** Create a staging file name on the package volume, so storing it is a link, not a copy. */
@@ -174,11 +176,19 @@ async function storeChecked(
 
   // One release per PEP 440 version: a new spelling of a known version joins it.
   const key = versionKey(f.version) ?? f.version;
-  const known = await client.query<{ version: string }>(
-    "SELECT version FROM files WHERE project = $1 AND COALESCE(version_key, version) = $2 ORDER BY uploaded_at LIMIT 1",
+  const known = await client.query<{ version: string; yanked_at: Date | null; yanked_reason: string | null }>(
+    `SELECT version, yanked_at, yanked_reason FROM files WHERE project = $1 AND COALESCE(version_key, version) = $2
+      ORDER BY yanked_at DESC NULLS LAST, uploaded_at LIMIT 1`,
     [f.project, key],
   );
-  const version = known.rows[0]?.version ?? normalizeVersion(f.version) ?? f.version;
+  const release = known.rows[0];
+  const version = release?.version ?? normalizeVersion(f.version) ?? f.version;
+  // A new file of a yanked release is yanked too: a yank must not be undone by an upload.
+  const yanked = release?.yanked_at ? { at: release.yanked_at, reason: release.yanked_reason } : null;
+  const served = await client.query("SELECT 1 FROM files WHERE project = $1 AND state = 'ok' LIMIT 1", [
+    f.project,
+  ]);
+  const firstServed = served.rowCount === 0;
   const metadataSha =
     f.packagetype === "bdist_wheel"
       ? createHash("sha256").update(inspected.coreMetadata).digest("hex")
@@ -198,8 +208,8 @@ async function storeChecked(
     }
     await client.query(
       `INSERT INTO files (filename, project, version, packagetype, sha256, size, requires_python, uploader, state,
-                          version_key, canonical_filename, core_metadata_sha256, metadata, via)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13)`,
+                          version_key, canonical_filename, core_metadata_sha256, metadata, via, yanked_at, yanked_reason)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13, $14, $15)`,
       [
         f.filename,
         f.project,
@@ -214,6 +224,8 @@ async function storeChecked(
         metadataSha,
         JSON.stringify(inspected.metadata.fields),
         c.via,
+        yanked?.at ?? null,
+        yanked?.reason ?? null,
       ],
     );
     await client.query("COMMIT");
@@ -227,12 +239,16 @@ async function storeChecked(
   const L = storeLayout(cfg.packageRoot);
   const dir = `${L.packages}/${f.project}`;
   const target = L.stored(f.project, f.filename);
+  let linked = false;
   try {
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     linkSync(c.staged.path, target);
+    linked = true;
     if (metadataSha) writeOnce(cfg.packageRoot, `${target}.metadata`, inspected.coreMetadata);
     fsyncDir(dir);
   } catch (err) {
+    // Undo our own link, so a failed registration leaves no unindexed file behind.
+    if (linked) rmSync(target, { force: true });
     await client.query("DELETE FROM files WHERE filename = $1 AND state = 'pending'", [f.filename]);
     if ((err as NodeJS.ErrnoException).code === "EEXIST")
       return refuse(
@@ -242,16 +258,22 @@ async function storeChecked(
     throw err;
   }
   unlinkSync(c.staged.path);
-  await client.query("BEGIN");
-  await client.query(
-    "UPDATE files SET state = 'ok', uploaded_at = now() WHERE filename = $1 AND state = 'pending'",
-    [f.filename],
-  );
-  await client.query("UPDATE projects SET pages_dirty = true WHERE name = $1", [f.project]);
-  await client.query("COMMIT");
+  try {
+    await client.query("BEGIN");
+    await client.query(
+      "UPDATE files SET state = 'ok', uploaded_at = now() WHERE filename = $1 AND state = 'pending'",
+      [f.filename],
+    );
+    await client.query("UPDATE projects SET pages_dirty = true WHERE name = $1", [f.project]);
+    await client.query("COMMIT");
+  } catch (err) {
+    // The pending row and the stored file stay for recovery to finish.
+    await client.query("ROLLBACK").catch(() => {});
+    throw err;
+  }
   ctx.log(
     `register: stored ${f.project}/${f.filename} from ${c.account} via ${c.via} sha256=${c.staged.sha256} size=${c.staged.size}`,
   );
-  await publishProject(client, cfg, f.project, { root: !access.exists });
+  await publishProject(client, cfg, f.project, { root: firstServed });
   return { ok: true, project: f.project, filename: f.filename };
 }

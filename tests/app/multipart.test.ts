@@ -106,3 +106,11 @@ describe("MultipartParser", () => {
     expect(() => parser.write(body)).toThrow(/too big/);
   });
 });
+
+describe("MultipartParser padding", () => {
+  it("refuses unbounded padding after a boundary instead of holding it", () => {
+    const parser = new MultipartParser(B, () => ({ data: () => {}, end: () => {} }));
+    parser.write(Buffer.from(`--${B}`));
+    expect(() => parser.write(Buffer.alloc(64 * 1024, 0x20))).toThrow(/malformed boundary line/);
+  });
+});

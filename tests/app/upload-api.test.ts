@@ -244,6 +244,15 @@ describe.skipIf(!canRun)("upload API and project ownership", () => {
     expect(sb.http("/simple/demo-pkg/").body).toMatch(/data-yanked="broken build"/);
     const json = JSON.parse(sb.http("/simple/demo-pkg/", "application/vnd.pypi.simple.v1+json").body);
     expect(json.files.every((f: { yanked: unknown }) => f.yanked === "broken build")).toBe(true);
+    // A new file of a yanked release is yanked with it: an upload does not undo a yank.
+    makeWheel(`${dists}/demo_pkg-1.0.0-1-py3-none-any.whl`, "demo_pkg", "1.0.0");
+    const late = twine(tokens.alice ?? "", `${dists}/demo_pkg-1.0.0-1-py3-none-any.whl`);
+    expect(late.status, late.out).toBe(0);
+    const after = JSON.parse(sb.http("/simple/demo-pkg/", "application/vnd.pypi.simple.v1+json").body);
+    expect(
+      after.files.find((f: { filename: string }) => f.filename === "demo_pkg-1.0.0-1-py3-none-any.whl")
+        .yanked,
+    ).toBe("broken build");
     admin(["unyank", "demo-pkg", "1.0.0"]);
     expect(sb.http("/simple/demo-pkg/").body).not.toMatch(/data-yanked/);
     expect(admin(["yank", "demo-pkg", "9.9"], true)).toMatch(/^2\n.*no release 9\.9/s);
