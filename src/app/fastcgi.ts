@@ -3,8 +3,9 @@
  * process a listening Unix socket as fd 0 and sends one request per connection.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, mkdirSync, openSync, readdirSync, rmSync, statSync, writeSync } from "node:fs";
+import { closeSync, constants, mkdirSync, openSync, readdirSync, rmSync, statSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
+import { writeAll } from "./fsutil.js";
 
 const VERSION = 1;
 const T = {
@@ -388,11 +389,6 @@ export function sweepSpool(dir: string, olderThanMs = 3600_000): void {
       // Gone already: another worker swept it.
     }
   }
-}
-
-function writeAll(fd: number, b: Buffer): void {
-  let off = 0;
-  while (off < b.length) off += writeSync(fd, b, off, b.length - off);
 }
 
 /** Serve FastCGI on an already-listening socket (fd 0 under mod_fcgid) or on a path/port for tests. */

@@ -6,20 +6,10 @@
  * rename), so a reader sees the old page or the new one, never a torn one.
  */
 import { randomBytes } from "node:crypto";
-import {
-  closeSync,
-  constants,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  statSync,
-  unlinkSync,
-  writeSync,
-} from "node:fs";
+import { mkdirSync, readFileSync, renameSync, statSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
+import { fsyncDir, writeNewFile } from "./fsutil.js";
 import { compareVersions, parseVersion } from "./pep440.js";
 import {
   fileUrl,
@@ -105,15 +95,6 @@ export function pageDirs(root: string, project?: string): { simple: string; api:
   return { simple: join(root, "simple", project), api: join(root, "pypi", project) };
 }
 
-export function fsyncDir(dir: string): void {
-  const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 function sameContent(path: string, data: Buffer): boolean {
   try {
     if (statSync(path).size !== data.length) return false;
@@ -131,17 +112,7 @@ function writeAtomic(dir: string, name: string, data: Buffer): boolean {
   const path = join(dir, name);
   if (sameContent(path, data)) return false;
   const tmp = join(dir, `.${name}.${randomBytes(6).toString("hex")}.tmp`);
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
-  try {
-    let off = 0;
-    while (off < data.length) off += writeSync(fd, data, off, data.length - off);
-    fsyncSync(fd);
-  } catch (err) {
-    closeSync(fd);
-    unlinkSync(tmp);
-    throw err;
-  }
-  closeSync(fd);
+  writeNewFile(tmp, data);
   try {
     renameSync(tmp, path);
   } catch (err) {

@@ -21,19 +21,19 @@ import {
   type Stats,
   unlinkSync,
   writeFileSync,
-  writeSync,
 } from "node:fs";
 import type pg from "pg";
 import type { AppConfig } from "./config.js";
 import { type Db, isConnectionError } from "./db.js";
+import { writeAll } from "./fsutil.js";
 import { parseFilename } from "./names.js";
 import { publishProject, publishRoot, tryProjectLock } from "./publish.js";
-import { type Outcome, registerDistribution, type Staged, stagingPath } from "./registration.js";
+import { type Outcome, registerDistribution, type Staged, stagingPath, storeLayout } from "./registration.js";
 import { uploadClosed } from "./sftp-events.js";
+import { ACCOUNT_RE } from "./tokens.js";
 
 /** Only one registrar at a time across all app servers (they share the volume and the database). */
 const REGISTER_LOCK = 7_503_692;
-const USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
 const CHUNK = 1024 * 1024;
 
 export interface RegisterSummary {
@@ -45,12 +45,10 @@ export interface RegisterSummary {
 }
 
 export const layout = (root: string) => ({
+  ...storeLayout(root),
   incoming: `${root}/incoming`,
-  packages: `${root}/packages`,
-  staging: `${root}/.staging`,
   upload: (user: string) => `${root}/incoming/${user}/upload`,
   rejected: (user: string) => `${root}/incoming/${user}/rejected`,
-  stored: (project: string, filename: string) => `${root}/packages/${project}/${filename}`,
 });
 
 class Rejection extends Error {}
@@ -90,8 +88,7 @@ function stageCopy(fd: number, root: string, maxBytes: number): Staged {
       if (size > maxBytes)
         throw new Rejection(`file grew past the size limit of ${maxBytes} bytes while copying`);
       hash.update(buf.subarray(0, n));
-      let off = 0;
-      while (off < n) off += writeSync(out, buf, off, n - off);
+      writeAll(out, buf.subarray(0, n));
     }
     fsyncSync(out);
   } catch (err) {
@@ -287,7 +284,7 @@ export async function register(
             .map((d) => d.name)
         : [];
       for (const user of (users ?? all).filter((u) => all.includes(u)).sort()) {
-        if (!USER_RE.test(user)) {
+        if (!ACCOUNT_RE.test(user)) {
           log(`register: skipping incoming directory with an invalid user name: ${JSON.stringify(user)}`);
           continue;
         }

@@ -8,24 +8,12 @@
  * with the project's pages marked dirty, the pages written, the flag cleared.
  */
 import { createHash, randomBytes } from "node:crypto";
-import {
-  closeSync,
-  constants,
-  existsSync,
-  fsyncSync,
-  linkSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  unlinkSync,
-  writeSync,
-} from "node:fs";
+import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, unlinkSync } from "node:fs";
 import type pg from "pg";
 import type { AppConfig } from "./config.js";
+import { fsyncDir, writeNewFile } from "./fsutil.js";
 import { type Inspected, inspectDistribution } from "./inspect.js";
 import { type ParsedFilename, parseFilename } from "./names.js";
-import { fsyncDir } from "./pages.js";
 import { normalizeVersion, versionKey } from "./pep440.js";
 import { publishProject, withProjectLock } from "./publish.js";
 import { ensureAccount } from "./tokens.js";
@@ -87,14 +75,7 @@ function writeOnce(root: string, target: string, bytes: Buffer): void {
     throw new Error(`${target} exists with other contents`);
   }
   const tmp = stagingPath(root);
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
-  try {
-    let off = 0;
-    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  writeNewFile(tmp, bytes);
   try {
     linkSync(tmp, target);
   } finally {

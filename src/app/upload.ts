@@ -4,11 +4,12 @@
  * Refusals carry their reason in the status line too, because that is what twine prints.
  */
 import { createHash } from "node:crypto";
-import { closeSync, constants, createReadStream, existsSync, openSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, createReadStream, existsSync, openSync, unlinkSync } from "node:fs";
 import { UPLOAD_FORM_OVERHEAD_BYTES } from "../layout.js";
 import type { AppConfig } from "./config.js";
 import type { Db } from "./db.js";
 import type { FcgiRequest, FcgiResponse } from "./fastcgi.js";
+import { writeAll } from "./fsutil.js";
 import { boundaryOf, MultipartError, MultipartParser, type PartSink } from "./multipart.js";
 import { parseFilename } from "./names.js";
 import { registerDistribution, stagingPath } from "./registration.js";
@@ -70,8 +71,7 @@ async function parseForm(cfg: AppConfig, req: FcgiRequest, boundary: string): Pr
             throw new Refusal(413, `File too large: over the limit of ${cfg.maxFileBytes} bytes`);
           sha.update(chunk);
           md5.update(chunk);
-          let off = 0;
-          while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
+          writeAll(fd, chunk);
         },
         end() {
           closeSync(fd);
