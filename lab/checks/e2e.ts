@@ -10,7 +10,7 @@ import { nodesWithRole, pgDialect } from "../../src/topology.js";
 import { CLIENT_DIR, clientCommand, httpsVia, type Lab, sftpArgv } from "../lib/lab.js";
 import { startLoad } from "../lib/load.js";
 import type { Report } from "../lib/report.js";
-import { buildWheel, type Wheel } from "../lib/wheel.js";
+import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
 import { runPublishChecks } from "./publish.js";
 
 const expectMatch = (what: string, text: string, re: RegExp): void => {
@@ -99,24 +99,12 @@ async function pipDownload(lab: Lab, wheel: Wheel): Promise<string> {
   const dest = `${CLIENT_DIR}/pip`;
   const r = await clientRun(
     lab,
-    [
-      "/usr/bin/python3",
-      "-m",
-      "pip",
-      "download",
-      "--no-deps",
-      "--no-cache-dir",
-      "--disable-pip-version-check",
-      "--timeout",
-      "10",
-      "--index-url",
-      `https://${lab.t.domain}/simple/`,
-      "--cert",
-      `${CLIENT_DIR}/ca.pem`,
-      "-d",
-      dest,
-      `${wheel.name}==${wheel.version}`,
-    ],
+    pipArgv("download", {
+      indexUrl: `https://${lab.t.domain}/simple/`,
+      cert: `${CLIENT_DIR}/ca.pem`,
+      into: dest,
+      spec: `${wheel.name}==${wheel.version}`,
+    }),
     "",
     90_000,
   );

@@ -10,7 +10,7 @@ import { paths } from "../../src/layout.js";
 import { nodesWithRole } from "../../src/topology.js";
 import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
 import type { Report } from "../lib/report.js";
-import { buildWheel, type HostileKind, writeHostileWheel } from "../lib/wheel.js";
+import { buildWheel, type HostileKind, pipArgv, writeHostileWheel } from "../lib/wheel.js";
 
 /** The admin command as an operator runs it over SSM: as the app user, env from the node's file. */
 async function adminOn(lab: Lab, args: string): Promise<string> {
@@ -76,24 +76,14 @@ export async function runPublishChecks(lab: Lab, report: Report): Promise<void> 
   if (published)
     await report.check(group, "pip install of what twine published", async () => {
       const r = await lab.client.execAsync(
-        clientCommand([
-          "/usr/bin/python3",
-          "-m",
-          "pip",
-          "install",
-          "--no-deps",
-          "--no-cache-dir",
-          "--disable-pip-version-check",
-          "--timeout",
-          "10",
-          "--target",
-          `${CLIENT_DIR}/pip-target`,
-          "--index-url",
-          `https://${lab.t.domain}/simple/`,
-          "--cert",
-          `${CLIENT_DIR}/ca.pem`,
-          `labpub==${version}`,
-        ]),
+        clientCommand(
+          pipArgv("install", {
+            indexUrl: `https://${lab.t.domain}/simple/`,
+            cert: `${CLIENT_DIR}/ca.pem`,
+            into: `${CLIENT_DIR}/pip-target`,
+            spec: `labpub==${version}`,
+          }),
+        ),
         { timeoutMs: 120_000 },
       );
       if (r.status !== 0) throw new Error(`pip exited ${r.status}: ${r.stderr}${r.stdout}`);

@@ -67,3 +67,30 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
 `;
   execFileSync("/usr/bin/python3", ["-c", script, path, kind, name, version], { timeout: 30_000 });
 }
+
+/**
+ * Debian 12's own pip (23.0), as the nodes' users have it: no cache, no version check, one
+ * distribution and no dependencies. `install` puts it under `into` (--target), `download` there (-d).
+ */
+export function pipArgv(
+  verb: "install" | "download",
+  o: { readonly indexUrl: string; readonly cert?: string; readonly into: string; readonly spec: string },
+): string[] {
+  return [
+    "/usr/bin/python3",
+    "-m",
+    "pip",
+    verb,
+    "--no-deps",
+    "--no-cache-dir",
+    "--disable-pip-version-check",
+    "--timeout",
+    "10",
+    "--index-url",
+    o.indexUrl,
+    ...(o.cert ? ["--cert", o.cert] : []),
+    verb === "install" ? "--target" : "-d",
+    o.into,
+    o.spec,
+  ];
+}

@@ -6,7 +6,7 @@
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppSandbox, PG_BIN } from "../../lab/lib/app-sandbox.js";
-import { writeHostileWheel } from "../../lab/lib/wheel.js";
+import { pipArgv, writeHostileWheel } from "../../lab/lib/wheel.js";
 import { indexFcgiScript } from "../../src/render/apache.js";
 import { requireTools } from "../support/tools.js";
 import { topologyFor } from "../support/topologies.js";
@@ -104,22 +104,13 @@ describe.skipIf(!canRun)("upload API and project ownership", () => {
     expect(meta.status).toBe(200);
     expect(meta.body).toMatch(/^Metadata-Version: 2\.1\nName: Demo_Pkg\nVersion: 1\.0\.0\n/);
 
-    // Debian 12's own pip (23.0), the client of the lab and of the nodes' users.
+    // Debian 12's own pip (23.0): it crashed on pages an older pip would read.
     const pip = sb.exec(
-      [
-        "/usr/bin/python3",
-        "-m",
-        "pip",
-        "install",
-        "--no-deps",
-        "--no-cache-dir",
-        "--disable-pip-version-check",
-        "--target",
-        "/tmp/pip-target",
-        "--index-url",
-        `http://127.0.0.1:${sb.t.app.httpPort}/simple/`,
-        "demo-pkg==1.0",
-      ],
+      pipArgv("install", {
+        indexUrl: `http://127.0.0.1:${sb.t.app.httpPort}/simple/`,
+        into: "/tmp/pip-target",
+        spec: "demo-pkg==1.0",
+      }),
       { allowFail: true, timeoutMs: 120_000 },
     );
     expect(pip.status, pip.stdout + pip.stderr).toBe(0);
