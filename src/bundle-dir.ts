@@ -38,6 +38,7 @@ export function bundleDirEntries(bundle: NodeBundle): Map<string, string> {
   entries.set("secrets", secrets.length ? `${secrets.join("\n")}\n` : "");
   entries.set("packages", `${bundle.packages.join("\n")}\n`);
   entries.set("services", bundle.services.length ? `${bundle.services.join("\n")}\n` : "");
+  entries.set("stopped", bundle.stopped.length ? `${bundle.stopped.join("\n")}\n` : "");
   for (const file of bundle.files) {
     if (file.symlinkTo === undefined) entries.set(`files${file.path}`, file.content);
   }

@@ -17,6 +17,7 @@ export type ServiceName =
   | "postgresql"
   | "drbd"
   | "nfs-server"
+  | "pypi-index"
   | "pypi-index-register"
   | "pypi-upload-watch";
 
@@ -57,8 +58,13 @@ export interface NodeBundle {
   readonly role: "balancer" | "app" | "db";
   /** Debian packages the node needs. */
   readonly packages: readonly string[];
-  /** Services that run on the node, in start order. */
+  /** Services that run on the node, in start order (reloads run in this order too). */
   readonly services: readonly ServiceName[];
+  /**
+   * Services this node must not run, e.g. the app server after a switch to the fcgid runtime:
+   * stopped and disabled once the others run on the new files.
+   */
+  readonly stopped: readonly ServiceName[];
   readonly files: readonly BundleFile[];
   /** Paths the agent removes (e.g. Debian's default site). */
   readonly absent: readonly string[];

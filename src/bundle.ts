@@ -10,6 +10,7 @@ import {
 } from "./render/agent.js";
 import {
   apacheModules,
+  apacheModulesOfOtherRuntimes,
   apachePortsPath,
   apacheSecurityConfPath,
   apacheSitePath,
@@ -50,10 +51,13 @@ import {
   uploadHostKeyPath,
 } from "./render/sshd.js";
 import {
+  APP_SERVER_UNIT,
   appEnvPath,
+  appServerUnitPath,
   indexScriptPath,
   REGISTER_UNIT,
   renderAppEnv,
+  renderAppServerService,
   renderRegisterPath,
   renderRegisterService,
   renderRegisterTimer,
@@ -65,7 +69,12 @@ import { type NodeSpec, pgDialect, storagePair, type Topology } from "./topology
 export const RECOVERY_TEMPLATE_PATH = paths.pgRecoveryTemplate;
 
 /** Modules whose Debian package ships a `.conf` next to the `.load`. */
-const APACHE_MODULES_WITH_CONF = new Set(["alias", "fcgid", "mime", "proxy", "setenvif", "wsgi"]);
+const APACHE_MODULES_WITH_CONF = new Set(["alias", "fcgid", "mime", "proxy", "setenvif"]);
+
+const moduleLinks = (module: string): string[] =>
+  (APACHE_MODULES_WITH_CONF.has(module) ? ["load", "conf"] : ["load"]).map(
+    (ext) => `/etc/apache2/mods-enabled/${module}.${ext}`,
+  );
 
 const root = { owner: "root", group: "root" } as const;
 
@@ -106,6 +115,7 @@ function balancerBundle(t: Topology, node: NodeSpec): NodeBundle {
     role: "balancer",
     packages: ["nginx", "haproxy", "heartbeat", "socat", "iputils-arping", "curl", "awscli"],
     services,
+    stopped: [],
     files: [
       ...agentFiles(t, node, services),
       file(NGINX_CONF_PATH, renderNginxConf(t, node), { validator: "nginx", reloads: ["nginx"] }),
@@ -128,9 +138,9 @@ function balancerBundle(t: Topology, node: NodeSpec): NodeBundle {
 function apacheFiles(t: Topology, node: NodeSpec): BundleFile[] {
   const apache = { validator: "apache", reloads: ["apache2"] } as const;
   const modules = apacheModules(t.app.runtime).flatMap((module) =>
-    (APACHE_MODULES_WITH_CONF.has(module) ? ["load", "conf"] : ["load"]).map((ext) =>
-      file(`/etc/apache2/mods-enabled/${module}.${ext}`, "", {
-        symlinkTo: `../mods-available/${module}.${ext}`,
+    moduleLinks(module).map((path) =>
+      file(path, "", {
+        symlinkTo: `../mods-available/${path.slice(path.lastIndexOf("/") + 1)}`,
         reloads: ["apache2"],
       }),
     ),
@@ -149,10 +159,15 @@ function apacheFiles(t: Topology, node: NodeSpec): BundleFile[] {
 
 function appBundle(t: Topology, node: NodeSpec): NodeBundle {
   const inStoragePair = storagePair(t).some((n) => n.name === node.name);
+  const appServer = t.app.runtime === "appserver";
+  // What runs the app code: a new script or environment restarts it.
+  const appRunner: ServiceName = appServer ? APP_SERVER_UNIT : "apache2";
   const services: ServiceName[] = [
     // Before ssh: its drop-in requires the watcher (an upload it cannot see could be registered open).
     UPLOAD_WATCH_UNIT,
     "ssh",
+    // Before apache2: on a switch to this runtime the socket is there before Apache sends to it.
+    ...(appServer ? [APP_SERVER_UNIT] : []),
     "apache2",
     ...(inStoragePair ? (["heartbeat"] as const) : []),
     "pypi-index-register",
@@ -175,9 +190,8 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
     role: "app",
     packages: [
       "apache2",
-      ...(t.app.runtime === "fcgid" ? ["libapache2-mod-fcgid", "nodejs"] : []),
-      ...(t.app.runtime === "wsgi" ? ["libapache2-mod-wsgi-py3"] : []),
-      ...(t.app.runtime === "gunicorn" ? ["gunicorn"] : []),
+      ...(appServer ? [] : ["libapache2-mod-fcgid"]),
+      "nodejs",
       "openssh-server",
       "postgresql-client",
       "nfs-common",
@@ -195,8 +209,13 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
       // Every app server mounts the storage pair's export; the lab shares a directory instead.
       ...(t.backend === "aws" ? [file(packageMountUnitPath(t), renderPackageMount(t))] : []),
       // The watcher runs the same script with the same environment: a new one restarts it.
-      file(indexScriptPath, indexAppScript(), { mode: "0755", reloads: ["apache2", UPLOAD_WATCH_UNIT] }),
-      file(appEnvPath, renderAppEnv(t), { reloads: [UPLOAD_WATCH_UNIT] }),
+      file(indexScriptPath, indexAppScript(), { mode: "0755", reloads: [appRunner, UPLOAD_WATCH_UNIT] }),
+      file(appEnvPath, renderAppEnv(t), {
+        reloads: appServer ? [APP_SERVER_UNIT, UPLOAD_WATCH_UNIT] : [UPLOAD_WATCH_UNIT],
+      }),
+      ...(appServer
+        ? [file(appServerUnitPath, renderAppServerService(t), { reloads: [APP_SERVER_UNIT] })]
+        : []),
       file(uploadWatchUnitPath, renderUploadWatchService(t, node), { reloads: [UPLOAD_WATCH_UNIT] }),
       // A new LimitFSIZE needs sshd restarted, not reloaded; the agent's svc_reload sees to that.
       file(sshLimitsDropInPath, renderSshLimitsDropIn(t), { reloads: ["ssh"] }),
@@ -206,14 +225,17 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
       file(`/etc/systemd/system/${REGISTER_UNIT}.path`, renderRegisterPath(t), { reloads: [REGISTER_UNIT] }),
       file(`/etc/systemd/system/${REGISTER_UNIT}.timer`, renderRegisterTimer(), { reloads: [REGISTER_UNIT] }),
     ],
+    stopped: appServer ? [] : [APP_SERVER_UNIT],
     absent: [
       "/etc/apache2/sites-enabled/000-default.conf",
       "/etc/apache2/mods-enabled/status.load",
       "/etc/apache2/mods-enabled/status.conf",
+      ...apacheModulesOfOtherRuntimes(t.app.runtime).flatMap(moduleLinks),
+      ...(appServer ? [] : [appServerUnitPath]),
     ],
     secrets: [
       secret(t.secrets.uploadHostKey.parameter, uploadHostKeyPath, "raw", ["ssh"]),
-      secret(t.secrets.postgresAppPassword.parameter, APP_PASSFILE, "pgpass", ["apache2"], {
+      secret(t.secrets.postgresAppPassword.parameter, APP_PASSFILE, "pgpass", [appRunner], {
         owner: "www-data",
         group: "www-data",
         mode: "0400",
@@ -242,6 +264,7 @@ function dbBundle(t: Topology, node: NodeSpec): NodeBundle {
     role: "db",
     packages: [`postgresql-${v}`, "postgresql-client", "curl", "awscli"],
     services,
+    stopped: [],
     files: [
       ...agentFiles(t, node, services),
       ...pgFiles,

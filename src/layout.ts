@@ -64,6 +64,8 @@ export const paths = {
   haproxySocket: "/run/haproxy/admin.sock",
   staticRoot: "/srv/www/pypi-static",
   appRoot: "/opt/pypi-index",
+  /** The app server's socket (appserver runtime), in its unit's RuntimeDirectory. */
+  appSocket: "/run/pypi-index/app.sock",
 } as const;
 
 /**

@@ -7,7 +7,7 @@
 import { Region } from "@pulumi/aws/types/enums";
 import { z } from "zod";
 import { cidrContains, parseCidr, parseIpv4 } from "./net.js";
-import type { NodeRole, Topology } from "./topology.js";
+import { APP_RUNTIMES, type NodeRole, type Topology } from "./topology.js";
 import { checkUploadUsers } from "./upload-users.js";
 
 export const PROJECT = "pypi-infra";
@@ -107,7 +107,10 @@ export const atoms = {
   postgresVersion: atom("15 (Debian 12's Postgres); the lab also runs 11 from its own binaries", (e) =>
     z.number(e).refine((v) => (PG_MAJORS as readonly number[]).includes(v), e),
   ),
-  appRuntime: atom('one of "fcgid", "wsgi", "gunicorn"', (e) => z.enum(["fcgid", "wsgi", "gunicorn"], e)),
+  appRuntime: atom(
+    'one of "appserver", "fcgid" ("wsgi" and "gunicorn" are gone: no bundle ships a Python app; "appserver" is the persistent, supervised app server they stood for)',
+    (e) => z.enum(APP_RUNTIMES, e),
+  ),
   boolean: atom("true or false", (e) => z.boolean(e)),
   heartbeat: {
     keepaliveMs: whole(100, 60_000, " of ms"),
@@ -295,8 +298,9 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     key: "appRuntime",
     type: "string",
     atom: atoms.appRuntime,
-    default: "fcgid",
-    description: "fcgid, wsgi or gunicorn",
+    default: "appserver",
+    description:
+      "appserver: the app as its own systemd service (pypi-index.service, appMaxProcesses workers) behind mod_proxy_fcgi; fcgid: Apache's mod_fcgid starts and recycles the app's processes",
     fields: ["app.runtime"],
   }),
   key({
@@ -304,7 +308,7 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     type: "integer",
     atom: atoms.maxProcesses,
     default: 8,
-    description: "Index app worker processes per app server",
+    description: "Index app worker processes per app server (each holds up to 2 Postgres connections)",
     fields: ["app.maxProcesses"],
   }),
   key({

@@ -6,7 +6,12 @@
 
 export type NodeRole = "balancer" | "app" | "db";
 export type AgentBackend = "aws" | "lab";
-export type AppRuntime = "fcgid" | "wsgi" | "gunicorn";
+/**
+ * How Apache runs the index app: `appserver`, its own systemd service (pypi-index.service) that
+ * Apache reaches through mod_proxy_fcgi; or `fcgid`, processes mod_fcgid starts on demand.
+ */
+export const APP_RUNTIMES = ["appserver", "fcgid"] as const;
+export type AppRuntime = (typeof APP_RUNTIMES)[number];
 
 export interface NodeSpec {
   /** Hostname; Heartbeat and DRBD match it against `uname -n`. */

@@ -4,7 +4,8 @@ import { bundleDirEntries } from "../src/bundle-dir.js";
 import type { NodeBundle } from "../src/bundle-types.js";
 import { renderCloudInit } from "../src/render/cloud-init.js";
 import { isSafeAbsolutePath } from "../src/schema.js";
-import { asLab, topologyFor } from "./support/topologies.js";
+import { nodesWithRole } from "../src/topology.js";
+import { asLab, topologyFor, withRuntime } from "./support/topologies.js";
 
 const byNode = (bundles: NodeBundle[], name: string): NodeBundle => {
   const b = bundles.find((x) => x.node === name);
@@ -65,7 +66,15 @@ describe("buildBundles", () => {
     const plain = byNode(bundles, "app-c");
     expect(paths(plain).filter((p) => /drbd|exports|ha\.d/.test(p))).toEqual([]);
     // The upload watcher first: ssh's drop-in requires it.
-    expect(plain.services).toEqual(["pypi-upload-watch", "ssh", "apache2", "pypi-index-register"]);
+    // The app server (the default runtime) before Apache, which sends to its socket.
+    expect(plain.services).toEqual([
+      "pypi-upload-watch",
+      "ssh",
+      "pypi-index",
+      "apache2",
+      "pypi-index-register",
+    ]);
+    expect(plain.stopped).toEqual([]);
     const watch = plain.files.find((f) => f.path === "/etc/systemd/system/pypi-upload-watch.service");
     expect(watch?.content).toContain('watch-uploads --host "app-c" --write-as www-data');
     expect(watch?.reloads).toEqual(["pypi-upload-watch"]);
@@ -77,7 +86,10 @@ describe("buildBundles", () => {
     expect(plain.files.find((f) => f.path === "/opt/pypi-index/index.fcgi")?.reloads).toContain(
       "pypi-upload-watch",
     );
-    expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.reloads).toEqual(["pypi-upload-watch"]);
+    expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.reloads).toEqual([
+      "pypi-index",
+      "pypi-upload-watch",
+    ]);
     // Every app server runs the same index app and registers uploads.
     const app = plain.files.find((f) => f.path === "/opt/pypi-index/index.fcgi");
     expect(app?.mode).toBe("0755");
@@ -104,6 +116,63 @@ describe("buildBundles", () => {
     expect(paths(db).some((p) => p.endsWith("standby.signal") || p.startsWith("/var/lib/postgresql"))).toBe(
       false,
     );
+  });
+
+  it("ships the runtime's own pieces and removes the other's, so a switch leaves nothing behind", () => {
+    const t = topologyFor("prod");
+    const app = (runtime: "appserver" | "fcgid") =>
+      byNode(buildBundles(withRuntime(t, runtime)), nodesWithRole(t, "app")[0]!.name);
+    const unitPath = "/etc/systemd/system/pypi-index.service";
+
+    const server = app("appserver");
+    const unit = server.files.find((f) => f.path === unitPath);
+    expect(unit?.content).toContain(
+      `ExecStart=/opt/pypi-index/index.fcgi serve --listen "/run/pypi-index/app.sock" --workers ${t.app.maxProcesses} --drain-seconds ${t.app.requestTimeoutSeconds}`,
+    );
+    expect(unit?.content).toMatch(/^User=www-data$/m);
+    expect(unit?.content).toMatch(/^RuntimeDirectory=pypi-index$/m);
+    expect(unit?.content).toMatch(/^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
+    expect(unit?.content).toMatch(/^Restart=always$/m);
+    expect(unit?.content).toMatch(/^KillMode=mixed$/m);
+    expect(unit?.reloads).toEqual(["pypi-index"]);
+    // A new script restarts the app server's workers, not Apache.
+    expect(server.files.find((f) => f.path === "/opt/pypi-index/index.fcgi")?.reloads).toEqual([
+      "pypi-index",
+      "pypi-upload-watch",
+    ]);
+    expect(server.secrets.find((s) => s.path === "/etc/pypi-index/pgpass")?.reloads).toEqual(["pypi-index"]);
+    expect(server.packages).not.toContain("libapache2-mod-fcgid");
+    expect(server.packages).toContain("nodejs");
+    expect(server.absent).toEqual(
+      expect.arrayContaining([
+        "/etc/apache2/mods-enabled/fcgid.load",
+        "/etc/apache2/mods-enabled/fcgid.conf",
+      ]),
+    );
+    expect(server.files.map((f) => f.path)).toContain("/etc/apache2/mods-enabled/proxy_fcgi.load");
+
+    const fcgid = app("fcgid");
+    expect(fcgid.services).not.toContain("pypi-index");
+    expect(fcgid.stopped).toEqual(["pypi-index"]);
+    expect(fcgid.absent).toEqual(
+      expect.arrayContaining([
+        unitPath,
+        "/etc/apache2/mods-enabled/proxy.load",
+        "/etc/apache2/mods-enabled/proxy.conf",
+        "/etc/apache2/mods-enabled/proxy_fcgi.load",
+      ]),
+    );
+    expect(fcgid.files.map((f) => f.path)).not.toContain(unitPath);
+    expect(fcgid.packages).toContain("libapache2-mod-fcgid");
+    expect(fcgid.files.find((f) => f.path === "/opt/pypi-index/index.fcgi")?.reloads).toEqual([
+      "apache2",
+      "pypi-upload-watch",
+    ]);
+    // No path is both shipped and removed in either runtime.
+    for (const b of [server, fcgid]) {
+      const shipped = new Set(b.files.map((f) => f.path));
+      expect(b.absent.filter((p) => shipped.has(p))).toEqual([]);
+    }
   });
 
   it("ships recovery.conf as a template only for the recovery.conf dialect", () => {

@@ -1,8 +1,9 @@
 /**
  * Runs the index app as deployed, on this machine: a private network (loopback only), PID
  * and mount namespace with copy-on-write /etc, /opt, /srv, /var/lib, /var/log and an empty
- * /run; inside it a Postgres 15 primary with a streaming standby, and Apache with mod_fcgid
- * configured by the real renderers, running the bundled app as /opt/pypi-index/index.fcgi.
+ * /run; inside it a Postgres 15 primary with a streaming standby, and Apache configured by the
+ * real renderers, running the bundled app as /opt/pypi-index/index.fcgi under the topology's
+ * runtime: the app server started from its rendered unit, or mod_fcgid.
  * The index app test tier and the app benchmark both run it.
  */
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -23,7 +24,8 @@ import {
   renderApacheSecurityConf,
   renderApacheSite,
 } from "../../src/render/apache.js";
-import { nodeByName, type Topology } from "../../src/topology.js";
+import { appServerUnitPath, renderAppServerService } from "../../src/render/systemd.js";
+import { type AppRuntime, nodeByName, type Topology } from "../../src/topology.js";
 import { loadLabTopology } from "./config.js";
 import { copyOnWriteMounts, type ExecOptions, type ExecResult, NamespaceHolder } from "./holder.js";
 
@@ -58,6 +60,8 @@ export interface AppSandboxOptions {
   readonly prefix?: string;
   /** Deployment whose app-a the sandbox runs. @default the lab's (lab/topology.json) */
   readonly topology?: Topology;
+  /** The app runtime. @default the topology's */
+  readonly runtime?: AppRuntime;
 }
 
 /** pgpass escaping: backslash and colon. */
@@ -91,7 +95,11 @@ export class AppSandbox {
     chmodSync(scratch, 0o755);
     const root = join(scratch, "pypi");
     mkdirSync(root);
-    const t = appSandboxTopology(opts.topology ?? loadLabTopology(projectRoot()), root);
+    const base = opts.topology ?? loadLabTopology(projectRoot());
+    const t = appSandboxTopology(
+      opts.runtime ? { ...base, app: { ...base.app, runtime: opts.runtime } } : base,
+      root,
+    );
     let holder: NamespaceHolder;
     try {
       // An anonymous network namespace: nothing to clean up if this process dies first.
@@ -112,6 +120,7 @@ export class AppSandbox {
     try {
       sb.setupPostgres();
       sb.setupApp();
+      if (t.app.runtime === "appserver") sb.startAppServer();
       sb.setupApache();
     } catch (err) {
       sb.stop();
@@ -253,6 +262,49 @@ export class AppSandbox {
     this.exec(["node", indexFcgiScript, "migrate"], { env });
   }
 
+  /**
+   * The app server as its unit starts it: ExecStart as User= with the unit's RuntimeDirectory=;
+   * the environment is what the unit's EnvironmentFile holds. Resolves once the socket exists.
+   */
+  startAppServer(): void {
+    const unit = renderAppServerService(this.t);
+    const setting = (key: string): string => {
+      const m = new RegExp(`^${key}=(.*)$`, "m").exec(unit);
+      if (!m?.[1]) throw new Error(`${appServerUnitPath}: no ${key}=`);
+      return m[1];
+    };
+    // The unit quotes only the socket path, which has no spaces.
+    const argv = setting("ExecStart").replace(/"/g, "").split(" ");
+    const runDir = `/run/${setting("RuntimeDirectory")}`;
+    const user = setting("User");
+    this.sh(
+      `rm -rf ${runDir} && install -d -m ${setting("RuntimeDirectoryMode")} -o ${user} -g ${setting("Group")} ${runDir}`,
+    );
+    this.exec(
+      [
+        "sh",
+        "-c",
+        `setsid setpriv --reuid=${user} --regid=${user} --init-groups -- "$@" >>/var/log/pypi-index.log 2>&1 </dev/null & echo $! >/run/pypi-index.pid`,
+        "sh",
+        ...argv,
+      ],
+      { env: this.appEnv() },
+    );
+    this.sh(
+      `for i in $(seq 100); do [ -S ${paths.appSocket} ] && exit 0; sleep 0.1; done; cat /var/log/pypi-index.log; exit 1`,
+    );
+  }
+
+  /** Pids of the app server's primary and workers (appserver runtime). */
+  appServerPids(): { primary: number; workers: number[] } {
+    const primary = Number(this.sh("cat /run/pypi-index.pid").stdout.trim());
+    const workers = this.sh(`pgrep -P ${primary} || true`)
+      .stdout.split("\n")
+      .filter((l) => /^[0-9]+$/.test(l))
+      .map(Number);
+    return { primary, workers };
+  }
+
   private setupApache(): void {
     const t = this.t;
     const node = nodeByName(t, SANDBOX_NODE);
@@ -261,11 +313,7 @@ export class AppSandbox {
       [apachePortsPath]: renderApachePorts(t, node),
       [apacheSecurityConfPath]: renderApacheSecurityConf(t, node),
     };
-    const steps = [
-      "set -e",
-      "cd /etc/apache2",
-      "rm -f sites-enabled/* mods-enabled/status.* mods-enabled/wsgi.*",
-    ];
+    const steps = ["set -e", "cd /etc/apache2", "rm -f sites-enabled/* mods-enabled/status.*"];
     for (const [path, content] of Object.entries(files)) {
       steps.push(`printf '%s' '${content.replace(/'/g, "'\\''")}' > ${path}`);
     }

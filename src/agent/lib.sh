@@ -268,6 +268,24 @@ svc_start() {
   esac
 }
 
+# Started at every boot (the start above enables too).
+svc_enable() {
+  # shellcheck disable=SC2046
+  case $PYPI_SERVICE_MANAGER in
+    systemd) [ "$1" = postgresql ] || systemctl enable --quiet $(systemd_units "$1") ;;
+    direct) [ "$1" = postgresql ] || direct_enable "$1" ;;
+  esac
+}
+
+# Not started at boot. A unit whose file is gone is already disabled.
+svc_disable() {
+  # shellcheck disable=SC2046
+  case $PYPI_SERVICE_MANAGER in
+    systemd) systemctl disable --quiet $(systemd_units "$1") 2>/dev/null || true ;;
+    direct) rm -f "$SVC_ENABLED_DIR/$1" ;;
+  esac
+}
+
 # A stop may return before the main process is gone (Apache's graceful-stop does): wait for it,
 # so a start that follows finds the ports free.
 svc_stop() {
@@ -292,8 +310,9 @@ svc_pidfile() {
     ssh) echo /run/sshd.pid ;;
     heartbeat) echo /run/heartbeat.pid ;;
     postgresql) echo "$PYPI_PG_DATA/postmaster.pid" ;;
-    # Type=simple: no pidfile under systemd; the direct start writes this one.
+    # Type=simple: no pidfile under systemd; the direct start writes these.
     pypi-upload-watch) echo /run/pypi-upload-watch.pid ;;
+    pypi-index) echo /run/pypi-index.pid ;;
     *) return 1 ;;
   esac
 }
@@ -418,7 +437,7 @@ direct_start() {
     ssh) mkdir -p /run/sshd && direct_limited ssh /usr/sbin/sshd ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat ;;
     postgresql) pg_direct_start ;;
-    pypi-upload-watch) direct_simple "$1" ;;
+    pypi-upload-watch | pypi-index) direct_simple "$1" ;;
     *)
       log "no direct start for $1; skipped"
       return 0
@@ -453,9 +472,10 @@ direct_limited() {
 }
 
 # A Type=simple service from its unit, as systemd starts it: its ExecStart= in a clean
-# environment (but the agent's PATH) plus Environment= and EnvironmentFile=, under its Limit*=, in a session of its own,
-# from /. Its pid goes where svc_pidfile says, its output (the journal's part) to /var/log/SVC.log.
-# Like the lab's other daemons it runs without the unit's sandbox settings.
+# environment (but the agent's PATH) plus Environment= and EnvironmentFile=, under its Limit*=,
+# as its User= and Group=, with a fresh RuntimeDirectory=, in a session of its own, from /. Its
+# pid goes where svc_pidfile says, its output (the journal's part) to /var/log/SVC.log. Like the
+# lab's other daemons it runs without the unit's sandbox settings.
 direct_simple() {
   dsm_unit=$(unit_name "$(systemd_units "$1")")
   dsm_exec=$(unit_values "$dsm_unit" Service ExecStart | tail -n 1)
@@ -466,19 +486,31 @@ direct_simple() {
   dsm_pidfile=$(svc_pidfile "$1") || return
   dsm_limits=$(unit_limits "$dsm_unit" |
     while read -r dsm_res dsm_soft dsm_hard; do printf ' --%s=%s:%s' "$dsm_res" "$dsm_soft" "$dsm_hard"; done)
+  dsm_user=$(unit_values "$dsm_unit" Service User | tail -n 1)
+  dsm_group=$(unit_values "$dsm_unit" Service Group | tail -n 1)
+  dsm_mode=$(unit_values "$dsm_unit" Service RuntimeDirectoryMode | tail -n 1)
+  for dsm_dir in $(unit_values "$dsm_unit" Service RuntimeDirectory); do
+    dsm_dir=$SYSTEMD_RUNTIME_ROOT/$dsm_dir
+    rm -rf "$dsm_dir"
+    install -d -m "${dsm_mode:-0755}" -o "${dsm_user:-root}" -g "${dsm_group:-${dsm_user:-root}}" "$dsm_dir" || return
+  done
   rm -f "$dsm_pidfile"
   setsid env -i PATH="$PATH" LANG=C.UTF-8 \
     sh -c "$DIRECT_SIMPLE_RUNNER" direct-simple "$dsm_pidfile" "$dsm_exec" "$dsm_limits" \
     "$(unit_values "$dsm_unit" Service Environment)" "$(unit_values "$dsm_unit" Service EnvironmentFile)" \
-    </dev/null >>"/var/log/$1.log" 2>&1 &
+    "$dsm_user" "$dsm_group" </dev/null >>"/var/log/$1.log" 2>&1 &
 }
+
+# Where systemd makes a unit's RuntimeDirectory=.
+SYSTEMD_RUNTIME_ROOT=/run
 
 # direct_simple's child. Values are unquoted as sh would, and an EnvironmentFile is read as sh
 # reads it, as the supervisor runs oneshots: what systemd's quoting in our units means.
-# Arguments: the pidfile, ExecStart=, prlimit options, Environment= and EnvironmentFile= lines.
+# Arguments: the pidfile, ExecStart=, prlimit options, Environment= and EnvironmentFile= lines,
+# User= and Group= (empty: root).
 # shellcheck disable=SC2016
 DIRECT_SIMPLE_RUNNER='
-pidfile=$1 exec_line=$2 limits=$3 assignments=$4 env_files=$5
+pidfile=$1 exec_line=$2 limits=$3 assignments=$4 env_files=$5 user=$6 group=$7
 cd /
 set -a
 while IFS= read -r line; do
@@ -507,6 +539,11 @@ unset line kv f optional
 exec_line=$(printf "%s\n" "$exec_line" | sed -e "s/[\$][\$]/\\\\\$/g" -e "s/%%/%/g" -e "s/^-//")
 eval "set -- $exec_line"
 echo $$ >"$pidfile"
+if [ -n "$user" ]; then
+  set -- setpriv --reuid="$user" --regid="${group:-$user}" --init-groups -- "$@"
+  HOME=/ USER=$user LOGNAME=$user
+  export HOME USER LOGNAME
+fi
 if [ -n "$limits" ]; then exec prlimit $limits -- "$@"; fi
 exec "$@"
 '
@@ -527,6 +564,8 @@ direct_reload() {
     postgresql) pg_ctl_ reload >/dev/null ;;
     # No ExecReload=: systemd's reload-or-restart restarts it.
     pypi-upload-watch) svc_stop "$1" && direct_start "$1" ;;
+    # ExecReload= sends HUP: the app server replaces its workers one at a time.
+    pypi-index) kill -HUP "$(svc_main_pid "$1")" ;;
     *) log "no direct reload for $1; skipped" ;;
   esac
 }
@@ -542,7 +581,7 @@ direct_stop() {
     ssh) kill "$(cat "$(svc_pidfile ssh)")" ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat -k ;;
     postgresql) pg_ctl_ -w -m fast stop >/dev/null ;;
-    pypi-upload-watch) if dst_pid=$(svc_main_pid "$1"); then kill "$dst_pid"; fi ;;
+    pypi-upload-watch | pypi-index) if dst_pid=$(svc_main_pid "$1"); then kill "$dst_pid"; fi ;;
     *) log "no direct stop for $1; skipped" ;;
   esac
 }

@@ -120,6 +120,23 @@ same_content() { [ -e "$2" ] && cmp -s "$1" "$2"; }
 
 same_link() { [ -L "$1" ] && [ "$(readlink "$1")" = "$2" ]; }
 
+# `in_service_order BUNDLE SVC...`: the services in the bundle's start order, then the rest.
+in_service_order() {
+  io_bundle=$1
+  shift
+  io_first=""
+  if [ -r "$io_bundle/services" ]; then
+    io_all=$(cat "$io_bundle/services")
+    for io_svc in $io_all; do
+      case " $* " in *" $io_svc "*) io_first="$io_first $io_svc" ;; esac
+    done
+  fi
+  for io_svc; do
+    case " $io_first " in *" $io_svc "*) ;; *) io_first="$io_first $io_svc" ;; esac
+  done
+  echo "$io_first"
+}
+
 add_reloads() {
   [ "$1" = - ] && return 0
   for svc in $(printf '%s' "$1" | tr ',' ' '); do
@@ -411,6 +428,17 @@ verify_service() {
       done
       ;;
     heartbeat) verify_heartbeat || return 1 ;;
+    # The primary runs and its workers listen on the socket Apache sends to.
+    pypi-index)
+      until svc_running pypi-index && [ -S "$PYPI_APP_SOCKET" ]; do
+        vs_tries=$((vs_tries - 1))
+        [ "$vs_tries" -gt 0 ] || {
+          verify_failed "no socket at $PYPI_APP_SOCKET within $VERIFY_SECONDS s"
+          return 1
+        }
+        sleep 0.2
+      done
+      ;;
     postgresql)
       until svc_running postgresql &&
         pgsql 'SELECT count(*) FROM pg_settings WHERE pending_restart' >/dev/null 2>>"$VB_OUT"; do
@@ -582,7 +610,8 @@ cmd_apply() {
   trap 'rm -rf "$APPLY_TMP"' EXIT
   RELOADED=""
   RUNNING_BEFORE=""
-  for svc in $RELOAD; do
+  # shellcheck disable=SC2086
+  for svc in $(in_service_order "$bundle" $RELOAD); do
     if svc_running "$svc"; then RUNNING_BEFORE="$RUNNING_BEFORE $svc"; fi
     RELOADED="$RELOADED $svc"
     verify_begin "$svc" "$APPLY_TMP/$svc.reload"
@@ -607,7 +636,11 @@ cmd_apply() {
     # A list of words, read up front: what the loop runs must not read it from stdin.
     services=$(cat "$bundle/services")
     for svc in $services; do
-      svc_running "$svc" && continue
+      if svc_running "$svc"; then
+        # Started by a reload above (a service new to this node): enabled like the rest.
+        svc_enable "$svc"
+        continue
+      fi
       verify_begin "$svc" "$APPLY_TMP/$svc.start"
       if svc_start "$svc" >>"$VB_OUT" 2>&1; then
         if verify_service "$svc"; then
@@ -623,6 +656,17 @@ cmd_apply() {
       not_running="$not_running $svc"
     done
     [ -z "$not_running" ] || die "not running:$not_running"
+    # Last, once what replaces them runs: services this node no longer runs (a runtime switch).
+    if [ -r "$bundle/stopped" ]; then
+      stopped=$(cat "$bundle/stopped")
+      for svc in $stopped; do
+        if svc_running "$svc"; then
+          svc_stop "$svc" >&2 || die "$svc: stop failed"
+          printf 'stopped\t%s\n' "$svc"
+        fi
+        svc_disable "$svc"
+      done
+    fi
   fi
   if [ -n "$SNAP" ]; then
     # The newest ten snapshots stay, for an operator going back further.

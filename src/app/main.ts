@@ -1,17 +1,21 @@
 /**
  * pypi-index: one executable for the whole app.
  *   (no arguments)      FastCGI responder on fd 0, as mod_fcgid starts it
- *   serve --listen X    FastCGI responder on a Unix socket path or host:port
+ *   serve --listen X [--workers N --drain-seconds S]
+ *                       FastCGI responder on a Unix socket path or host:port; with --workers,
+ *                       the app server (appserver.ts): a primary keeping N workers
  *   migrate             apply the schema migrations (on the primary, at bootstrap)
  *   register [USER...]  register closed uploads from incoming/<user>/upload/
  *   watch-uploads …     publish which uploads are open for writing (root; see sftp-events.ts)
  *   admin …             tokens, project roles, yanking (see ADMIN_USAGE)
  */
+import cluster from "node:cluster";
 import { fstatSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { APP_DB_POOL, uploadBodyLimit } from "../layout.js";
 import { ADMIN_USAGE, admin, UsageError } from "./admin.js";
+import { type Listen, parseServeArgs, runPrimary, SERVE_USAGE, type ServeArgs } from "./appserver.js";
 import { backfill } from "./backfill.js";
 import { loadConfig, operatorEnv } from "./config.js";
 import { Db } from "./db.js";
@@ -27,7 +31,7 @@ const log = (msg: string): void => {
 };
 
 const WATCH_USAGE = "watch-uploads --host NAME --write-as USER [--once]";
-const USAGE = `usage: pypi-index [serve --listen PATH|HOST:PORT | migrate | register [USER...] | ${WATCH_USAGE} | admin …]\n${ADMIN_USAGE}`;
+const USAGE = `usage: pypi-index [${SERVE_USAGE} | migrate | register [USER...] | ${WATCH_USAGE} | admin …]\n${ADMIN_USAGE}`;
 
 /** `--host NAME --write-as USER [--once]`, in any order; both names required. */
 function parseWatchArgs(args: readonly string[]): { host: string; writeAs: string; once: boolean } {
@@ -45,24 +49,33 @@ function parseWatchArgs(args: readonly string[]): { host: string; writeAs: strin
   return { host, writeAs, once };
 }
 
-function parseListen(arg: string | undefined): { path: string } | { port: number; host: string } {
-  if (!arg) throw new Error(USAGE);
-  const m = /^(.+):([0-9]+)$/.exec(arg);
-  return m && !arg.startsWith("/") ? { host: m[1] as string, port: Number(m[2]) } : { path: arg };
-}
-
-function serve(listen: { fd: number } | { path: string } | { port: number; host: string }): void {
+/**
+ * One FastCGI responder. Under mod_fcgid (fd 0) a stop is immediate: mod_fcgid only stops idle
+ * processes. An app server worker (`drainMs` set) stops accepting and finishes its requests first.
+ */
+function serve(listen: { fd: number } | Listen, drainMs?: number): void {
   const cfg = loadConfig();
-  // One request at a time per process under mod_fcgid: a second connection is for health overlap.
+  // Requests run concurrently in one process; the pool bounds its Postgres connections.
   const db = new Db(cfg.db, log, { max: APP_DB_POOL });
   const server = serveFastCgi(makeHandler(cfg, db, log), listen, log, {
     maxBodyBytes: uploadBodyLimit(cfg.maxFileBytes),
     spoolDir: join(tmpdir(), "pypi-index-spool"),
   });
-  const stop = (): void => {
-    server.close();
+  let stopping = false;
+  const exit = (): void => {
     db.end().finally(() => process.exit(0));
-    setTimeout(() => process.exit(0), 2_000).unref();
+  };
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    if (drainMs === undefined) {
+      server.close();
+      exit();
+      setTimeout(() => process.exit(0), 2_000).unref();
+      return;
+    }
+    server.close(exit);
+    setTimeout(() => process.exit(0), drainMs).unref();
   };
   process.on("SIGTERM", stop);
   process.on("SIGUSR1", stop);
@@ -88,10 +101,24 @@ async function main(argv: readonly string[]): Promise<number> {
       serve({ fd: 0 });
       return -1;
     }
-    case "serve":
-      if (args[0] !== "--listen") throw new Error(USAGE);
-      serve(parseListen(args[1]));
+    case "serve": {
+      let opts: ServeArgs;
+      try {
+        opts = parseServeArgs(args);
+      } catch (err) {
+        if (!(err instanceof UsageError)) throw err;
+        process.stderr.write(`pypi-index: ${err.message}\n`);
+        return 2;
+      }
+      if (opts.workers === undefined || cluster.isWorker) {
+        serve(opts.listen, cluster.isWorker ? opts.drainMs : undefined);
+        return -1;
+      }
+      // A bad environment fails here, once, rather than in every worker.
+      loadConfig();
+      runPrimary({ workers: opts.workers, listen: opts.listen, drainMs: opts.drainMs, log });
       return -1;
+    }
     case "migrate": {
       const db = new Db(loadConfig().db, log, { max: 1, statementTimeoutMs: 0 });
       try {

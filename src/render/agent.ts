@@ -174,6 +174,7 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PACKAGE_MOUNT_UNIT", t.backend === "aws" ? mountUnitName(t.storage.packageRoot) : ""],
       ["PYPI_APP_ENV", appEnvPath],
       ["PYPI_APP_SCRIPT", indexScriptPath],
+      ["PYPI_APP_SOCKET", paths.appSocket],
       ["PYPI_APACHE_DIR", apacheConfDir],
       ["PYPI_UPLOAD_HOST_KEY", uploadHostKeyPath],
     );

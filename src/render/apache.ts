@@ -1,7 +1,7 @@
 import { GZIP_SUFFIX, PAGE_FILES, PAGE_TYPES } from "../app/pages.js";
 import { MEDIA } from "../app/simple.js";
 import { paths, uploadBodyLimit } from "../layout.js";
-import { type AppRuntime, type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
+import { APP_RUNTIMES, type AppRuntime, type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
 
 /** Debian's config dir; the agent checks a candidate tree of it as a whole (`apache2ctl -t`). */
 export const apacheConfDir = "/etc/apache2";
@@ -11,10 +11,8 @@ export const apachePortsPath = `${apacheConfDir}/ports.conf`;
 /** Replaces Debian's own security.conf, which is enabled by default and sets ServerTokens OS. */
 export const apacheSecurityConfPath = `${apacheConfDir}/conf-available/security.conf`;
 
-/** The fcgid script, the wsgi entry point and the gunicorn address of the index app. */
+/** The index app's one executable: mod_fcgid's script, the app server and the command line. */
 export const indexFcgiScript = `${paths.appRoot}/index.fcgi`;
-export const indexWsgiScript = `${paths.appRoot}/wsgi.py`;
-export const gunicornAddress = { host: "127.0.0.1", port: 8000 } as const;
 
 /** The app reads its database password from this file (fetched from SSM); only the path is configured. */
 /** The app's database credentials, as a pgpass file (host:port:db:user:password). */
@@ -33,6 +31,9 @@ const proxyConnectTimeout = 5;
 
 /** Paths routed to the index app; under /simple and /pypi only what has no static page. */
 const appPaths = ["/simple", "/pypi", "/legacy", "/_health"] as const;
+
+/** mod_proxy's name for the app server's socket; the host part only names the worker. */
+export const appServerBackend = `unix:${paths.appSocket}|fcgi://pypi-index`;
 
 // biome-ignore lint/suspicious/noTemplateCurlyInString: Apache expands this from envvars
 const apacheLogDir = "${APACHE_LOG_DIR}";
@@ -69,13 +70,17 @@ export function apacheModules(runtime: AppRuntime): string[] {
     "setenvif",
   ];
   switch (runtime) {
+    case "appserver":
+      return [...base, "proxy", "proxy_fcgi"];
     case "fcgid":
       return [...base, "fcgid"];
-    case "wsgi":
-      return [...base, "wsgi"];
-    case "gunicorn":
-      return [...base, "proxy", "proxy_http"];
   }
+}
+
+/** Modules of the other runtimes: the agent removes them, so a runtime switch leaves none behind. */
+export function apacheModulesOfOtherRuntimes(runtime: AppRuntime): string[] {
+  const mine = new Set(apacheModules(runtime));
+  return [...new Set(APP_RUNTIMES.flatMap((r) => apacheModules(r)))].filter((m) => !mine.has(m));
 }
 
 /**
@@ -148,60 +153,22 @@ function fcgidVhostLines(t: Topology): string[] {
   ];
 }
 
-function wsgiVhostLines(t: Topology): string[] {
+/**
+ * The app server (pypi-index.service) behind mod_proxy_fcgi. Only requests that no static page
+ * or package file answered reach it: the rule runs after the page rules, which end with [L].
+ * retry=0: a refused connect (the service restarting) must not take the socket out of service
+ * for mod_proxy's default 60 s.
+ */
+function appServerVhostLines(t: Topology): string[] {
   const timeout = t.app.requestTimeoutSeconds;
-  // mod_wsgi reads each option as key=value and parses only the value as a config word.
-  const options: ReadonlyArray<readonly [string, string | number]> = [
-    ["user", "www-data"],
-    ["group", "www-data"],
-    ["processes", t.app.maxProcesses],
-    // One thread per process: concurrency, and so Postgres connections, equal maxProcesses.
-    ["threads", 1],
-    ["display-name", "%{GROUP}"],
-    ["home", paths.appRoot],
-    ["python-path", paths.appRoot],
-    ["request-timeout", timeout],
-    ["socket-timeout", timeout],
-    ["connect-timeout", proxyConnectTimeout],
-    ["inactivity-timeout", fcgid.idleTimeout],
-    ["maximum-requests", fcgid.maxRequestsPerProcess],
-    ["graceful-timeout", 15],
-  ];
+  const prefixes = appPaths.map((p) => p.slice(1)).join("|");
   return [
-    "  # The index app in mod_wsgi daemon mode, bounded like the fcgid runtime.",
-    `  WSGIDaemonProcess pypi-index ${options.map(([k, v]) => `${k}=${apacheQuote(v)}`).join(" ")}`,
-    "  WSGIProcessGroup pypi-index",
-    "  WSGIApplicationGroup %{GLOBAL}",
-    ...indexAppEnv(t).map(([k, v]) => `  SetEnv ${apacheQuote(k)} ${apacheQuote(v)}`),
-    ...appPaths.map((p) => `  WSGIScriptAlias ${apacheQuote(p)} ${apacheQuote(indexWsgiScript)}`),
-    `  <Directory ${apacheQuote(paths.appRoot)}>`,
-    "    Options None",
-    "    AllowOverride None",
-    "    Require all denied",
-    `    <Files ${apacheQuote(indexWsgiScript.slice(paths.appRoot.length + 1))}>`,
-    "      Require all granted",
-    "    </Files>",
-    "  </Directory>",
-  ];
-}
-
-function gunicornVhostLines(t: Topology): string[] {
-  const timeout = t.app.requestTimeoutSeconds;
-  const origin = `http://${gunicornAddress.host}:${gunicornAddress.port}`;
-  const params = [`connectiontimeout=${proxyConnectTimeout}`, `timeout=${timeout}`, "retry=0"];
-  const pass = (path: string): string =>
-    `  ProxyPass ${apacheQuote(path)} ${apacheQuote(`${origin}${path}`)} ${params.map(apacheQuote).join(" ")}`;
-  return [
-    "  # The index app under a local gunicorn; Apache only proxies these paths.",
-    "  ProxyRequests Off",
-    "  ProxyPreserveHost On",
-    `  ProxyTimeout ${apacheQuote(timeout)}`,
-    `  ProxyPass ${apacheQuote("/packages/")} !`,
-    pass("/simple/"),
-    `  ProxyPassReverse ${apacheQuote("/simple/")} ${apacheQuote(`${origin}/simple/`)}`,
-    pass("/pypi/"),
-    pass("/legacy/"),
-    pass("/_health"),
+    "  # The index app: the app server's socket, through mod_proxy_fcgi.",
+    `  <Proxy ${apacheQuote(appServerBackend)}>`,
+    `    ProxySet connectiontimeout=${apacheQuote(proxyConnectTimeout)} timeout=${apacheQuote(timeout)} retry=0`,
+    "  </Proxy>",
+    `  RewriteCond %{REQUEST_URI} ${apacheQuote(`^/(${prefixes})(/|$)`)}`,
+    `  RewriteRule ^ - ${apacheQuote(`[H=proxy:${appServerBackend}]`)}`,
   ];
 }
 
@@ -297,15 +264,11 @@ export function renderApacheSite(t: Topology, _node: NodeSpec): string {
   const balancers = nodesWithRole(t, "balancer").map((n) => n.privateIp);
   const packagesDir = `${t.storage.packageRoot}/packages/`;
   const runtime = t.app.runtime;
-  const appLines =
-    runtime === "fcgid" ? fcgidVhostLines(t) : runtime === "wsgi" ? wsgiVhostLines(t) : gunicornVhostLines(t);
+  const appLines = runtime === "fcgid" ? fcgidVhostLines(t) : appServerVhostLines(t);
   const lines = [
     "# Managed by pypi-node.",
     `ServerName ${apacheQuote(t.domain)}`,
     ...(runtime === "fcgid" ? fcgidServerLines(t) : []),
-    ...(runtime === "wsgi"
-      ? ["# No embedded interpreter: everything runs in the daemon group.", "WSGIRestrictEmbedded On", ""]
-      : []),
     `<VirtualHost ${apacheQuote(`*:${t.app.httpPort}`)}>`,
     `  ServerName ${apacheQuote(t.domain)}`,
     `  DocumentRoot ${apacheQuote(paths.staticRoot)}`,
@@ -346,6 +309,7 @@ export function renderApacheSite(t: Topology, _node: NodeSpec): string {
     // The upload token travels in Authorization, which Apache hides from FastCGI unless told.
     `  <Location ${apacheQuote("/legacy")}>`,
     "    CGIPassAuth On",
+    `    LimitRequestBody ${apacheQuote(uploadBodyLimit(t.upload.maxFileBytes))}`,
     "  </Location>",
     // Health detail (writer address, standby names, lag) only for the balancers' checks and the
     // node itself; through nginx it is a 404. mod_remoteip has already replaced a proxied

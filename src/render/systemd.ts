@@ -4,6 +4,9 @@ import { indexAppEnv } from "./apache.js";
 import { uploadDir } from "./sshd.js";
 
 export const REGISTER_UNIT = "pypi-index-register";
+/** The app server of the appserver runtime. */
+export const APP_SERVER_UNIT = "pypi-index" as const;
+export const appServerUnitPath = `/etc/systemd/system/${APP_SERVER_UNIT}.service`;
 export const appEnvPath = APP_ENV_FILE;
 export const indexScriptPath = `${paths.appRoot}/index.fcgi`;
 
@@ -75,5 +78,45 @@ export function renderRegisterTimer(): string {
     "",
     "[Install]",
     "WantedBy=timers.target",
+  ].join("\n")}\n`;
+}
+
+/**
+ * The app server (appserver runtime): a primary keeping appMaxProcesses FastCGI workers on a
+ * socket only www-data reaches. Reload replaces the workers one at a time; stop lets them finish
+ * their requests (KillMode=mixed: SIGTERM to the primary, which drains the workers; SIGKILL to
+ * all after TimeoutStopSec).
+ */
+export function renderAppServerService(t: Topology): string {
+  const drain = t.app.requestTimeoutSeconds;
+  const runtimeDir = paths.appSocket.split("/")[2] as string;
+  return `${[
+    "[Unit]",
+    "Description=PyPI index app server (FastCGI workers for Apache's mod_proxy_fcgi)",
+    "Wants=network-online.target",
+    "After=network-online.target",
+    `RequiresMountsFor=${systemdQuote(t.storage.packageRoot)}`,
+    "Before=apache2.service",
+    "",
+    "[Service]",
+    "Type=simple",
+    "User=www-data",
+    "Group=www-data",
+    `EnvironmentFile=${appEnvPath}`,
+    `RuntimeDirectory=${runtimeDir}`,
+    "RuntimeDirectoryMode=0750",
+    `ExecStart=${indexScriptPath} serve --listen ${systemdQuote(paths.appSocket)} --workers ${t.app.maxProcesses} --drain-seconds ${drain}`,
+    "ExecReload=/bin/kill -HUP $MAINPID",
+    "KillMode=mixed",
+    `TimeoutStopSec=${drain + 5}`,
+    "Restart=always",
+    "RestartSec=1",
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    `ReadWritePaths=${systemdQuote(t.storage.packageRoot)}`,
+    "PrivateTmp=yes",
+    "",
+    "[Install]",
+    "WantedBy=multi-user.target",
   ].join("\n")}\n`;
 }

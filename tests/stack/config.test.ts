@@ -67,7 +67,7 @@ describe("parseConfig", () => {
     expect(problems).toContain("pypi-infra:floatingIps: 9 is not valid; expected a whole number from 1 to 8");
     expect(problems).toContain("pypi-infra:appServers: 1 is not valid; expected a whole number from 2 to 16");
     expect(problems).toContain(
-      'pypi-infra:appRuntime: "cgi" is not valid; expected one of "fcgid", "wsgi", "gunicorn"',
+      'pypi-infra:appRuntime: "cgi" is not valid; expected one of "appserver", "fcgid" ("wsgi" and "gunicorn" are gone: no bundle ships a Python app; "appserver" is the persistent, supervised app server they stood for)',
     );
     expect(problems.find((p) => p.startsWith("pypi-infra:flaotingIps: is not a known key"))).toBeDefined();
   });

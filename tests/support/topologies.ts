@@ -34,7 +34,7 @@ export function asLab(t: Topology, bundleLocation = "/var/lib/pypi-lab"): Topolo
   };
 }
 
-/** Replace the app runtime (fcgid, wsgi, gunicorn). */
+/** Replace the app runtime (appserver, fcgid). */
 export const withRuntime = (t: Topology, runtime: Topology["app"]["runtime"]): Topology => ({
   ...t,
   app: { ...t.app, runtime },
