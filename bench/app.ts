@@ -126,7 +126,7 @@ function bigSnapshot(sb: AppSandbox): ProjectSnapshot {
 
 function workerRss(sb: AppSandbox): number[] {
   const out = sb.sh(
-    "for p in $(pgrep -f '/opt/pypi-index/index.fcgi$'); do awk '/^VmRSS/ {print $2}' /proc/$p/status; done",
+    "for p in $(pgrep -f '/opt/pypi-index/index.fcgi( serve .*)?$'); do awk '/^VmRSS/ {print $2}' /proc/$p/status; done",
   ).stdout;
   return out
     .split("\n")
@@ -221,7 +221,8 @@ async function main(): Promise<void> {
       setup: {
         projects: PROJECTS,
         filesInProject: FILES,
-        fcgidMaxProcesses: sb.t.app.maxProcesses,
+        appRuntime: sb.t.app.runtime,
+        appMaxProcesses: sb.t.app.maxProcesses,
         concurrency: CONCURRENCY,
         cores: cpus().length,
         note: "Apache 2.4 mpm_event serving the page writer's files through mod_negotiation type maps, vs a plain static file of the same size; loopback in one network namespace; ab -k",

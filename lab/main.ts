@@ -115,7 +115,10 @@ async function run(opts: LabOptions, p: Paths): Promise<number> {
     );
     // The security pass scans the TLS endpoint once the lab is known to be green.
     if (report.ok) await runTlsScan(lab, report);
-    if (report.ok) for (const drill of drills) await drill.run(lab, report);
+    if (report.ok)
+      for (const drill of drills)
+        if (!opts.drills || BOOKKEEPING_DRILLS.has(drill.id) || opts.drills.includes(drill.id))
+          await drill.run(lab, report);
     exit = report.ok ? 0 : 1;
   } catch (err) {
     log(err instanceof Error ? err.message : String(err));
@@ -134,14 +137,27 @@ async function run(opts: LabOptions, p: Paths): Promise<number> {
   return exit;
 }
 
+/** The run-time total's markers: they run whenever drills do. */
+const BOOKKEEPING_DRILLS = new Set(["start", "total"]);
+const USAGE = "usage: lab [down] [--keep] [--pg11] [--drills=ID,ID...]";
+
 function parseArgs(argv: readonly string[]): { command: "up" | "down"; opts: LabOptions } {
   const known = new Set(["down", "--keep", "--pg11"]);
-  const unknown = argv.filter((a) => !known.has(a));
-  if (unknown.length)
-    throw new Error(`unknown argument(s): ${unknown.join(" ")} (usage: lab [down] [--keep] [--pg11])`);
+  const drillArg = argv.find((a) => a.startsWith("--drills="));
+  const unknown = argv.filter((a) => !known.has(a) && a !== drillArg);
+  if (unknown.length) throw new Error(`unknown argument(s): ${unknown.join(" ")} (${USAGE})`);
+  const ids = drillArg?.slice("--drills=".length).split(",").filter(Boolean);
+  const bad = ids?.filter((id) => BOOKKEEPING_DRILLS.has(id) || !drills.some((d) => d.id === id));
+  if (ids && (ids.length === 0 || (bad?.length ?? 0) > 0))
+    throw new Error(
+      `--drills: ${JSON.stringify(bad?.join(",") ?? "")} names no drill; drills are ${drills
+        .map((d) => d.id)
+        .filter((id) => !BOOKKEEPING_DRILLS.has(id))
+        .join(", ")} (${USAGE})`,
+    );
   return {
     command: argv.includes("down") ? "down" : "up",
-    opts: { keep: argv.includes("--keep"), pg11: argv.includes("--pg11") },
+    opts: { keep: argv.includes("--keep"), pg11: argv.includes("--pg11"), drills: ids },
   };
 }
 

@@ -17,6 +17,8 @@ import {
   renderApachePorts,
   renderApacheSecurityConf,
   renderApacheSite,
+  renderRobotsTxt,
+  robotsTxtPath,
 } from "./render/apache.js";
 import { drbdPaths, renderDrbdGlobalCommon, renderDrbdResource } from "./render/drbd.js";
 import { HAPROXY_CONF_PATH, renderHaproxyCfg } from "./render/haproxy.js";
@@ -153,6 +155,7 @@ function apacheFiles(t: Topology, node: NodeSpec): BundleFile[] {
     }),
     file(apachePortsPath, renderApachePorts(t, node), apache),
     file(apacheSecurityConfPath, renderApacheSecurityConf(t, node), apache),
+    file(robotsTxtPath, renderRobotsTxt()),
     ...modules,
   ];
 }

@@ -150,6 +150,10 @@ describe("buildBundles", () => {
       ]),
     );
     expect(server.files.map((f) => f.path)).toContain("/etc/apache2/mods-enabled/proxy_fcgi.load");
+    // The DocumentRoot must exist: the app paths' access check walks it (else Debian's <Directory /> denies).
+    expect(server.files.find((f) => f.path === "/srv/www/pypi-static/robots.txt")?.content).toContain(
+      "Disallow: /simple/",
+    );
 
     const fcgid = app("fcgid");
     expect(fcgid.services).not.toContain("pypi-index");

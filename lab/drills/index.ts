@@ -6,6 +6,7 @@
 import type { Lab } from "../lib/lab.js";
 import type { Report } from "../lib/report.js";
 import { appLoss } from "./app-loss.js";
+import { appRuntimes } from "./app-runtimes.js";
 import { balancerCrash } from "./balancer-crash.js";
 import { balancerStop } from "./balancer-stop.js";
 import { dbPrimaryLoss } from "./db-primary-loss.js";
@@ -37,6 +38,7 @@ export const drills: readonly Drill[] = [
   syncStandbyDown,
   pgReattach,
   supervision,
+  appRuntimes,
   reboots,
   drillRunTotal,
 ];

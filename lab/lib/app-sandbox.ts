@@ -23,6 +23,8 @@ import {
   renderApachePorts,
   renderApacheSecurityConf,
   renderApacheSite,
+  renderRobotsTxt,
+  robotsTxtPath,
 } from "../../src/render/apache.js";
 import { appServerUnitPath, renderAppServerService } from "../../src/render/systemd.js";
 import { type AppRuntime, nodeByName, type Topology } from "../../src/topology.js";
@@ -243,7 +245,7 @@ export class AppSandbox {
     const passFile = env.PYPI_DB_PASSWORD_FILE as string;
     this.sh(
       [
-        `mkdir -p ${paths.appRoot} ${paths.staticRoot} "$(dirname ${passFile})"`,
+        `mkdir -p ${paths.appRoot} "$(dirname ${passFile})"`,
         `install -m 0755 ${built} ${indexFcgiScript}`,
         `printf '%s' "$PASS" > ${passFile} && chown www-data:www-data ${passFile} && chmod 0400 ${passFile}`,
       ].join(" && "),
@@ -312,10 +314,14 @@ export class AppSandbox {
       [apacheSitePath]: renderApacheSite(t, node),
       [apachePortsPath]: renderApachePorts(t, node),
       [apacheSecurityConfPath]: renderApacheSecurityConf(t, node),
+      // The DocumentRoot exists only because the bundle ships a file into it, as on a node.
+      [robotsTxtPath]: renderRobotsTxt(),
     };
     const steps = ["set -e", "cd /etc/apache2", "rm -f sites-enabled/* mods-enabled/status.*"];
     for (const [path, content] of Object.entries(files)) {
-      steps.push(`printf '%s' '${content.replace(/'/g, "'\\''")}' > ${path}`);
+      steps.push(
+        `mkdir -p "$(dirname ${path})" && printf '%s' '${content.replace(/'/g, "'\\''")}' > ${path}`,
+      );
     }
     steps.push("ln -s ../sites-available/pypi.conf sites-enabled/pypi.conf");
     for (const m of apacheModules(t.app.runtime)) {

@@ -12,6 +12,8 @@ export interface LabOptions {
   readonly keep: boolean;
   /** Run Postgres 11 (recovery.conf) instead of Debian's 15. */
   readonly pg11: boolean;
+  /** Run only these drills (by id); every drill when unset. */
+  readonly drills?: readonly string[];
 }
 
 export function loadLabTopology(repoRoot: string): Topology {

@@ -194,9 +194,12 @@ export class Lab {
 
   // ------------------------------------------------------------------ bring-up
 
-  /** Bundles and the secret store as the stack would hand them over, on the host side of bundleLocation. */
-  writeBundles(): void {
-    for (const bundle of buildBundles(this.t)) {
+  /**
+   * Bundles as the stack would hand them over, on the host side of bundleLocation. `t` other
+   * than the lab's own is a stack config change, as `pulumi up` would upload it.
+   */
+  writeBundles(t: Topology = this.t): void {
+    for (const bundle of buildBundles(t)) {
       const dir = this.bundleDir(bundle.node).host;
       rmSync(dir, { recursive: true, force: true });
       writeTree(dir, bundleDirEntries(bundle));

@@ -11,6 +11,14 @@ export const apachePortsPath = `${apacheConfDir}/ports.conf`;
 /** Replaces Debian's own security.conf, which is enabled by default and sets ServerTokens OS. */
 export const apacheSecurityConfPath = `${apacheConfDir}/conf-available/security.conf`;
 
+/** The static site's one shipped file; it also makes the DocumentRoot exist, which the app paths' access checks walk. */
+export const robotsTxtPath = `${paths.staticRoot}/robots.txt`;
+
+/** Crawlers stay off the index pages and the package files (as pypi.org asks). */
+export function renderRobotsTxt(): string {
+  return ["User-agent: *", "Disallow: /simple/", "Disallow: /packages/", "Disallow: /pypi/", ""].join("\n");
+}
+
 /** The index app's one executable: mod_fcgid's script, the app server and the command line. */
 export const indexFcgiScript = `${paths.appRoot}/index.fcgi`;
 
