@@ -11,7 +11,7 @@ import { paths } from "../../src/layout.js";
 import { APP_RUNTIMES, type AppRuntime, type Topology } from "../../src/topology.js";
 import type { Lab } from "../lib/lab.js";
 import { type LoadHandle, startLoad } from "../lib/load.js";
-import { between, drill, failedCount, seconds, sleep, until } from "./common.js";
+import { between, drill, failedCount, okCode, seconds, sleep, until } from "./common.js";
 
 const KILL_WINDOW_SECONDS = 10;
 const KILL_INTERVAL_SECONDS = 0.5;
@@ -106,8 +106,11 @@ export const appRuntimes = drill(
         (x, y) => x + y,
         0,
       );
+      const codes = new Map<number, number>();
+      for (const x of s) if (!okCode(x.code)) codes.set(x.code, (codes.get(x.code) ?? 0) + 1);
+      const failedCodes = [...codes].map(([c, n]) => `${n}x ${c === 0 ? "no answer" : c}`).join(", ");
       return {
-        text: `${failedCount(s)} of ${s.length} GETs failed for clients; the app servers answered nginx ${served5xx} 5xx (retried on the other app server)`,
+        text: `${failedCount(s)} of ${s.length} GETs failed for clients${failedCodes ? ` (${failedCodes})` : ""}; the app servers answered nginx ${served5xx} 5xx (retried on the other app server)`,
         failed: failedCount(s),
         total: s.length,
         served5xx,

@@ -125,16 +125,15 @@ svc_reload() {
   # shellcheck disable=SC2046
   case $PYPI_SERVICE_MANAGER in
     systemd)
-      systemctl daemon-reload || return
       if svc_limits_stale "$1"; then
-        systemctl restart $(systemd_units "$1")
+        svc_restart "$1"
       else
-        systemctl reload-or-restart $(systemd_units "$1")
+        systemctl daemon-reload && systemctl reload-or-restart $(systemd_units "$1")
       fi
       ;;
     direct)
       if svc_limits_stale "$1"; then
-        svc_stop "$1" && direct_start "$1"
+        svc_restart "$1"
       else
         direct_reload "$1"
       fi
@@ -265,6 +264,15 @@ svc_start() {
       [ "$1" = postgresql ] || direct_enable "$1"
       direct_start "$1"
       ;;
+  esac
+}
+
+# A full restart: what a reload cannot apply (resource limits, a new Apache module set).
+svc_restart() {
+  # shellcheck disable=SC2046
+  case $PYPI_SERVICE_MANAGER in
+    systemd) systemctl daemon-reload && systemctl restart $(systemd_units "$1") ;;
+    direct) if direct_running "$1"; then svc_stop "$1" && direct_start "$1"; else direct_start "$1"; fi ;;
   esac
 }
 

@@ -544,6 +544,7 @@ cmd_apply() {
   [ -r "$bundle/manifest" ] || die "no manifest in $bundle"
   load_config "$bundle/files$PYPI_NODE_CONFIG"
   RELOAD=""
+  RESTART=""
   changed=0
   rejected=0
   validated=""
@@ -603,6 +604,9 @@ cmd_apply() {
     printf 'changed\t%s\t%s\n' "$kind" "$path"
     changed=$((changed + 1))
     add_reloads "$reloads"
+    # A module added on a graceful restart skips its first-load setup (mod_fcgid starts no
+    # process manager): a new module set needs a full restart.
+    case $path in "${PYPI_APACHE_DIR:-/nonexistent}"/mods-enabled/*) RESTART="$RESTART apache2" ;; esac
   done <"$bundle/manifest"
 
   # Every reload is verified; one that does not run on the new files undoes the whole apply.
@@ -615,7 +619,8 @@ cmd_apply() {
     if svc_running "$svc"; then RUNNING_BEFORE="$RUNNING_BEFORE $svc"; fi
     RELOADED="$RELOADED $svc"
     verify_begin "$svc" "$APPLY_TMP/$svc.reload"
-    if svc_reload "$svc" >>"$VB_OUT" 2>&1; then
+    case " $RESTART " in *" $svc "*) how=svc_restart ;; *) how=svc_reload ;; esac
+    if $how "$svc" >>"$VB_OUT" 2>&1; then
       if verify_service "$svc"; then
         cat "$VB_OUT" >&2
         printf 'reloaded\t%s\n' "$svc"

@@ -2,7 +2,8 @@
  * The `appserver` runtime: the index app as its own service (pypi-index.service) instead of
  * processes mod_fcgid spawns. One primary keeps `workers` FastCGI workers on one listening
  * socket (node:cluster hands each connection to the next worker, round-robin). It
- *  - starts a replacement when a worker dies, backing off when they keep dying;
+ *  - starts a replacement at once when a worker dies, and gives up (for systemd to restart it)
+ *    when new workers keep exiting before they listen;
  *  - on SIGHUP replaces the workers one at a time, each only after its successor listens, so a
  *    new script or environment takes effect without refusing a request, and a successor that
  *    cannot start leaves the old workers serving;
@@ -62,18 +63,8 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
   return { listen, workers, drainMs: drainSeconds * 1000 };
 }
 
-/** Deaths within this window count towards the restart back-off. */
-const DEATH_WINDOW_MS = 10_000;
-const MAX_BACKOFF_MS = 5_000;
-/** Workers that die before they ever listen, in a row: the primary gives up (systemd restarts it). */
+/** Workers that exit by themselves before they listen, in a row: the primary gives up (systemd restarts it). */
 const MAX_FAILED_STARTS = 5;
-
-/** The delay before replacing a dead worker: none for the first `workers` deaths in the window, then doubling. */
-export function restartDelayMs(recentDeaths: number, workers: number): number {
-  const excess = recentDeaths - workers;
-  if (excess <= 0) return 0;
-  return Math.min(MAX_BACKOFF_MS, 100 * 2 ** (excess - 1));
-}
 
 /** A stale socket of an earlier primary would make listen fail with EADDRINUSE. */
 function removeStaleSocket(listen: Listen, log: (msg: string) => void): void {
@@ -100,7 +91,6 @@ export function runPrimary(opts: AppServerOptions): void {
   const listening = new Set<Worker>();
   /** A reload's new worker until it listens: if it dies first, the reload stops and nothing replaces it. */
   const candidates = new Set<Worker>();
-  const deaths: number[] = [];
   let failedStarts = 0;
   let stopping = false;
   let rolling: Promise<void> | undefined;
@@ -146,21 +136,15 @@ export function runPrimary(opts: AppServerOptions): void {
     }
     if (expected) return;
     log(`worker ${w.process.pid} died (${signal ? `signal ${signal}` : `exit ${code}`}); starting another`);
-    if (!wasListening && ++failedStarts >= MAX_FAILED_STARTS) {
+    // A worker that exits by itself before it listens cannot start (a broken script or
+    // environment); one killed by a signal could.
+    if (!wasListening && code !== null && code !== 0 && ++failedStarts >= MAX_FAILED_STARTS) {
       log(`${failedStarts} workers in a row died before listening; giving up`);
       process.exit(1);
     }
-    const now = Date.now();
-    deaths.push(now);
-    while (deaths.length > 0 && (deaths[0] as number) < now - DEATH_WINDOW_MS) deaths.shift();
-    const delay = restartDelayMs(deaths.length, size);
-    if (delay === 0) spawn();
-    else {
-      log(`${deaths.length} worker deaths in ${DEATH_WINDOW_MS / 1000} s; next start in ${delay} ms`);
-      setTimeout(() => {
-        if (!stopping && live.size < size) spawn();
-      }, delay);
-    }
+    // At once, whatever the rate: node:cluster closes the shared socket when its last worker
+    // is gone, and a slower replacement would turn kills from outside into refused requests.
+    spawn();
   });
 
   /** Resolves true once `w` listens, false if it dies or takes longer than startTimeoutMs. */

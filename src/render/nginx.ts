@@ -67,11 +67,19 @@ const indent = (lines: readonly string[], depth = 1): string[] =>
 
 const block = (head: string, body: readonly string[]): string[] => [`${head} {`, ...indent(body), "}"];
 
-/** Upstream members: every app server on its HTTP port. */
+/**
+ * Upstream members: every app server on its HTTP port, then each again as a backup that is never
+ * marked failed. Failures (an error, a timeout, a 502/503/504) take a server out for
+ * fail_timeout; when every server is out at once (a DB failover makes every app answer 503, a
+ * crash on both kills a request each), nginx would answer "no live upstreams" for up to
+ * fail_timeout even to requests the servers could serve. The backups keep trying them instead.
+ */
 export function upstreamServers(t: Topology): string[] {
-  return nodesWithRole(t, "app").map(
-    (a) => `server ${q(`${a.privateIp}:${t.app.httpPort}`)} max_fails=2 fail_timeout=10s;`,
-  );
+  const addresses = nodesWithRole(t, "app").map((a) => q(`${a.privateIp}:${t.app.httpPort}`));
+  return [
+    ...addresses.map((a) => `server ${a} max_fails=2 fail_timeout=10s;`),
+    ...addresses.map((a) => `server ${a} backup max_fails=0;`),
+  ];
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppSandbox, PG_BIN } from "../../lab/lib/app-sandbox.js";
-import { parseServeArgs, restartDelayMs } from "../../src/app/appserver.js";
+import { parseServeArgs } from "../../src/app/appserver.js";
 import { paths } from "../../src/layout.js";
 import { indexFcgiScript } from "../../src/render/apache.js";
 import { requireTools } from "../support/tools.js";
@@ -22,7 +22,7 @@ const canRun = requireTools("app server (apache mod_proxy_fcgi, postgres 15)", [
   "/usr/lib/apache2/modules/mod_proxy_fcgi.so",
 ]);
 
-describe("serve arguments and restart back-off", () => {
+describe("serve arguments", () => {
   it("parses the unit's command line and refuses what it does not know", () => {
     expect(parseServeArgs(["--listen", "/run/x.sock", "--workers", "4", "--drain-seconds", "30"])).toEqual({
       listen: { path: "/run/x.sock" },
@@ -41,12 +41,6 @@ describe("serve arguments and restart back-off", () => {
     expect(() => parseServeArgs(["--listen", "/x", "--threads", "2"])).toThrow(
       /unexpected argument "--threads"/,
     );
-  });
-
-  it("replaces the first deaths at once, then backs off up to 5 s", () => {
-    expect([1, 4].map((d) => restartDelayMs(d, 4))).toEqual([0, 0]);
-    expect([5, 6, 7].map((d) => restartDelayMs(d, 4))).toEqual([100, 200, 400]);
-    expect(restartDelayMs(40, 4)).toBe(5_000);
   });
 });
 

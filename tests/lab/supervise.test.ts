@@ -24,9 +24,11 @@ import {
 import { uploadDir } from "../../src/render/sshd.js";
 import {
   appEnvPath,
+  appServerUnitPath,
   indexScriptPath,
   REGISTER_UNIT,
   renderAppEnv,
+  renderAppServerService,
   renderRegisterPath,
   renderRegisterService,
   renderRegisterTimer,
@@ -324,6 +326,60 @@ describe.skipIf(!canRun)("lab supervisor (systemd's part in direct mode)", { tim
     expect(back, app.run(["cat", LOG])).toBeGreaterThanOrEqual(0);
     expect((await agent(app, "svc_stop ssh && svc_stop pypi-upload-watch")).status).toBe(0);
     expect(mainPid(app, "/run/pypi-upload-watch.pid")).toBe(0);
+  });
+
+  it("runs the app server from its unit: as its User=, in a fresh RuntimeDirectory=, HUP-reloaded, restarted after kill -9", async () => {
+    await put(app, indexScriptPath, indexAppScript(), "0755");
+    await put(app, appEnvPath, renderAppEnv(t));
+    await put(app, appServerUnitPath, renderAppServerService(t));
+    // A leftover of an earlier run in the runtime directory is gone after the start, as systemd does.
+    await app.sh("mkdir -p /run/pypi-index && touch /run/pypi-index/stale");
+    const started = await agent(app, "svc_start pypi-index");
+    expect(started.status, started.stderr).toBe(0);
+    const pidfile = "/run/pypi-index.pid";
+    const workers = (primary: number): number[] =>
+      app
+        .run(["sh", "-c", `pgrep -P ${primary} || true`])
+        .split("\n")
+        .filter(Boolean)
+        .map(Number);
+    const primary = mainPid(app, pidfile);
+    const listening = await msUntil(() => workers(primary).length === t.app.maxProcesses, 15_000);
+    expect(listening, app.run(["cat", "/var/log/pypi-index.log"])).toBeGreaterThanOrEqual(0);
+    expect(
+      app.run(["stat", "-c", "%U %G %a", "/run/pypi-index", paths.appSocket]).trim().split("\n"),
+    ).toEqual(["www-data www-data 750", "www-data www-data 755"]);
+    expect(app.exec(["test", "-e", "/run/pypi-index/stale"]).status).toBe(1);
+    expect(app.run(["ps", "-o", "user=", "-p", String(primary)]).trim()).toBe("www-data");
+
+    // Reload (ExecReload= sends HUP): the same primary, every worker new.
+    const before = workers(primary);
+    const reload = await agent(app, "svc_reload pypi-index");
+    expect(reload.status, reload.stderr).toBe(0);
+    const rolled = await msUntil(() => {
+      const now = workers(primary);
+      return now.length === before.length && now.every((w) => !before.includes(w));
+    }, 20_000);
+    expect(rolled, app.run(["cat", "/var/log/pypi-index.log"])).toBeGreaterThanOrEqual(0);
+    expect(mainPid(app, pidfile)).toBe(primary);
+
+    // Restart=always, RestartSec=1: a new primary, its workers, and the old workers gone.
+    app.run(["kill", "-9", String(primary)]);
+    const back = await msUntil(() => {
+      const pid = mainPid(app, pidfile);
+      return pid !== 0 && pid !== primary && workers(pid).length === t.app.maxProcesses;
+    }, 15_000);
+    expect(back, app.run(["cat", LOG])).toBeGreaterThanOrEqual(0);
+    const orphans = app.run([
+      "sh",
+      "-c",
+      `pgrep -f 'index.fcgi serve' | grep -vx "$(cat ${pidfile})" | xargs -r ps -o ppid= -p | grep -c '^ *1$' || true`,
+    ]);
+    expect(orphans.trim()).toBe("0");
+
+    expect((await agent(app, "svc_stop pypi-index")).status).toBe(0);
+    expect(mainPid(app, pidfile)).toBe(0);
+    expect(app.run(["sh", "-c", "pgrep -fc 'index.fcgi serve' || true"]).trim()).toBe("0");
   });
 
   it("starts the enabled services at boot, after a crash, in their units' After= order", async () => {

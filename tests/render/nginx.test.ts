@@ -126,11 +126,13 @@ describe.each<Shape>(["staging", "prod"])("renderNginxConf (%s)", (shape) => {
     const apps = nodesWithRole(t, "app");
     expect(apps).toHaveLength(shape === "prod" ? 3 : 2);
     const upstream = blockLines(text, `upstream ${NGINX_UPSTREAM}`);
+    // Each again as a backup never marked failed: every server out at once never means "no live upstreams".
     expect(upstream).toEqual([
       `zone ${NGINX_UPSTREAM} 64k;`,
       ...apps.map((a) => `server ${a.privateIp}:80 max_fails=2 fail_timeout=10s;`),
+      ...apps.map((a) => `server ${a.privateIp}:80 backup max_fails=0;`),
     ]);
-    expect(upstreamServers(t)).toHaveLength(apps.length);
+    expect(upstreamServers(t)).toHaveLength(apps.length * 2);
     expect(https).toContain("proxy_http_version 1.1;");
     expect(upstream.some((l) => l.startsWith("keepalive"))).toBe(false);
   });
