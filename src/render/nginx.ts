@@ -27,8 +27,11 @@ export const TLS_CURVES = ["X25519", "prime256v1", "secp384r1"] as const;
 
 /** Short, so a blackholed app server costs one retry instead of a stalled request. */
 export const PROXY_CONNECT_TIMEOUT_SECONDS = 1;
-/** Upper bound on attempts per request across app servers. */
-export const PROXY_NEXT_UPSTREAM_TRIES = 2;
+/**
+ * Attempts per request: every app server once, and one more, which (when every server is marked
+ * failed) goes to a backup entry; the first backup picked can be the server that just failed.
+ */
+export const proxyNextUpstreamTries = (t: Topology): number => nodesWithRole(t, "app").length + 1;
 /** Head room over the app's own request timeout, so the app's answer wins the race. */
 const READ_TIMEOUT_MARGIN_SECONDS = 5;
 
@@ -130,7 +133,7 @@ export function renderNginxConf(t: Topology, node: NodeSpec): string {
     `proxy_send_timeout ${q(`${readTimeout}s`)};`,
     `proxy_read_timeout ${q(`${readTimeout}s`)};`,
     "proxy_next_upstream error timeout http_502 http_503 http_504;",
-    `proxy_next_upstream_tries ${q(PROXY_NEXT_UPSTREAM_TRIES)};`,
+    `proxy_next_upstream_tries ${q(proxyNextUpstreamTries(t))};`,
     `proxy_next_upstream_timeout ${q(`${readTimeout}s`)};`,
     "",
     // Public health is status only; the detail path is for the balancers' own checks.

@@ -344,7 +344,12 @@ describe.skipIf(!canRun)("lab supervisor (systemd's part in direct mode)", { tim
         .filter(Boolean)
         .map(Number);
     const primary = mainPid(app, pidfile);
-    const listening = await msUntil(() => workers(primary).length === t.app.maxProcesses, 15_000);
+    const listening = await msUntil(
+      () =>
+        workers(primary).length === t.app.maxProcesses &&
+        app.exec(["test", "-S", paths.appSocket]).status === 0,
+      15_000,
+    );
     expect(listening, app.run(["cat", "/var/log/pypi-index.log"])).toBeGreaterThanOrEqual(0);
     expect(
       app.run(["stat", "-c", "%U %G %a", "/run/pypi-index", paths.appSocket]).trim().split("\n"),
@@ -373,13 +378,13 @@ describe.skipIf(!canRun)("lab supervisor (systemd's part in direct mode)", { tim
     const orphans = app.run([
       "sh",
       "-c",
-      `pgrep -f 'index.fcgi serve' | grep -vx "$(cat ${pidfile})" | xargs -r ps -o ppid= -p | grep -c '^ *1$' || true`,
+      `pgrep -f '[i]ndex.fcgi serve' | grep -vx "$(cat ${pidfile})" | xargs -r ps -o ppid= -p | grep -c '^ *1$' || true`,
     ]);
-    expect(orphans.trim()).toBe("0");
+    expect(orphans.trim(), app.run(["ps", "-eo", "pid,ppid,sid,stat,args"])).toBe("0");
 
     expect((await agent(app, "svc_stop pypi-index")).status).toBe(0);
     expect(mainPid(app, pidfile)).toBe(0);
-    expect(app.run(["sh", "-c", "pgrep -fc 'index.fcgi serve' || true"]).trim()).toBe("0");
+    expect(app.run(["sh", "-c", "pgrep -fc '[i]ndex.fcgi serve' || true"]).trim()).toBe("0");
   });
 
   it("starts the enabled services at boot, after a crash, in their units' After= order", async () => {
