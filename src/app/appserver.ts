@@ -1,7 +1,7 @@
 /**
  * The `appserver` runtime: the index app as its own service (pypi-index.service) instead of
  * processes mod_fcgid spawns. One primary keeps `workers` FastCGI workers on one listening
- * socket (node:cluster hands each connection to the next worker, round-robin). It
+ * socket that they all accept from (node:cluster, shared handle). It
  *  - starts a replacement at once when a worker dies, and gives up (for systemd to restart it)
  *    when new workers keep exiting before they listen;
  *  - on SIGHUP replaces the workers one at a time, each only after its successor listens, so a
@@ -215,6 +215,11 @@ export function runPrimary(opts: AppServerOptions): void {
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGPIPE", () => {});
 
+  // Shared accept, not round-robin: with round-robin the primary accepts and hands the
+  // connection to a worker, and a worker killed before it took the handle leaves that request
+  // hanging until Apache's timeout. With a shared socket a dead worker's own connections are
+  // reset (nginx retries them) and the rest wait in the backlog for the others.
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
   log(`starting ${size} workers on ${where}`);
   for (let i = 0; i < size; i++) spawn();
 }
