@@ -74,7 +74,14 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
  */
 export function pipArgv(
   verb: "install" | "download",
-  o: { readonly indexUrl: string; readonly cert?: string; readonly into: string; readonly spec: string },
+  o: {
+    readonly indexUrl: string;
+    readonly cert?: string;
+    readonly into: string;
+    readonly spec: string;
+    /** Wheels only, never an sdist. */
+    readonly onlyBinary?: boolean;
+  },
 ): string[] {
   return [
     "/usr/bin/python3",
@@ -89,6 +96,7 @@ export function pipArgv(
     "--index-url",
     o.indexUrl,
     ...(o.cert ? ["--cert", o.cert] : []),
+    ...(o.onlyBinary ? ["--only-binary=:all:"] : []),
     verb === "install" ? "--target" : "-d",
     o.into,
     o.spec,

@@ -400,20 +400,36 @@ verify_heartbeat() {
 
 # verify_service SVC: SVC runs on the files just installed; verify_begin came before its reload
 # or start. Fast when it does; bounded (VERIFY_SECONDS, or Heartbeat's own times) when not.
+# `verify_within MESSAGE CMD...`: CMD holds within VERIFY_SECONDS (polled every 0.2 s), or MESSAGE.
+verify_within() {
+  vw_message=$1
+  shift
+  vw_tries=$((VERIFY_SECONDS * 5))
+  until "$@"; do
+    vw_tries=$((vw_tries - 1))
+    [ "$vw_tries" -gt 0 ] || {
+      verify_failed "$vw_message"
+      return 1
+    }
+    sleep 0.2
+  done
+}
+
+# The app server's primary runs and its workers listen on the socket Apache sends to.
+app_server_listens() { svc_running pypi-index && [ -S "$PYPI_APP_SOCKET" ]; }
+
+postgres_answers() {
+  svc_running postgresql &&
+    pgsql 'SELECT count(*) FROM pg_settings WHERE pending_restart' >/dev/null 2>>"$VB_OUT"
+}
+
 verify_service() {
   service_expected "$1" || return 0
-  vs_tries=$((VERIFY_SECONDS * 5))
   case $1 in
     nginx | haproxy | apache2)
       vs_pidfile=$(svc_pidfile "$1")
-      until started_since "$vs_pidfile" "$VB_MARK"; do
-        vs_tries=$((vs_tries - 1))
-        [ "$vs_tries" -gt 0 ] || {
-          verify_failed "no new $1 process within $VERIFY_SECONDS s: the reload or start did not take"
-          return 1
-        }
-        sleep 0.2
-      done
+      verify_within "no new $1 process within $VERIFY_SECONDS s: the reload or start did not take" \
+        started_since "$vs_pidfile" "$VB_MARK" || return 1
       ;;
     ssh)
       # sshd re-executes itself on HUP and exits if it cannot: it must stay up a while.
@@ -428,28 +444,8 @@ verify_service() {
       done
       ;;
     heartbeat) verify_heartbeat || return 1 ;;
-    # The primary runs and its workers listen on the socket Apache sends to.
-    pypi-index)
-      until svc_running pypi-index && [ -S "$PYPI_APP_SOCKET" ]; do
-        vs_tries=$((vs_tries - 1))
-        [ "$vs_tries" -gt 0 ] || {
-          verify_failed "no socket at $PYPI_APP_SOCKET within $VERIFY_SECONDS s"
-          return 1
-        }
-        sleep 0.2
-      done
-      ;;
-    postgresql)
-      until svc_running postgresql &&
-        pgsql 'SELECT count(*) FROM pg_settings WHERE pending_restart' >/dev/null 2>>"$VB_OUT"; do
-        vs_tries=$((vs_tries - 1))
-        [ "$vs_tries" -gt 0 ] || {
-          verify_failed "it does not answer queries"
-          return 1
-        }
-        sleep 0.2
-      done
-      ;;
+    pypi-index) verify_within "no socket at $PYPI_APP_SOCKET within $VERIFY_SECONDS s" app_server_listens || return 1 ;;
+    postgresql) verify_within "it does not answer queries" postgres_answers || return 1 ;;
     *)
       svc_running "$1" || {
         verify_failed "it is not running"

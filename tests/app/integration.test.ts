@@ -11,6 +11,7 @@ import {
 } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppSandbox, PG_BIN } from "../../lab/lib/app-sandbox.js";
+import { pipArgv } from "../../lab/lib/wheel.js";
 import { projectFile } from "../../src/project-files.js";
 import { APP_RUNTIMES } from "../../src/topology.js";
 import { requireTools } from "../support/tools.js";
@@ -22,7 +23,7 @@ const canRun = requireTools("index app (postgres 15 + apache: app server and mod
   "nsenter",
   "runuser",
   "curl",
-  "python3",
+  "/usr/bin/python3",
   "apache2",
   `${PG_BIN}/postgres`,
   `${PG_BIN}/pg_basebackup`,
@@ -116,26 +117,18 @@ describe.skipIf(!canRun).each(APP_RUNTIMES)(
       expect(sb.http("/simple/demo-pkg/", "application/json").status).toBe(406);
       expect(sb.http("/simple/no-such-project/").status).toBe(404);
 
+      const into = `${sb.scratch}/pip-dl`;
       const dl = sb.exec(
-        [
-          "python3",
-          "-m",
-          "pip",
-          "download",
-          "--no-deps",
-          "--no-cache-dir",
-          "--disable-pip-version-check",
-          "--only-binary=:all:",
-          "--index-url",
-          "http://127.0.0.1/simple/",
-          "demo-pkg==1.0.0",
-          "-d",
-          "/tmp/pip-dl",
-        ],
+        pipArgv("download", {
+          indexUrl: "http://127.0.0.1/simple/",
+          into,
+          spec: "demo-pkg==1.0.0",
+          onlyBinary: true,
+        }),
         { allowFail: true, timeoutMs: 120_000 },
       );
       expect(dl.status, dl.stdout + dl.stderr).toBe(0);
-      expect(sb.exec(["sha256sum", "/tmp/pip-dl/Demo_Pkg-1.0.0-py3-none-any.whl"]).stdout).toContain(digest);
+      expect(sb.exec(["sha256sum", `${into}/Demo_Pkg-1.0.0-py3-none-any.whl`]).stdout).toContain(digest);
     }, 180_000);
 
     it("rejects bad uploads with a logged reason, losing nothing and registering nothing", () => {
@@ -233,27 +226,15 @@ describe.skipIf(!canRun).each(APP_RUNTIMES)(
       const stored = `${sb.packageRoot}/packages/crash-b/crash_b-1.0-py3-none-any.whl`;
       const good = readFileSync(stored);
       writeFileSync(stored, Buffer.concat([good, Buffer.from("tampered")]));
+      const into = `${sb.scratch}/pip-tamper`;
       const dl = sb.exec(
-        [
-          "python3",
-          "-m",
-          "pip",
-          "download",
-          "--no-deps",
-          "--no-cache-dir",
-          "--disable-pip-version-check",
-          "--index-url",
-          "http://127.0.0.1/simple/",
-          "crash-b==1.0",
-          "-d",
-          "/tmp/pip-tamper",
-        ],
+        pipArgv("download", { indexUrl: "http://127.0.0.1/simple/", into, spec: "crash-b==1.0" }),
         { allowFail: true, timeoutMs: 120_000 },
       );
       writeFileSync(stored, good);
       expect(dl.status).not.toBe(0);
       expect(dl.stdout + dl.stderr).toMatch(/HASHES|hash/i);
-      expect(existsSync("/tmp/pip-tamper/crash_b-1.0-py3-none-any.whl")).toBe(false);
+      expect(existsSync(`${into}/crash_b-1.0-py3-none-any.whl`)).toBe(false);
     }, 120_000);
 
     it("answers 503 while the database is down and recovers without a restart", async () => {
