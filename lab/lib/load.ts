@@ -1,6 +1,6 @@
 /**
  * The load generator the drills run under: a loop in the client namespace that fetches a URL
- * through one floating IP with curl, one request at a time, logging `code epoch-ms duration-s`
+ * through one floating IP with curl, one request at a time, logging `code epoch-ms duration-s curl-exit`
  * per request. `stop()` ends it and summarises what the clients saw.
  */
 import type { ChildProcess } from "node:child_process";
@@ -26,6 +26,8 @@ export interface LoadSample {
   /** Epoch milliseconds when the request ended. */
   readonly at: number;
   readonly seconds: number;
+  /** curl's exit status: 0, or why there was no answer (28 = timed out, 7 = refused, …). */
+  readonly curlExit: number;
 }
 
 export interface LoadStats {
@@ -45,9 +47,9 @@ export interface LoadHandle {
 const LOOP = `
 while [ ! -e "$STOP" ]; do
   out=$(curl -s -o /dev/null --max-time "$TIMEOUT" --cacert "$CA" --resolve "$DOMAIN:443:$FIP" \\
-    -w '%{http_code} %{time_total}' "https://$DOMAIN$URLPATH") || true
+    -w '%{http_code} %{time_total}' "https://$DOMAIN$URLPATH"); rc=$?
   set -- $out
-  echo "\${1:-000} $(date +%s%3N) \${2:-0}" >>"$LOG"
+  echo "\${1:-000} $(date +%s%3N) \${2:-0} $rc" >>"$LOG"
   sleep "$PAUSE"
 done
 `;
@@ -100,7 +102,12 @@ export function startLoad(lab: Lab, opts: LoadOptions): LoadHandle {
           .split("\n")
           .filter((l) => l !== "")
           .map((l) => l.split(" "))
-          .map(([code, at, seconds]) => ({ code: Number(code), at: Number(at), seconds: Number(seconds) }))
+          .map(([code, at, seconds, curlExit]) => ({
+            code: Number(code),
+            at: Number(at),
+            seconds: Number(seconds),
+            curlExit: Number(curlExit ?? 0),
+          }))
       : [];
   const stop = async (): Promise<LoadStats> => {
     await new Promise<void>((resolve) => {

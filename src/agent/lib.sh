@@ -585,7 +585,13 @@ direct_stop() {
   case $1 in
     nginx) nginx -s quit ;;
     haproxy) kill "$(cat "$(svc_pidfile haproxy)")" ;;
-    apache2) apache2ctl graceful-stop ;;
+    # As systemd stops Debian's unit: ExecStop's graceful-stop returns at once and KillMode=mixed
+    # then sends the parent TERM, which ends requests in flight (nginx retries GETs elsewhere).
+    apache2)
+      ds_pid=$(svc_main_pid apache2) || ds_pid=""
+      apache2ctl graceful-stop
+      if [ -n "$ds_pid" ]; then kill -TERM "$ds_pid" 2>/dev/null || true; fi
+      ;;
     ssh) kill "$(cat "$(svc_pidfile ssh)")" ;;
     heartbeat) /usr/libexec/heartbeat/heartbeat -k ;;
     postgresql) pg_ctl_ -w -m fast stop >/dev/null ;;

@@ -9,6 +9,7 @@ export const NGINX_CONF_PATH = "/etc/nginx/nginx.conf";
 /** Set in nginx.conf; the agent reads both (node.env) to check that a reload took. */
 export const NGINX_PID_PATH = "/run/nginx.pid";
 export const NGINX_ERROR_LOG = "/var/log/nginx/error.log";
+export const NGINX_ACCESS_LOG = "/var/log/nginx/access.log";
 
 /** HSTS lifetime: two years, the Mozilla recommendation. */
 export const HSTS_MAX_AGE_SECONDS = 63072000;
@@ -162,7 +163,7 @@ export function renderNginxConf(t: Topology, node: NodeSpec): string {
     "log_format pypi '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent '",
     '    \'"$http_referer" "$http_user_agent" host=$host rt=$request_time \'',
     "    'ua=$upstream_addr us=$upstream_status uct=$upstream_connect_time urt=$upstream_response_time';",
-    "access_log /var/log/nginx/access.log pypi;",
+    `access_log ${NGINX_ACCESS_LOG} pypi;`,
     "",
     ...upstream,
     "",

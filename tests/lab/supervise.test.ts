@@ -196,8 +196,33 @@ describe.skipIf(!canRun)("lab supervisor (systemd's part in direct mode)", { tim
     }
   });
 
+  it("stops Apache as systemd stops Debian's unit: graceful-stop, then TERM to the parent", async () => {
+    expect((await agent(app, "svc_running apache2 || svc_start apache2")).status).toBe(0);
+    // Half a request: graceful-stop alone would wait for its read timeout (20 s and more).
+    const slow = app.spawn([
+      "bash",
+      "-c",
+      "exec 3<>/dev/tcp/127.0.0.1/80; printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n' >&3; sleep 30",
+    ]);
+    await sleep(300);
+    const started = Date.now();
+    const r = await agent(app, "svc_stop apache2");
+    const stopMs = Date.now() - started;
+    slow.kill("SIGKILL");
+    expect(r.status, r.stderr).toBe(0);
+    // TERM makes the gracefully stopping parent reclaim its children (TERM, then KILL after
+    // about 10 s) instead of waiting on the client.
+    expect(stopMs).toBeLessThan(15_000);
+    expect(app.run(["tail", "-n", "5", "/var/log/apache2/error.log"])).toMatch(
+      /AH0004[56]: child process \d+ still did not exit/,
+    );
+    expect((await agent(app, "svc_start apache2")).status).toBe(0);
+  });
+
   it("restarts Apache killed by a signal but not one that exits cleanly (Restart=on-abort)", async () => {
     const first = mainPid(app, "/run/apache2/apache2.pid");
+    // `kill -9 0` would end this test run's own process group.
+    expect(first).toBeGreaterThan(0);
     app.run(["kill", "-9", String(first)]);
     const ms = await msUntil(() => {
       const pid = mainPid(app, "/run/apache2/apache2.pid");
