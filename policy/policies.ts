@@ -6,6 +6,8 @@ import type {
   StackValidationPolicy,
 } from "@pulumi/policy";
 import {
+  type BucketFacts,
+  backupBucketVersioned,
   bucketHardened,
   bucketPolicyPrivate,
   bucketPrivate,
@@ -268,17 +270,29 @@ export function openIngressViolations(stack: readonly StackResource[]): { urn: s
   ];
 }
 
+/** Runs a per-bucket rule on every bucket with the resources whose `bucket` input is it. */
+const perBucket =
+  (rule: (bucket: BucketFacts) => string[]) =>
+  (resources: readonly StackResource[]): { urn: string; message: string }[] => {
+    const buckets = resources.filter((r) => r.type === T.bucket || r.type === T.bucketV2);
+    // During a first preview a companion's `bucket` is unknown: its dependency names the bucket.
+    const companions = resources.filter(
+      (r) => r.propertyDependencies.bucket !== undefined || r.props.bucket !== undefined,
+    );
+    return buckets.flatMap((b) =>
+      rule({
+        props: b.props,
+        companions: companions.filter((c) => referenced(c, "bucket", [b]) !== undefined),
+      }).map((m) => ({ urn: b.urn, message: `${b.name}: ${m}` })),
+    );
+  };
+
 /** Every bucket with the access block and encryption resources whose `bucket` input is it. */
-export function bucketViolations(resources: readonly StackResource[]): { urn: string; message: string }[] {
-  const buckets = resources.filter((r) => r.type === T.bucket || r.type === T.bucketV2);
-  const companions = resources.filter((r) => r.props.bucket !== undefined);
-  return buckets.flatMap((b) =>
-    bucketHardened({
-      props: b.props,
-      companions: companions.filter((c) => referenced(c, "bucket", [b]) !== undefined),
-    }).map((m) => ({ urn: b.urn, message: `${b.name}: ${m}` })),
-  );
-}
+export const bucketViolations = perBucket(bucketHardened);
+
+/** Every backup bucket with its versioning resources; unknown preview values read as undefined. */
+export const backupVersioningViolations = (stack: readonly StackResource[]) =>
+  perBucket(backupBucketVersioned)(stack.map((r) => ({ ...r, props: knownProps(r.props) as Props })));
 
 const stackPolicy = (
   name: string,
@@ -341,6 +355,11 @@ export const stackPolicies: readonly StackValidationPolicy[] = [
     "s3-bucket-private-encrypted",
     "Every bucket has a public access block with all four settings on and default server-side encryption.",
     bucketViolations,
+  ),
+  stackPolicy(
+    "s3-backup-buckets-versioned",
+    "Every backup bucket (pypi-<env>-backups-*, pypi-<env>-files-*) has versioning Enabled and never Suspended.",
+    backupVersioningViolations,
   ),
 ];
 

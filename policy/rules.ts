@@ -39,6 +39,8 @@ export const T = {
   bucketObjectV2: "aws:s3/bucketObjectv2:BucketObjectv2",
   sse: "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
   sseV2: "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
+  bucketVersioning: "aws:s3/bucketVersioning:BucketVersioning",
+  bucketVersioningV2: "aws:s3/bucketVersioningV2:BucketVersioningV2",
 } as const;
 
 /** Every way to launch an instance with its own settings; all of them get the instance rules. */
@@ -584,6 +586,35 @@ export function bucketHardened(bucket: BucketFacts): string[] {
   if (!algorithms.some((a) => a === "AES256" || a === "aws:kms" || a === "aws:kms:dsse"))
     out.push("has no server-side encryption configuration (AES256 or aws:kms)");
   return out;
+}
+
+/** `pypi-<env>-backups-…` (pgBackRest's repository) and `pypi-<env>-files-…` (the package file copies). */
+export const BACKUP_BUCKET_NAME = /^pypi-[a-z0-9-]+-(backups|files)-/;
+
+/** Whether a bucket's name or name prefix makes it a backup bucket. */
+export const isBackupBucket = (props: Props): boolean =>
+  [props.bucket, props.bucketPrefix].some((n) => typeof n === "string" && BACKUP_BUCKET_NAME.test(n));
+
+/**
+ * A backup bucket keeps every version: a delete must leave the old version behind. Versioning
+ * is Enabled by a BucketVersioning (or the deprecated inline block), and nothing suspends it.
+ */
+export function backupBucketVersioned(bucket: BucketFacts): string[] {
+  if (!isBackupBucket(bucket.props)) return [];
+  const inline = rec(bucket.props.versioning);
+  const statuses = [
+    ...bucket.companions
+      .filter((c) => c.type === T.bucketVersioning || c.type === T.bucketVersioningV2)
+      .map((c) => rec(c.props.versioningConfiguration).status),
+    ...(inline.enabled === undefined ? [] : [isTrue(inline.enabled) ? "Enabled" : "Suspended"]),
+  ];
+  if (statuses.length === 0)
+    return ["is a backup bucket without versioning; add a BucketVersioning with status Enabled"];
+  return statuses
+    .filter((st) => st !== "Enabled")
+    .map(
+      (st) => `is a backup bucket with versioning status ${JSON.stringify(st ?? null)}; it must be "Enabled"`,
+    );
 }
 
 // Secrets in user data -------------------------------------------------------------------------

@@ -84,7 +84,11 @@ export function pulumiYamlConfigBlock(): string {
   const lines = ["config:"];
   for (const [name, k] of Object.entries(pulumiYamlKeys())) {
     lines.push(`  ${name}:`, `    type: ${k.type}`, `    description: ${JSON.stringify(k.description)}`);
-    if (k.default !== undefined) lines.push(`    default: ${String(k.default)}`);
+    // Strings quoted: a schedule such as `*-*-* 05:00:00` would start a YAML alias.
+    if (k.default !== undefined)
+      lines.push(
+        `    default: ${typeof k.default === "string" ? JSON.stringify(k.default) : String(k.default)}`,
+      );
   }
   return `${lines.join("\n")}\n`;
 }

@@ -43,6 +43,17 @@ export interface StackConfig {
   };
   readonly upload: { readonly users: readonly UploadUser[]; readonly maxFileBytes: number };
   readonly overlay: { readonly dbWriter: string; readonly storage: string };
+  readonly backup: {
+    readonly retentionFull: number;
+    readonly retentionDiff: number;
+    readonly fullSchedule: string;
+    readonly diffSchedule: string;
+    readonly restoreTestSchedule: string;
+    readonly archiveTimeoutSeconds: number;
+    readonly fileCopyIntervalSeconds: number;
+    /** Object Lock retention on the backup and file copy buckets; 0: no lock. */
+    readonly objectLockDays: number;
+  };
   /** `generated`: a self-signed certificate from @pulumi/tls; `config`: `--secret` config keys. */
   readonly tlsSource: "generated" | "config";
   /** Instances refuse API termination; data volumes, EIPs and the bundle bucket are protected and retained. */
@@ -148,6 +159,16 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
     },
     upload: { users: values.uploadUsers as UploadUser[], maxFileBytes: num("uploadMaxFileBytes") },
     overlay: { dbWriter: str("overlayDbWriter"), storage: str("overlayStorage") },
+    backup: {
+      retentionFull: num("backupRetentionFull"),
+      retentionDiff: num("backupRetentionDiff"),
+      fullSchedule: str("backupFullSchedule"),
+      diffSchedule: str("backupDiffSchedule"),
+      restoreTestSchedule: str("restoreTestSchedule"),
+      archiveTimeoutSeconds: num("archiveTimeoutSeconds"),
+      fileCopyIntervalSeconds: num("fileCopyIntervalSeconds"),
+      objectLockDays: num("backupObjectLockDays"),
+    },
     tlsSource: str("tlsSource") as "generated" | "config",
     deletionProtection: bool("deletionProtection"),
     smokeCheck: bool("smokeCheck"),

@@ -48,6 +48,7 @@ export const layout = {
     packageRoot: "/srv/pypi",
   },
   tls: { certificatePath: "/etc/pypi/tls/fullchain.pem", keyPath: "/etc/pypi/tls/privkey.pem" },
+  backup: { stanza: "pypi" },
 } as const;
 
 /** Paths shared by renderers, the node agent and the runbooks. */

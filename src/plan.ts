@@ -16,6 +16,9 @@ export interface ResolvedIds {
   readonly floatingIps: readonly { readonly address: string; readonly allocationId: string }[];
   readonly routeTableIds: readonly string[];
   readonly bucket: string;
+  /** pgBackRest's repository bucket and the package file copy bucket. */
+  readonly backupBucket: string;
+  readonly fileCopyBucket: string;
   /** Instance id and URN per node name; absent while planning. */
   readonly instances?: Readonly<Record<string, { readonly instanceId: string; readonly urn: string }>>;
   /** EBS data volume id per node name (db nodes, the storage pair); absent while planning. */
@@ -35,6 +38,8 @@ export function placeholderIds(cfg: StackConfig): ResolvedIds {
     })),
     routeTableIds: ["rtb-pending-a", "rtb-pending-b"],
     bucket: `pypi-${cfg.environment}-bundles-pending`,
+    backupBucket: `pypi-${cfg.environment}-backups-pending`,
+    fileCopyBucket: `pypi-${cfg.environment}-files-pending`,
   };
 }
 
@@ -122,6 +127,18 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
     tls: layout.tls,
     secrets: secretRefs(cfg.environment),
     bundleLocation: `s3://${ids.bucket}/bundles`,
+    backup: {
+      repository: `s3://${ids.backupBucket}/pgbackrest`,
+      fileCopies: `s3://${ids.fileCopyBucket}/packages`,
+      stanza: layout.backup.stanza,
+      retentionFull: cfg.backup.retentionFull,
+      retentionDiff: cfg.backup.retentionDiff,
+      fullSchedule: cfg.backup.fullSchedule,
+      diffSchedule: cfg.backup.diffSchedule,
+      restoreTestSchedule: cfg.backup.restoreTestSchedule,
+      archiveTimeoutSeconds: cfg.backup.archiveTimeoutSeconds,
+      fileCopyIntervalSeconds: cfg.backup.fileCopyIntervalSeconds,
+    },
   };
 }
 

@@ -24,5 +24,7 @@ export async function program(opts: { readonly now?: Date } = {}) {
     runbooks: stack.runbooks,
     /** The same runbooks as data (steps with host, command and expected result). */
     runbookData: stack.runbookData,
+    /** Backup and file copy buckets, their Object Lock days and the pgBackRest / file copy locations. */
+    backup: stack.backup,
   };
 }

@@ -123,6 +123,20 @@ export const atoms = {
   maxFileBytes: whole(1, 2 ** 40, " of bytes"),
   floatingIps: whole(1, 8),
   appServers: whole(2, 16),
+  retentionCount: whole(1, 100, " backups"),
+  archiveTimeoutSeconds: whole(1, 300, " of seconds"),
+  fileCopyIntervalSeconds: whole(5, 3600, " of seconds"),
+  objectLockDays: whole(0, 36500, " of days (0: no Object Lock)"),
+  // systemd-analyze calendar judges the rest; the tests run it over every default and example.
+  calendar: pattern(
+    'a systemd OnCalendar= expression such as "Sun *-*-* 02:00:00" or "daily"',
+    /^[A-Za-z0-9*:.,/~ -]{1,64}$/,
+  ),
+  backupLocation: atom("s3://bucket/path (AWS) or an absolute directory (lab)", (e) =>
+    z
+      .string(e)
+      .refine((s) => /^s3:\/\/[a-z0-9.-]{3,63}(\/[A-Za-z0-9._-]+)*$/.test(s) || isSafeAbsolutePath(s), e),
+  ),
 } as const;
 
 /** The Pulumi.yaml type of a key; structured keys are set as YAML in the stack file. */
@@ -372,6 +386,73 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     secret: true,
   }),
   key({
+    key: "backupRetentionFull",
+    type: "integer",
+    atom: atoms.retentionCount,
+    default: 4,
+    description: "Full Postgres backups kept in the repository (older ones and their WAL expire)",
+    fields: ["backup.retentionFull"],
+  }),
+  key({
+    key: "backupRetentionDiff",
+    type: "integer",
+    atom: atoms.retentionCount,
+    default: 6,
+    description: "Differential Postgres backups kept",
+    fields: ["backup.retentionDiff"],
+  }),
+  key({
+    key: "backupFullSchedule",
+    type: "string",
+    atom: atoms.calendar,
+    default: "Sun *-*-* 02:00:00",
+    description: "When the primary takes a full backup (systemd OnCalendar=, UTC)",
+    fields: ["backup.fullSchedule"],
+  }),
+  key({
+    key: "backupDiffSchedule",
+    type: "string",
+    atom: atoms.calendar,
+    default: "Mon..Sat *-*-* 02:00:00",
+    description: "When the primary takes a differential backup (systemd OnCalendar=, UTC)",
+    fields: ["backup.diffSchedule"],
+  }),
+  key({
+    key: "restoreTestSchedule",
+    type: "string",
+    atom: atoms.calendar,
+    default: "*-*-* 05:00:00",
+    description:
+      "When the standby proves the newest backup restores (pgbackrest verify, then a restore into a scratch directory)",
+    fields: ["backup.restoreTestSchedule"],
+  }),
+  key({
+    key: "archiveTimeoutSeconds",
+    type: "integer",
+    atom: atoms.archiveTimeoutSeconds,
+    default: 10,
+    description:
+      "Postgres archive_timeout: bounds the committed writes lost when both database nodes are lost",
+    fields: ["backup.archiveTimeoutSeconds"],
+  }),
+  key({
+    key: "fileCopyIntervalSeconds",
+    type: "integer",
+    atom: atoms.fileCopyIntervalSeconds,
+    default: 30,
+    description:
+      "Timer of the package file copy job (a registration starts it at once; the timer catches what that missed)",
+    fields: ["backup.fileCopyIntervalSeconds"],
+  }),
+  key({
+    key: "backupObjectLockDays",
+    type: "integer",
+    atom: atoms.objectLockDays,
+    default: 0,
+    description:
+      "S3 Object Lock (compliance mode) on the backup and file copy buckets: days each object version cannot be deleted, by anyone; 0 for none",
+  }),
+  key({
     key: "deletionProtection",
     type: "boolean",
     atom: atoms.boolean,
@@ -507,6 +588,20 @@ const topologySchema = z
       })
       .strict(),
     bundleLocation: z.string(),
+    backup: z
+      .object({
+        repository: atoms.backupLocation.schema,
+        fileCopies: atoms.backupLocation.schema,
+        stanza: atoms.sqlIdentifier.schema,
+        retentionFull: atoms.retentionCount.schema,
+        retentionDiff: atoms.retentionCount.schema,
+        fullSchedule: atoms.calendar.schema,
+        diffSchedule: atoms.calendar.schema,
+        restoreTestSchedule: atoms.calendar.schema,
+        archiveTimeoutSeconds: atoms.archiveTimeoutSeconds.schema,
+        fileCopyIntervalSeconds: atoms.fileCopyIntervalSeconds.schema,
+      })
+      .strict(),
   })
   .strict();
 

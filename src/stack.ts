@@ -3,6 +3,7 @@ import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
 import { BASE_PACKAGES, rolloutChains } from "./bring-up.js";
 import { AppServers } from "./components/app-servers.js";
+import { BackupBuckets } from "./components/backup-buckets.js";
 import { BalancerPair } from "./components/balancer-pair.js";
 import { BundleBucket } from "./components/bundle-bucket.js";
 import { DrbdVolume } from "./components/drbd-volume.js";
@@ -57,6 +58,18 @@ export interface PypiStackArgs {
   readonly tls: TlsInput;
 }
 
+/** Where backups land: the `backup` stack output. */
+export interface BackupOutput {
+  readonly repositoryBucket: string;
+  readonly fileCopyBucket: string;
+  /** Object Lock (COMPLIANCE) retention of both buckets in days; 0: no lock. */
+  readonly objectLockDays: number;
+  /** pgBackRest's repository, `s3://<repositoryBucket>/pgbackrest`. */
+  readonly repository: string;
+  /** The package file copies, `s3://<fileCopyBucket>/packages`. */
+  readonly fileCopies: string;
+}
+
 export interface NodeOutput {
   readonly instanceId: string;
   readonly privateIp: string;
@@ -84,6 +97,8 @@ export class PypiStack extends pulumi.ComponentResource {
   readonly upload: UploadProxy;
   readonly secrets: StackSecrets;
   readonly bundles: BundleBucket;
+  readonly backups: BackupBuckets;
+  readonly backup: pulumi.Output<BackupOutput>;
   readonly rollout: ConfigRollout;
   readonly smoke?: command.local.Command;
 
@@ -107,6 +122,7 @@ export class PypiStack extends pulumi.ComponentResource {
     this.network = base.network;
     this.secrets = base.secrets;
     this.bundles = base.bundles;
+    this.backups = base.backups;
 
     const tiers = this.launchTiers(ctx, base);
     this.balancers = tiers.balancers;
@@ -120,7 +136,8 @@ export class PypiStack extends pulumi.ComponentResource {
       `${name}-rollout`,
       {
         bucket: base.bundles.bucket,
-        bucketReady: base.bundles.ready,
+        // A bundle starts the backups it names: both buckets must be locked and versioned first.
+        bucketReady: [...base.bundles.ready, ...base.backups.ready],
         files: this.plannedFiles,
         entries: resolved.apply(bundleEntriesOf),
         chains: rolloutChains(plan),
@@ -131,6 +148,15 @@ export class PypiStack extends pulumi.ComponentResource {
     );
 
     this.topology = withInstanceIds(resolved, tiers.launched);
+    this.backup = pulumi
+      .all([base.backups.repository.bucket, base.backups.fileCopies.bucket, resolved])
+      .apply(([repositoryBucket, fileCopyBucket, t]) => ({
+        repositoryBucket,
+        fileCopyBucket,
+        objectLockDays: cfg.backup.objectLockDays,
+        repository: t.backup.repository,
+        fileCopies: t.backup.fileCopies,
+      }));
     this.floatingIps = this.topology.apply((t) => [...t.floatingIps]);
     this.nodes = this.topology.apply((t) =>
       Object.fromEntries(
@@ -152,10 +178,11 @@ export class PypiStack extends pulumi.ComponentResource {
       nodes: this.nodes,
       endpoints: this.endpoints,
       runbooks: this.runbooks,
+      backup: this.backup,
     });
   }
 
-  /** Step 1: the network, the secrets and the bundle bucket: what every node needs before it boots. */
+  /** Step 1: the network, the secrets, the bundle and backup buckets: what every node needs before it boots. */
   private foundation(ctx: StepContext, tls: TlsInput): Foundation {
     const { name, cfg, planned, tags, parent } = ctx;
     const network = new Network(
@@ -187,13 +214,23 @@ export class PypiStack extends pulumi.ComponentResource {
       { environment: cfg.environment, retain: cfg.deletionProtection, tags },
       parent,
     );
-    return { network, secrets, bundles };
+    const backups = new BackupBuckets(
+      `${name}-backups`,
+      {
+        environment: cfg.environment,
+        objectLockDays: cfg.backup.objectLockDays,
+        retain: cfg.deletionProtection,
+        tags,
+      },
+      parent,
+    );
+    return { network, secrets, bundles, backups };
   }
 
   /** Step 2: the three node tiers, the storage pair's volumes and the upload proxy. */
   private launchTiers(ctx: StepContext, base: Foundation): Tiers {
     const { name, cfg, plan, planned, tags, parent } = ctx;
-    const { network: net, secrets, bundles } = base;
+    const { network: net, secrets, bundles, backups } = base;
     const protect = cfg.deletionProtection;
     const bucket = bundles.bucket;
     const account: pulumi.Output<AwsAccount> = aws.getCallerIdentityOutput({}, parent).apply((id) => ({
@@ -215,7 +252,8 @@ export class PypiStack extends pulumi.ComponentResource {
         return secrets.parameters[key].arn;
       });
 
-    // User data depends on the bucket name only: never on a rendered config.
+    // User data depends on the bundle bucket name only: never on a rendered config (nor on the
+    // backup buckets, which reach the nodes through their bundles).
     const userData = Object.fromEntries(
       plan.map((n) => [
         n.name,
@@ -234,6 +272,7 @@ export class PypiStack extends pulumi.ComponentResource {
       userData,
       deletionProtection: protect,
       bundleBucketArn: bucket.arn,
+      backupBucketArns: { repository: backups.repository.arn, fileCopies: backups.fileCopies.arn },
       parameterArns: parameterArns(plan.filter((n) => n.role === role)),
       account,
       // Bootstrap fetches through the endpoints; cloud-init's one try must find them.
@@ -323,13 +362,17 @@ export class PypiStack extends pulumi.ComponentResource {
         pulumi.all(tiers.balancers.eips.map((e) => pulumi.all([e.publicIp, e.allocationId]))),
         pulumi.all(base.network.privateRouteTables.map((rt) => rt.id)),
         base.bundles.bucket.bucket,
+        base.backups.repository.bucket,
+        base.backups.fileCopies.bucket,
         pulumi.all(volumeOwners.map(([node, volume]) => pulumi.all([node, volume?.id ?? ""]))),
       ])
-      .apply(([fips, routeTableIds, bucketName, volumes]) =>
+      .apply(([fips, routeTableIds, bucketName, backupBucket, fileCopyBucket, volumes]) =>
         buildTopology(cfg, plan, {
           floatingIps: fips.map(([address, allocationId]) => ({ address, allocationId })),
           routeTableIds,
           bucket: bucketName,
+          backupBucket,
+          fileCopyBucket,
           dataVolumes: Object.fromEntries(volumes.filter(([, id]) => id !== "")),
         }),
       );
@@ -370,6 +413,7 @@ interface Foundation {
   readonly network: Network;
   readonly secrets: StackSecrets;
   readonly bundles: BundleBucket;
+  readonly backups: BackupBuckets;
 }
 
 interface Tiers {

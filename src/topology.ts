@@ -136,6 +136,29 @@ export interface Topology {
   };
   /** Where nodes fetch their bundle from: `s3://bucket/prefix` (AWS) or a directory (lab). */
   readonly bundleLocation: string;
+  readonly backup: {
+    /**
+     * pgBackRest's repository: `s3://bucket/path` (AWS) or a directory (lab: a directory shared
+     * by the db nodes, standing in for the bucket).
+     */
+    readonly repository: string;
+    /** Where every registered package file is copied: `s3://bucket/path` or a directory (lab). */
+    readonly fileCopies: string;
+    /** pgBackRest stanza of the database cluster. */
+    readonly stanza: string;
+    /** Full backups kept (pgBackRest `repo1-retention-full`, by count). */
+    readonly retentionFull: number;
+    /** Differential backups kept (`repo1-retention-diff`). */
+    readonly retentionDiff: number;
+    /** systemd OnCalendar= of the full and differential backups, and of the restore test. */
+    readonly fullSchedule: string;
+    readonly diffSchedule: string;
+    readonly restoreTestSchedule: string;
+    /** Postgres `archive_timeout`: the longest a committed write waits to reach the repository. */
+    readonly archiveTimeoutSeconds: number;
+    /** The file copy job's timer; registration also starts it at once. */
+    readonly fileCopyIntervalSeconds: number;
+  };
 }
 
 export const nodesWithRole = (t: Topology, role: NodeRole): NodeSpec[] =>

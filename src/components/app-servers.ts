@@ -2,6 +2,8 @@ import type * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import {
   type AwsAccount,
+  type BackupBucketArns,
+  backupStatements,
   bundleReadStatements,
   instanceRole,
   parameterReadStatements,
@@ -30,6 +32,11 @@ export interface AppServersArgs extends LaunchArgs {
   /** Private route tables whose storage overlay route the storage primary takes over (storage pair only). */
   readonly routeTableIds: readonly pulumi.Input<string>[];
   readonly account: pulumi.Input<AwsAccount>;
+  /**
+   * The backup buckets: the roles write the package file copies and are denied tampering with both.
+   * @default - no backup statements
+   */
+  readonly backupBucketArns?: BackupBucketArns;
 }
 
 export function validateAppServersArgs(args: AppServersArgs): void {
@@ -79,14 +86,21 @@ function appRole(
 ): { profile: aws.iam.InstanceProfile; policy: aws.iam.RolePolicy } {
   const { role, profile } = instanceRole(parent, name, { account: args.account, tags: args.tags ?? {} });
   const statements = pulumi
-    .all([args.account, args.bundleBucketArn, pulumi.all([...parameterArns]), pulumi.all([...routeTableIds])])
-    .apply(([account, bucketArn, parameters, routeTables]) => [
+    .all([
+      args.account,
+      args.bundleBucketArn,
+      pulumi.all([...parameterArns]),
+      pulumi.all([...routeTableIds]),
+      args.backupBucketArns,
+    ])
+    .apply(([account, bucketArn, parameters, routeTables, backup]) => [
       ...bundleReadStatements(
         bucketArn,
         nodes.map((n) => n.name),
       ),
       ...parameterReadStatements(parameters),
       ...(routeTables.length > 0 ? routeStatements(account, routeTables) : []),
+      ...backupStatements("app", backup),
     ]);
   return { profile, policy: rolePolicy(parent, name, role, statements) };
 }

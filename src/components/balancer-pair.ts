@@ -2,6 +2,8 @@ import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import {
   type AwsAccount,
+  type BackupBucketArns,
+  backupStatements,
   bundleReadStatements,
   ec2Arn,
   instanceRole,
@@ -29,6 +31,11 @@ export interface BalancerPairArgs extends LaunchArgs {
   /** ARNs of the SSM parameters the balancers fetch (Heartbeat authkey, TLS). */
   readonly parameterArns: readonly pulumi.Input<string>[];
   readonly account: pulumi.Input<AwsAccount>;
+  /**
+   * The backup buckets, which balancers never use: the role only gets the Deny on both.
+   * @default - no backup statements
+   */
+  readonly backupBucketArns?: BackupBucketArns;
   /**
    * Protect and retain the EIPs (clients and DNS point at them).
    * @default false
@@ -125,14 +132,16 @@ export class BalancerPair extends pulumi.ComponentResource {
         pulumi.all(enis.map((e) => e.id)),
         args.bundleBucketArn,
         pulumi.all([...args.parameterArns]),
+        args.backupBucketArns,
       ])
-      .apply(([account, allocations, eniIds, bucketArn, parameters]) => [
+      .apply(([account, allocations, eniIds, bucketArn, parameters, backup]) => [
         ...floatingIpStatements(account, allocations, eniIds),
         ...bundleReadStatements(
           bucketArn,
           args.nodes.map((n) => n.name),
         ),
         ...parameterReadStatements(parameters),
+        ...backupStatements("balancer", backup),
       ]);
     const policy = rolePolicy(this, name, role, statements);
     this.nodes = args.nodes.map((spec, i) => {

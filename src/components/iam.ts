@@ -1,5 +1,7 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
+import type { NodeRole } from "../topology.js";
+import { FILE_COPY_PREFIX, REPOSITORY_PREFIX } from "./backup-buckets.js";
 
 /** Partition, account and region: what every ARN below is built from. */
 export interface AwsAccount {
@@ -40,6 +42,97 @@ export function bundleReadStatements(bucketArn: string, nodes: readonly string[]
       Condition: { StringLike: { "s3:prefix": prefixes.flatMap((p) => [p, `${p}*`]) } },
     },
   ];
+}
+
+/** Both backup buckets' ARNs, as the stack passes them to every node role. */
+export interface BackupBucketArns {
+  /** pgBackRest's repository bucket. */
+  readonly repository: pulumi.Input<string>;
+  /** The package file copy bucket. */
+  readonly fileCopies: pulumi.Input<string>;
+}
+
+/** Object keys and bucket listing under one prefix (`<prefix>/`) of a bucket. */
+function prefixStatements(
+  sid: string,
+  bucketArn: string,
+  prefix: string,
+  actions: readonly string[],
+): PolicyStatement[] {
+  const p = `${prefix}/`;
+  return [
+    { Sid: `Write${sid}`, Effect: "Allow", Action: [...actions], Resource: `${bucketArn}/${p}*` },
+    {
+      Sid: `List${sid}`,
+      Effect: "Allow",
+      Action: ["s3:ListBucket"],
+      Resource: bucketArn,
+      Condition: { StringLike: { "s3:prefix": [p, `${p}*`] } },
+    },
+  ];
+}
+
+/**
+ * pgBackRest on the db nodes (`repo1-path=/pgbackrest`): archive-push, backup and expire on the
+ * primary, restore tests on the standby. Its expire deletes old backups and WAL, which in a
+ * versioned bucket only adds delete markers.
+ */
+export const backupRepositoryStatements = (bucketArn: string): PolicyStatement[] =>
+  prefixStatements("BackupRepository", bucketArn, REPOSITORY_PREFIX, [
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+  ]);
+
+/** The app servers copy every registered package file under `packages/` and read it back; they never delete. */
+export const fileCopyStatements = (bucketArn: string): PolicyStatement[] =>
+  prefixStatements("FileCopies", bucketArn, FILE_COPY_PREFIX, ["s3:GetObject", "s3:PutObject"]);
+
+/** What no node may do to the backup buckets: remove versions, or loosen versioning, locks, lifecycle or policy. */
+export const BACKUP_TAMPER_ACTIONS: readonly string[] = [
+  "s3:DeleteObjectVersion",
+  "s3:PutBucketVersioning",
+  "s3:PutBucketObjectLockConfiguration",
+  "s3:PutObjectRetention",
+  "s3:PutObjectLegalHold",
+  "s3:BypassGovernanceRetention",
+  "s3:PutLifecycleConfiguration",
+  "s3:PutBucketPolicy",
+  "s3:DeleteBucketPolicy",
+  "s3:DeleteBucket",
+];
+
+/**
+ * Every node role's explicit Deny on both backup buckets. An explicit Deny wins over any Allow,
+ * including one a later managed policy might bring, so a compromised node cannot erase history.
+ */
+export function backupTamperDenyStatements(bucketArns: readonly string[]): PolicyStatement[] {
+  return [
+    {
+      Sid: "DenyBackupTampering",
+      Effect: "Deny",
+      Action: [...BACKUP_TAMPER_ACTIONS],
+      Resource: bucketArns.flatMap((arn) => [arn, `${arn}/*`]),
+    },
+  ];
+}
+
+/**
+ * A node role's statements on the backup buckets: the db role writes the repository, the app
+ * roles the file copies, the balancers neither; every role gets the Deny on both.
+ */
+export function backupStatements(
+  role: NodeRole,
+  arns: { readonly repository: string; readonly fileCopies: string } | undefined,
+): PolicyStatement[] {
+  if (arns === undefined) return [];
+  const allow =
+    role === "db"
+      ? backupRepositoryStatements(arns.repository)
+      : role === "app"
+        ? fileCopyStatements(arns.fileCopies)
+        : [];
+  return [...allow, ...backupTamperDenyStatements([arns.repository, arns.fileCopies])];
 }
 
 /**

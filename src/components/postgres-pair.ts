@@ -2,6 +2,8 @@ import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import {
   type AwsAccount,
+  type BackupBucketArns,
+  backupStatements,
   bundleReadStatements,
   instanceRole,
   parameterReadStatements,
@@ -33,6 +35,11 @@ export interface PostgresPairArgs extends LaunchArgs {
   /** ARNs of the SSM parameters the databases fetch (replication password). */
   readonly parameterArns: readonly pulumi.Input<string>[];
   readonly account: pulumi.Input<AwsAccount>;
+  /**
+   * The backup buckets: the role writes pgBackRest's repository and is denied tampering with both.
+   * @default - no backup statements
+   */
+  readonly backupBucketArns?: BackupBucketArns;
   /**
    * Protect and retain the data volumes.
    * @default false
@@ -84,14 +91,16 @@ export class PostgresPair extends pulumi.ComponentResource {
         args.bundleBucketArn,
         pulumi.all([...args.parameterArns]),
         pulumi.all(args.routeTables.map((rt) => rt.id)),
+        args.backupBucketArns,
       ])
-      .apply(([account, bucketArn, parameters, routeTables]) => [
+      .apply(([account, bucketArn, parameters, routeTables, backup]) => [
         ...bundleReadStatements(
           bucketArn,
           args.nodes.map((n) => n.name),
         ),
         ...parameterReadStatements(parameters),
         ...routeStatements(account, routeTables),
+        ...backupStatements("db", backup),
       ]);
     const policy = rolePolicy(this, name, role, statements);
     this.nodes = args.nodes.map((spec) =>

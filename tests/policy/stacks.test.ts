@@ -20,7 +20,8 @@ describe.each(["staging", "prod"] as const)("the %s stack under mocks", (stack) 
     expect(count(T.volume)).toBe(4);
     expect(count(T.ingressRule)).toBeGreaterThan(10);
     expect(count(T.subnet)).toBe(6);
-    expect(count(T.bucket)).toBe(1);
+    // Bundles, the pgBackRest repository and the package file copies.
+    expect(count(T.bucket)).toBe(3);
     // Every world ingress rule resolved its group, and that group is the balancer group.
     const groups = resources.filter((r) => r.type === T.securityGroup);
     const world = resources.filter((r) => r.type === T.ingressRule && r.props.cidrIpv4 === "0.0.0.0/0");

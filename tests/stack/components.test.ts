@@ -69,6 +69,8 @@ describe("planning", () => {
         ],
         routeTableIds: ["rtb-0123", "rtb-0456"],
         bucket: "pypi-prod-bundles-0c1d2e3f",
+        backupBucket: "pypi-prod-backups-0c1d2e3f",
+        fileCopyBucket: "pypi-prod-files-0c1d2e3f",
         instances: {
           "lb-a": { instanceId: "i-0123456789abcdef0", urn: "urn:pulumi:prod::pypi-infra::x::y" },
         },

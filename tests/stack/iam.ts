@@ -47,3 +47,12 @@ export function groupOfNode(b: Built): Map<string, RoleGroup> {
   for (const g of roleGroups(b)) for (const n of g.nodes) out.set(n, g);
   return out;
 }
+
+/** Whether an IAM pattern (`*` and `?` wildcards, case-insensitive) covers `value`: an action or an ARN. */
+export function covers(pattern: string, value: string): boolean {
+  const re = pattern
+    .split("")
+    .map((c) => (c === "*" ? ".*" : c === "?" ? "." : c.replace(/[.+^${}()|[\]\\]/g, "\\$&")))
+    .join("");
+  return new RegExp(`^${re}$`, "i").test(value);
+}

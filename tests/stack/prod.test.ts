@@ -29,7 +29,13 @@ describe("prod stack under mocks", () => {
     const sizes = built.ofType("aws:ebs/volume:Volume").map((v) => v.inputs.size);
     expect(sizes.sort()).toEqual([2000, 2000, 500, 500]);
     for (const v of built.ofType("aws:ebs/volume:Volume")) expect(v.inputs.finalSnapshot).toBe(true);
-    expect(built.ofType("aws:s3/bucket:Bucket")[0]?.inputs.forceDestroy).toBe(false);
+    const buckets = built.ofType("aws:s3/bucket:Bucket");
+    expect(buckets.map((b) => b.name).sort()).toEqual([
+      "pypi-backups-files",
+      "pypi-backups-repository",
+      "pypi-bundles-bucket",
+    ]);
+    for (const b of buckets) expect(b.inputs.forceDestroy, b.name).toBe(false);
   });
 
   test("two floating IPs, one spare secondary IP per floating IP on each balancer", () => {

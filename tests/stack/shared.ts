@@ -5,6 +5,13 @@ import { storagePair } from "../../src/topology.js";
 import { type Built, isSecret, plain } from "./harness.js";
 import { allowed, asList, roleGroups } from "./iam.js";
 
+/** The bundle bucket (the stack has backup buckets too). */
+export function bundleBucket(b: Built) {
+  const bucket = b.ofType("aws:s3/bucket:Bucket").find((r) => r.name === "pypi-bundles-bucket");
+  if (!bucket) throw new Error("no bundle bucket pypi-bundles-bucket");
+  return bucket;
+}
+
 /** Balancers, databases, the storage pair, and the other app servers when there are any. */
 const roleCount = (appServers: number): number => (appServers > 2 ? 4 : 3);
 
@@ -208,8 +215,15 @@ export function sharedStackTests(
   test("IAM: scoped to these allocations, route tables, bundle prefixes and parameters", () => {
     const b = get();
     const t = b.outputs.topology;
-    const bucket = b.ofType("aws:s3/bucket:Bucket")[0]!;
-    const bucketArn = String(bucket.state.arn);
+    const bucketArn = String(bundleBucket(b).state.arn);
+    const arnOf = (name: string) =>
+      String(b.ofType("aws:s3/bucket:Bucket").find((x) => x.name === name)?.state.arn);
+    // The one object each role reads beyond its bundles (tests/stack/backups.test.ts checks the rest).
+    const backupReads: Record<string, string[]> = {
+      balancer: [],
+      app: [`${arnOf("pypi-backups-files")}/packages/*`],
+      db: [`${arnOf("pypi-backups-repository")}/pgbackrest/*`],
+    };
     const enis = b.ofType("aws:ec2/networkInterface:NetworkInterface");
     const params = new Map(
       b.ofType("aws:ssm/parameter:Parameter").map((p) => [String(p.inputs.name), String(p.state.arn)]),
@@ -240,7 +254,9 @@ export function sharedStackTests(
         }
       }
       const may = (action: string) => allowed(statements, action);
-      expect(may("s3:GetObject").sort()).toEqual(nodes.map((n) => `${bucketArn}/bundles/${n}/*`).sort());
+      expect(may("s3:GetObject").sort()).toEqual(
+        [...nodes.map((n) => `${bucketArn}/bundles/${n}/*`), ...(backupReads[role ?? ""] ?? ["?"])].sort(),
+      );
       // Exactly what these nodes' bundles fetch.
       expect(may("ssm:GetParameter").sort()).toEqual(
         [...new Set(nodes.flatMap((n) => fetches[n] ?? []))].map((p) => params.get(p)).sort(),
@@ -314,7 +330,8 @@ export function sharedStackTests(
     expect(Object.keys(planned).sort()).toEqual(Object.keys(entries).sort());
     for (const [node, files] of Object.entries(entries))
       expect([...(planned[node] ?? [])].sort()).toEqual(Object.keys(files).sort());
-    const bucket = b.ofType("aws:s3/bucket:Bucket")[0]!;
+    const bucket = bundleBucket(b);
+    const ofBucket = (type: string) => b.ofType(type).filter((r) => r.inputs.bucket === bucket.id);
     for (const o of b.ofType("aws:s3/bucketObjectv2:BucketObjectv2")) {
       expect(o.inputs.bucket).toBe(bucket.id);
       const [, node, ...rest] = String(o.inputs.key).split("/");
@@ -323,21 +340,21 @@ export function sharedStackTests(
     // The agent's node.env carries the resolved ids.
     const env = entries["lb-a"]?.["files/etc/pypi-node/node.env"] ?? "";
     for (const f of b.outputs.topology.floatingIps) expect(env).toContain(`${f.address}=${f.allocationId}=`);
-    expect(b.ofType("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")[0]?.inputs).toMatchObject({
+    expect(ofBucket("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")[0]?.inputs).toMatchObject({
       blockPublicAcls: true,
       blockPublicPolicy: true,
       ignorePublicAcls: true,
       restrictPublicBuckets: true,
     });
-    expect(b.ofType("aws:s3/bucketOwnershipControls:BucketOwnershipControls")[0]?.inputs.rule).toEqual({
+    expect(ofBucket("aws:s3/bucketOwnershipControls:BucketOwnershipControls")[0]?.inputs.rule).toEqual({
       objectOwnership: "BucketOwnerEnforced",
     });
-    expect(b.ofType("aws:s3/bucketVersioning:BucketVersioning")[0]?.inputs.versioningConfiguration).toEqual({
+    expect(ofBucket("aws:s3/bucketVersioning:BucketVersioning")[0]?.inputs.versioningConfiguration).toEqual({
       status: "Enabled",
     });
     expect(
       JSON.stringify(
-        b.ofType("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")[0]
+        ofBucket("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")[0]
           ?.inputs,
       ),
     ).toContain("AES256");

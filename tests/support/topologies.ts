@@ -18,6 +18,8 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
     floatingIps: fips.map((address, i) => ({ address, allocationId: `eipalloc-0f${i}c0ffee${i}` })),
     routeTableIds: ["rtb-0a1", "rtb-0b2"],
     bucket: `pypi-${shape}-bundles-0abc`,
+    backupBucket: `pypi-${shape}-backups-0abc`,
+    fileCopyBucket: `pypi-${shape}-files-0abc`,
   });
   return pgVersion === t.postgres.version
     ? t
