@@ -8,7 +8,7 @@
  */
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { sftpStateDir } from "../../src/app/sftp-events.js";
 import { indexAppScript } from "../../src/app-artifact.js";
 import { paths } from "../../src/layout.js";
@@ -40,10 +40,18 @@ export function buildApp(outfile: string): void {
   chmodSync(outfile, 0o755);
 }
 
-/** `base` with the app server's package root, database and upload limit as the sandbox has them. */
-export function appSandboxTopology(base: Topology, packageRoot: string): Topology {
+/**
+ * `base` with the app server's package root, database, upload limit and file copy store as the
+ * sandbox has them. The store is a directory next to the package root, standing in for the bucket.
+ */
+export function appSandboxTopology(
+  base: Topology,
+  packageRoot: string,
+  fileCopies = join(dirname(packageRoot), "file-copies"),
+): Topology {
   return {
     ...base,
+    backup: { ...base.backup, fileCopies },
     // A plain directory stands in for the NFS mount, as in the lab.
     backend: "lab",
     bundleLocation: "/var/lib/pypi-lab",
@@ -78,6 +86,11 @@ export class AppSandbox {
 
   get packageRoot(): string {
     return this.t.storage.packageRoot;
+  }
+
+  /** The directory standing in for the file copy bucket. */
+  get fileCopies(): string {
+    return this.t.backup.fileCopies;
   }
 
   /**
@@ -260,7 +273,7 @@ export class AppSandbox {
     this.sh(
       `cd ${root} && chown www-data:www-data packages .staging .health simple pypi && chmod 0700 .staging .health`,
     );
-    this.sh(`install -d -o www-data -g www-data -m 0755 ${sftpStateDir(root)}`);
+    this.sh(`install -d -o www-data -g www-data -m 0755 ${sftpStateDir(root)} ${this.fileCopies}`);
     this.exec(["node", indexFcgiScript, "migrate"], { env });
   }
 

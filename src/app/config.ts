@@ -24,6 +24,8 @@ export interface AppConfig {
   readonly rejectedRetentionSeconds: number;
   /** When set, /_health also requires the package root to be a mount point. */
   readonly requireMount: boolean;
+  /** Where every registered file is copied: `s3://bucket/prefix` or an absolute directory. */
+  readonly fileCopies: string;
 }
 
 export const DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024;
@@ -40,6 +42,19 @@ function required(env: NodeJS.ProcessEnv, key: string): string {
   const v = env[key];
   if (!v) throw new Error(`${key} is not set`);
   return v;
+}
+
+const FILE_COPIES_FORMS = "s3://bucket/prefix or an absolute directory";
+
+/** PYPI_FILE_COPIES: a bucket (lower-case S3 name, optional key prefix) or an absolute path. */
+function fileCopies(env: NodeJS.ProcessEnv): string {
+  const raw = env.PYPI_FILE_COPIES;
+  if (!raw) throw new Error(`PYPI_FILE_COPIES is not set (expected ${FILE_COPIES_FORMS})`);
+  const s3 = /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[A-Za-z0-9._-]+)*\/?$/.test(raw);
+  const dir = /^\/+[^/]/.test(raw) && !raw.split("/").includes("..") && !raw.includes("\0");
+  if (!s3 && !dir)
+    throw new Error(`PYPI_FILE_COPIES: expected ${FILE_COPIES_FORMS}, got ${JSON.stringify(raw)}`);
+  return s3 ? raw.replace(/\/+$/, "") : raw.replace(/(.)\/+$/, "$1");
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
@@ -61,6 +76,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       .filter((h) => h !== ""),
     rejectedRetentionSeconds: positiveInt(env, "PYPI_REJECTED_RETENTION_SECONDS", 7 * 24 * 3600),
     requireMount: env.PYPI_REQUIRE_MOUNT === "1",
+    fileCopies: fileCopies(env),
   };
 }
 

@@ -6,6 +6,9 @@
  *                       the app server (appserver.ts): a primary keeping N workers
  *   migrate             apply the schema migrations (on the primary, at bootstrap)
  *   register [USER...]  register closed uploads from incoming/<user>/upload/
+ *   copy-files          copy registered files not yet copied to PYPI_FILE_COPIES, verified
+ *   restore-files [--all]
+ *                       bring back missing or damaged files (every file: --all) from the copies
  *   watch-uploads …     publish which uploads are open for writing (root; see sftp-events.ts)
  *   admin …             tokens, project roles, yanking (see ADMIN_USAGE)
  */
@@ -18,6 +21,7 @@ import { ADMIN_USAGE, admin, UsageError } from "./admin.js";
 import { type Listen, parseServeArgs, runPrimary, SERVE_USAGE, type ServeArgs } from "./appserver.js";
 import { backfill } from "./backfill.js";
 import { loadConfig, operatorEnv } from "./config.js";
+import { copyFiles, restoreFiles, storeFor } from "./copies.js";
 import { Db } from "./db.js";
 import { serveFastCgi } from "./fastcgi.js";
 import { migrate } from "./migrate.js";
@@ -31,7 +35,8 @@ const log = (msg: string): void => {
 };
 
 const WATCH_USAGE = "watch-uploads --host NAME --write-as USER [--once]";
-const USAGE = `usage: pypi-index [${SERVE_USAGE} | migrate | register [USER...] | ${WATCH_USAGE} | admin …]\n${ADMIN_USAGE}`;
+const RESTORE_USAGE = "restore-files [--all]";
+const USAGE = `usage: pypi-index [${SERVE_USAGE} | migrate | register [USER...] | copy-files | ${RESTORE_USAGE} | ${WATCH_USAGE} | admin …]\n${ADMIN_USAGE}`;
 
 /** `--host NAME --write-as USER [--once]`, in any order; both names required. */
 function parseWatchArgs(args: readonly string[]): { host: string; writeAs: string; once: boolean } {
@@ -142,6 +147,34 @@ async function main(argv: readonly string[]): Promise<number> {
         await db.end();
       }
       return 0;
+    }
+    case "copy-files": {
+      const cfg = loadConfig();
+      const store = storeFor(cfg.fileCopies);
+      const db = new Db(cfg.db, log, { max: 1, statementTimeoutMs: 60_000 });
+      try {
+        const summary = await copyFiles(cfg, db, store, log);
+        process.stdout.write(`${JSON.stringify(summary)}\n`);
+        return summary.failed > 0 ? 1 : 0;
+      } finally {
+        await db.end();
+      }
+    }
+    case "restore-files": {
+      if (args.some((a) => a !== "--all")) {
+        process.stderr.write(`usage: pypi-index ${RESTORE_USAGE}\n`);
+        return 2;
+      }
+      const cfg = loadConfig(operatorEnv());
+      const store = storeFor(cfg.fileCopies);
+      const db = new Db(cfg.db, log, { max: 1, statementTimeoutMs: 60_000 });
+      try {
+        const summary = await restoreFiles(cfg, db, store, log, { all: args.includes("--all") });
+        process.stdout.write(`${JSON.stringify(summary)}\n`);
+        return summary.mismatched + summary.missingInStore + summary.failed > 0 ? 1 : 0;
+      } finally {
+        await db.end();
+      }
     }
     case "watch-uploads": {
       let opts: ReturnType<typeof parseWatchArgs>;

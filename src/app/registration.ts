@@ -11,6 +11,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, unlinkSync } from "node:fs";
 import type pg from "pg";
 import type { AppConfig } from "./config.js";
+import { requestCopies } from "./copies.js";
 import { fsyncDir, writeNewFile } from "./fsutil.js";
 import { type Inspected, inspectDistribution } from "./inspect.js";
 import { type ParsedFilename, parseFilename } from "./names.js";
@@ -252,6 +253,7 @@ async function storeChecked(
     await client.query("ROLLBACK").catch(() => {});
     throw err;
   }
+  requestCopies(cfg.packageRoot, ctx.log);
   ctx.log(
     `register: stored ${f.project}/${f.filename} from ${c.account} via ${c.via} sha256=${c.staged.sha256} size=${c.staged.size}`,
   );

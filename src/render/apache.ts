@@ -107,6 +107,9 @@ export function indexAppEnv(t: Topology): ReadonlyArray<readonly [string, string
     ["PYPI_MAX_FILE_BYTES", String(t.upload.maxFileBytes)],
     // On AWS the package root is an NFS mount; the lab shares a plain directory.
     ["PYPI_REQUIRE_MOUNT", t.backend === "aws" ? "1" : "0"],
+    // The file copy job's store; on AWS the job's aws CLI calls need a region, and nothing else gives the app one.
+    ["PYPI_FILE_COPIES", t.backup.fileCopies],
+    ...(t.backend === "aws" ? [["AWS_DEFAULT_REGION", t.region] as const] : []),
   ];
 }
 

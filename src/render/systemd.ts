@@ -1,3 +1,4 @@
+import { copyMarkerPath } from "../app/copies.js";
 import { APP_ENV_FILE, paths } from "../layout.js";
 import { nodesWithRole, type Topology } from "../topology.js";
 import { indexAppEnv } from "./apache.js";
@@ -79,6 +80,76 @@ export function renderRegisterTimer(): string {
     "[Install]",
     "WantedBy=timers.target",
   ].join("\n")}\n`;
+}
+
+export const FILE_COPY_UNIT = "pypi-file-copy";
+
+/** The lab's store is a directory, not a bucket: the job must be able to write there. */
+const fileCopyDirectory = (t: Topology): string | undefined =>
+  t.backup.fileCopies.startsWith("s3://") ? undefined : t.backup.fileCopies;
+
+/** Copies registered files to the backup store; a second app server running it too is safe. */
+export function renderFileCopyService(t: Topology): string {
+  const dir = fileCopyDirectory(t);
+  return `${[
+    "[Unit]",
+    "Description=Copy registered package files to the backup store and verify them",
+    "",
+    "[Service]",
+    "Type=oneshot",
+    "User=www-data",
+    "Group=www-data",
+    `EnvironmentFile=${appEnvPath}`,
+    `ExecStart=${indexScriptPath} copy-files`,
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    `ReadWritePaths=${systemdQuote(t.storage.packageRoot)}`,
+    // "-": a missing store directory is the job's error to report, not a namespace failure.
+    ...(dir === undefined ? [] : [`ReadWritePaths=-${systemdQuote(dir)}`]),
+    "PrivateTmp=yes",
+  ].join("\n")}\n`;
+}
+
+/** A registration creates the marker; the job removes it before it looks for work. */
+export function renderFileCopyPath(t: Topology): string {
+  return `${[
+    "[Unit]",
+    "Description=Start the package file copy when a registration asks for it",
+    "",
+    "[Path]",
+    `PathExists=${copyMarkerPath(t.storage.packageRoot)}`,
+    `Unit=${FILE_COPY_UNIT}.service`,
+    "",
+    "[Install]",
+    "WantedBy=multi-user.target",
+  ].join("\n")}\n`;
+}
+
+/** Catches what the marker missed: the backfill, failed copies, a marker that could not be made. */
+export function renderFileCopyTimer(t: Topology): string {
+  const every = `${t.backup.fileCopyIntervalSeconds}s`;
+  return `${[
+    "[Unit]",
+    "Description=Retry the package file copy",
+    "",
+    "[Timer]",
+    `OnBootSec=${every}`,
+    `OnUnitInactiveSec=${every}`,
+    `Unit=${FILE_COPY_UNIT}.service`,
+    "",
+    "[Install]",
+    "WantedBy=timers.target",
+  ].join("\n")}\n`;
+}
+
+/** The copy job's three units, as installed on every app server. */
+export function fileCopyUnitFiles(t: Topology): { path: string; content: string }[] {
+  const at = (suffix: string): string => `/etc/systemd/system/${FILE_COPY_UNIT}.${suffix}`;
+  return [
+    { path: at("service"), content: renderFileCopyService(t) },
+    { path: at("path"), content: renderFileCopyPath(t) },
+    { path: at("timer"), content: renderFileCopyTimer(t) },
+  ];
 }
 
 /**
