@@ -19,7 +19,11 @@ export type ServiceName =
   | "nfs-server"
   | "pypi-index"
   | "pypi-index-register"
-  | "pypi-upload-watch";
+  | "pypi-upload-watch"
+  | "pypi-file-copy"
+  | "pypi-backup-full"
+  | "pypi-backup-diff"
+  | "pypi-restore-test";
 
 export interface BundleFile {
   /** Absolute path on the node; never contains `..`. */

@@ -37,6 +37,13 @@ import {
   renderPackageMount,
 } from "./render/nfs.js";
 import { NGINX_CONF_PATH, renderNginxConf } from "./render/nginx.js";
+import {
+  BACKUP_UNITS,
+  type BackupUnit,
+  PGBACKREST_CONF_PATH,
+  renderBackupUnits,
+  renderPgbackrestConf,
+} from "./render/pgbackrest.js";
 import { PGPASS_PATH, renderPostgresFiles, renderRecoveryConf } from "./render/postgres.js";
 import {
   renderSshLimitsDropIn,
@@ -56,6 +63,8 @@ import {
   APP_SERVER_UNIT,
   appEnvPath,
   appServerUnitPath,
+  FILE_COPY_UNIT,
+  fileCopyUnitFiles,
   indexScriptPath,
   REGISTER_UNIT,
   renderAppEnv,
@@ -174,6 +183,7 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
     "apache2",
     ...(inStoragePair ? (["heartbeat"] as const) : []),
     "pypi-index-register",
+    FILE_COPY_UNIT,
   ];
   const storageFiles = inStoragePair
     ? [
@@ -227,6 +237,7 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
       }),
       file(`/etc/systemd/system/${REGISTER_UNIT}.path`, renderRegisterPath(t), { reloads: [REGISTER_UNIT] }),
       file(`/etc/systemd/system/${REGISTER_UNIT}.timer`, renderRegisterTimer(), { reloads: [REGISTER_UNIT] }),
+      ...fileCopyUnitFiles(t).map((u) => file(u.path, u.content, { reloads: [FILE_COPY_UNIT] })),
     ],
     stopped: appServer ? [] : [APP_SERVER_UNIT],
     absent: [
@@ -257,7 +268,8 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
 }
 
 function dbBundle(t: Topology, node: NodeSpec): NodeBundle {
-  const services: ServiceName[] = ["postgresql"];
+  // Timers on both nodes: the jobs themselves skip on the node whose role is not theirs.
+  const services: ServiceName[] = ["postgresql", ...Object.values(BACKUP_UNITS)];
   const v = t.postgres.version;
   // Role-independent on purpose: the standby marker is installed by `pypi-node db-reattach`,
   // so re-applying a bundle after a failover never demotes the new primary.
@@ -265,12 +277,17 @@ function dbBundle(t: Topology, node: NodeSpec): NodeBundle {
   return {
     node: node.name,
     role: "db",
-    packages: [`postgresql-${v}`, "postgresql-client", "curl", "awscli"],
+    packages: [`postgresql-${v}`, "postgresql-client", "pgbackrest", "python3", "curl", "awscli"],
     services,
     stopped: [],
     files: [
       ...agentFiles(t, node, services),
       ...pgFiles,
+      file(PGBACKREST_CONF_PATH, renderPgbackrestConf(t, node), { mode: "0640", group: "postgres" }),
+      ...renderBackupUnits(t).map(([path, content]) => {
+        const unit = path.slice(path.lastIndexOf("/") + 1).replace(/\.(service|timer)$/, "") as BackupUnit;
+        return file(path, content, { reloads: [unit] });
+      }),
       ...(pgDialect(v) === "recovery.conf"
         ? [file(RECOVERY_TEMPLATE_PATH, renderRecoveryConf(t, node), { mode: "0640", group: "postgres" })]
         : []),

@@ -73,6 +73,7 @@ describe("buildBundles", () => {
       "pypi-index",
       "apache2",
       "pypi-index-register",
+      "pypi-file-copy",
     ]);
     expect(plain.stopped).toEqual([]);
     const watch = plain.files.find((f) => f.path === "/etc/systemd/system/pypi-upload-watch.service");

@@ -13,7 +13,7 @@ import type { Report } from "../lib/report.js";
 import { buildWheel, type HostileKind, pipArgv, writeHostileWheel } from "../lib/wheel.js";
 
 /** The admin command as an operator runs it over SSM: as the app user, env from the node's file. */
-async function adminOn(lab: Lab, args: string): Promise<string> {
+export async function adminOn(lab: Lab, args: string): Promise<string> {
   const app = nodesWithRole(lab.t, "app")[0]?.name ?? "";
   const r = await lab.exec(app, `runuser -u www-data -- ${paths.appRoot}/index.fcgi admin ${args}`, {
     timeoutMs: 30_000,
@@ -22,7 +22,7 @@ async function adminOn(lab: Lab, args: string): Promise<string> {
   return r.stdout.trim();
 }
 
-async function twine(lab: Lab, token: string, file: string): Promise<{ status: number; out: string }> {
+export async function twine(lab: Lab, token: string, file: string): Promise<{ status: number; out: string }> {
   const r = await lab.client.execAsync(
     clientCommand([
       "twine",

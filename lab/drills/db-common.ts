@@ -6,6 +6,7 @@
 import type { ChildProcess } from "node:child_process";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { paths } from "../../src/layout.js";
 import { APP_PASSFILE } from "../../src/render/agent.js";
 import type { Lab } from "../lib/lab.js";
 import type { ExecutedStep } from "../lib/runbook.js";
@@ -191,4 +192,14 @@ export async function streams(
   return new RegExp(`^${standby} streaming ${mode}$`, "m").test(r.stdout)
     ? `${standby} streaming ${mode} from ${primary}`
     : new Error(`${primary} pg_stat_replication: ${r.stdout.trim() || r.stderr.trim() || "(empty)"}`);
+}
+
+/** Which db node runs the primary now (its agent's status), and its peer. */
+export async function primaryOf(lab: Lab): Promise<{ primary: string; standby: string }> {
+  const [a, b] = lab.nodesOf("db").map((n) => n.name);
+  if (!a || !b) throw new Error("need two db nodes");
+  const status = await lab.exec(a, `${paths.agent} status`);
+  return status.stdout.includes("postgres\tprimary")
+    ? { primary: a, standby: b }
+    : { primary: b, standby: a };
 }

@@ -7,6 +7,7 @@ import type { Lab } from "../lib/lab.js";
 import type { Report } from "../lib/report.js";
 import { appLoss } from "./app-loss.js";
 import { appRuntimes } from "./app-runtimes.js";
+import { bothDbLost, packageFilesLost, pointInTime } from "./backups.js";
 import { balancerCrash } from "./balancer-crash.js";
 import { balancerStop } from "./balancer-stop.js";
 import { dbPrimaryLoss } from "./db-primary-loss.js";
@@ -40,5 +41,8 @@ export const drills: readonly Drill[] = [
   supervision,
   appRuntimes,
   reboots,
+  pointInTime,
+  packageFilesLost,
+  bothDbLost,
   drillRunTotal,
 ];

@@ -15,20 +15,11 @@ import { type LoadHandle, startLoad } from "../lib/load.js";
 
 import { describeRun, executeRunbook } from "../lib/runbook.js";
 import { balancersHealthy, between, drill, failedCount, seconds, sleep, uploadsHealthy } from "./common.js";
-import { superSqlArgv } from "./db-common.js";
+import { primaryOf, superSqlArgv } from "./db-common.js";
 import { dbHealthy } from "./db-primary-loss.js";
 
 /** nginx's fail_timeout for an app server (see the nginx renderer's upstream block). */
 const NGINX_FAIL_TIMEOUT_MS = 10_000;
-
-async function primaryOf(lab: Lab): Promise<{ primary: string; standby: string }> {
-  const [a, b] = lab.nodesOf("db").map((n) => n.name);
-  if (!a || !b) throw new Error("need two db nodes");
-  const status = await lab.exec(a, `${paths.agent} status`);
-  return status.stdout.includes("postgres\tprimary")
-    ? { primary: a, standby: b }
-    : { primary: b, standby: a };
-}
 
 /** Whether a db node commits a local write right now (a node that is down does not). */
 async function writable(lab: Lab, node: string): Promise<boolean> {

@@ -100,7 +100,8 @@ export async function bringUp(lab: Lab, report: Report): Promise<void> {
   await step(report, "bundles built and secret store written", () => {
     lab.writeBundles();
     lab.preparePackageVolume();
-    return `${lab.t.nodes.length} bundles under ${lab.dirs.store}`;
+    lab.prepareBackupStores();
+    return `${lab.t.nodes.length} bundles under ${lab.dirs.store}; stand-ins for the S3 backup buckets: directories ${lab.dirs.backupRepository} (pgBackRest) and ${lab.dirs.fileCopies} (file copies)`;
   });
   await step(report, "network namespaces and bridge", () => {
     lab.createNetwork();

@@ -20,6 +20,7 @@ import {
   openSync,
   readdirSync,
   readlinkSync,
+  rmSync,
   truncateSync,
   writeFileSync,
 } from "node:fs";
@@ -105,7 +106,7 @@ export function diskLayout(disk: string) {
   };
 }
 
-function userIds(user: string): [number, number] {
+export function userIds(user: string): [number, number] {
   try {
     const uid = Number(execFileSync("id", ["-u", user], { encoding: "utf8" }).trim());
     const gid = Number(execFileSync("id", ["-g", user], { encoding: "utf8" }).trim());
@@ -356,6 +357,17 @@ export class LabNode {
     }
     setLinks(this.ns, false);
     return had;
+  }
+
+  /**
+   * The disk and the data volume are gone, as when an instance and its volumes are replaced:
+   * the next boot starts on empty ones. The node must be down.
+   */
+  discardDisk(): void {
+    if (this.up) throw new Error(`${this.name}: discarding the disk of a running node`);
+    detachVolumes(this.disk);
+    this.loop = undefined;
+    rmSync(this.disk, { recursive: true, force: true });
   }
 
   /** Crash and boot again on the same disk. */

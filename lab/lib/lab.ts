@@ -10,7 +10,7 @@ import { bundleDirEntries } from "../../src/bundle-dir.js";
 import { paths } from "../../src/layout.js";
 import { type NodeSpec, nodesWithRole, type Topology } from "../../src/topology.js";
 import { startCloud } from "./cloud.js";
-import { type ExecResult, type LabExecOptions, LabNode, shq, writeTree } from "./lab-node.js";
+import { type ExecResult, type LabExecOptions, LabNode, shq, userIds, writeTree } from "./lab-node.js";
 import { addressesOf, createBridgeNamespace, createNode } from "./netns.js";
 import { DEBIAN_NODE_MAJOR, ensureDebianNode } from "./preflight.js";
 import type { ClientMaterial } from "./secrets.js";
@@ -104,6 +104,12 @@ export interface LabDirs {
   readonly packages: string;
   /** Scratch for the node overlays (a tmpfs inside each node). */
   readonly nodes: string;
+  /**
+   * Stand-ins for the two backup buckets: pgBackRest's repository (bound into the db nodes) and
+   * the package file copies (bound into the app servers). On AWS these are S3 buckets.
+   */
+  readonly backupRepository: string;
+  readonly fileCopies: string;
   /** What the client writes (pip downloads, load logs). */
   readonly client: string;
 }
@@ -115,6 +121,8 @@ export const labDirs = (runDir: string): LabDirs => ({
   packages: join(runDir, "packages"),
   nodes: join(runDir, "nodes"),
   client: join(runDir, "client"),
+  backupRepository: join(runDir, "backup", "pgbackrest"),
+  fileCopies: join(runDir, "backup", "files"),
 });
 
 export const nsOf = (name: string): string => `${NS_PREFIX}${name}`;
@@ -240,6 +248,8 @@ export class Lab {
             [this.dirs.packages, this.t.storage.packageRoot],
             [this.dirs.packages, this.t.storage.volumeMount],
           );
+        if (spec?.role === "app") binds.push([this.dirs.fileCopies, this.t.backup.fileCopies]);
+        if (spec?.role === "db") binds.push([this.dirs.backupRepository, this.t.backup.repository]);
         if (name === CLIENT) binds.push([this.dirs.client, CLIENT_DIR]);
         const env: Record<string, string> = spec?.role === "app" ? { PYPI_DIRECT_SKIP: APP_DIRECT_SKIP } : {};
         const node = await LabNode.start(name, nsOf(name), disk, {
@@ -271,6 +281,23 @@ export class Lab {
     mkdirSync(this.dirs.packages, { recursive: true });
     chownSync(this.dirs.packages, 0, 0);
     chmodSync(this.dirs.packages, 0o755);
+  }
+
+  /**
+   * The backup buckets' stand-ins, as the stack creates the buckets: empty, writable only by the
+   * user that writes each (postgres for pgBackRest, www-data for the file copy job).
+   */
+  prepareBackupStores(): void {
+    const owners: [string, string][] = [
+      [this.dirs.backupRepository, "postgres"],
+      [this.dirs.fileCopies, "www-data"],
+    ];
+    for (const [dir, user] of owners) {
+      mkdirSync(dir, { recursive: true });
+      const [uid, gid] = userIds(user);
+      chownSync(dir, uid, gid);
+      chmodSync(dir, 0o750);
+    }
   }
 
   /** Client side: CA, upload key, known_hosts, and the domain resolving to the first floating IP. */

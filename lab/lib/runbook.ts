@@ -32,6 +32,8 @@ export interface RunbookOptions {
   readonly include?: (step: RunbookStep) => boolean;
   /** Per step. @default 120 s */
   readonly stepTimeoutMs?: number;
+  /** Variables the operator sets before the runbook (e.g. a point-in-time target). @default none */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 /** Why a step's result does not satisfy it, or undefined when it does. */
@@ -68,6 +70,7 @@ export async function executeRunbook(
     try {
       r = await nodeOf(step.host).execAsync(["sh", "-c", step.command], {
         timeoutMs: opts.stepTimeoutMs ?? 120_000,
+        ...(opts.env ? { env: opts.env } : {}),
       });
     } catch (err) {
       r = { status: -1, stdout: "", stderr: err instanceof Error ? err.message : String(err) };

@@ -244,6 +244,8 @@ unit_limits() {
 systemd_units() {
   case $1 in
     pypi-index-register) echo "pypi-index-register.path pypi-index-register.timer" ;;
+    pypi-file-copy) echo "pypi-file-copy.path pypi-file-copy.timer" ;;
+    pypi-backup-full | pypi-backup-diff | pypi-restore-test) echo "$1.timer" ;;
     # The cluster's own unit: Debian's umbrella postgresql.service starts only `auto` clusters.
     postgresql) echo "postgresql@${PYPI_PG_VERSION:?}-main" ;;
     *) echo "$1" ;;
@@ -855,6 +857,8 @@ ensure_package_layout() {
   install -d -o www-data -g www-data -m 0755 "$root/simple" "$root/pypi"
   # The upload watchers' scans (written as www-data, outside every chroot), read by the registrar.
   install -d -o www-data -g www-data -m 0755 "$root/.sftp-state"
+  # A registration leaves its wake-up for the file copy job here (pypi-file-copy.path).
+  install -d -o www-data -g www-data -m 0755 "$root/copy-queue"
   for entry in $PYPI_UPLOAD_USERS; do
     user=${entry%%:*} uid=${entry#*:}
     # The chroot must be root-owned and not writable by anyone else (sshd refuses it otherwise).

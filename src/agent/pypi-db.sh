@@ -86,6 +86,191 @@ db_init_standby() {
   [ "$(pg_in_recovery)" = t ] || die "standby $PYPI_NODE is not in recovery"
 }
 
+# ---------------------------------------------------------------- backups (pgBackRest)
+
+pgbr() {
+  runuser -u postgres -- pgbackrest --config="$PYPI_PGBR_CONF" --stanza="$PYPI_PGBR_STANZA" "$@"
+}
+
+# One field of the repository's `info --output=json` (its first and only stanza), by a Python
+# expression over `s`; empty when absent. python3 is on every node (cloud-init runs on it).
+pgbr_info_field() {
+  pgbr --output=json info | python3 -c '
+import json, sys
+s = json.load(sys.stdin)[0]
+try:
+    v = eval(sys.argv[1], {}, {"s": s})
+except (IndexError, KeyError, TypeError):
+    v = ""
+print("" if v is None else v)
+' "$1"
+}
+
+# The repository answers; it holds this many backups (0 when the stanza does not exist yet).
+pgbr_backup_count() { pgbr_info_field 'len(s.get("backup", []))'; }
+
+# The stanza exists and takes this cluster's WAL: idempotent, and cheap once done.
+pgbr_stanza() {
+  pgbr stanza-create >&2 || return 1
+  pgbr check >&2
+}
+
+# After a primary starts: its stanza, and a first full backup when the repository has none, so
+# point-in-time recovery is possible from the first registration on. A repository that does not
+# answer must not keep the node from serving: the status reports it and the alarms fire.
+pgbr_primary_ready() {
+  if ! pgbr_stanza; then
+    log "backups: stanza $PYPI_PGBR_STANZA not ready (repository or archive_command failing); see pypi-node status"
+    return 0
+  fi
+  if [ "$(pgbr_backup_count)" = 0 ]; then
+    pgbr --type=full backup >&2 || log "backups: the first full backup failed; the timer retries"
+  fi
+}
+
+cmd_db_backup() {
+  case ${1:-} in full | diff | incr) ;; *) die "db-backup: full|diff|incr" ;; esac
+  if ! svc_running postgresql || [ "$(pg_in_recovery)" != f ]; then
+    echo "backup $1: skipped, $PYPI_NODE is not the primary"
+    return 0
+  fi
+  bk_start=$(date +%s)
+  pgbr stanza-create >&2 || die "pgbackrest stanza-create failed"
+  pgbr --type="$1" backup >&2 || die "pgbackrest backup --type=$1 failed"
+  echo "backup $1 done in $(($(date +%s) - bk_start)) s: $(pgbr_info_field 's["backup"][-1]["label"]')"
+}
+
+# WAL up to now is in the repository (pgbackrest check switches WAL and waits for it).
+cmd_db_archive_check() {
+  [ "$(pg_in_recovery)" = f ] || die "archive-check runs on the primary"
+  pgbr check >&2 || die "WAL does not reach the repository"
+  echo "archive ok: $(pgbr_info_field 's["archive"][-1]["max"]')"
+}
+
+# ---------------------------------------------------------------- restores
+
+# The scratch server: a restored copy on another port, local socket only, never archiving
+# and never a synchronous primary, beside whatever this node runs.
+scratch_pg_ctl() { runuser -u postgres -- "$PYPI_PG_BIN/pg_ctl" -D "$PYPI_PGBR_SCRATCH" "$@"; }
+scratch_sql() {
+  runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -h "$PYPI_PG_SOCKET_DIR" \
+    -p "$PYPI_PGBR_SCRATCH_PORT" -d "$PYPI_PG_DATABASE" -c "$1"
+}
+scratch_writable() { [ "$(scratch_sql 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; }
+
+cmd_db_scratch_stop() {
+  if [ -s "$PYPI_PGBR_SCRATCH/postmaster.pid" ]; then scratch_pg_ctl -m fast -w stop >/dev/null 2>&1 || true; fi
+  rm -rf "$PYPI_PGBR_SCRATCH"
+  echo "scratch server stopped and removed"
+}
+
+# `scratch_restore PGBACKREST-RESTORE-OPTION...`: restore into the scratch directory and start it
+# there; it promotes at the target, so it answers writable once recovery reached it.
+scratch_restore() {
+  cmd_db_scratch_stop >/dev/null
+  install -d -o postgres -g postgres -m 0700 "$PYPI_PGBR_SCRATCH"
+  # `--archive-mode=off`: a restored copy must never push its WAL into the repository.
+  pgbr --pg1-path="$PYPI_PGBR_SCRATCH" --target-action=promote --archive-mode=off "$@" restore >&2 ||
+    die "pgbackrest restore into $PYPI_PGBR_SCRATCH failed"
+  cat >"$PYPI_PGBR_SCRATCH/postgresql.conf" <<CONF
+# A restored copy for inspection (pypi-node db-pitr, db-restore-test); removed by db-scratch-stop.
+port = $PYPI_PGBR_SCRATCH_PORT
+listen_addresses = ''
+unix_socket_directories = '$PYPI_PG_SOCKET_DIR'
+hba_file = '$PYPI_PGBR_SCRATCH/pg_hba.conf'
+ident_file = '$PYPI_PGBR_SCRATCH/pg_ident.conf'
+shared_buffers = 64MB
+max_connections = 20
+hot_standby = off
+archive_mode = off
+logging_collector = off
+CONF
+  echo "local all postgres peer" >"$PYPI_PGBR_SCRATCH/pg_hba.conf"
+  : >"$PYPI_PGBR_SCRATCH/pg_ident.conf"
+  chown postgres:postgres "$PYPI_PGBR_SCRATCH/postgresql.conf" "$PYPI_PGBR_SCRATCH/pg_hba.conf" \
+    "$PYPI_PGBR_SCRATCH/pg_ident.conf"
+  # The command line wins over the restored postgresql.auto.conf (a failover's synchronous override).
+  scratch_pg_ctl -w -t 60 -l "$PYPI_PGBR_SCRATCH/server.log" \
+    -o "-c synchronous_standby_names= -c archive_mode=off" start >/dev/null ||
+    die "the scratch server did not start: $(tail -n 5 "$PYPI_PGBR_SCRATCH/server.log" 2>/dev/null)"
+  wait_until "the scratch server to reach its recovery target" "${PYPI_RESTORE_WAIT_SECONDS:-3600}" scratch_writable
+}
+
+# Point in time: the cluster as it was at TIME, on the scratch server of this node.
+cmd_db_pitr() {
+  [ -n "${1:-}" ] || die "db-pitr 'YYYY-MM-DD HH:MM:SS+00' (the moment to restore to)"
+  pt_start=$(date +%s)
+  scratch_restore --type=time --target="$1"
+  echo "scratch server on port $PYPI_PGBR_SCRATCH_PORT holds $PYPI_PG_DATABASE as of $1 (restored in $(($(date +%s) - pt_start)) s)"
+}
+
+cmd_db_scratch_sql() {
+  [ -n "${1:-}" ] || die "db-scratch-sql 'SQL'"
+  scratch_sql "$1"
+}
+
+# Proves the newest backup restores: verify the repository, restore its consistent point into
+# the scratch directory, read the index's tables, remove it. The standby's job (the primary is
+# busy serving); the result stays in the agent's state for the status and the alarms.
+cmd_db_restore_test() {
+  if svc_running postgresql && [ "$(pg_in_recovery)" = f ] && [ "${1:-}" != --on-primary ]; then
+    echo "restore test: skipped, $PYPI_NODE is the primary (the standby runs it)"
+    return 0
+  fi
+  mkdir -p "$PYPI_AGENT_STATE"
+  rt_start=$(date +%s)
+  rt_state="$PYPI_AGENT_STATE/restore-test"
+  if ! pgbr verify >&2; then
+    echo "$rt_start failed verify" >"$rt_state"
+    die "restore test: pgbackrest verify found a problem in the repository"
+  fi
+  rt_label=$(pgbr_info_field 's["backup"][-1]["label"]')
+  [ -n "$rt_label" ] || die "restore test: the repository has no backup"
+  ( scratch_restore --type=immediate --set="$rt_label" ) || {
+    echo "$rt_start failed restore $rt_label" >"$rt_state"
+    die "restore test: backup $rt_label did not restore"
+  }
+  rt_files=$(scratch_sql "SELECT count(*) FROM files" 2>/dev/null) || rt_files=0
+  cmd_db_scratch_stop >/dev/null
+  rt_seconds=$(($(date +%s) - rt_start))
+  echo "$rt_start ok $rt_label $rt_seconds $rt_files" >"$rt_state"
+  echo "restore test ok: backup $rt_label verified and restored in $rt_seconds s; $rt_files file rows"
+}
+
+pg_out_of_recovery() { [ "$(pg_in_recovery)" = f ]; }
+
+# Both db nodes lost: this node becomes the primary from the repository, to the end of its
+# archive (every archived commit), on a new timeline. Its peer then copies it as a standby.
+db_restore_primary() {
+  pg_stop_local
+  pg_prepare_dirs
+  rm -rf "$PYPI_PG_DATA"
+  install -d -o postgres -g postgres -m 0700 "$PYPI_PG_DATA"
+  rp_start=$(date +%s)
+  pgbr restore >&2 || die "pgbackrest restore into $PYPI_PG_DATA failed"
+  start_checked_primary
+  wait_until "recovery from the repository to finish" "${PYPI_RESTORE_WAIT_SECONDS:-3600}" pg_out_of_recovery
+  # Slots are not in a backup, and the passwords may have been rotated since it was taken.
+  pg_bootstrap_sql | PGOPTIONS='-c synchronous_commit=local' pg_sql postgres >/dev/null
+  rp_seconds=$(($(date +%s) - rp_start))
+  mkdir -p "$PYPI_AGENT_STATE"
+  # When, how long, and how much: the restore's figures for the status and the drills.
+  echo "$(date +%s) $rp_seconds $(du -sb "$PYPI_PG_DATA" | cut -f1)" >"$PYPI_AGENT_STATE/restored-from-repository"
+  log "restored $PYPI_NODE from the repository in $rp_seconds s"
+}
+
+cmd_db_restore() {
+  pg_peer=$(pg_peer_state)
+  [ "$pg_peer" != primary ] || die "$PYPI_PG_PEER runs a primary; re-attach this node instead (db-reattach)"
+  [ "$(writer_holder)" != other ] || die "the writer address points at the peer; fence it first"
+  [ "$(pgbr_backup_count)" -gt 0 ] || die "the repository holds no backup of stanza $PYPI_PGBR_STANZA"
+  rm -f "$PYPI_AGENT_STATE/db-fenced"
+  db_restore_primary
+  cmd_overlay "$PYPI_OVERLAY_DB" take
+  pgbr_primary_ready
+  echo "restored $PYPI_NODE as primary from the repository; writer $PYPI_OVERLAY_DB taken"
+}
+
 # ---------------------------------------------------------------- converge (first boot, reboot)
 
 # The peer's role as seen over the network: primary, standby or down.
@@ -115,8 +300,19 @@ pg_wait_for_primary_peer() {
 db_first_boot() {
   pg_peer=$(pg_peer_state)
   if [ "${PYPI_PG_INITIAL_ROLE:?}" = primary ] && [ "$pg_peer" != primary ] && [ "$(writer_holder)" != other ]; then
+    # A repository with backups means the pair existed and both nodes are gone: an empty new
+    # cluster would lose every registration and could not archive into that stanza.
+    wait_until "the backup repository to answer" "${PYPI_REPO_WAIT_SECONDS:-900}" pgbr_backup_count
+    if [ "$(pgbr_backup_count)" -gt 0 ]; then
+      db_restore_primary
+      cmd_overlay "$PYPI_OVERLAY_DB" take
+      pgbr_primary_ready
+      echo "converge: $PYPI_NODE restored as primary from the repository; writer $PYPI_OVERLAY_DB taken"
+      return 0
+    fi
     db_init_primary
     cmd_overlay "$PYPI_OVERLAY_DB" take
+    pgbr_primary_ready
     echo "converge: $PYPI_NODE initialised as primary; writer $PYPI_OVERLAY_DB taken"
     return 0
   fi
@@ -140,6 +336,7 @@ db_reboot() {
     start_checked_primary
     [ "$(pg_in_recovery)" = f ] || die "$PYPI_NODE should be the primary but is in recovery"
     cmd_overlay "$PYPI_OVERLAY_DB" take
+    pgbr_primary_ready
     echo "converge: $PYPI_NODE runs as primary; writer $PYPI_OVERLAY_DB held"
     return 0
   fi
@@ -289,6 +486,13 @@ usage: pypi-db COMMAND
   fence                 stop Postgres, drop the writer address, mark the node fenced
   promote               promote this standby to primary
   reattach              re-attach a fenced old primary as a standby (pg_rewind, else base backup)
+  backup full|diff|incr a pgBackRest backup (the primary; a standby skips)
+  archive-check         the primary's WAL up to now reaches the repository
+  pitr TIME             restore the cluster as of TIME onto this node's scratch server
+  scratch-sql SQL       query the scratch server
+  scratch-stop          stop and remove the scratch server
+  restore-test          verify the repository and restore the newest backup to scratch (the standby)
+  restore               both nodes lost: become the primary from the repository
   sync on|off           synchronous replication switch on the primary
   replication           the primary's view of its standbys
 USAGE
@@ -308,6 +512,13 @@ main() {
     reattach) cmd_db_reattach ;;
     sync) [ $# -eq 1 ] || usage && cmd_db_sync "$1" ;;
     replication) cmd_db_replication ;;
+    backup) cmd_db_backup "${1:-}" ;;
+    archive-check) cmd_db_archive_check ;;
+    pitr) cmd_db_pitr "${1:-}" ;;
+    scratch-sql) cmd_db_scratch_sql "${1:-}" ;;
+    scratch-stop) cmd_db_scratch_stop ;;
+    restore-test) cmd_db_restore_test "${1:-}" ;;
+    restore) cmd_db_restore ;;
     *) usage ;;
   esac
 }

@@ -785,9 +785,44 @@ cmd_status() {
         if [ "$(pg_in_recovery)" = t ]; then r=standby; else r=primary; fi
         printf 'postgres\t%s\n' "$r"
       fi
+      backup_status
       ;;
     app) printf 'storage\t%s\t%s\n' "$PYPI_OVERLAY_STORAGE" "$(cmd_overlay "$PYPI_OVERLAY_STORAGE" status)" ;;
   esac
+}
+
+# For the alarms: the newest backup and its age, the newest archived WAL (and, on the primary,
+# how long ago it was archived and how many pushes failed), the last restore test.
+backup_status() {
+  bs_now=$(date +%s)
+  bs_info=$(runuser -u postgres -- pgbackrest --config="$PYPI_PGBR_CONF" --stanza="$PYPI_PGBR_STANZA" \
+    --output=json info 2>/dev/null) || bs_info=""
+  printf '%s' "$bs_info" | python3 -c '
+import json, sys
+now = int(sys.argv[1])
+try:
+    s = json.load(sys.stdin)[0]
+except (ValueError, IndexError):
+    print("backup\tunknown\trepository did not answer")
+    sys.exit(0)
+b = s.get("backup") or []
+if b:
+    last = b[-1]
+    print("backup\tnewest\t%s\t%s\tage_s=%d" % (last["label"], last["type"], now - last["timestamp"]["stop"]))
+else:
+    print("backup\tnone\t%s" % s.get("status", {}).get("message", ""))
+a = [x for x in s.get("archive") or [] if x.get("max")]
+print("archive\tnewest\t%s" % (a[-1]["max"] if a else "none"))
+' "$bs_now"
+  if svc_running postgresql && [ "$(pg_in_recovery)" = f ]; then
+    pgsql "SELECT 'archiver' || chr(9) || coalesce(last_archived_wal, 'none') || chr(9) || 'age_s=' ||
+      coalesce(extract(epoch FROM now() - last_archived_time)::bigint::text, '-') || chr(9) ||
+      'failed=' || failed_count FROM pg_stat_archiver"
+  fi
+  if [ -r "$PYPI_AGENT_STATE/restore-test" ]; then
+    read -r bs_at bs_result bs_rest <"$PYPI_AGENT_STATE/restore-test"
+    printf 'restore-test\t%s\tage_s=%s\t%s\n' "$bs_result" "$((bs_now - bs_at))" "$bs_rest"
+  fi
 }
 
 usage() {
@@ -802,6 +837,10 @@ usage: pypi-node COMMAND
   nfs start|stop|status       NFS server for the storage pair
   db-init                     (db) first bring-up as PYPI_PG_INITIAL_ROLE; no-op once done
   db-fence | db-promote | db-reattach | db-sync on|off | db-replication
+  db-backup full|diff|incr | db-archive-check | db-restore-test   (db) pgBackRest backups and their proof
+  db-pitr TIME | db-scratch-sql SQL | db-scratch-stop   (db) point-in-time copy on a scratch server
+  db-restore                  (db) both nodes lost: become the primary from the repository
+  files-copy | files-restore [--all]   (app) package file copies: make them / restore from them
   db-writer-check             (app) the writer address reaches a writable primary
   storage-check               (app) the package root is mounted and writable
   package-layout DIR          create the package volume's directories and ownership
@@ -898,7 +937,8 @@ main() {
     fip) exec "$PYPI_FIP_SCRIPT" "$@" ;;
     overlay) [ $# -eq 2 ] || usage && cmd_overlay "$1" "$2" ;;
     nfs) exec "$PYPI_NFS_SCRIPT" "$@" ;;
-    db-init | db-fence | db-promote | db-reattach | db-sync | db-replication) exec "$PYPI_DB_TOOL" "${command#db-}" "$@" ;;
+    db-init | db-fence | db-promote | db-reattach | db-sync | db-replication | db-backup | db-archive-check | \
+      db-pitr | db-scratch-sql | db-scratch-stop | db-restore-test | db-restore) exec "$PYPI_DB_TOOL" "${command#db-}" "$@" ;;
     upload-backend) [ $# -eq 2 ] || usage && cmd_upload_backend "$1" "$2" ;;
     upload-backends) cmd_upload_backends ;;
     db-writer-check) cmd_db_writer_check ;;
@@ -906,6 +946,9 @@ main() {
     package-layout) [ $# -eq 1 ] || usage && ensure_package_layout "$1" ;;
     app-migrate) app_cli migrate ;;
     register) app_cli register ;;
+    files-copy) app_cli copy-files ;;
+    # A bad rm may have taken the directories too; the layout comes first, as on a new volume.
+    files-restore) ensure_package_layout "$PYPI_PACKAGE_ROOT" >/dev/null && app_cli restore-files "$@" ;;
     service) [ $# -eq 2 ] || usage && cmd_service "$1" "$2" ;;
     watch) cmd_watch ;;
     *) usage ;;

@@ -10,6 +10,7 @@ import { HAPROXY_CONF_PATH, UPLOAD_BACKEND } from "./haproxy.js";
 import { heartbeatPaths, resourceScriptPath } from "./heartbeat.js";
 import { mountUnitName, nfsPaths } from "./nfs.js";
 import { NGINX_CONF_PATH, NGINX_ERROR_LOG, NGINX_PID_PATH } from "./nginx.js";
+import { PGBACKREST_CONF_PATH, PGBACKREST_SCRATCH_DIR, SCRATCH_PG_PORT } from "./pgbackrest.js";
 import { PG_LOG_DIR, PG_SOCKET_DIR, PGPASS_PATH } from "./postgres.js";
 import { uploadWatchUnitPath } from "./ssh-limits.js";
 import { uploadHostKeyPath } from "./sshd.js";
@@ -150,6 +151,10 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_SECRET_PG_APP", t.secrets.postgresAppPassword.parameter],
       // The data volume holds every cluster of the node (Debian's layout below it).
       ["PYPI_DATA_MOUNT", dirname(dirname(pgDataDir(pg.version)))],
+      ["PYPI_PGBR_CONF", PGBACKREST_CONF_PATH],
+      ["PYPI_PGBR_STANZA", t.backup.stanza],
+      ["PYPI_PGBR_SCRATCH", PGBACKREST_SCRATCH_DIR],
+      ["PYPI_PGBR_SCRATCH_PORT", String(SCRATCH_PG_PORT)],
     );
   }
   if (node.role === "app") {

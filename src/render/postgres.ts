@@ -1,6 +1,7 @@
 import type { BundleFile } from "../bundle-types.js";
 import { APP_DB_POOL, pgConfDir, pgDataDir } from "../layout.js";
 import { type NodeSpec, nodesWithRole, peerOf, pgDialect, type Topology } from "../topology.js";
+import { archiveSettings, restoreCommand } from "./pgbackrest.js";
 
 export type PgRole = "primary" | "standby";
 
@@ -139,6 +140,9 @@ export function renderPostgresConf(t: Topology, node: NodeSpec): string {
     ...(v >= 13 ? [settingLine("max_slot_wal_keep_size", `${pg.maxSlotWalKeepMb}MB`)] : []),
     settingLine("hot_standby", true),
     settingLine("hot_standby_feedback", true),
+    "",
+    "# Continuous archiving to the pgBackRest repository (whichever node is primary archives)",
+    ...archiveSettings(t).map((s) => settingLine(s.name, s.value)),
     ...(pg.synchronous
       ? [
           settingLine("synchronous_commit", true),
@@ -150,6 +154,8 @@ export function renderPostgresConf(t: Topology, node: NodeSpec): string {
       ? [
           settingLine("primary_conninfo", primaryConninfo(t, node)),
           settingLine("primary_slot_name", pg.slotName),
+          // A standby that fell behind its slot catches up from the archive.
+          settingLine("restore_command", restoreCommand(t)),
         ]
       : []),
     "",
@@ -224,6 +230,7 @@ export function renderRecoveryConf(t: Topology, node: NodeSpec): string {
     settingLine("standby_mode", true),
     settingLine("primary_conninfo", primaryConninfo(t, node)),
     settingLine("primary_slot_name", t.postgres.slotName),
+    settingLine("restore_command", restoreCommand(t)),
     settingLine("recovery_target_timeline", "latest"),
   ];
   return `${lines.join("\n")}\n`;

@@ -1,5 +1,6 @@
 import { paths } from "../layout.js";
-import { synchronousStandbyNames } from "../render/postgres.js";
+import { SCRATCH_PG_PORT } from "../render/pgbackrest.js";
+import { PG_SOCKET_DIR, synchronousStandbyNames } from "../render/postgres.js";
 import { type NodeSpec, nodesWithRole, peerOf, storagePair, type Topology } from "../topology.js";
 
 /** The operator's workstation (AWS) or the client namespace (lab). */
@@ -250,6 +251,138 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
   };
 }
 
+/** Environment variables the operator sets before a runbook whose steps need a value only they know. */
+export const PITR_TARGET_VAR = "PITR_TARGET";
+
+function dbPointInTime(t: Topology, primary: NodeSpec): Runbook {
+  const scratch = peerOf(t, primary);
+  return {
+    id: `db-pitr-${primary.name}`,
+    title: `Point-in-time restore while ${primary.name} is primary`,
+    summary: `After a mistaken DELETE, DROP or migration: restore the database as of the second before it onto a scratch server on ${scratch.name} (port ${SCRATCH_PG_PORT}, beside the standby; the pair keeps serving), and check the rows there. Set ${PITR_TARGET_VAR} to that moment first, e.g. ${PITR_TARGET_VAR}='2026-11-30 17:04:59+00'.`,
+    steps: [
+      {
+        title: "The primary's WAL up to now is in the repository",
+        host: primary.name,
+        command: agent("db-archive-check"),
+        expect: "archive ok: <newest WAL segment>",
+        expectOutput: "^archive ok: ",
+      },
+      {
+        title: `Restore as of $${PITR_TARGET_VAR} onto ${scratch.name}'s scratch server`,
+        host: scratch.name,
+        command: agent(`db-pitr "$${PITR_TARGET_VAR}"`),
+        expect: `scratch server on port ${SCRATCH_PG_PORT} holds ${t.postgres.database} as of the target`,
+        expectOutput: `scratch server on port ${SCRATCH_PG_PORT} holds`,
+      },
+      {
+        title: "The registrations as they were",
+        host: scratch.name,
+        command: agent(`db-scratch-sql "SELECT count(*) FROM files"`),
+        expect: "the number of file rows at the target",
+        expectOutput: "^\\d+\\s*$",
+      },
+      {
+        title: "Copy back what the mistake removed",
+        host: scratch.name,
+        command: `runuser -u postgres -- pg_dump -h ${PG_SOCKET_DIR} -p ${SCRATCH_PG_PORT} --data-only --table=<table> ${t.postgres.database} > /var/lib/postgresql/pitr-rows.sql`,
+        expect:
+          "a data-only dump of the table; review it, then apply the rows it lacks on the primary with psql (a judgement, not a step the lab runs)",
+      },
+      {
+        title: "Remove the scratch server",
+        host: scratch.name,
+        command: agent("db-scratch-stop"),
+        expect: "scratch server stopped and removed",
+        expectOutput: "stopped and removed",
+      },
+    ],
+    labLimitation: "the copy-back is the operator's judgement over the rows; the lab checks them instead",
+  };
+}
+
+function dbBothLost(t: Topology): Runbook {
+  const [first, second] = nodesWithRole(t, "db");
+  const [app] = nodesWithRole(t, "app");
+  if (!first || !second || !app) throw new Error("need two db nodes and an app server");
+  const urns = [first, second].map((n) => n.urn ?? `<URN of ${n.name}'s instance>`);
+  return {
+    id: "db-both-lost",
+    title: "Both database nodes lost",
+    summary: `Replace both db instances and their data volumes. ${first.name}'s first boot finds backups in the repository (${t.backup.repository}) and restores from them to the end of the archive (every commit older than archive_timeout, ${t.backup.archiveTimeoutSeconds} s, is kept), becomes primary and takes ${t.overlay.dbWriter}; ${second.name} copies it as its standby. On a node that already runs, pypi-node db-restore does the same.`,
+    steps: [
+      {
+        title: "Replace both db nodes and their volumes",
+        host: OPERATOR,
+        command: `pulumi up --stack ${t.environment} --yes ${urns.map((u) => `--replace '${u}'`).join(" ")} (and each data volume's URN)`,
+        expect: "2 instances and 2 volumes replaced; their first boot restores",
+      },
+      {
+        title: `${first.name} is primary, restored, and holds the writer address`,
+        host: first.name,
+        command: agent("status"),
+        expect: `writer ${t.overlay.dbWriter} running; postgres primary; backup newest …`,
+        expectOutput: `writer\\t${escapeRegex(t.overlay.dbWriter)}\\trunning[\\s\\S]*postgres\\tprimary[\\s\\S]*backup\\tnewest`,
+      },
+      {
+        title: `${second.name} streams from ${first.name}`,
+        host: first.name,
+        command: agent("db-replication"),
+        expect: `${second.name} streaming`,
+        expectOutput: `${escapeRegex(second.name)} streaming`,
+      },
+      {
+        title: "The app reaches a writable primary through the writer address",
+        host: app.name,
+        command: agent("db-writer-check"),
+        expect: `writer ${t.overlay.dbWriter} is primary`,
+        expectOutput: "is primary",
+      },
+      {
+        title: "A full backup of the restored cluster (a new timeline)",
+        host: first.name,
+        command: agent("db-backup full"),
+        expect: "backup full done",
+        expectOutput: "^backup full done",
+      },
+    ],
+    labLimitation: "the lab replaces a node by starting it on an empty disk and volume, not with pulumi",
+  };
+}
+
+function packageFilesLost(t: Topology): Runbook {
+  const [storagePrimary] = storagePair(t);
+  return {
+    id: "package-files-lost",
+    title: "Package files lost",
+    summary: `The DRBD pair is gone, or a bad rm on the primary (which DRBD copies to its peer) removed files: restore every file from the copies (${t.backup.fileCopies}) and check each file's sha256 against its database row.`,
+    steps: [
+      {
+        title: "The package volume is mounted and writable",
+        host: storagePrimary.name,
+        command: agent("storage-check"),
+        expect: `storage ${t.storage.packageRoot} writable (rebuild the storage pair first if it is gone)`,
+        expectOutput: "writable",
+      },
+      {
+        title: "Restore every missing or damaged file from the copies",
+        host: storagePrimary.name,
+        command: agent("files-restore"),
+        expect: "JSON: mismatched 0, missingInStore 0; restored and alreadyGood add up to checked",
+        expectOutput: '"mismatched":0,"missingInStore":0',
+      },
+      {
+        title: "Every file matches its row",
+        host: storagePrimary.name,
+        command: agent("files-restore --all"),
+        expect: "JSON: every row checked again from the copies, mismatched 0",
+        expectOutput: '"mismatched":0,"missingInStore":0',
+      },
+      ...healthChecks(t),
+    ],
+  };
+}
+
 function storagePrimaryLoss(t: Topology, lost: NodeSpec): Runbook {
   const survivor = peerOf(t, lost);
   const apps = nodesWithRole(t, "app");
@@ -347,6 +480,9 @@ export function buildRunbooks(t: Topology): Runbook[] {
     ...nodesWithRole(t, "app").map((n) => appServerLoss(t, n)),
     ...nodesWithRole(t, "app").map((n) => uploadBackendLoss(t, n)),
     ...nodesWithRole(t, "db").map((n) => dbPrimaryLoss(t, n)),
+    ...nodesWithRole(t, "db").map((n) => dbPointInTime(t, n)),
+    dbBothLost(t),
+    packageFilesLost(t),
     storagePrimaryLoss(t, storagePrimary),
     ...t.nodes.map((n) => rebuildNode(t, n)),
   ];

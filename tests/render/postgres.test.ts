@@ -81,6 +81,7 @@ describe("dialects", () => {
       "standby_mode = on",
       "primary_conninfo = 'host=10.40.20.10 port=5432 user=replicator passfile=/var/lib/postgresql/.pgpass application_name=db-b connect_timeout=5'",
       "primary_slot_name = 'standby_slot'",
+      `restore_command = 'pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=pypi archive-get %f "%p"'`,
       "recovery_target_timeline = 'latest'",
       "",
     ]);
