@@ -17,7 +17,10 @@ import {
   renderFileCopyTimer,
 } from "../../src/render/systemd.js";
 import type { Topology } from "../../src/topology.js";
-import { hasCommand } from "../support/tools.js";
+import { requireTools } from "../support/tools.js";
+
+const canVerify = requireTools("systemd-analyze verify of the copy units", ["systemd-analyze"], false);
+
 import { topologyFor } from "../support/topologies.js";
 
 const lines = (text: string): string[] => text.split("\n");
@@ -81,7 +84,7 @@ describe.each<[string, Topology]>([
     expect(storeFor(cfg.fileCopies)).toBeInstanceOf(onAws ? S3Store : DirectoryStore);
   });
 
-  it.skipIf(!hasCommand("systemd-analyze"))("passes systemd-analyze verify", () => {
+  it.runIf(canVerify)("passes systemd-analyze verify", () => {
     const dir = mkdtempSync(join(tmpdir(), "file-copy-units-"));
     try {
       // verify requires ExecStart= to exist: a stand-in at another path, everything else as rendered.
@@ -107,7 +110,7 @@ describe.each<[string, Topology]>([
 });
 
 // The check above reads verify's complaints about these units; one must be seen when there is one.
-it.skipIf(!hasCommand("systemd-analyze"))("systemd-analyze verify reports a broken copy unit", () => {
+it.runIf(canVerify)("systemd-analyze verify reports a broken copy unit", () => {
   const dir = mkdtempSync(join(tmpdir(), "file-copy-units-"));
   try {
     const file = join(dir, `${FILE_COPY_UNIT}.timer`);
