@@ -25,6 +25,8 @@ import { drill, seconds, sleep, until } from "./common.js";
 import { ensureSeqTable, lostRows, primaryOf, startWriter, superSql, waitWrites } from "./db-common.js";
 
 const STAND_IN = "a directory on the lab host standing in for the S3 bucket";
+const BULK_WHEELS = 8;
+const BULK_WHEEL_BYTES = 4_000_000;
 
 function runbookById(lab: Lab, id: string): Runbook {
   const rb = buildRunbooks(lab.t).find((r) => r.id === id);
@@ -221,6 +223,23 @@ export const packageFilesLost = drill(
       return `${wheel.filename} copied and its sha256 checked ${delay} s after twine returned; store: ${STAND_IN}`;
     });
 
+    // Data worth a throughput figure: a few larger distributions, published as users do.
+    await report.check(
+      section,
+      `${BULK_WHEELS} more distributions of ${BULK_WHEEL_BYTES / 1e6} MB of payload each published`,
+      async () => {
+        const owner = lab.t.upload.users[0]?.name ?? "";
+        const token = await adminOn(lab, `token create ${owner} --description drill-14-bulk`);
+        const version = Date.now() % 100000;
+        for (let i = 0; i < BULK_WHEELS; i++) {
+          const w = buildWheel(lab.dirs.work, "labbulk", `${version}.${i}`, BULK_WHEEL_BYTES);
+          copyFileSync(w.path, join(lab.dirs.client, w.filename));
+          const r = await twine(lab, token, w.filename);
+          if (r.status !== 0) throw new Error(`twine ${w.filename}: ${r.out.slice(-500)}`);
+        }
+        return `labbulk ${version}.0-${BULK_WHEELS - 1}`;
+      },
+    );
     // Every file copied before the rm (the timer's catch-up of older rows included).
     await agentOn(lab, app, "files-copy");
     const rows = await fileRows(lab);
@@ -282,10 +301,13 @@ export const bothDbLost = drill(
   async (lab, report, section) => {
     const dbs = nodesWithRole(lab.t, "db").map((n) => n.name);
     await ensureSeqTable(lab);
+    // The table itself reaches the repository first: the figure is about rows, not the table.
+    const { primary: before } = await primaryOf(lab);
+    await agentOn(lab, before, "db-archive-check");
     const writer = startWriter(lab, "d15", 15_000_000);
     await waitWrites(writer, 50);
-    // Seconds of quiet would let archive_timeout ship everything; the loss comes mid-stream.
-    await sleep(1_500);
+    // Long enough for archive_timeout to ship segments under load; the loss comes mid-stream.
+    await sleep(2 * lab.t.backup.archiveTimeoutSeconds * 1000 + 1_000);
     const lostAt = Date.now();
     await Promise.all(dbs.map((n) => lab.node(n).crash()));
     // The replacements: new instances on new, empty volumes.

@@ -13,11 +13,12 @@ export interface Wheel {
 }
 
 const BUILD = String.raw`
-import base64, hashlib, sys, zipfile
-name, version, out = sys.argv[1:4]
+import base64, hashlib, os, sys, zipfile
+name, version, out, payload = sys.argv[1:5]
 dist = f"{name}-{version}.dist-info"
 files = {
     f"{name}/__init__.py": f'__version__ = "{version}"\n',
+    **({f"{name}/payload.bin": os.urandom(int(payload)).hex()[: int(payload)]} if int(payload) else {}),
     f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: pypi lab probe\n",
     f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: pypi-lab\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
 }
@@ -30,10 +31,13 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
     z.writestr(f"{dist}/RECORD", record)
 `;
 
-export function buildWheel(dir: string, name: string, version: string): Wheel {
+/** `payloadBytes`: a member of random hex text of that size (about half of it survives deflate). */
+export function buildWheel(dir: string, name: string, version: string, payloadBytes = 0): Wheel {
   const filename = `${name}-${version}-py3-none-any.whl`;
   const path = join(dir, filename);
-  execFileSync("/usr/bin/python3", ["-c", BUILD, name, version, path], { timeout: 30_000 });
+  execFileSync("/usr/bin/python3", ["-c", BUILD, name, version, path, String(payloadBytes)], {
+    timeout: 30_000,
+  });
   const sha256 = createHash("sha256").update(readFileSync(path)).digest("hex");
   return { name, version, filename, path, sha256 };
 }
