@@ -32,6 +32,10 @@ describe("runbooks", () => {
       "storage-primary-loss-app-a",
       "rebuild-db-a",
       "rebuild-lb-b",
+      "db-pitr-db-a",
+      "db-pitr-db-b",
+      "db-both-lost",
+      "package-files-lost",
     ]) {
       expect(ids).toContain(id);
     }
@@ -48,6 +52,8 @@ describe("runbooks", () => {
       "db-b: /usr/local/sbin/pypi-node db-sync off",
       `db-b: /usr/local/sbin/pypi-node overlay ${t.overlay.dbWriter} take`,
       "app-a: /usr/local/sbin/pypi-node db-writer-check",
+      // Archiving continues from the promoted node, on its new timeline: checked, not assumed.
+      "db-b: /usr/local/sbin/pypi-node db-archive-check",
       "db-a: /usr/local/sbin/pypi-node db-reattach",
       "db-b: /usr/local/sbin/pypi-node db-sync on",
     ];
@@ -132,6 +138,55 @@ describe("runbooks", () => {
     expect(md.startsWith("# Database primary db-a lost\n")).toBe(true);
     const rebuild = runbookMarkdown(t, find(buildRunbooks(t), "rebuild-app-b"));
     expect(rebuild).toContain("--replace 'urn:pulumi:prod::pypi-infra::aws:ec2/instance:Instance::app-b'");
+  });
+
+  it("point-in-time: archive on the primary, restore onto the peer's scratch server at the operator's moment", () => {
+    const t = topologyFor("prod");
+    const steps = find(buildRunbooks(t), "db-pitr-db-b").steps;
+    expect(steps.map((s) => `${s.host}: ${s.command}`)).toEqual([
+      "db-b: /usr/local/sbin/pypi-node db-archive-check",
+      'db-a: /usr/local/sbin/pypi-node db-pitr "$PITR_TARGET"',
+      'db-a: /usr/local/sbin/pypi-node db-scratch-sql "SELECT count(*) FROM files"',
+      expect.stringMatching(/^db-a: runuser -u postgres -- pg_dump .* -p 5433 --data-only/),
+      "db-a: /usr/local/sbin/pypi-node db-scratch-stop",
+    ]);
+  });
+
+  it("both db nodes lost: the replacements restore by themselves; the steps verify and take a new full backup", () => {
+    const t = withIds(topologyFor("prod"));
+    const rb = find(buildRunbooks(t), "db-both-lost");
+    expect(rb.steps[0]?.host).toBe(OPERATOR);
+    expect(rb.steps[0]?.command).toContain(
+      "--replace 'urn:pulumi:prod::pypi-infra::aws:ec2/instance:Instance::db-a'",
+    );
+    expect(rb.steps[0]?.command).toContain(
+      "--replace 'urn:pulumi:prod::pypi-infra::aws:ec2/instance:Instance::db-b'",
+    );
+    expect(rb.steps.at(-1)).toMatchObject({
+      host: "db-a",
+      command: "/usr/local/sbin/pypi-node db-backup full",
+    });
+    const status = new RegExp(rb.steps[1]?.expectOutput ?? "^$");
+    const out = (backup: string) =>
+      [`writer\t${t.overlay.dbWriter}\trunning`, "postgres\tprimary", backup].join("\n");
+    expect(status.test(out("backup\tnewest\t20261130-020000F\tfull\tage_s=3"))).toBe(true);
+    // A repository without a backup fails the step.
+    expect(status.test(out("backup\tnone\tmissing stanza path"))).toBe(false);
+  });
+
+  it("package files lost: restore what is missing, then check every file against its row", () => {
+    const steps = find(buildRunbooks(topologyFor("prod")), "package-files-lost").steps;
+    const restore = steps.filter((s) => s.command.includes("files-restore"));
+    expect(restore.map((s) => s.command)).toEqual([
+      "/usr/local/sbin/pypi-node files-restore",
+      "/usr/local/sbin/pypi-node files-restore --all",
+    ]);
+    const ok = JSON.stringify({ checked: 2, restored: 2, alreadyGood: 0, mismatched: 0, missingInStore: 0 });
+    const bad = JSON.stringify({ checked: 2, restored: 1, alreadyGood: 0, mismatched: 1, missingInStore: 0 });
+    for (const s of restore) {
+      expect(new RegExp(s.expectOutput ?? "^$").test(ok)).toBe(true);
+      expect(new RegExp(s.expectOutput ?? "^$").test(bad)).toBe(false);
+    }
   });
 
   it("says plainly which runbooks the lab cannot execute", () => {

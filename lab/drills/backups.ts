@@ -18,9 +18,10 @@ import { buildRunbooks, OPERATOR, PITR_TARGET_VAR, type Runbook } from "../../sr
 import { nodesWithRole } from "../../src/topology.js";
 import { adminOn, twine } from "../checks/publish.js";
 import { bootAgain, firstBoot } from "../lib/boot.js";
-import type { Lab } from "../lib/lab.js";
+import { instanceDeleted } from "../lib/cloud.js";
+import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
-import { buildWheel } from "../lib/wheel.js";
+import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
 import { drill, seconds, sleep, until } from "./common.js";
 import { ensureSeqTable, lostRows, primaryOf, startWriter, superSql, waitWrites } from "./db-common.js";
 
@@ -190,11 +191,13 @@ export const packageFilesLost = drill(
     const [app] = nodesWithRole(lab.t, "app").map((n) => n.name);
     if (!app) throw new Error("no app server");
     const packagesDir = join(lab.dirs.packages, "packages");
+    let probe: Wheel | undefined;
 
     await report.check(section, "a registration reaches the copies within the copy job's bound", async () => {
       const owner = lab.t.upload.users[0]?.name ?? "";
       const token = await adminOn(lab, `token create ${owner} --description drill-14`);
       const wheel = buildWheel(lab.dirs.work, "labcopy", `1.0.${Date.now() % 100000}`);
+      probe = wheel;
       copyFileSync(wheel.path, join(lab.dirs.client, wheel.filename));
       const r = await twine(lab, token, wheel.filename);
       if (r.status !== 0) throw new Error(`twine: ${r.out.slice(-500)}`);
@@ -244,8 +247,11 @@ export const packageFilesLost = drill(
     await agentOn(lab, app, "files-copy");
     const rows = await fileRows(lab);
     const bytes = treeBytes(packagesDir);
-    // The bad rm: on the storage primary, which DRBD would copy to its peer.
-    rmSync(packagesDir, { recursive: true, force: true });
+    const metadataFiles = [...rows.keys()].filter((k) => k.endsWith(".whl")).length;
+    // The bad rm, on the storage primary, which DRBD copies to its peer: everything the volume
+    // serves (files, their PEP 658 metadata, the static pages), as the loss of the pair would.
+    for (const dir of ["packages", "simple", "pypi"])
+      rmSync(join(lab.dirs.packages, dir), { recursive: true, force: true });
     const gone = rows.size;
 
     const runbook = runbookById(lab, "package-files-lost");
@@ -288,7 +294,22 @@ export const packageFilesLost = drill(
           "MB/s",
         );
         if (matched !== gone) throw new Error(`${gone - matched} of ${gone} files missing or different`);
-        return `${matched} of ${gone} files (${mb(bytes)} MB) restored in ${restoreStep?.seconds.toFixed(2)} s; restore said ${JSON.stringify(summary)}; ${describeRun(run).join("; ")}`;
+        if (summary.metadataRestored !== metadataFiles)
+          throw new Error(`${summary.metadataRestored} of ${metadataFiles} wheels' .metadata written again`);
+        if (!probe) throw new Error("no probe wheel was published");
+        const pip = await lab.client.execAsync(
+          clientCommand(
+            pipArgv("download", {
+              indexUrl: `https://${lab.t.domain}/simple/`,
+              cert: `${CLIENT_DIR}/ca.pem`,
+              into: `${CLIENT_DIR}/pip-d14`,
+              spec: `${probe.name}==${probe.version}`,
+            }),
+          ),
+          { timeoutMs: 90_000 },
+        );
+        if (pip.status !== 0) throw new Error(`pip after the restore: ${pip.stderr}${pip.stdout}`);
+        return `${matched} of ${gone} files (${mb(bytes)} MB) and ${summary.metadataRestored} .metadata restored in ${restoreStep?.seconds.toFixed(2)} s, pages of ${summary.pagesPublished} projects written; pip downloads ${probe.filename} through the index again; restore said ${JSON.stringify(summary)}; ${describeRun(run).join("; ")}`;
       },
     );
   },
@@ -311,7 +332,11 @@ export const bothDbLost = drill(
     const lostAt = Date.now();
     await Promise.all(dbs.map((n) => lab.node(n).crash()));
     // The replacements: new instances on new, empty volumes.
-    for (const n of dbs) lab.node(n).discardDisk();
+    // New instances on new volumes; the old instances' interfaces are gone with them.
+    for (const n of dbs) {
+      lab.node(n).discardDisk();
+      instanceDeleted(lab.dirs.store, n);
+    }
     const replaced = await report.check(
       section,
       "both replaced; the first restores from the repository at its first boot, the second copies it",

@@ -7,7 +7,7 @@
  * the bridge's namespace, so it ends with the lab, and `--keep` keeps it.
  */
 import { spawn } from "node:child_process";
-import { openSync } from "node:fs";
+import { existsSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Topology } from "../../src/topology.js";
 
@@ -51,4 +51,25 @@ export function startCloud(
     stdio: ["ignore", log, log],
   });
   child.unref();
+}
+
+/**
+ * What EC2 does when a node's instance and its interface are deleted: its EIP associations go,
+ * and routes to it stay but become blackholes (the agent reads those as held by nobody).
+ */
+export function instanceDeleted(store: string, node: string): string[] {
+  const changed: string[] = [];
+  for (const kind of ["eips", "routes"] as const) {
+    const dir = join(store, "cloud", kind);
+    if (!existsSync(dir)) continue;
+    for (const addr of readdirSync(dir)) {
+      const file = join(dir, addr);
+      const [holder] = readFileSync(file, "utf8").trim().split(/\s+/);
+      if (holder !== node) continue;
+      if (kind === "eips") rmSync(file);
+      else writeFileSync(file, `${node} blackhole\n`);
+      changed.push(`${kind}/${addr}`);
+    }
+  }
+  return changed;
 }

@@ -777,9 +777,11 @@ lab_assoc_set() {
 # mine, other, or none (never associated).
 lab_assoc_holder() {
   la_file=$(lab_assoc_file "$1" "$2")
-  if [ ! -s "$la_file" ]; then
+  la_holder="" la_state=""
+  if [ -s "$la_file" ]; then read -r la_holder la_state <"$la_file" || true; fi
+  if [ -z "$la_holder" ] || [ "$la_state" = blackhole ]; then
     echo none
-  elif [ "$(cat "$la_file")" = "$PYPI_NODE" ]; then
+  elif [ "$la_holder" = "$PYPI_NODE" ]; then
     echo mine
   else
     echo other
@@ -794,12 +796,16 @@ overlay_holder() {
     aws)
       oh_eni=$(own_eni) || die "cannot learn this node's network interface from IMDS"
       oh_rtb=${PYPI_ROUTE_TABLES%% *}
-      oh_target=$(aws_try 3 ec2 describe-route-tables --route-table-ids "$oh_rtb" \
-        --query "RouteTables[0].Routes[?DestinationCidrBlock=='$1/32'].NetworkInterfaceId | [0]") ||
+      oh_route=$(aws_try 3 ec2 describe-route-tables --route-table-ids "$oh_rtb" \
+        --query "RouteTables[0].Routes[?DestinationCidrBlock=='$1/32'] | [0].[NetworkInterfaceId, State]") ||
         die "cannot read route table $oh_rtb"
-      case $oh_target in
-        "$oh_eni") echo mine ;;
-        "" | None) echo none ;;
+      read -r oh_target oh_state <<ROUTE || true
+$oh_route
+ROUTE
+      # A blackhole route points at an interface that was deleted with its instance: nobody holds it.
+      case $oh_target:$oh_state in
+        :* | None:* | *:blackhole) echo none ;;
+        "$oh_eni":*) echo mine ;;
         *) echo other ;;
       esac
       ;;

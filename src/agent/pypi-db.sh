@@ -261,7 +261,8 @@ db_restore_primary() {
 
 cmd_db_restore() {
   pg_peer=$(pg_peer_state)
-  [ "$pg_peer" != primary ] || die "$PYPI_PG_PEER runs a primary; re-attach this node instead (db-reattach)"
+  [ "$pg_peer" = down ] ||
+    die "$PYPI_PG_PEER runs a $pg_peer, with newer data than any backup: promote it if needed, then re-attach this node (db-reattach)"
   [ "$(writer_holder)" != other ] || die "the writer address points at the peer; fence it first"
   [ "$(pgbr_backup_count)" -gt 0 ] || die "the repository holds no backup of stanza $PYPI_PGBR_STANZA"
   rm -f "$PYPI_AGENT_STATE/db-fenced"
@@ -299,7 +300,9 @@ pg_wait_for_primary_peer() {
 # (a replaced node joins whoever runs); everyone else copies the primary.
 db_first_boot() {
   pg_peer=$(pg_peer_state)
-  if [ "${PYPI_PG_INITIAL_ROLE:?}" = primary ] && [ "$pg_peer" != primary ] && [ "$(writer_holder)" != other ]; then
+  # A peer that answers, even as a standby, holds newer data than any backup: it is promoted
+  # (runbook db-primary-loss) and this node copies it, never the other way round.
+  if [ "${PYPI_PG_INITIAL_ROLE:?}" = primary ] && [ "$pg_peer" = down ] && [ "$(writer_holder)" != other ]; then
     # A repository with backups means the pair existed and both nodes are gone: an empty new
     # cluster would lose every registration and could not archive into that stanza.
     wait_until "the backup repository to answer" "${PYPI_REPO_WAIT_SECONDS:-900}" pgbr_backup_count

@@ -29,6 +29,9 @@ import type pg from "pg";
 import type { AppConfig } from "./config.js";
 import { type Db, isConnectionError } from "./db.js";
 import { fsyncDir, writeAll } from "./fsutil.js";
+import { inspectDistribution } from "./inspect.js";
+import { parseFilename } from "./names.js";
+import { publishProject, publishRoot, withProjectLock } from "./publish.js";
 import { stagingPath, storeLayout } from "./registration.js";
 
 export const copyQueueDir = (root: string): string => `${root}/copy-queue`;
@@ -385,6 +388,50 @@ interface FileRow {
   project: string;
   sha256: string;
   size: string;
+  core_metadata_sha256?: string | null;
+}
+
+/**
+ * A wheel's `.metadata` (PEP 658) is not copied: it is the wheel's own METADATA, so it is read
+ * again from the restored wheel and written only if it hashes to the row.
+ */
+async function restoreCoreMetadata(
+  cfg: AppConfig,
+  row: FileRow,
+  target: string,
+  owner: { uid: number; gid: number },
+  summary: RestoreSummary,
+  log: (msg: string) => void,
+): Promise<void> {
+  const want = row.core_metadata_sha256;
+  const metaPath = `${target}.metadata`;
+  if (!want || sha256OrNull(metaPath) === want) return;
+  const parsed = parseFilename(row.filename);
+  const inspected = parsed.ok ? await inspectDistribution(target, parsed.value) : undefined;
+  if (!inspected?.ok) {
+    summary.failed++;
+    log(`restore-files: ${row.filename}: its metadata cannot be read again from the restored file`);
+    return;
+  }
+  const bytes = inspected.value.coreMetadata;
+  if (createHash("sha256").update(bytes).digest("hex") !== want) {
+    summary.mismatched++;
+    log(`restore-files: ${row.filename}: METADATA does not hash to the row's core_metadata_sha256`);
+    return;
+  }
+  const tmp = stagingPath(cfg.packageRoot);
+  try {
+    const fd = openSync(tmp, "wx", 0o644);
+    try {
+      writeAll(fd, bytes);
+    } finally {
+      closeSync(fd);
+    }
+    place(tmp, metaPath, owner);
+    summary.metadataRestored++;
+  } finally {
+    rmSync(tmp, { force: true });
+  }
 }
 
 export interface CopySummary {
@@ -530,6 +577,10 @@ export interface RestoreSummary {
   seconds: number;
   /** Restored bytes per second of the run, in MB (10^6). */
   mbPerSecond: number;
+  /** PEP 658 `.metadata` files written again from their restored wheel, each equal to its row. */
+  metadataRestored: number;
+  /** Projects whose static pages were written again (the volume may have lost them too). */
+  pagesPublished: number;
 }
 
 /**
@@ -581,14 +632,16 @@ export async function restoreFiles(
     bytes: 0,
     seconds: 0,
     mbPerSecond: 0,
+    metadataRestored: 0,
+    pagesPublished: 0,
   };
   const client = await db.connect();
   try {
     let after = "";
     for (;;) {
       const { rows } = await client.query<FileRow>(
-        `SELECT filename, project, sha256, size FROM files WHERE state = 'ok' AND filename > $1
-          ORDER BY filename LIMIT $2`,
+        `SELECT filename, project, sha256, size, core_metadata_sha256 FROM files
+          WHERE state = 'ok' AND filename > $1 ORDER BY filename LIMIT $2`,
         [after, opts.batch ?? 500],
       );
       if (rows.length === 0) break;
@@ -598,6 +651,7 @@ export async function restoreFiles(
         const target = L.stored(row.project, row.filename);
         if (!opts.all && sha256OrNull(target) === row.sha256) {
           summary.alreadyGood++;
+          await restoreCoreMetadata(cfg, row, target, owner, summary, log);
           continue;
         }
         const key = copyKey(row.project, row.filename);
@@ -613,6 +667,7 @@ export async function restoreFiles(
           place(tmp, target, owner);
           summary.restored++;
           summary.bytes += Number(row.size);
+          await restoreCoreMetadata(cfg, row, target, owner, summary, log);
         } catch (err) {
           if (err instanceof MissingInStore) summary.missingInStore++;
           else summary.failed++;
@@ -622,6 +677,13 @@ export async function restoreFiles(
         }
       }
     }
+    // The pages live on the same volume: write every project's again, then the root.
+    const projects = await client.query<{ name: string }>("SELECT name FROM projects ORDER BY name");
+    for (const { name } of projects.rows) {
+      await withProjectLock(client, name, () => publishProject(client, cfg, name, { root: false }));
+      summary.pagesPublished++;
+    }
+    await publishRoot(client, cfg);
   } finally {
     client.release();
   }

@@ -222,6 +222,14 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
         expectOutput: "is primary",
       },
       {
+        // archive_mode is on on both nodes: the promoted one archives without a step; this proves it.
+        title: `${standby.name}'s WAL, on its new timeline, reaches the backup repository`,
+        host: standby.name,
+        command: agent("db-archive-check"),
+        expect: "archive ok: <newest WAL segment of the new timeline>",
+        expectOutput: "^archive ok: ",
+      },
+      {
         title: `Re-attach ${primary.name} as standby`,
         host: primary.name,
         command: agent("db-reattach"),
@@ -309,7 +317,7 @@ function dbBothLost(t: Topology): Runbook {
   return {
     id: "db-both-lost",
     title: "Both database nodes lost",
-    summary: `Replace both db instances and their data volumes. ${first.name}'s first boot finds backups in the repository (${t.backup.repository}) and restores from them to the end of the archive (every commit older than archive_timeout, ${t.backup.archiveTimeoutSeconds} s, is kept), becomes primary and takes ${t.overlay.dbWriter}; ${second.name} copies it as its standby. On a node that already runs, pypi-node db-restore does the same.`,
+    summary: `Replace both db instances and their data volumes. The writer route then points at a deleted interface (a blackhole: held by nobody), so ${first.name}'s first boot, finding its peer down and backups in the repository (${t.backup.repository}), restores from them to the end of the archive (every commit older than archive_timeout, ${t.backup.archiveTimeoutSeconds} s, is kept), becomes primary and takes ${t.overlay.dbWriter}; ${second.name} copies it as its standby. On a node that already runs, pypi-node db-restore does the same.`,
     steps: [
       {
         title: "Replace both db nodes and their volumes",

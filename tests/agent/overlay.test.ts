@@ -3,6 +3,8 @@
  * `sh` against fake `aws`/`curl`/`ip`: bounded retries with short timeouts, verified routes and
  * a loud IMDS failure.
  */
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { renderAgentEnv } from "../../src/render/agent.js";
 import { nodeByName } from "../../src/topology.js";
@@ -80,5 +82,36 @@ describe("pypi-overlay on AWS", { timeout: 30_000 }, () => {
     const r = cloud.run("pypi-overlay", [addr, "status"]);
     expect(r.stdout.trim()).toBe("unknown");
     expect(r.status).not.toBe(0);
+  });
+});
+
+describe("who holds the writer route (pypi-db's first boot asks)", { timeout: 30_000 }, () => {
+  const dbA = nodeByName(t, "db-a");
+  let cloud: FakeCloud;
+  beforeEach(() => {
+    cloud = fakeCloud(renderAgentEnv(t, dbA, ["postgresql"]));
+  });
+  afterEach(() => cloud.cleanup());
+  const holder = (): string =>
+    spawnSync(
+      "sh",
+      ["-c", `. '${cloud.dir}/lib.sh' && load_config && overlay_holder ${t.overlay.dbWriter}`],
+      {
+        encoding: "utf8",
+        env: { PATH: cloud.path, PYPI_NODE_CONFIG: join(cloud.dir, "node.env") },
+      },
+    ).stdout.trim();
+
+  it.each([
+    [`${MY_ENI}\tactive`, "mine"],
+    ["eni-0other\tactive", "other"],
+    // Both db instances replaced: the route names an interface that no longer exists.
+    ["eni-0other\tblackhole", "none"],
+    [`${MY_ENI}\tblackhole`, "none"],
+    ["None", "none"],
+  ])("route %j -> %s", (route, want) => {
+    cloud.answer("describe-route-tables", { stdout: `${route}\n` });
+    expect(holder()).toBe(want);
+    expect(cloud.awsCalls("describe-route-tables")[0]).toContain("[0].[NetworkInterfaceId, State]");
   });
 });

@@ -156,6 +156,13 @@ describe.skipIf(!canRun)("file copies and restore with Postgres", () => {
     rmSync(local(a));
     rmSync(local(b));
     writeFileSync(local(c), "damaged");
+    // The volume's other contents go with it: PEP 658 metadata beside the wheels, the pages.
+    const metas = all.map((f) => `${local(f)}.metadata`).filter((m) => existsSync(m));
+    expect(metas.length).toBeGreaterThan(0);
+    const metaBytes = new Map(metas.map((m) => [m, readFileSync(m)]));
+    for (const m of metas) rmSync(m);
+    const root = local(a).slice(0, local(a).indexOf("/packages/"));
+    rmSync(`${root}/simple/${a.project}`, { recursive: true, force: true });
     const stagingBefore = staging();
 
     const r = run(["restore-files"]);
@@ -170,7 +177,12 @@ describe.skipIf(!canRun)("file copies and restore with Postgres", () => {
       bytes: a.size + b.size + c.size,
       seconds: expect.any(Number),
       mbPerSecond: expect.any(Number),
+      metadataRestored: metas.length,
+      pagesPublished: new Set(all.map((f) => f.project)).size,
     });
+    for (const [m, bytes] of metaBytes) expect(readFileSync(m).equals(bytes), m).toBe(true);
+    expect(readdirSync(`${root}/simple/${a.project}`).length).toBeGreaterThan(0);
+    expect(sb.http(`/simple/${a.project}/`).status).toBe(200);
     for (const f of all) {
       expect(sha256(local(f)), f.filename).toBe(f.sha256);
       // As registration leaves a file: the app's user (who owns packages/), 0644.

