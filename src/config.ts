@@ -5,6 +5,7 @@ import {
   CONFIG_KEYS,
   ConfigError,
   type ConfigKeyType,
+  type DlmIntervalHours,
   invalid,
   PROJECT,
   parseTopology,
@@ -54,6 +55,8 @@ export interface StackConfig {
     /** Object Lock retention on the backup and file copy buckets; 0: no lock. */
     readonly objectLockDays: number;
   };
+  /** DLM snapshots of the storage pair's DRBD volumes; retainCount 0: none. */
+  readonly storageSnapshots: { readonly retainCount: number; readonly intervalHours: DlmIntervalHours };
   /** `generated`: a self-signed certificate from @pulumi/tls; `config`: `--secret` config keys. */
   readonly tlsSource: "generated" | "config";
   /** Instances refuse API termination; data volumes, EIPs and the bundle bucket are protected and retained. */
@@ -168,6 +171,10 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
       archiveTimeoutSeconds: num("archiveTimeoutSeconds"),
       fileCopyIntervalSeconds: num("fileCopyIntervalSeconds"),
       objectLockDays: num("backupObjectLockDays"),
+    },
+    storageSnapshots: {
+      retainCount: num("storageSnapshotRetainCount"),
+      intervalHours: num("storageSnapshotIntervalHours") as DlmIntervalHours,
     },
     tlsSource: str("tlsSource") as "generated" | "config",
     deletionProtection: bool("deletionProtection"),

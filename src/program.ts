@@ -26,5 +26,7 @@ export async function program(opts: { readonly now?: Date } = {}) {
     runbookData: stack.runbookData,
     /** Backup and file copy buckets, their Object Lock days and the pgBackRest / file copy locations. */
     backup: stack.backup,
+    /** DLM snapshots of the DRBD volumes: count kept, interval in hours, and the policy id when on. */
+    storageSnapshots: stack.storageSnapshots,
   };
 }

@@ -63,6 +63,10 @@ const AWS_REGIONS: readonly string[] = Object.values(Region);
 /** Majors a node can run: 15 from Debian 12; 11 only from the lab's own binaries (recovery.conf). */
 export const PG_MAJORS = [11, 15] as const;
 
+/** Hours between snapshots that DLM accepts for an interval in HOURS. */
+export const DLM_INTERVAL_HOURS = [1, 2, 3, 4, 6, 8, 12, 24] as const;
+export type DlmIntervalHours = (typeof DLM_INTERVAL_HOURS)[number];
+
 /** Value schemas shared by the config keys and the topology fields they feed. */
 export const atoms = {
   port: whole(1, 65535),
@@ -127,6 +131,10 @@ export const atoms = {
   archiveTimeoutSeconds: whole(1, 300, " of seconds"),
   fileCopyIntervalSeconds: whole(5, 3600, " of seconds"),
   objectLockDays: whole(0, 36500, " of days (0: no Object Lock)"),
+  snapshotRetainCount: whole(0, 1000, " of snapshots per volume (0: no snapshots)"),
+  snapshotIntervalHours: atom(`one of ${DLM_INTERVAL_HOURS.join(", ")} (hours; what DLM accepts)`, (e) =>
+    z.number(e).refine((v) => (DLM_INTERVAL_HOURS as readonly number[]).includes(v), e),
+  ),
   // systemd-analyze calendar judges the rest; the tests run it over every default and example.
   calendar: pattern(
     'a systemd OnCalendar= expression such as "Sun *-*-* 02:00:00" or "daily"',
@@ -451,6 +459,22 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     default: 0,
     description:
       "S3 Object Lock (compliance mode) on the backup and file copy buckets: days each object version cannot be deleted, by anyone; 0 for none",
+  }),
+  key({
+    key: "storageSnapshotRetainCount",
+    type: "integer",
+    atom: atoms.snapshotRetainCount,
+    default: 0,
+    description:
+      "EBS snapshots (Data Lifecycle Manager) kept of each DRBD volume; 0 for none (no DLM policy or role)",
+  }),
+  key({
+    key: "storageSnapshotIntervalHours",
+    type: "integer",
+    atom: atoms.snapshotIntervalHours,
+    default: 24,
+    description:
+      "Hours between DRBD volume snapshots, in slots from 03:00 UTC; used when storageSnapshotRetainCount is above 0",
   }),
   key({
     key: "deletionProtection",

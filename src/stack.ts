@@ -12,6 +12,7 @@ import type { LaunchedNode, PlannedNode } from "./components/node.js";
 import { PostgresPair } from "./components/postgres-pair.js";
 import { ConfigRollout } from "./components/rollout.js";
 import { type SecretKey, StackSecrets } from "./components/secrets.js";
+import { StorageSnapshots, snapshotTargetTags } from "./components/storage-snapshots.js";
 import { UploadProxy } from "./components/upload-proxy.js";
 import type { StackConfig, TlsInput } from "./config.js";
 import { ports } from "./layout.js";
@@ -70,6 +71,15 @@ export interface BackupOutput {
   readonly fileCopies: string;
 }
 
+/** The storage pair's DLM snapshots: the `storageSnapshots` stack output. */
+export interface StorageSnapshotsOutput {
+  /** Snapshots kept per DRBD volume; 0: no snapshots (no policy, no role). */
+  readonly retainCount: number;
+  readonly intervalHours: number;
+  /** The DLM lifecycle policy, when there is one. */
+  readonly policyId?: string;
+}
+
 export interface NodeOutput {
   readonly instanceId: string;
   readonly privateIp: string;
@@ -94,6 +104,9 @@ export class PypiStack extends pulumi.ComponentResource {
   readonly apps: AppServers;
   readonly databases: PostgresPair;
   readonly storage: DrbdVolume;
+  /** Present only with storageSnapshotRetainCount above 0. */
+  readonly snapshots?: StorageSnapshots;
+  readonly storageSnapshots: pulumi.Output<StorageSnapshotsOutput>;
   readonly upload: UploadProxy;
   readonly secrets: StackSecrets;
   readonly bundles: BundleBucket;
@@ -129,6 +142,7 @@ export class PypiStack extends pulumi.ComponentResource {
     this.apps = tiers.apps;
     this.databases = tiers.databases;
     this.storage = tiers.storage;
+    this.snapshots = tiers.snapshots;
     this.upload = tiers.upload;
 
     const resolved = this.resolvedTopology(ctx, base, tiers);
@@ -157,6 +171,10 @@ export class PypiStack extends pulumi.ComponentResource {
         repository: t.backup.repository,
         fileCopies: t.backup.fileCopies,
       }));
+    const { retainCount, intervalHours } = cfg.storageSnapshots;
+    this.storageSnapshots = tiers.snapshots
+      ? tiers.snapshots.policy.id.apply((policyId) => ({ retainCount, intervalHours, policyId }))
+      : pulumi.output({ retainCount, intervalHours });
     this.floatingIps = this.topology.apply((t) => [...t.floatingIps]);
     this.nodes = this.topology.apply((t) =>
       Object.fromEntries(
@@ -179,6 +197,7 @@ export class PypiStack extends pulumi.ComponentResource {
       endpoints: this.endpoints,
       runbooks: this.runbooks,
       backup: this.backup,
+      storageSnapshots: this.storageSnapshots,
     });
   }
 
@@ -227,7 +246,7 @@ export class PypiStack extends pulumi.ComponentResource {
     return { network, secrets, bundles, backups };
   }
 
-  /** Step 2: the three node tiers, the storage pair's volumes and the upload proxy. */
+  /** Step 2: the three node tiers, the storage pair's volumes (and their snapshots) and the upload proxy. */
   private launchTiers(ctx: StepContext, base: Foundation): Tiers {
     const { name, cfg, plan, planned, tags, parent } = ctx;
     const { network: net, secrets, bundles, backups } = base;
@@ -329,9 +348,21 @@ export class PypiStack extends pulumi.ComponentResource {
         routeTables: net.privateRouteTables,
         retainData: protect,
         tags,
+        // Always tagged: without a policy the tag selects nothing, and turning snapshots on touches no volume.
+        volumeTags: snapshotTargetTags(cfg.environment),
       },
       parent,
     );
+    const { retainCount, intervalHours } = cfg.storageSnapshots;
+    // Off (0) registers nothing, not even an empty component.
+    const snapshots =
+      retainCount > 0
+        ? new StorageSnapshots(
+            `${name}-storage-snapshots`,
+            { environment: cfg.environment, retainCount, intervalHours, account, tags },
+            parent,
+          )
+        : undefined;
     const upload = new UploadProxy(
       `${name}-upload`,
       {
@@ -343,7 +374,16 @@ export class PypiStack extends pulumi.ComponentResource {
       parent,
     );
     const launched = [...balancers.nodes, ...apps.nodes, ...databases.nodes];
-    return { balancers, apps, databases, storage, storagePair: storagePairNodes, upload, launched };
+    return {
+      balancers,
+      apps,
+      databases,
+      storage,
+      snapshots,
+      storagePair: storagePairNodes,
+      upload,
+      launched,
+    };
   }
 
   /**
@@ -421,6 +461,7 @@ interface Tiers {
   readonly apps: AppServers;
   readonly databases: PostgresPair;
   readonly storage: DrbdVolume;
+  readonly snapshots: StorageSnapshots | undefined;
   readonly storagePair: readonly [LaunchedNode, LaunchedNode];
   readonly upload: UploadProxy;
   readonly launched: readonly LaunchedNode[];

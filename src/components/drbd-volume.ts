@@ -22,6 +22,11 @@ export interface DrbdVolumeArgs {
    * @default {}
    */
   readonly tags?: Readonly<Record<string, string>>;
+  /**
+   * Further tags on the two volumes only, e.g. the target tag of the snapshot policy.
+   * @default {}
+   */
+  readonly volumeTags?: Readonly<Record<string, string>>;
 }
 
 export function validateDrbdVolumeArgs(args: DrbdVolumeArgs): void {
@@ -41,7 +46,7 @@ export class DrbdVolume extends pulumi.ComponentResource {
       attachDataVolume(this, `${name}-${nodeSuffix(node.spec)}`, node, {
         sizeGb: args.sizeGb,
         nameTag: `${node.spec.name}-drbd`,
-        tags: args.tags,
+        tags: { ...args.tags, ...args.volumeTags },
         retain,
       }),
     );

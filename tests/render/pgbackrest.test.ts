@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadLabTopology } from "../../lab/lib/config.js";
+import { isolatedArgv } from "../../lab/lib/netns.js";
 import { buildBundles } from "../../src/bundle.js";
 import {
   BACKUP_UNITS,
@@ -159,11 +160,15 @@ describe.runIf(canRun)("the real tools accept what is rendered", () => {
         .replace(/^lock-path=.*$/m, `lock-path=${dir}`),
     );
     // No network at all inside a fresh namespace: nothing leaves this machine.
-    const r = spawnSync(
-      "unshare",
-      ["--net", "pgbackrest", `--config=${conf}`, "--stanza=pypi", "--io-timeout=1", "--output=json", "info"],
-      { encoding: "utf8", timeout: 60_000 },
-    );
+    const [cmd, ...args] = isolatedArgv({ net: true }, 'exec pgbackrest "$@"', [
+      "pgbackrest",
+      `--config=${conf}`,
+      "--stanza=pypi",
+      "--io-timeout=1",
+      "--output=json",
+      "info",
+    ]);
+    const r = spawnSync(cmd as string, args, { encoding: "utf8", timeout: 60_000 });
     const out = `${r.stdout}${r.stderr}`;
     expect(out).not.toMatch(/invalid|not valid|unknown option/i);
     expect(out).toMatch(
