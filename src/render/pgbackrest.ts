@@ -142,41 +142,46 @@ function backupTimer(description: string, unit: string, calendar: string): strin
 export const backupUnitPath = (unit: BackupUnit, kind: "service" | "timer"): string =>
   `/etc/systemd/system/${unit}.${kind}`;
 
+interface BackupJob {
+  readonly unit: BackupUnit;
+  readonly description: string;
+  readonly command: string;
+  readonly timeoutMinutes: number;
+  readonly schedule: (t: Topology) => string;
+}
+
+const BACKUP_JOBS: readonly BackupJob[] = [
+  {
+    unit: BACKUP_UNITS.full,
+    description: "Full pgBackRest backup (on the primary; a standby skips)",
+    command: "db-backup full",
+    timeoutMinutes: 360,
+    schedule: (t) => t.backup.fullSchedule,
+  },
+  {
+    unit: BACKUP_UNITS.diff,
+    description: "Differential pgBackRest backup (on the primary; a standby skips)",
+    command: "db-backup diff",
+    timeoutMinutes: 240,
+    schedule: (t) => t.backup.diffSchedule,
+  },
+  {
+    unit: BACKUP_UNITS.restoreTest,
+    description:
+      "Prove the newest backup restores: pgbackrest verify, then a scratch restore (on the standby)",
+    command: "db-restore-test",
+    timeoutMinutes: 360,
+    schedule: (t) => t.backup.restoreTestSchedule,
+  },
+];
+
 /** The three jobs and their timers, as `[path, content]`. Every db node has all of them. */
 export function renderBackupUnits(t: Topology): [string, string][] {
-  const b = t.backup;
-  return [
+  return BACKUP_JOBS.flatMap((job): [string, string][] => [
+    [backupUnitPath(job.unit, "service"), backupService(job.description, job.command, job.timeoutMinutes)],
     [
-      backupUnitPath(BACKUP_UNITS.full, "service"),
-      backupService("Full pgBackRest backup (on the primary; a standby skips)", "db-backup full", 360),
+      backupUnitPath(job.unit, "timer"),
+      backupTimer(`${job.description}: schedule`, job.unit, job.schedule(t)),
     ],
-    [
-      backupUnitPath(BACKUP_UNITS.full, "timer"),
-      backupTimer("Full pgBackRest backup schedule", BACKUP_UNITS.full, b.fullSchedule),
-    ],
-    [
-      backupUnitPath(BACKUP_UNITS.diff, "service"),
-      backupService(
-        "Differential pgBackRest backup (on the primary; a standby skips)",
-        "db-backup diff",
-        240,
-      ),
-    ],
-    [
-      backupUnitPath(BACKUP_UNITS.diff, "timer"),
-      backupTimer("Differential pgBackRest backup schedule", BACKUP_UNITS.diff, b.diffSchedule),
-    ],
-    [
-      backupUnitPath(BACKUP_UNITS.restoreTest, "service"),
-      backupService(
-        "Prove the newest backup restores: pgbackrest verify, then a scratch restore (on the standby)",
-        "db-restore-test",
-        360,
-      ),
-    ],
-    [
-      backupUnitPath(BACKUP_UNITS.restoreTest, "timer"),
-      backupTimer("Restore test schedule", BACKUP_UNITS.restoreTest, b.restoreTestSchedule),
-    ],
-  ];
+  ]);
 }
