@@ -390,7 +390,8 @@ export const bothDbLost = drill(
       );
       // What the replacement's first boot recorded: when, seconds, bytes of the restored cluster.
       const state = await lab.exec(primary, `cat ${paths.agentState}/restored-from-repository`);
-      const [at, restoreSeconds, dataBytes] = state.stdout.trim().split(" ").map(Number);
+      const [at, restoreMs, dataBytes] = state.stdout.trim().split(" ").map(Number);
+      const restoreSeconds = (restoreMs ?? 0) / 1000;
       if (state.status !== 0 || !at || at * 1000 < lostAt - 1000)
         throw new Error(
           `${primary} did not restore from the repository after the loss: ${state.stdout}${state.stderr}`,
@@ -399,16 +400,16 @@ export const bothDbLost = drill(
       report.figure(
         section,
         "database restore from the repository",
-        restoreSeconds ?? -1,
+        restoreSeconds,
         "s",
-        `${mb(dataBytes ?? 0)} MB cluster; repository ${mb(repoBytes)} MB (compressed, WAL included)`,
+        `${mb(dataBytes ?? 0)} MB cluster without pg_wal; repository ${mb(repoBytes)} MB (compressed, WAL included)`,
       );
       report.figure(
         section,
         "database restore throughput",
-        Math.round((mb(dataBytes ?? 0) / Math.max(restoreSeconds ?? 1, 1)) * 100) / 100,
+        Math.round((mb(dataBytes ?? 0) / Math.max(restoreSeconds, 0.001)) * 100) / 100,
         "MB/s",
-        "cluster bytes / whole seconds (at least 1)",
+        "cluster bytes without pg_wal / restore seconds",
       );
       if (rpoSeconds > 60) throw new Error(`${missing.length} committed rows (${rpoSeconds} s) lost`);
       return `${primary} primary again; first committed write ${rto} s after the loss; ${missing.length} of ${ackedBefore.length} acknowledged rows missing (${rpoSeconds} s)`;

@@ -246,17 +246,19 @@ db_restore_primary() {
   pg_prepare_dirs
   rm -rf "$PYPI_PG_DATA"
   install -d -o postgres -g postgres -m 0700 "$PYPI_PG_DATA"
-  rp_start=$(date +%s)
+  rp_start=$(date +%s%3N)
   pgbr restore >&2 || die "pgbackrest restore into $PYPI_PG_DATA failed"
   start_checked_primary
   wait_until "recovery from the repository to finish" "${PYPI_RESTORE_WAIT_SECONDS:-3600}" pg_out_of_recovery
   # Slots are not in a backup, and the passwords may have been rotated since it was taken.
   pg_bootstrap_sql | PGOPTIONS='-c synchronous_commit=local' pg_sql postgres >/dev/null
-  rp_seconds=$(($(date +%s) - rp_start))
+  rp_ms=$(($(date +%s%3N) - rp_start))
   mkdir -p "$PYPI_AGENT_STATE"
-  # When, how long, and how much: the restore's figures for the status and the drills.
-  echo "$(date +%s) $rp_seconds $(du -sb "$PYPI_PG_DATA" | cut -f1)" >"$PYPI_AGENT_STATE/restored-from-repository"
-  log "restored $PYPI_NODE from the repository in $rp_seconds s"
+  # When, how long (ms), and how much: the restore's figures for the status and the drills. pg_wal
+  # is left out: recovery recycles and preallocates segments there, which were never restored.
+  echo "$(date +%s) $rp_ms $(du -sb --exclude=pg_wal "$PYPI_PG_DATA" | cut -f1)" \
+    >"$PYPI_AGENT_STATE/restored-from-repository"
+  log "restored $PYPI_NODE from the repository in $rp_ms ms"
 }
 
 cmd_db_restore() {
