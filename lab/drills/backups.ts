@@ -10,7 +10,7 @@
  *     from the repository by itself; RTO, and RPO as committed rows missing.
  */
 import { createHash } from "node:crypto";
-import { copyFileSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROLLOUT_COMMAND } from "../../src/bring-up.js";
 import { paths } from "../../src/layout.js";
@@ -164,8 +164,56 @@ export const pointInTime = drill(
         return `${out}; status: ${status.split("\n").find((l) => l.startsWith("restore-test"))}`;
       },
     );
+
+    await report.check(
+      section,
+      "a damaged WAL file in the repository fails the restore test, and the status says so",
+      async () => {
+        const wal = newestArchivedWal(lab.dirs.backupRepository);
+        const original = readFileSync(wal);
+        const damaged = Buffer.from(original);
+        for (
+          let i = Math.floor(damaged.length / 2);
+          i < Math.min(damaged.length, damaged.length / 2 + 64);
+          i++
+        )
+          damaged[i] = (damaged[i] ?? 0) ^ 0xff;
+        writeFileSync(wal, damaged);
+        try {
+          const r = await lab.exec(standby, `${paths.agent} db-restore-test`, { timeoutMs: 600_000 });
+          if (r.status === 0) throw new Error(`the restore test passed over a damaged ${wal}: ${r.stdout}`);
+          if (!/verify found a problem/.test(r.stderr)) throw new Error(r.stderr.slice(-1500));
+          const status = await agentOn(lab, standby, "status");
+          if (!/restore-test\tfailed\tage_s=\d+\tverify/.test(status))
+            throw new Error(`status does not report the failure:\n${status}`);
+        } finally {
+          writeFileSync(wal, original);
+        }
+        const again = await agentOn(lab, standby, "db-restore-test");
+        if (!/^restore test ok/m.test(again)) throw new Error(again);
+        return `${wal.slice(lab.dirs.backupRepository.length)} damaged: restore test failed (verify), status "failed"; repaired: ok again`;
+      },
+    );
   },
 );
+
+/** The archive's newest WAL segment file under a repository directory. */
+function newestArchivedWal(repo: string): string {
+  const files: string[] = [];
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (/^[0-9A-F]{24}-[0-9a-f]{40}/.test(e.name)) files.push(p);
+    }
+  };
+  walk(join(repo, "archive"));
+  const newest = files
+    .sort((a, b) => a.slice(a.lastIndexOf("/")).localeCompare(b.slice(b.lastIndexOf("/"))))
+    .at(-1);
+  if (!newest) throw new Error(`no archived WAL under ${repo}`);
+  return newest;
+}
 
 /** sha256 of every registered file as its row says, by project/filename. */
 async function fileRows(lab: Lab): Promise<Map<string, string>> {

@@ -803,9 +803,12 @@ overlay_holder() {
 $oh_route
 ROUTE
       # A blackhole route points at an interface that was deleted with its instance: nobody holds it.
+      # This node's own interface exists, so its route reads blackhole only for a moment (its
+      # instance was stopped and started): still mine.
       case $oh_target:$oh_state in
-        :* | None:* | *:blackhole) echo none ;;
+        :* | None:*) echo none ;;
         "$oh_eni":*) echo mine ;;
+        *:blackhole) echo none ;;
         *) echo other ;;
       esac
       ;;

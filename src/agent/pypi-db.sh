@@ -94,10 +94,17 @@ pgbr() {
 
 # One field of the repository's `info --output=json` (its first and only stanza), by a Python
 # expression over `s`; empty when absent. python3 is on every node (cloud-init runs on it).
+# `info` exits 0 even when it cannot read the repository: only its status codes 0 (ok), 1 (no
+# stanza yet) and 2 (no valid backup) are an answer; anything else fails, so a repository that
+# does not answer is never taken for an empty one.
 pgbr_info_field() {
   pgbr --output=json info | python3 -c '
 import json, sys
 s = json.load(sys.stdin)[0]
+if s.get("status", {}).get("code") not in (0, 1, 2) or any(
+    r.get("status", {}).get("code") not in (0, 1, 2) for r in s.get("repo", [])
+):
+    sys.exit("pgbackrest info: %s" % s.get("status", {}).get("message", "no status"))
 try:
     v = eval(sys.argv[1], {}, {"s": s})
 except (IndexError, KeyError, TypeError):
@@ -130,7 +137,9 @@ pgbr_primary_ready() {
 
 cmd_db_backup() {
   case ${1:-} in full | diff | incr) ;; *) die "db-backup: full|diff|incr" ;; esac
-  if ! svc_running postgresql || [ "$(pg_in_recovery)" != f ]; then
+  bk_role=""
+  if svc_running postgresql; then bk_role=$(pg_in_recovery) || die "backup $1: cannot ask postgres for its role"; fi
+  if [ "$bk_role" != f ]; then
     echo "backup $1: skipped, $PYPI_NODE is not the primary"
     return 0
   fi
@@ -169,8 +178,12 @@ cmd_db_scratch_stop() {
 scratch_restore() {
   cmd_db_scratch_stop >/dev/null
   install -d -o postgres -g postgres -m 0700 "$PYPI_PGBR_SCRATCH"
-  # `--archive-mode=off`: a restored copy must never push its WAL into the repository.
-  pgbr --pg1-path="$PYPI_PGBR_SCRATCH" --target-action=promote --archive-mode=off "$@" restore >&2 ||
+  # A restored copy must never push its WAL into the repository: `--archive-mode=off` (12+; the
+  # scratch postgresql.conf and command line say it too, for 11).
+  sr_archive=""
+  if [ "$PYPI_PG_DIALECT" = standby.signal ]; then sr_archive=--archive-mode=off; fi
+  # shellcheck disable=SC2086
+  pgbr --pg1-path="$PYPI_PGBR_SCRATCH" --target-action=promote $sr_archive "$@" restore >&2 ||
     die "pgbackrest restore into $PYPI_PGBR_SCRATCH failed"
   cat >"$PYPI_PGBR_SCRATCH/postgresql.conf" <<CONF
 # A restored copy for inspection (pypi-node db-pitr, db-restore-test); removed by db-scratch-stop.
@@ -197,8 +210,11 @@ CONF
 }
 
 # Point in time: the cluster as it was at TIME, on the scratch server of this node.
+scratch_in_use() { [ -s "$PYPI_PGBR_SCRATCH/postmaster.pid" ]; }
+
 cmd_db_pitr() {
   [ -n "${1:-}" ] || die "db-pitr 'YYYY-MM-DD HH:MM:SS+00' (the moment to restore to)"
+  ! scratch_in_use || die "a scratch server runs on this node (another db-pitr?); db-scratch-stop first"
   pt_start=$(date +%s)
   scratch_restore --type=time --target="$1"
   echo "scratch server on port $PYPI_PGBR_SCRATCH_PORT holds $PYPI_PG_DATABASE as of $1 (restored in $(($(date +%s) - pt_start)) s)"
@@ -217,24 +233,40 @@ cmd_db_restore_test() {
     echo "restore test: skipped, $PYPI_NODE is the primary (the standby runs it)"
     return 0
   fi
+  # An operator's point-in-time copy is not the timer's to take away.
+  if scratch_in_use; then
+    echo "restore test: skipped, a scratch server runs on this node (db-pitr)"
+    return 0
+  fi
   mkdir -p "$PYPI_AGENT_STATE"
   rt_start=$(date +%s)
   rt_state="$PYPI_AGENT_STATE/restore-test"
-  if ! pgbr verify >&2; then
+  # verify exits 0 whatever it finds; its verbose text report says whether the repository is
+  # sound (without --verbose it prints nothing when it is).
+  rt_verify=$(pgbr --output=text --verbose verify 2>&1) || rt_verify="$rt_verify
+status: command failed"
+  printf '%s\n' "$rt_verify" >&2
+  if ! printf '%s\n' "$rt_verify" | grep -q '^status: ok$'; then
     echo "$rt_start failed verify" >"$rt_state"
     die "restore test: pgbackrest verify found a problem in the repository"
   fi
-  rt_label=$(pgbr_info_field 's["backup"][-1]["label"]')
+  rt_label=$(pgbr_info_field 's["backup"][-1]["label"]') || rt_label=""
   [ -n "$rt_label" ] || die "restore test: the repository has no backup"
-  ( scratch_restore --type=immediate --set="$rt_label" ) || {
+  if ! (scratch_restore --type=immediate --set="$rt_label"); then
+    cmd_db_scratch_stop >/dev/null
     echo "$rt_start failed restore $rt_label" >"$rt_state"
     die "restore test: backup $rt_label did not restore"
-  }
-  rt_files=$(scratch_sql "SELECT count(*) FROM files" 2>/dev/null) || rt_files=0
+  fi
+  # The index's database answers from the copy: its tables (none before the first migration).
+  if ! rt_tables=$(scratch_sql "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"); then
+    cmd_db_scratch_stop >/dev/null
+    echo "$rt_start failed query $rt_label" >"$rt_state"
+    die "restore test: the restored copy of backup $rt_label does not answer queries"
+  fi
   cmd_db_scratch_stop >/dev/null
   rt_seconds=$(($(date +%s) - rt_start))
-  echo "$rt_start ok $rt_label $rt_seconds $rt_files" >"$rt_state"
-  echo "restore test ok: backup $rt_label verified and restored in $rt_seconds s; $rt_files file rows"
+  echo "$rt_start ok $rt_label $rt_seconds $rt_tables" >"$rt_state"
+  echo "restore test ok: backup $rt_label verified and restored in $rt_seconds s; $rt_tables tables of $PYPI_PG_DATABASE read"
 }
 
 pg_out_of_recovery() { [ "$(pg_in_recovery)" = f ]; }
@@ -244,7 +276,11 @@ pg_out_of_recovery() { [ "$(pg_in_recovery)" = f ]; }
 db_restore_primary() {
   pg_stop_local
   pg_prepare_dirs
-  rm -rf "$PYPI_PG_DATA"
+  if [ -e "$PYPI_PG_DATA" ]; then
+    rp_aside="$PYPI_PG_DATA.pre-restore.$(date +%s)"
+    mv "$PYPI_PG_DATA" "$rp_aside"
+    log "kept the cluster that was here as $rp_aside"
+  fi
   install -d -o postgres -g postgres -m 0700 "$PYPI_PG_DATA"
   rp_start=$(date +%s%3N)
   pgbr restore >&2 || die "pgbackrest restore into $PYPI_PG_DATA failed"
@@ -262,6 +298,10 @@ db_restore_primary() {
 }
 
 cmd_db_restore() {
+  # This node's own cluster may hold commits the archive lacks: only on the operator's word.
+  if [ -s "$PYPI_PG_DATA/PG_VERSION" ] && [ "${1:-}" != --force ]; then
+    die "$PYPI_NODE has a cluster in $PYPI_PG_DATA (it may hold commits the archive lacks); db-restore --force moves it aside"
+  fi
   pg_peer=$(pg_peer_state)
   [ "$pg_peer" = down ] ||
     die "$PYPI_PG_PEER runs a $pg_peer, with newer data than any backup: promote it if needed, then re-attach this node (db-reattach)"
@@ -292,6 +332,16 @@ writer_holder() { overlay_holder "$PYPI_OVERLAY_DB"; }
 
 pg_peer_is_primary() { [ "$(pg_peer_state)" = primary ]; }
 
+# `pg_peer_silent N`: the peer does not answer N times, 3 s apart.
+pg_peer_silent() {
+  ps_left=$1
+  while [ "$ps_left" -gt 0 ]; do
+    [ "$(pg_peer_state)" = down ] || return 1
+    ps_left=$((ps_left - 1))
+    [ "$ps_left" -eq 0 ] || sleep 3
+  done
+}
+
 # A standby or a fenced old primary needs a primary to copy; without one it stays down.
 pg_wait_for_primary_peer() {
   wait_until "a primary at $PYPI_PG_PEER ($PYPI_NODE stays down: never writable on its own)" \
@@ -308,18 +358,23 @@ db_first_boot() {
     # A repository with backups means the pair existed and both nodes are gone: an empty new
     # cluster would lose every registration and could not archive into that stanza.
     wait_until "the backup repository to answer" "${PYPI_REPO_WAIT_SECONDS:-900}" pgbr_backup_count
-    if [ "$(pgbr_backup_count)" -gt 0 ]; then
+    fb_backups=$(pgbr_backup_count) || die "the backup repository stopped answering"
+    # One probe is not enough to give up on a peer that may hold newer data: it stays silent a while.
+    if [ "$fb_backups" -eq 0 ]; then
+      db_init_primary
+      cmd_overlay "$PYPI_OVERLAY_DB" take
+      pgbr_primary_ready
+      echo "converge: $PYPI_NODE initialised as primary; writer $PYPI_OVERLAY_DB taken"
+      return 0
+    fi
+    if pg_peer_silent 3; then
       db_restore_primary
       cmd_overlay "$PYPI_OVERLAY_DB" take
       pgbr_primary_ready
       echo "converge: $PYPI_NODE restored as primary from the repository; writer $PYPI_OVERLAY_DB taken"
       return 0
     fi
-    db_init_primary
-    cmd_overlay "$PYPI_OVERLAY_DB" take
-    pgbr_primary_ready
-    echo "converge: $PYPI_NODE initialised as primary; writer $PYPI_OVERLAY_DB taken"
-    return 0
+    log "$PYPI_PG_PEER answers again; it is promoted or re-attached, not replaced by the archive"
   fi
   log "waiting for the primary before copying it"
   pg_wait_for_primary_peer
@@ -497,7 +552,7 @@ usage: pypi-db COMMAND
   scratch-sql SQL       query the scratch server
   scratch-stop          stop and remove the scratch server
   restore-test          verify the repository and restore the newest backup to scratch (the standby)
-  restore               both nodes lost: become the primary from the repository
+  restore [--force]     both nodes lost: become the primary from the repository
   sync on|off           synchronous replication switch on the primary
   replication           the primary's view of its standbys
 USAGE
@@ -523,7 +578,7 @@ main() {
     scratch-sql) cmd_db_scratch_sql "${1:-}" ;;
     scratch-stop) cmd_db_scratch_stop ;;
     restore-test) cmd_db_restore_test "${1:-}" ;;
-    restore) cmd_db_restore ;;
+    restore) cmd_db_restore "${1:-}" ;;
     *) usage ;;
   esac
 }

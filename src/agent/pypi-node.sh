@@ -852,6 +852,14 @@ EOF
   exit 2
 }
 
+# A bad rm may have taken the directories too: the layout comes first, as on a new volume. Laid
+# out on the volume itself where it is mounted (the storage primary, where the runbook runs): root
+# cannot create directories through the NFS export (root_squash).
+cmd_files_restore() {
+  if mountpoint -q "$PYPI_VOLUME_MOUNT"; then ensure_package_layout "$PYPI_VOLUME_MOUNT" >/dev/null; fi
+  app_cli restore-files "$@"
+}
+
 # Runs the index app's CLI as www-data with the environment Apache gives it.
 app_cli() {
   (
@@ -947,8 +955,7 @@ main() {
     app-migrate) app_cli migrate ;;
     register) app_cli register ;;
     files-copy) app_cli copy-files ;;
-    # A bad rm may have taken the directories too; the layout comes first, as on a new volume.
-    files-restore) ensure_package_layout "$PYPI_PACKAGE_ROOT" >/dev/null && app_cli restore-files "$@" ;;
+    files-restore) cmd_files_restore "$@" ;;
     service) [ $# -eq 2 ] || usage && cmd_service "$1" "$2" ;;
     watch) cmd_watch ;;
     *) usage ;;

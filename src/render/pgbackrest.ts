@@ -62,6 +62,10 @@ export function renderPgbackrestConf(t: Topology, _node: NodeSpec): string {
     option("repo1-retention-full-type", "count"),
     option("repo1-retention-full", b.retentionFull),
     option("repo1-retention-diff", b.retentionDiff),
+    // While archiving fails, Postgres keeps every WAL segment: past this much pgBackRest drops
+    // them (PITR breaks until the next backup) rather than let the data volume fill and stop the
+    // primary. The same bound as a replication slot's.
+    option("archive-push-queue-max", `${t.postgres.maxSlotWalKeepMb}MiB`),
     option("compress-type", "zst"),
     option("process-max", 2),
     // A backup starts with an immediate checkpoint rather than waiting for the next one.

@@ -38,6 +38,7 @@ describe("pgbackrest.conf", () => {
         "repo1-s3-key-type=auto",
         `repo1-retention-full=${prod.backup.retentionFull}`,
         `repo1-retention-diff=${prod.backup.retentionDiff}`,
+        `archive-push-queue-max=${prod.postgres.maxSlotWalKeepMb}MiB`,
         "[pypi]",
         "pg1-path=/var/lib/postgresql/15/main",
       ]),
