@@ -416,5 +416,29 @@ describe.skipIf(!canRun).each(cases)(
       expect(agentOn("db-a", "converge")).toContain("runs as primary");
       expect(superSql("db-a", "SELECT pg_is_in_recovery()").stdout.trim()).toBe("f");
     }, 60_000);
+
+    it("a replaced primary whose peer still answers as a standby neither initialises nor restores", async () => {
+      const pg = t.postgres;
+      const data = pgDataDir(pg.version);
+      // The repository holds backups (the primary's first start took one).
+      expect(agentOn("db-a", "status")).toMatch(/backup\tnewest\t\S+\tfull/);
+      // db-a's instance and volume are replaced: no cluster, and its writer route a blackhole.
+      node("db-a").run([
+        "sh",
+        "-c",
+        `runuser -u postgres -- ${pg.binDir}/pg_ctl -D ${data} -m immediate -w stop; rm -rf ${data}`,
+      ]);
+      writeFileSync(join(root, "lab", "cloud", "routes", t.overlay.dbWriter), "db-a blackhole\n");
+      expect(superSql("db-b", "SELECT pg_is_in_recovery()").stdout.trim()).toBe("t");
+      const boot = await node("db-a").execAsync(
+        ["sh", "-c", `PYPI_DB_PEER_WAIT_SECONDS=6 ${paths.agent} converge`],
+        { timeoutMs: 120_000 },
+      );
+      // db-b has every commit; the archive may lack the last ones. db-a waits to copy db-b.
+      expect(boot.status).not.toBe(0);
+      expect(boot.stderr).toMatch(/a primary at .* stays down/);
+      expect(node("db-a").exec(["test", "-e", `${data}/PG_VERSION`]).status).not.toBe(0);
+      expect(superSql("db-b", "SELECT pg_is_in_recovery()").stdout.trim()).toBe("t");
+    }, 120_000);
   },
 );
