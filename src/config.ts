@@ -12,7 +12,7 @@ import {
   SECRET_KEYS,
 } from "./schema.js";
 import { checkTlsMaterial } from "./tls-material.js";
-import type { AppRuntime } from "./topology.js";
+import type { AppRuntime, Topology } from "./topology.js";
 import { checkUploadUsers, type UploadUser } from "./upload-users.js";
 
 /** The typed stack configuration; src/schema.ts holds every key's bounds and default. */
@@ -44,14 +44,8 @@ export interface StackConfig {
   };
   readonly upload: { readonly users: readonly UploadUser[]; readonly maxFileBytes: number };
   readonly overlay: { readonly dbWriter: string; readonly storage: string };
-  readonly backup: {
-    readonly retentionFull: number;
-    readonly retentionDiff: number;
-    readonly fullSchedule: string;
-    readonly diffSchedule: string;
-    readonly restoreTestSchedule: string;
-    readonly archiveTimeoutSeconds: number;
-    readonly fileCopyIntervalSeconds: number;
+  /** The backup settings of the topology the stack derives the locations for, plus the lock. */
+  readonly backup: Omit<Topology["backup"], "repository" | "fileCopies" | "stanza"> & {
     /** Object Lock retention on the backup and file copy buckets; 0: no lock. */
     readonly objectLockDays: number;
   };

@@ -33,22 +33,33 @@ export function renderAppEnv(t: Topology): string {
   return `${env.map(([k, v]) => `${k}=${systemdQuote(v)}`).join("\n")}\n`;
 }
 
-export function renderRegisterService(t: Topology): string {
+/** A oneshot job of the index app: as www-data, confined to the package root (and `writable`). */
+function appJobService(
+  t: Topology,
+  description: string,
+  command: string,
+  writable: readonly string[] = [],
+): string {
   return `${[
     "[Unit]",
-    "Description=Register uploaded distributions in the package index",
+    `Description=${description}`,
     "",
     "[Service]",
     "Type=oneshot",
     "User=www-data",
     "Group=www-data",
     `EnvironmentFile=${appEnvPath}`,
-    `ExecStart=${indexScriptPath} register`,
+    `ExecStart=${indexScriptPath} ${command}`,
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
     `ReadWritePaths=${systemdQuote(t.storage.packageRoot)}`,
+    ...writable,
     "PrivateTmp=yes",
   ].join("\n")}\n`;
+}
+
+export function renderRegisterService(t: Topology): string {
+  return appJobService(t, "Register uploaded distributions in the package index", "register");
 }
 
 /** Runs the job as soon as an upload directory is not empty. */
@@ -91,23 +102,13 @@ const fileCopyDirectory = (t: Topology): string | undefined =>
 /** Copies registered files to the backup store; a second app server running it too is safe. */
 export function renderFileCopyService(t: Topology): string {
   const dir = fileCopyDirectory(t);
-  return `${[
-    "[Unit]",
-    "Description=Copy registered package files to the backup store and verify them",
-    "",
-    "[Service]",
-    "Type=oneshot",
-    "User=www-data",
-    "Group=www-data",
-    `EnvironmentFile=${appEnvPath}`,
-    `ExecStart=${indexScriptPath} copy-files`,
-    "NoNewPrivileges=yes",
-    "ProtectSystem=strict",
-    `ReadWritePaths=${systemdQuote(t.storage.packageRoot)}`,
+  return appJobService(
+    t,
+    "Copy registered package files to the backup store and verify them",
+    "copy-files",
     // "-": a missing store directory is the job's error to report, not a namespace failure.
-    ...(dir === undefined ? [] : [`ReadWritePaths=-${systemdQuote(dir)}`]),
-    "PrivateTmp=yes",
-  ].join("\n")}\n`;
+    dir === undefined ? [] : [`ReadWritePaths=-${systemdQuote(dir)}`],
+  );
 }
 
 /** A registration creates the marker; the job removes it before it looks for work. */
