@@ -10,6 +10,7 @@ import { runEndToEnd } from "./checks/e2e.js";
 import { runTlsScan } from "./checks/tls-scan.js";
 import { drills } from "./drills/index.js";
 import { bringUp } from "./lib/bringup.js";
+import { type AlarmCollector, EVALUATION_DELAY_MS } from "./lib/collector.js";
 import { type LabOptions, loadLabTopology, runTopology } from "./lib/config.js";
 import { Lab, labDirs } from "./lib/lab.js";
 import { ensureDebianPackages, requireRoot } from "./lib/preflight.js";
@@ -75,6 +76,34 @@ function labNotes(lab: Lab, report: Report): void {
   );
 }
 
+/**
+ * No fault, no alarm: from the lab coming up through the end-to-end checks, nothing fires. Waits
+ * for two more alarm periods, so the last checks' datapoints are evaluated too.
+ */
+async function quietWhenHealthy(
+  lab: Lab,
+  report: Report,
+  collector: AlarmCollector,
+  from: number,
+): Promise<void> {
+  await new Promise((r) => setTimeout(r, 2 * lab.t.health.periodSeconds * 1000 + EVALUATION_DELAY_MS));
+  const fired = collector.firedSince(from);
+  report.figure(
+    "alarms",
+    "alarms fired while healthy (lab up, end-to-end checks)",
+    fired.length,
+    "alarms",
+    "goal 0",
+  );
+  await report.check("alarms", "quiet when healthy: no alarm fired without a fault", () => {
+    if (fired.length)
+      throw new Error(
+        fired.map((x) => `${x.alarm} at +${((x.at - from) / 1000).toFixed(1)} s (${x.runbook})`).join(", "),
+      );
+    return `${collector.alarms.length} alarms evaluated every ${lab.t.health.periodSeconds} s for ${((Date.now() - from) / 1000).toFixed(0)} s: none fired`;
+  });
+}
+
 async function run(opts: LabOptions, p: Paths): Promise<number> {
   requireRoot();
   ensureDebianPackages(p.repo, log);
@@ -104,6 +133,9 @@ async function run(opts: LabOptions, p: Paths): Promise<number> {
       "s",
       `goal <= ${BRING_UP_GOAL_SECONDS} s`,
     );
+    // From here on the CloudWatch stand-in evaluates the nodes' published health.
+    const collector = lab.startCollector();
+    const quietFrom = Date.now();
     await runEndToEnd(lab, report);
     const greenSeconds = (Date.now() - started) / 1000;
     report.figure(
@@ -115,6 +147,7 @@ async function run(opts: LabOptions, p: Paths): Promise<number> {
     );
     // The security pass scans the TLS endpoint once the lab is known to be green.
     if (report.ok) await runTlsScan(lab, report);
+    await quietWhenHealthy(lab, report, collector, quietFrom);
     if (report.ok)
       for (const drill of drills)
         if (!opts.drills || BOOKKEEPING_DRILLS.has(drill.id) || opts.drills.includes(drill.id))

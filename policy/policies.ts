@@ -6,6 +6,7 @@ import type {
   StackValidationPolicy,
 } from "@pulumi/policy";
 import {
+  alarmNamesRunbook,
   type BucketFacts,
   backupBucketVersioned,
   bucketHardened,
@@ -342,6 +343,11 @@ export const resourcePolicies: readonly ResourceValidationPolicy[] = [
     "no-secrets-in-user-data",
     "User data (base64 and gzip undone) carries no private keys, AWS keys, password assignments or random tokens.",
     noSecretsInUserData,
+  ),
+  resourcePolicy(
+    "alarm-names-runbook",
+    'Every CloudWatch metric or composite alarm named pypi-* has a description starting "runbook <id>: ", the runbook that fixes it.',
+    alarmNamesRunbook,
   ),
 ];
 

@@ -41,6 +41,8 @@ export const T = {
   sseV2: "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
   bucketVersioning: "aws:s3/bucketVersioning:BucketVersioning",
   bucketVersioningV2: "aws:s3/bucketVersioningV2:BucketVersioningV2",
+  metricAlarm: "aws:cloudwatch/metricAlarm:MetricAlarm",
+  compositeAlarm: "aws:cloudwatch/compositeAlarm:CompositeAlarm",
 } as const;
 
 /** Every way to launch an instance with its own settings; all of them get the instance rules. */
@@ -749,4 +751,21 @@ export function noSecretsInUserData(type: string, props: Props): string[] {
     if ("problem" in decoded) return [`${key} ${decoded.problem}; it cannot be checked for secrets`];
     return findSecrets(decoded.text).map((kind) => `${key} contains ${kind}`);
   });
+}
+
+// Alarms -----------------------------------------------------------------------------------------
+
+/** An alarm description that names its runbook first, as the pager shows it: `runbook <id>: ...`. */
+export const RUNBOOK_DESCRIPTION = /^runbook [a-z0-9][a-z0-9-]*: \S/;
+
+/** Every pypi- alarm (metric or composite) tells on-call which runbook fixes it. */
+export function alarmNamesRunbook(type: string, props: Props): string[] {
+  const name = type === T.metricAlarm ? props.name : type === T.compositeAlarm ? props.alarmName : undefined;
+  if (typeof name !== "string" || !name.startsWith("pypi-")) return [];
+  const description = props.alarmDescription;
+  return typeof description === "string" && RUNBOOK_DESCRIPTION.test(description)
+    ? []
+    : [
+        `alarm ${name}: alarmDescription ${JSON.stringify(description ?? null)} does not start with "runbook <id>: " (the runbook that fixes it)`,
+      ];
 }

@@ -23,7 +23,8 @@ export type ServiceName =
   | "pypi-file-copy"
   | "pypi-backup-full"
   | "pypi-backup-diff"
-  | "pypi-restore-test";
+  | "pypi-restore-test"
+  | "pypi-health";
 
 export interface BundleFile {
   /** Absolute path on the node; never contains `..`. */

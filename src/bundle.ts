@@ -23,6 +23,14 @@ import {
 import { drbdPaths, renderDrbdGlobalCommon, renderDrbdResource } from "./render/drbd.js";
 import { HAPROXY_CONF_PATH, renderHaproxyCfg } from "./render/haproxy.js";
 import {
+  HEALTH_TABLE_PATH,
+  HEALTH_UNIT,
+  healthUnitPath,
+  renderHealthService,
+  renderHealthTimer,
+  renderNodeHealthTable,
+} from "./render/health.js";
+import {
   heartbeatPaths,
   renderBalancerHaCf,
   renderBalancerHaresources,
@@ -310,5 +318,20 @@ function dbBundle(t: Topology, node: NodeSpec): NodeBundle {
 export function buildBundles(topology: Topology): NodeBundle[] {
   const t = parseTopology(topology);
   const byRole = { balancer: balancerBundle, app: appBundle, db: dbBundle } as const;
-  return t.nodes.map((node) => byRole[node.role](t, node));
+  return t.nodes.map((node) => withHealth(t, node, byRole[node.role](t, node)));
+}
+
+/** Every node measures and publishes its health: the table, the probe script and its timer. */
+function withHealth(t: Topology, node: NodeSpec, bundle: NodeBundle): NodeBundle {
+  return {
+    ...bundle,
+    services: [...bundle.services, HEALTH_UNIT],
+    files: [
+      ...bundle.files,
+      script("pypi-health"),
+      file(HEALTH_TABLE_PATH, renderNodeHealthTable(t, node)),
+      file(healthUnitPath("service"), renderHealthService(t, paths.agent), { reloads: [HEALTH_UNIT] }),
+      file(healthUnitPath("timer"), renderHealthTimer(t), { reloads: [HEALTH_UNIT] }),
+    ],
+  };
 }

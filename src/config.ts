@@ -49,6 +49,15 @@ export interface StackConfig {
     /** Object Lock retention on the backup and file copy buckets; 0: no lock. */
     readonly objectLockDays: number;
   };
+  /** The health thresholds of the topology; its namespace is derived from the stack name. */
+  readonly health: Omit<Topology["health"], "namespace">;
+  /** Where alarms go: SNS subscriptions, and whether alarms act at all. */
+  readonly alarms: {
+    readonly emails: readonly string[];
+    readonly httpsEndpoints: readonly string[];
+    /** false: alarms notify nobody and recover no instance (a muted staging). */
+    readonly actionsEnabled: boolean;
+  };
   /** DLM snapshots of the storage pair's DRBD volumes; retainCount 0: none. */
   readonly storageSnapshots: { readonly retainCount: number; readonly intervalHours: DlmIntervalHours };
   /** `generated`: a self-signed certificate from @pulumi/tls; `config`: `--secret` config keys. */
@@ -96,7 +105,11 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
   if (!atoms.hostname.schema.safeParse(stack).success)
     problems.push(invalid("stack", stack, "a lower-case stack name like staging or prod"));
 
-  const defaults: Record<string, unknown> = { availabilityZones: [`${regionText}a`, `${regionText}b`] };
+  const defaults: Record<string, unknown> = {
+    availabilityZones: [`${regionText}a`, `${regionText}b`],
+    alarmEmails: [],
+    alarmHttpsEndpoints: [],
+  };
   const values: Record<string, unknown> = {};
   for (const k of CONFIG_KEYS) {
     if (k.secret) continue;
@@ -165,6 +178,20 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
       archiveTimeoutSeconds: num("archiveTimeoutSeconds"),
       fileCopyIntervalSeconds: num("fileCopyIntervalSeconds"),
       objectLockDays: num("backupObjectLockDays"),
+    },
+    health: {
+      intervalSeconds: num("healthIntervalSeconds"),
+      periodSeconds: num("alarmPeriodSeconds"),
+      diskUsePercent: num("alarmDiskUsePercent"),
+      certDaysLeft: num("alarmCertDaysLeft"),
+      replayLagSeconds: num("alarmReplayLagSeconds"),
+      registerQueueSeconds: num("alarmRegisterQueueSeconds"),
+      backupAgeHours: num("alarmBackupAgeHours"),
+    },
+    alarms: {
+      emails: values.alarmEmails as string[],
+      httpsEndpoints: values.alarmHttpsEndpoints as string[],
+      actionsEnabled: bool("alarmActions"),
     },
     storageSnapshots: {
       retainCount: num("storageSnapshotRetainCount"),

@@ -58,6 +58,8 @@ export const paths = {
   agentLib: "/usr/local/lib/pypi-node/lib.sh",
   /** The database tool (db nodes). */
   dbTool: "/usr/local/sbin/pypi-db",
+  /** The health model's probes (`pypi-node health`), on every node. */
+  healthTool: "/usr/local/sbin/pypi-health",
   agentConfig: "/etc/pypi-node/node.env",
   agentState: "/var/lib/pypi-node",
   /** recovery.conf (Postgres before 12) as the agent installs it when it makes a standby. */
@@ -79,4 +81,6 @@ export function dataVolumeDevice(volumeId: string): string {
 
 export const pgBinDir = (version: number): string => `/usr/lib/postgresql/${version}/bin`;
 export const pgDataDir = (version: number): string => `/var/lib/postgresql/${version}/main`;
+/** Where a db node mounts its data volume: it holds every cluster of the node (Debian's layout below it). */
+export const PG_DATA_MOUNT = "/var/lib/postgresql";
 export const pgConfDir = (version: number): string => `/etc/postgresql/${version}/main`;

@@ -224,12 +224,21 @@ export interface NetworkArgs {
 /**
  * Interface endpoints (private DNS on) for every AWS API a node calls: SSM (parameters, agent,
  * Session Manager) and EC2 (EIP moves, route replacement), so a failover never depends on a NAT
- * gateway or the internet. STS for identity checks (`aws sts get-caller-identity`). No KMS:
+ * gateway or the internet. STS for identity checks (`aws sts get-caller-identity`). CloudWatch
+ * (`monitoring`) for the health metrics, so a node's health reaches its alarms even when the NAT
+ * or a balancer's egress address is what failed. No KMS:
  * SecureString parameters use the aws/ssm key, and Parameter Store calls KMS on the caller's
  * behalf; the node needs kms:Decrypt permission (the aws/ssm key grants it account-wide) but
  * never a network path to KMS. S3 has a gateway endpoint on every route table instead.
  */
-export const INTERFACE_ENDPOINT_SERVICES = ["ssm", "ssmmessages", "ec2messages", "ec2", "sts"] as const;
+export const INTERFACE_ENDPOINT_SERVICES = [
+  "ssm",
+  "ssmmessages",
+  "ec2messages",
+  "ec2",
+  "sts",
+  "monitoring",
+] as const;
 
 /**
  * VPC, public and private subnets in two AZs, NAT egress, the VPC endpoints and the security

@@ -139,8 +139,12 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
       archiveTimeoutSeconds: cfg.backup.archiveTimeoutSeconds,
       fileCopyIntervalSeconds: cfg.backup.fileCopyIntervalSeconds,
     },
+    health: { namespace: metricNamespace(cfg.environment), ...cfg.health },
   };
 }
+
+/** The CloudWatch namespace of a stack's health metrics. */
+export const metricNamespace = (environment: string): string => `PyPI/${environment}`;
 
 /** Each node's bundle as `relative path -> content`. */
 export function bundleEntriesOf(t: Topology): Record<string, BundleEntries> {

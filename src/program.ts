@@ -28,5 +28,9 @@ export async function program(opts: { readonly now?: Date } = {}) {
     backup: stack.backup,
     /** DLM snapshots of the DRBD volumes: count kept, interval in hours, and the policy id when on. */
     storageSnapshots: stack.storageSnapshots,
+    /** Alarm name -> the runbook (an id of `runbooks`) that fixes it, and what it means. */
+    alarms: stack.alarms,
+    /** The SNS topic every alarm notifies: subscribe a pager or a mailbox to it. */
+    alarmTopicArn: stack.alarmTopicArn,
   };
 }

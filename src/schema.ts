@@ -67,6 +67,10 @@ export const PG_MAJORS = [11, 15] as const;
 export const DLM_INTERVAL_HOURS = [1, 2, 3, 4, 6, 8, 12, 24] as const;
 export type DlmIntervalHours = (typeof DLM_INTERVAL_HOURS)[number];
 
+/** No entry twice, ignoring case: each address is one SNS subscription. */
+const distinct = (list: readonly string[]): boolean =>
+  new Set(list.map((s) => s.toLowerCase())).size === list.length;
+
 /** Value schemas shared by the config keys and the topology fields they feed. */
 export const atoms = {
   port: whole(1, 65535),
@@ -134,6 +138,31 @@ export const atoms = {
   snapshotRetainCount: whole(0, 1000, " of snapshots per volume (0: no snapshots)"),
   snapshotIntervalHours: atom(`one of ${DLM_INTERVAL_HOURS.join(", ")} (hours; what DLM accepts)`, (e) =>
     z.number(e).refine((v) => (DLM_INTERVAL_HOURS as readonly number[]).includes(v), e),
+  ),
+  healthIntervalSeconds: whole(1, 60, " of seconds"),
+  alarmPeriodSeconds: atom("one of 10, 30, 60 (CloudWatch high-resolution alarm periods)", (e) =>
+    z.number(e).refine((v) => [10, 30, 60].includes(v), e),
+  ),
+  diskUsePercent: whole(50, 99, " (percent)"),
+  certDaysLeft: whole(1, 90, " of days"),
+  replayLagSeconds: whole(5, 86_400, " of seconds"),
+  registerQueueSeconds: whole(30, 86_400, " of seconds"),
+  backupAgeHours: whole(1, 24 * 31, " of hours"),
+  alarmEmails: atom("a list of up to 20 different e-mail addresses such as [oncall@example.org]", (e) =>
+    z
+      .array(z.string(e).regex(/^[^\s@'"<>]+@[a-z0-9.-]+\.[a-z]{2,63}$/i, e), e)
+      .max(20, e)
+      .refine(distinct, e),
+  ),
+  alarmHttpsEndpoints: atom("a list of up to 20 different https:// URLs (a pager's SNS webhook)", (e) =>
+    z
+      .array(z.string(e).regex(/^https:\/\/[A-Za-z0-9.-]+(:[0-9]{1,5})?(\/[^\s'"<>]*)?$/, e), e)
+      .max(20, e)
+      .refine(distinct, e),
+  ),
+  metricNamespace: pattern(
+    "a CloudWatch namespace like PyPI/prod: [A-Za-z0-9/._-], not AWS/",
+    /^(?!AWS\/)[A-Za-z0-9/._-]{1,255}$/,
   ),
   // systemd-analyze calendar judges the rest; the tests run it over every default and example.
   calendar: pattern(
@@ -477,6 +506,87 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
       "Hours between DRBD volume snapshots, in slots from 03:00 UTC; used when storageSnapshotRetainCount is above 0",
   }),
   key({
+    key: "healthIntervalSeconds",
+    type: "integer",
+    atom: atoms.healthIntervalSeconds,
+    default: 5,
+    description:
+      "How often every node runs `pypi-node health` and publishes it as high-resolution CloudWatch metrics",
+    fields: ["health.intervalSeconds"],
+  }),
+  key({
+    key: "alarmPeriodSeconds",
+    type: "integer",
+    atom: atoms.alarmPeriodSeconds,
+    default: 10,
+    description:
+      "Period of every health alarm; one period with a critical value (or no value, for `reporting`) fires it",
+    fields: ["health.periodSeconds"],
+  }),
+  key({
+    key: "alarmDiskUsePercent",
+    type: "integer",
+    atom: atoms.diskUsePercent,
+    default: 90,
+    description: "A filesystem (root, Postgres data, package volume) this full or more is critical",
+    fields: ["health.diskUsePercent"],
+  }),
+  key({
+    key: "alarmCertDaysLeft",
+    type: "integer",
+    atom: atoms.certDaysLeft,
+    default: 14,
+    description: "A TLS certificate with fewer days left is critical (twice this is a warning)",
+    fields: ["health.certDaysLeft"],
+  }),
+  key({
+    key: "alarmReplayLagSeconds",
+    type: "integer",
+    atom: atoms.replayLagSeconds,
+    default: 60,
+    description: "A standby replaying this far behind its primary is critical",
+    fields: ["health.replayLagSeconds"],
+  }),
+  key({
+    key: "alarmRegisterQueueSeconds",
+    type: "integer",
+    atom: atoms.registerQueueSeconds,
+    default: 300,
+    description: "An upload waiting this long in the register queue is critical",
+    fields: ["health.registerQueueSeconds"],
+  }),
+  key({
+    key: "alarmBackupAgeHours",
+    type: "integer",
+    atom: atoms.backupAgeHours,
+    default: 30,
+    description:
+      "The primary's newest pgBackRest backup this old is critical (the default schedules back up daily)",
+    fields: ["health.backupAgeHours"],
+  }),
+  key({
+    key: "alarmEmails",
+    type: "array",
+    atom: atoms.alarmEmails,
+    defaultText: "[] (no e-mail subscription)",
+    description: "E-mail subscriptions of the alarm topic (each address confirms by mail)",
+  }),
+  key({
+    key: "alarmHttpsEndpoints",
+    type: "array",
+    atom: atoms.alarmHttpsEndpoints,
+    defaultText: "[] (no HTTPS subscription)",
+    description: "HTTPS subscriptions of the alarm topic: a pager's SNS endpoint (PagerDuty, Opsgenie, …)",
+  }),
+  key({
+    key: "alarmActions",
+    type: "boolean",
+    atom: atoms.boolean,
+    default: true,
+    description:
+      "false mutes the alarms: they still change state and show in the console, but notify nobody and recover no instance (staging)",
+  }),
+  key({
     key: "deletionProtection",
     type: "boolean",
     atom: atoms.boolean,
@@ -624,6 +734,18 @@ const topologySchema = z
         restoreTestSchedule: atoms.calendar.schema,
         archiveTimeoutSeconds: atoms.archiveTimeoutSeconds.schema,
         fileCopyIntervalSeconds: atoms.fileCopyIntervalSeconds.schema,
+      })
+      .strict(),
+    health: z
+      .object({
+        namespace: atoms.metricNamespace.schema,
+        intervalSeconds: atoms.healthIntervalSeconds.schema,
+        periodSeconds: atoms.alarmPeriodSeconds.schema,
+        diskUsePercent: atoms.diskUsePercent.schema,
+        certDaysLeft: atoms.certDaysLeft.schema,
+        replayLagSeconds: atoms.replayLagSeconds.schema,
+        registerQueueSeconds: atoms.registerQueueSeconds.schema,
+        backupAgeHours: atoms.backupAgeHours.schema,
       })
       .strict(),
   })
@@ -823,6 +945,20 @@ export const TOPOLOGY_RULES: readonly TopologyRule[] = [
               },
             ];
       }),
+  },
+  {
+    id: "health-interval",
+    holds: "health intervalSeconds <= half of periodSeconds",
+    check: ({ health: h }, name) =>
+      2 * h.intervalSeconds <= h.periodSeconds
+        ? []
+        : [
+            {
+              field: "health.intervalSeconds",
+              value: h.intervalSeconds,
+              allowed: `at most half of ${name("health.periodSeconds")} (${h.periodSeconds / 2}): every alarm period must see two reports, or one late report fires the reporting alarm`,
+            },
+          ],
   },
   {
     id: "floating-ips",

@@ -2,6 +2,7 @@ import * as aws from "@pulumi/aws";
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
 import { BASE_PACKAGES, rolloutChains } from "./bring-up.js";
+import { type AlarmRunbook, HealthAlarms } from "./components/alarms.js";
 import { AppServers } from "./components/app-servers.js";
 import { BackupBuckets } from "./components/backup-buckets.js";
 import { BalancerPair } from "./components/balancer-pair.js";
@@ -113,6 +114,10 @@ export class PypiStack extends pulumi.ComponentResource {
   readonly backups: BackupBuckets;
   readonly backup: pulumi.Output<BackupOutput>;
   readonly rollout: ConfigRollout;
+  readonly healthAlarms: HealthAlarms;
+  /** Alarm name -> the runbook that fixes it and what it means. */
+  readonly alarms: pulumi.Output<Record<string, AlarmRunbook>>;
+  readonly alarmTopicArn: pulumi.Output<string>;
   readonly smoke?: command.local.Command;
 
   constructor(name: string, args: PypiStackArgs, opts: pulumi.ComponentResourceOptions = {}) {
@@ -161,6 +166,23 @@ export class PypiStack extends pulumi.ComponentResource {
       ctx.parent,
     );
 
+    // The alarms follow the planned topology: which alarms exist is known before any id does.
+    this.healthAlarms = new HealthAlarms(
+      `${name}-alarms`,
+      {
+        topology: this.plannedTopology,
+        instanceIds: Object.fromEntries(tiers.launched.map((n) => [n.spec.name, n.instance.id])),
+        account: base.account,
+        emails: cfg.alarms.emails,
+        httpsEndpoints: cfg.alarms.httpsEndpoints,
+        actionsEnabled: cfg.alarms.actionsEnabled,
+        tags: ctx.tags,
+      },
+      ctx.parent,
+    );
+    this.alarms = this.healthAlarms.alarmRunbooks;
+    this.alarmTopicArn = this.healthAlarms.topicArn;
+
     this.topology = withInstanceIds(resolved, tiers.launched);
     this.backup = pulumi
       .all([base.backups.repository.bucket, base.backups.fileCopies.bucket, resolved])
@@ -198,6 +220,8 @@ export class PypiStack extends pulumi.ComponentResource {
       runbooks: this.runbooks,
       backup: this.backup,
       storageSnapshots: this.storageSnapshots,
+      alarms: this.alarms,
+      alarmTopicArn: this.alarmTopicArn,
     });
   }
 
@@ -233,6 +257,11 @@ export class PypiStack extends pulumi.ComponentResource {
       { environment: cfg.environment, retain: cfg.deletionProtection, tags },
       parent,
     );
+    const account: pulumi.Output<AwsAccount> = aws.getCallerIdentityOutput({}, parent).apply((id) => ({
+      partition: id.arn.split(":")[1] ?? "aws",
+      accountId: id.accountId,
+      region: cfg.region,
+    }));
     const backups = new BackupBuckets(
       `${name}-backups`,
       {
@@ -243,20 +272,15 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
-    return { network, secrets, bundles, backups };
+    return { network, secrets, bundles, backups, account };
   }
 
   /** Step 2: the three node tiers, the storage pair's volumes (and their snapshots) and the upload proxy. */
   private launchTiers(ctx: StepContext, base: Foundation): Tiers {
     const { name, cfg, plan, planned, tags, parent } = ctx;
-    const { network: net, secrets, bundles, backups } = base;
+    const { network: net, secrets, bundles, backups, account } = base;
     const protect = cfg.deletionProtection;
     const bucket = bundles.bucket;
-    const account: pulumi.Output<AwsAccount> = aws.getCallerIdentityOutput({}, parent).apply((id) => ({
-      partition: id.arn.split(":")[1] ?? "aws",
-      accountId: id.accountId,
-      region: cfg.region,
-    }));
     const ami = aws.ssm.getParameterOutput({ name: DEBIAN_AMI_PARAMETER }, parent).value;
 
     const byName = new Map(
@@ -294,6 +318,7 @@ export class PypiStack extends pulumi.ComponentResource {
       backupBucketArns: { repository: backups.repository.arn, fileCopies: backups.fileCopies.arn },
       parameterArns: parameterArns(plan.filter((n) => n.role === role)),
       account,
+      metricNamespace: planned.health.namespace,
       // Bootstrap fetches through the endpoints; cloud-init's one try must find them.
       bootAfter: net.endpoints,
       tags,
@@ -454,6 +479,8 @@ interface Foundation {
   readonly secrets: StackSecrets;
   readonly bundles: BundleBucket;
   readonly backups: BackupBuckets;
+  /** Partition, account and region of the caller: what the ARNs are built from. */
+  readonly account: pulumi.Output<AwsAccount>;
 }
 
 interface Tiers {

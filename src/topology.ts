@@ -159,6 +159,20 @@ export interface Topology {
     /** The file copy job's timer; registration also starts it at once. */
     readonly fileCopyIntervalSeconds: number;
   };
+  /** The health model's settings: how often nodes publish, and the critical thresholds. */
+  readonly health: {
+    /** CloudWatch namespace of the nodes' metrics (`PyPI/<environment>`); the IAM grant is scoped to it. */
+    readonly namespace: string;
+    /** The publish timer. */
+    readonly intervalSeconds: number;
+    /** Alarm period: one period with a critical value fires an alarm. */
+    readonly periodSeconds: number;
+    readonly diskUsePercent: number;
+    readonly certDaysLeft: number;
+    readonly replayLagSeconds: number;
+    readonly registerQueueSeconds: number;
+    readonly backupAgeHours: number;
+  };
 }
 
 export const nodesWithRole = (t: Topology, role: NodeRole): NodeSpec[] =>

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { buildBundles } from "../src/bundle.js";
 import { bundleDirEntries } from "../src/bundle-dir.js";
 import type { NodeBundle } from "../src/bundle-types.js";
+import { PG_DATA_MOUNT } from "../src/layout.js";
 import { renderCloudInit } from "../src/render/cloud-init.js";
 import { isSafeAbsolutePath } from "../src/schema.js";
 import { nodesWithRole } from "../src/topology.js";
@@ -40,7 +41,7 @@ describe("buildBundles", () => {
   it("puts each daemon's files on the right role, each with its validator", () => {
     const bundles = buildBundles(topologyFor("prod"));
     const lb = byNode(bundles, "lb-a");
-    expect(lb.services).toEqual(["haproxy", "nginx", "heartbeat"]);
+    expect(lb.services).toEqual(["haproxy", "nginx", "heartbeat", "pypi-health"]);
     expect(lb.files.find((f) => f.path === "/etc/nginx/nginx.conf")?.validator).toBe("nginx");
     expect(lb.files.find((f) => f.path === "/etc/haproxy/haproxy.cfg")?.validator).toBe("haproxy");
     expect(paths(lb)).toContain("/etc/ha.d/resource.d/pypi-fip");
@@ -74,6 +75,7 @@ describe("buildBundles", () => {
       "apache2",
       "pypi-index-register",
       "pypi-file-copy",
+      "pypi-health",
     ]);
     expect(plain.stopped).toEqual([]);
     const watch = plain.files.find((f) => f.path === "/etc/systemd/system/pypi-upload-watch.service");
@@ -259,5 +261,14 @@ describe("buildBundles", () => {
     const lbBefore = bundleDirEntries(byNode(buildBundles(t), "lb-a")).get("files/etc/ha.d/ha.cf");
     const lbAfter = bundleDirEntries(byNode(buildBundles(changed), "lb-a")).get("files/etc/ha.d/ha.cf");
     expect(lbAfter).not.toBe(lbBefore);
+  });
+  it("installs nothing under a db node's data mount: the volume mounted at first boot would hide it", () => {
+    for (const shape of ["staging", "prod"] as const)
+      for (const b of buildBundles(topologyFor(shape)).filter((x) => x.role === "db")) {
+        const under = [...b.files.map((f) => f.path), ...b.secrets.map((s) => s.path)].filter((p) =>
+          p.startsWith(`${PG_DATA_MOUNT}/`),
+        );
+        expect(under, `${shape} ${b.node}`).toEqual([]);
+      }
   });
 });

@@ -273,6 +273,9 @@ describe("the rule table", () => {
     "postgres-slot-wal": (t) => {
       t.postgres.maxSlotWalKeepMb = 512;
     },
+    "health-interval": (t) => {
+      t.health.intervalSeconds = t.health.periodSeconds;
+    },
     "role-counts": (t) => {
       t.nodes = t.nodes.filter((n) => n.name !== "db-b");
     },

@@ -4,7 +4,7 @@
  * dropped both ways in its namespace: nginx waits proxy_connect_timeout before it retries).
  */
 import { type LoadHandle, type LoadSample, startLoad } from "../lib/load.js";
-import { between, drill, failedCount, percentile, sleep } from "./common.js";
+import { between, drill, failedCount, markFault, percentile, sleep } from "./common.js";
 
 const LOST = "app-a";
 const WINDOW_MS = 8_000;
@@ -35,6 +35,7 @@ export const appLoss = drill("5", `app server ${LOST} lost`, 120_000, async (lab
     await sleep(2_000);
     figures("baseline (no failure)", Date.now() - 2_000, Date.now());
 
+    markFault(lab);
     const stopAt = Date.now();
     await lab.agent(LOST, "service apache2 stop");
     await sleep(WINDOW_MS);

@@ -22,7 +22,7 @@ import { instanceDeleted } from "../lib/cloud.js";
 import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
 import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
-import { drill, seconds, sleep, until } from "./common.js";
+import { drill, markFault, seconds, sleep, until } from "./common.js";
 import { ensureSeqTable, lostRows, primaryOf, startWriter, superSql, waitWrites } from "./db-common.js";
 
 const STAND_IN = "a directory on the lab host standing in for the S3 bucket";
@@ -178,6 +178,7 @@ export const pointInTime = drill(
           i++
         )
           damaged[i] = (damaged[i] ?? 0) ^ 0xff;
+        markFault(lab);
         writeFileSync(wal, damaged);
         try {
           const r = await lab.exec(standby, `${paths.agent} db-restore-test`, { timeoutMs: 600_000 });
@@ -189,9 +190,17 @@ export const pointInTime = drill(
         } finally {
           writeFileSync(wal, original);
         }
-        const again = await agentOn(lab, standby, "db-restore-test");
-        if (!/^restore test ok/m.test(again)) throw new Error(again);
-        return `${wal.slice(lab.dirs.backupRepository.length)} damaged: restore test failed (verify), status "failed"; repaired: ok again`;
+        // The alarm names db-backups-stalled: the repaired repository gets a new full backup,
+        // and the restore test proves it.
+        const run = await executeRunbook(
+          runbookById(lab, `db-backups-stalled-${primary}`),
+          (h) => lab.node(h),
+          {
+            stepTimeoutMs: 600_000,
+          },
+        );
+        if (run.failure) throw new Error(run.failure);
+        return `${wal.slice(lab.dirs.backupRepository.length)} damaged: restore test failed (verify), status "failed"; repaired, then runbook db-backups-stalled-${primary}: ${describeRun(run).join("; ")}`;
       },
     );
   },
@@ -377,6 +386,7 @@ export const bothDbLost = drill(
     await waitWrites(writer, 50);
     // Long enough for archive_timeout to ship segments under load; the loss comes mid-stream.
     await sleep(2 * lab.t.backup.archiveTimeoutSeconds * 1000 + 1_000);
+    markFault(lab);
     const lostAt = Date.now();
     await Promise.all(dbs.map((n) => lab.node(n).crash()));
     // The replacements: new instances on new, empty volumes.

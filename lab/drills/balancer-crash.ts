@@ -7,7 +7,7 @@
 import { bootAgain } from "../lib/boot.js";
 import { startLoad, summarise } from "../lib/load.js";
 import { homeFip, oneWatcher, peerBalancer, timeOwnership } from "./balancers.js";
-import { between, drill, failedCount, seconds, sleep } from "./common.js";
+import { between, drill, failedCount, markFault, seconds, sleep } from "./common.js";
 
 const LOST = "lb-a";
 
@@ -25,6 +25,7 @@ export const balancerCrash = drill(
     }));
     try {
       await sleep(1_000);
+      markFault(lab);
       const killedAt = Date.now();
       const killed = await lab.node(LOST).crash();
       let takeover: { addressAt: number; httpsAt: number } | undefined;

@@ -4,7 +4,7 @@
  */
 import { startLoad } from "../lib/load.js";
 import { homeFip, oneWatcher, peerBalancer, timeOwnership } from "./balancers.js";
-import { drill, failedCount, seconds, sleep } from "./common.js";
+import { drill, failedCount, markFault, seconds, sleep } from "./common.js";
 
 const STOPPED = "lb-a";
 
@@ -18,6 +18,7 @@ export const balancerStop = drill(
     const load = startLoad(lab, { name: "d2", fip, requestTimeoutSeconds: 2 });
     try {
       await sleep(1_000);
+      markFault(lab);
       const stopAt = Date.now();
       const stopping = lab.agent(STOPPED, "service heartbeat stop");
       await report.check(section, `${survivor} takes over ${fip}`, async () => {

@@ -5,11 +5,13 @@
  */
 import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { buildRunbooks } from "../../src/runbooks/runbooks.js";
 import { fipHomes, healthVia, waitFor } from "../lib/bringup.js";
 import { type Lab, nsOf } from "../lib/lab.js";
 import type { LoadSample } from "../lib/load.js";
 import { namespacePids } from "../lib/netns.js";
 import type { Report } from "../lib/report.js";
+import { DETECTION_GOAL_SECONDS, drillAlarms } from "./alarms.js";
 import type { Drill } from "./index.js";
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -135,6 +137,126 @@ export async function uploadsHealthy(lab: Lab, timeoutMs = 20_000): Promise<stri
   );
 }
 
+/** The running drill expects `alarm` to fire, naming `runbook` (for alarms known only at run time). */
+export function expectAlarm(lab: Lab, alarm: string, runbook: string): void {
+  lab.expectedAlarms.push({ alarm, runbook });
+}
+
+/** The drill's fault happens now: its alarms' detection time counts from here (first call wins). */
+export function markFault(lab: Lab): void {
+  lab.faultAt ??= Date.now();
+}
+
+/**
+ * Wait until `alarm` fires after the drill's fault: what an on-call engineer waits for before
+ * opening the runbook it names. Resolves with the runbook id.
+ */
+export async function awaitAlarm(lab: Lab, alarm: string, timeoutMs = 30_000): Promise<string> {
+  const collector = lab.collector;
+  if (!collector) throw new Error("no alarm collector runs");
+  const since = lab.faultAt ?? Date.now();
+  const fired = await until(`alarm ${alarm}`, timeoutMs, () =>
+    collector.firedSince(since).some((x) => x.alarm === alarm),
+  );
+  const def = collector.definition(alarm);
+  if (!def) throw new Error(`no alarm ${alarm}`);
+  process.stdout.write(
+    `lab: ${alarm} fired ${seconds(since, fired)} s after the fault: runbook ${def.runbook}\n`,
+  );
+  return def.runbook;
+}
+
+/** Every alarm back to OK (the next drill's alarms must be able to fire again). */
+export async function alarmsClear(lab: Lab, timeoutMs = 45_000): Promise<string> {
+  const collector = lab.collector;
+  if (!collector) return "no alarm collector";
+  return waitFor(
+    "every alarm OK",
+    timeoutMs,
+    async () => {
+      const firing = collector.firing();
+      return firing.length ? new Error(`firing: ${firing.map((a) => a.name).join(", ")}`) : "every alarm OK";
+    },
+    500,
+  );
+}
+
+/**
+ * The drill's alarms: each expected one fired after the fault, naming the runbook the drill runs
+ * (one of the stack's runbooks); how long it took is a figure against the detection goal; nothing
+ * fired that the drill does not allow.
+ */
+async function checkAlarms(
+  lab: Lab,
+  report: Report,
+  section: string,
+  id: string,
+  faultAt: number,
+): Promise<void> {
+  const collector = lab.collector;
+  if (!collector) return;
+  const fixed = drillAlarms(lab.t, id);
+  const spec = { ...fixed, expect: [...fixed.expect, ...lab.expectedAlarms] };
+  const runbookIds = new Set(buildRunbooks(lab.t).map((r) => r.id));
+  for (const e of spec.expect) {
+    await report.check(section, `alarm ${e.alarm} fires and names runbook ${e.runbook}`, async () => {
+      const def = collector.definition(e.alarm);
+      if (!def) throw new Error(`no alarm ${e.alarm} in the stack's alarms`);
+      if (def.runbook !== e.runbook)
+        throw new Error(`${e.alarm} names runbook ${def.runbook}, the drill runs ${e.runbook}`);
+      if (!runbookIds.has(def.runbook))
+        throw new Error(`runbook ${def.runbook} is not among the stack's runbooks`);
+      // The period that holds the fault's datapoints ends at most one period and a run later.
+      const deadline = Math.max(Date.now(), faultAt + 30_000) + 1_000;
+      let fired = collector.firedSince(faultAt).find((x) => x.alarm === e.alarm);
+      while (!fired && Date.now() < deadline) {
+        await sleep(250);
+        fired = collector.firedSince(faultAt).find((x) => x.alarm === e.alarm);
+      }
+      if (!fired) throw new Error(`${e.alarm} did not fire within 30 s of the fault`);
+      const took = seconds(faultAt, fired.at);
+      report.detections.push({
+        drill: section,
+        alarm: e.alarm,
+        seconds: took,
+        runbook: def.runbook,
+        expected: true,
+      });
+      report.figure(
+        section,
+        `detection: ${e.alarm}`,
+        took,
+        "s",
+        `goal <= ${DETECTION_GOAL_SECONDS} s; runbook ${def.runbook}`,
+      );
+      return `fired ${took} s after the fault (goal <= ${DETECTION_GOAL_SECONDS} s): "${def.summary}"`;
+    });
+  }
+  const expected = new Set(spec.expect.map((e) => e.alarm));
+  const others = collector.firedSince(faultAt).filter((x) => !expected.has(x.alarm));
+  for (const x of others)
+    if (!report.detections.some((d) => d.drill === section && d.alarm === x.alarm))
+      report.detections.push({
+        drill: section,
+        alarm: x.alarm,
+        seconds: seconds(faultAt, x.at),
+        runbook: x.runbook,
+        expected: false,
+      });
+  await report.check(section, "no alarm outside the drill's expected and allowed ones", () => {
+    const allowed = new Set([...expected, ...spec.allow]);
+    const stray = [...new Set(others.map((x) => x.alarm))].filter((a) => !allowed.has(a));
+    const missing = others.filter((x) => !runbookIds.has(x.runbook));
+    if (missing.length)
+      throw new Error(
+        `alarms name runbooks the stack lacks: ${missing.map((x) => `${x.alarm} -> ${x.runbook}`).join(", ")}`,
+      );
+    if (stray.length) throw new Error(`unexpected: ${stray.join(", ")}`);
+    const also = [...new Set(others.map((x) => x.alarm))];
+    return `${spec.expect.length} expected${also.length ? `; also fired (allowed): ${also.join(", ")}` : ""}${spec.why ? `; ${spec.why}` : ""}`;
+  });
+}
+
 /**
  * A drill: `body` runs under a time bound; a throw or timeout becomes a failed check. Afterwards
  * the lab must be healthy again (a check too), so the next drill starts from a known state.
@@ -154,6 +276,9 @@ export function drill(
     async run(lab: Lab, report: Report): Promise<void> {
       process.stdout.write(`\nlab: drill ${id}: ${title}\n`);
       let timer: NodeJS.Timeout | undefined;
+      const drillStart = Date.now();
+      lab.faultAt = undefined;
+      lab.expectedAlarms = [];
       await report.check(section, `${title}: ran to completion within ${timeoutMs / 1000} s`, async () => {
         const started = Date.now();
         await Promise.race([
@@ -164,7 +289,12 @@ export function drill(
         ]).finally(() => clearTimeout(timer));
         return `${seconds(started, Date.now())} s`;
       });
-      await report.check(section, "lab healthy again", () => healthy(lab));
+      await checkAlarms(lab, report, section, id, lab.faultAt ?? drillStart);
+      await report.check(
+        section,
+        "lab healthy again",
+        async () => `${await healthy(lab)}; ${await alarmsClear(lab)}`,
+      );
     },
   };
 }

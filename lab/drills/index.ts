@@ -11,6 +11,7 @@ import { bothDbLost, packageFilesLost, pointInTime } from "./backups.js";
 import { balancerCrash } from "./balancer-crash.js";
 import { balancerStop } from "./balancer-stop.js";
 import { dbPrimaryLoss } from "./db-primary-loss.js";
+import { dbVolumeFull, expiredCertificateRollout, standbyStopsStreaming } from "./health-faults.js";
 import { heartbeatPartition } from "./heartbeat-partition.js";
 import { nginxDeath } from "./nginx-death.js";
 import { pgReattach } from "./pg-reattach.js";
@@ -44,5 +45,8 @@ export const drills: readonly Drill[] = [
   pointInTime,
   packageFilesLost,
   bothDbLost,
+  dbVolumeFull,
+  standbyStopsStreaming,
+  expiredCertificateRollout,
   drillRunTotal,
 ];

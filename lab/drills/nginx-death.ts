@@ -7,7 +7,17 @@
  */
 import { startLoad } from "../lib/load.js";
 import { homeFip, httpsOk, peerBalancer, timeOwnership } from "./balancers.js";
-import { between, drill, failedCount, killPids, nodePids, seconds, sleep, until } from "./common.js";
+import {
+  between,
+  drill,
+  failedCount,
+  killPids,
+  markFault,
+  nodePids,
+  seconds,
+  sleep,
+  until,
+} from "./common.js";
 
 const NODE = "lb-a";
 const PAUSE = "/run/pypi-node-watch.pause";
@@ -23,6 +33,7 @@ export const nginxDeath = drill("4", `nginx dies on ${NODE}`, 120_000, async (la
     // A: watchdog paused.
     await lab.node(NODE).runAsync(["touch", PAUSE]);
     await sleep(1_000);
+    markFault(lab);
     const killA = Date.now();
     const n = killNginx();
     await sleep(UNMITIGATED_MS);

@@ -9,7 +9,7 @@ import { paths } from "../../src/layout.js";
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
 import { waitFor } from "../lib/bringup.js";
 import { stepByCommand, stepFailure } from "../lib/runbook.js";
-import { drill, seconds, sleep } from "./common.js";
+import { drill, markFault, seconds, sleep } from "./common.js";
 import { lostRows, startWriter, streams, waitWrites } from "./db-common.js";
 import { dbHealthy } from "./db-primary-loss.js";
 
@@ -45,7 +45,7 @@ export const syncStandbyDown = drill(
     const { primary, standby } = await roles(lab);
     // The runbook of the original primary's loss carries the relief step; it runs on the node
     // that was promoted, which is the primary now.
-    const runbook = buildRunbooks(lab.t).find((r) => r.id === `db-primary-loss-${standby}`);
+    const runbook = buildRunbooks(lab.t).find((r) => r.id === `db-standby-lost-${standby}`);
     if (!runbook) throw new Error(`no db-primary-loss-${standby} runbook`);
     const off = stepByCommand(runbook, "db-sync off");
     const on = stepByCommand(runbook, "db-sync on");
@@ -55,6 +55,7 @@ export const syncStandbyDown = drill(
     const writer = startWriter(lab, "d8", 1_000_000);
     try {
       await waitWrites(writer, 20);
+      markFault(lab);
       const stopAt = Date.now();
       await lab.agent(standby, "service postgresql stop");
       const stoppedAt = Date.now();

@@ -6,7 +6,7 @@
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
 import { type Lab, sftpArgv } from "../lib/lab.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
-import { drill, seconds, sleep, until } from "./common.js";
+import { drill, markFault, seconds, sleep, until } from "./common.js";
 
 const LOST = "app-a";
 /** Consecutive successful sessions that count as "reliably". */
@@ -25,6 +25,7 @@ export const uploadBackendLoss = drill(
     const fip = lab.t.floatingIps[0]?.address ?? "";
     const sshd = (await lab.node(LOST).sh("cat /run/sshd.pid")).trim();
     await sleep(500);
+    markFault(lab);
     const killedAt = Date.now();
     await lab.node(LOST).sh(`kill -9 ${Number(sshd)}`);
     // ssh.service has Restart=on-failure: the node's service manager starts it again, as on AWS.

@@ -21,6 +21,7 @@ import {
   readdirSync,
   readlinkSync,
   rmSync,
+  statSync,
   truncateSync,
   writeFileSync,
 } from "node:fs";
@@ -64,6 +65,12 @@ export interface LabVolume {
   readonly id: string;
   /** Size of the sparse backing file. @default 1 GiB */
   readonly sizeBytes?: number;
+  /**
+   * Where the node's agent mounts it. That tree then starts as the host's (hidden once the
+   * agent mounts the volume over it), not as an empty tree of the node's disk, so the node
+   * runs on its volume as on AWS. @default - the agent does not mount it (DRBD's backing disk)
+   */
+  readonly mountPoint?: string;
 }
 
 /** What the node's network setup does at every boot (DHCP and ifupdown on AWS). */
@@ -198,7 +205,9 @@ function holderSetup(p: BootPlan): string[] {
       (tree) =>
         `mount -t overlay overlay -o ${shq(`lowerdir=${tree},upperdir=${layout.upper(tree)},workdir=${layout.work(tree)}`)} ${shq(tree)}`,
     ),
-    ...EMPTY_TREES.map(([tree]) => `mkdir -p ${tree} && mount --bind ${shq(layout.tree(tree))} ${tree}`),
+    ...EMPTY_TREES.filter(([tree]) => tree !== p.opts.volume?.mountPoint).map(
+      ([tree]) => `mkdir -p ${tree} && mount --bind ${shq(layout.tree(tree))} ${tree}`,
+    ),
     "mount -t tmpfs -o mode=0755,nosuid,nodev labnode /run",
     "mkdir -p /run/lock",
     // What boot does for /run on a real node (e.g. Heartbeat's /run/heartbeat).
@@ -318,6 +327,21 @@ export class LabNode {
   /** Host path of the loop device backing the data volume (while attached). */
   get volumeDevice(): string | undefined {
     return this.loop;
+  }
+
+  /**
+   * The lab's stand-in for `aws ec2 modify-volume --size`: the backing file grows and the loop
+   * device learns its new size, while the node keeps running on it (EBS grows online too).
+   */
+  growVolume(sizeBytes: number): void {
+    const device = this.loop;
+    if (!device) throw new Error(`${this.name}: no data volume attached`);
+    const file = loopDevices().find((l) => l.device === device)?.file;
+    if (!file) throw new Error(`${this.name}: ${device} has no backing file`);
+    if (statSync(file).size >= sizeBytes)
+      throw new Error(`${this.name}: ${device} is already ${sizeBytes} bytes or more`);
+    truncateSync(file, sizeBytes);
+    execFileSync("losetup", ["--set-capacity", device]);
   }
 
   /** Host pids of every process in the node's PID namespace. */

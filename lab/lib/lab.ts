@@ -7,9 +7,10 @@ import { chmodSync, chownSync, mkdirSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path";
 import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
-import { paths } from "../../src/layout.js";
+import { PG_DATA_MOUNT, paths } from "../../src/layout.js";
 import { type NodeSpec, nodesWithRole, type Topology } from "../../src/topology.js";
 import { startCloud } from "./cloud.js";
+import { AlarmCollector } from "./collector.js";
 import { type ExecResult, type LabExecOptions, LabNode, shq, userIds, writeTree } from "./lab-node.js";
 import { addressesOf, createBridgeNamespace, createNode } from "./netns.js";
 import { DEBIAN_NODE_MAJOR, ensureDebianNode } from "./preflight.js";
@@ -92,6 +93,8 @@ export function sftpArgv(t: Topology, fip: string, connectTimeoutSeconds: number
 const BRIDGE_NS = `${NS_PREFIX}br`;
 /** Services the lab's kernel cannot run: DRBD and nfsd (the storage Heartbeat runs without them). */
 const APP_DIRECT_SKIP = "drbd nfs-server";
+/** A db node's data volume (sparse): room for max_slot_wal_keep_size and the clusters. */
+export const DB_VOLUME_BYTES = 4 * 1024 ** 3;
 
 export interface LabDirs {
   /** Everything of one run; removed on teardown. */
@@ -149,6 +152,19 @@ export function onLinkRanges(t: Topology): string[] {
 
 export class Lab {
   readonly nodes = new Map<string, LabNode>();
+  /** The CloudWatch stand-in, once the lab is up (see collector.ts). */
+  collector: AlarmCollector | undefined;
+  /** When the running drill caused its fault (epoch ms); detection is timed from it. */
+  faultAt: number | undefined;
+  /** Alarms the running drill expects beyond drills/alarms.ts (known only at run time). */
+  expectedAlarms: { readonly alarm: string; readonly runbook: string }[] = [];
+
+  /** Start the alarm collector over the nodes' published health. */
+  startCollector(): AlarmCollector {
+    this.collector ??= new AlarmCollector(this.t, join(this.dirs.store, "cloud", "metrics"));
+    this.collector.start();
+    return this.collector;
+  }
 
   constructor(
     readonly t: Topology,
@@ -255,7 +271,11 @@ export class Lab {
         const node = await LabNode.start(name, nsOf(name), disk, {
           binds,
           env,
-          volume: spec?.dataVolumeId ? { id: spec.dataVolumeId } : undefined,
+          volume: spec?.dataVolumeId
+            ? spec.role === "db"
+              ? { id: spec.dataVolumeId, sizeBytes: DB_VOLUME_BYTES, mountPoint: PG_DATA_MOUNT }
+              : { id: spec.dataVolumeId }
+            : undefined,
           usrLayers: spec?.role === "app" ? [debianNode] : [],
           network: {
             iface: spec?.interface ?? "eth0",

@@ -21,6 +21,16 @@ export interface FigureRecord {
   readonly detail?: string;
 }
 
+/** An alarm that fired in a drill: how long after the fault, and the runbook it names. */
+export interface DetectionRecord {
+  readonly drill: string;
+  readonly alarm: string;
+  readonly seconds: number;
+  readonly runbook: string;
+  /** The drill expects it (else: allowed, another view of the fault). */
+  readonly expected: boolean;
+}
+
 export interface ReportData {
   readonly title: string;
   readonly startedAt: string;
@@ -29,6 +39,7 @@ export interface ReportData {
   readonly figures: FigureRecord[];
   readonly notes: string[];
   readonly steps: StepRecord[];
+  readonly detections: DetectionRecord[];
   readonly ok: boolean;
 }
 
@@ -58,6 +69,7 @@ export class Report {
   /** Bring-up commands per node: the AWS steps (user data, boot unit, rollout), nothing else. */
   readonly steps: StepRecord[] = [];
   readonly figures: FigureRecord[] = [];
+  readonly detections: DetectionRecord[] = [];
   readonly notes: string[] = [];
   readonly environment: Record<string, string> = {};
   private readonly startedAt = new Date().toISOString();
@@ -110,6 +122,7 @@ export class Report {
       checks: this.checks,
       figures: this.figures,
       steps: this.steps,
+      detections: this.detections,
       notes: this.notes,
       ok: this.ok,
     };
@@ -167,6 +180,25 @@ export class Report {
             ...mdTable(
               ["section", "figure", "value", "detail"],
               this.figures.map((f) => [f.section, f.name, `${f.value} ${f.unit}`, esc(f.detail ?? "")]),
+            ),
+          ]
+        : []),
+      ...(this.detections.length
+        ? [
+            "",
+            "## Alarm detection",
+            "",
+            "Seconds from each drill's fault to the alarm, as the lab's CloudWatch stand-in evaluated the nodes' published health with the stack's thresholds.",
+            "",
+            ...mdTable(
+              ["drill", "alarm", "detected after", "runbook", "expected"],
+              this.detections.map((d) => [
+                d.drill,
+                d.alarm,
+                `${d.seconds} s`,
+                d.runbook,
+                d.expected ? "yes" : "also",
+              ]),
             ),
           ]
         : []),

@@ -34,6 +34,12 @@ export interface RunbookOptions {
   readonly stepTimeoutMs?: number;
   /** Variables the operator sets before the runbook (e.g. a point-in-time target). @default none */
   readonly env?: Readonly<Record<string, string>>;
+  /**
+   * The lab's stand-in for an operator step that is a cloud API call (modify-volume, a secret's
+   * new value): it does the equivalent and resolves with what it did, or undefined for a step it
+   * does not stand in for (skipped). @default every operator step is skipped
+   */
+  readonly operator?: (step: RunbookStep) => Promise<string | undefined>;
 }
 
 /** Why a step's result does not satisfy it, or undefined when it does. */
@@ -61,6 +67,35 @@ export async function executeRunbook(
   const startedAt = Date.now();
   let failure: string | undefined;
   for (const step of runbook.steps) {
+    if (step.host === OPERATOR && opts.operator) {
+      const began = Date.now();
+      let did: string | undefined;
+      try {
+        did = await opts.operator(step);
+      } catch (err) {
+        failure = `"${step.title}" (the lab's stand-in): ${err instanceof Error ? err.message : String(err)}`;
+        executed.push({
+          step,
+          status: -1,
+          stdout: "",
+          stderr: failure,
+          startedAt: began,
+          seconds: (Date.now() - began) / 1000,
+        });
+        break;
+      }
+      if (did !== undefined) {
+        executed.push({
+          step,
+          status: 0,
+          stdout: did,
+          stderr: "",
+          startedAt: began,
+          seconds: (Date.now() - began) / 1000,
+        });
+        continue;
+      }
+    }
     if (!include(step)) {
       skipped.push(step);
       continue;

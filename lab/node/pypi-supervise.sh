@@ -573,10 +573,12 @@ check_triggered() {
     esac
     ct_fired=-1
     [ -r "$ct_dir/fired.$ct_unit.$ct_key" ] && read -r ct_fired <"$ct_dir/fired.$ct_unit.$ct_key"
-    # An elapse is used once; one already in the past when the timer starts fires at once.
-    if [ "$ct_due" -le "$NOW" ] && [ "$ct_due" -gt "$ct_fired" ]; then
+    # An elapse is used once; one already in the past when the timer starts fires at once. One
+    # that comes while the job still runs waits for it to end (systemd re-arms the timer when
+    # its unit deactivates, and an OnUnitActiveSec= elapse already past fires then).
+    if [ "$ct_due" -le "$NOW" ] && [ "$ct_due" -gt "$ct_fired" ] && ! job_running "$ct_target"; then
       echo "$NOW" >"$ct_dir/fired.$ct_unit.$ct_key"
-      job_running "$ct_target" || start_job "$ct_target" "$ct_unit: $ct_key"
+      start_job "$ct_target" "$ct_unit: $ct_key"
     fi
   done <"$ct_dir/timer"
 }

@@ -245,7 +245,7 @@ systemd_units() {
   case $1 in
     pypi-index-register) echo "pypi-index-register.path pypi-index-register.timer" ;;
     pypi-file-copy) echo "pypi-file-copy.path pypi-file-copy.timer" ;;
-    pypi-backup-full | pypi-backup-diff | pypi-restore-test) echo "$1.timer" ;;
+    pypi-backup-full | pypi-backup-diff | pypi-restore-test | pypi-health) echo "$1.timer" ;;
     # The cluster's own unit: Debian's umbrella postgresql.service starts only `auto` clusters.
     postgresql) echo "postgresql@${PYPI_PG_VERSION:?}-main" ;;
     *) echo "$1" ;;

@@ -171,6 +171,12 @@ install_secrets() {
       rm -f "$tmp"
       continue
     fi
+    # nginx serves an expired certificate without complaint: refuse it before anything changes.
+    if [ "$path" = "${PYPI_TLS_CERT:-}" ] && ! openssl x509 -noout -checkend 0 -in "$tmp" >/dev/null 2>&1; then
+      cc_end=$(openssl x509 -noout -enddate -in "$tmp" 2>/dev/null || echo "unreadable")
+      rm -f "$tmp"
+      die "candidate certificate from $parameter is expired or unreadable ($cc_end); live configuration left untouched"
+    fi
     chown "$owner:$group" "$tmp"
     chmod "$mode" "$tmp"
     mv -f "$tmp" "$path"
@@ -676,6 +682,89 @@ cmd_apply() {
   printf 'applied\t%s changes\n' "$changed"
 }
 
+# The outcome of an apply, for the health model: a refused candidate leaves apply-refused (when,
+# and the agent's last complaint) until an apply succeeds.
+apply_recorded() {
+  if [ -n "${PYPI_NODE_LOCKED:-}" ]; then
+    cmd_apply "$@"
+    return
+  fi
+  ar_err=$(mktemp)
+  ar_status=0
+  (cmd_apply "$@") 2>"$ar_err" || ar_status=$?
+  cat "$ar_err" >&2
+  # The installed config (a first apply that failed has none: its node publishes no health yet).
+  if ! [ -r "$PYPI_NODE_CONFIG" ]; then
+    rm -f "$ar_err"
+    return "$ar_status"
+  fi
+  load_config
+  mkdir -p "$PYPI_AGENT_STATE"
+  if [ "$ar_status" = 0 ]; then
+    rm -f "$PYPI_AGENT_STATE/apply-refused"
+    date +%s >"$PYPI_AGENT_STATE/apply-ok"
+  else
+    { date +%s; grep 'error:\|rejected' "$ar_err" | tail -n 5; } >"$PYPI_AGENT_STATE/apply-refused"
+  fi
+  rm -f "$ar_err"
+  return "$ar_status"
+}
+
+# Why the newest candidate was refused (if it was), and when the live bundle was applied.
+cmd_bundle_check() {
+  now=$(date +%s)
+  if [ -r "$PYPI_AGENT_STATE/apply-ok" ]; then
+    read -r ok_at <"$PYPI_AGENT_STATE/apply-ok"
+    printf 'applied\t%s s ago\n' "$((now - ok_at))"
+  else
+    printf 'applied\tnever recorded\n'
+  fi
+  if [ -s "$PYPI_AGENT_STATE/apply-refused" ]; then
+    read -r refused_at <"$PYPI_AGENT_STATE/apply-refused"
+    printf 'refused\t%s s ago\n' "$((now - refused_at))"
+    tail -n +2 "$PYPI_AGENT_STATE/apply-refused" | sed 's/^/reason\t/'
+  else
+    printf 'refused\tnone\n'
+  fi
+}
+
+# Use of every filesystem the health model watches, and the largest directories on the fullest.
+cmd_disk_report() {
+  for mount in / ${PYPI_DATA_MOUNT:-} ${PYPI_VOLUME_MOUNT:-}; do
+    mountpoint -q "$mount" 2>/dev/null || continue
+    df -P "$mount" | awk -v m="$mount" 'NR == 2 { printf "disk\t%s\t%s used\t%d MB free\n", m, $5, $4 / 1024 }'
+    du -x -m -d 2 "$mount" 2>/dev/null | sort -rn | head -n 5 | awk '{ printf "largest\t%s MB\t%s\n", $1, $2 }'
+  done
+}
+
+# After a volume grew (aws ec2 modify-volume): grow the partition and filesystem on it, online.
+cmd_volume_grow() {
+  case $1:$PYPI_ROLE in
+    root:*)
+      dev=$(findmnt -n -o SOURCE /)
+      disk=$(lsblk -p -n -o PKNAME "$dev" | head -n 1)
+      part=$(cat "/sys/class/block/${dev##*/}/partition" 2>/dev/null || echo "")
+      # growpart exits 1 for NOCHANGE: the partition already fills the disk.
+      if [ -n "$disk" ] && [ -n "$part" ]; then growpart "$disk" "$part" >&2 || true; fi
+      resize2fs "$dev" >&2 || die "resize2fs $dev failed"
+      ;;
+    data:db)
+      mountpoint -q "$PYPI_DATA_MOUNT" || die "$PYPI_DATA_MOUNT is not mounted"
+      dev=$(findmnt -n -o SOURCE "$PYPI_DATA_MOUNT")
+      resize2fs "$dev" >&2 || die "resize2fs $dev failed"
+      ;;
+    data:app)
+      # DRBD first (on its primary, once both backing volumes grew), then the filesystem on it.
+      mountpoint -q "$PYPI_VOLUME_MOUNT" || die "$PYPI_VOLUME_MOUNT is not mounted here: run this on the storage primary"
+      drbdadm resize "$PYPI_DRBD_RESOURCE" >&2 || die "drbdadm resize $PYPI_DRBD_RESOURCE failed"
+      dev=$(findmnt -n -o SOURCE "$PYPI_VOLUME_MOUNT")
+      resize2fs "$dev" >&2 || die "resize2fs $dev failed"
+      ;;
+    *) die "volume-grow: data|root (a $PYPI_ROLE has no data volume)" ;;
+  esac
+  cmd_disk_report
+}
+
 # ---------------------------------------------------------------- upload backends
 
 cmd_upload_backend() {
@@ -829,6 +918,10 @@ usage() {
   cat >&2 <<'EOF'
 usage: pypi-node COMMAND
   apply [BUNDLE_DIR]          validate changed files, install them, reload what changed
+  health [--publish]          this node's checks as JSON (state, value, runbook); --publish sends them
+  bundle-check                why the newest bundle was refused, if it was
+  disk-report                 use of the watched filesystems and their largest directories
+  volume-grow data|root       grow the filesystem of a grown EBS volume, online
   check [BUNDLE_DIR]          validate every file of a bundle without installing
   status                      services, addresses and database role of this node
   converge                    after apply, at every boot: take this node's place (volumes, pairs, schema)
@@ -935,12 +1028,16 @@ main() {
   shift
   case $command in
     check) cmd_check "$@" ;;
-    apply) cmd_apply "$@" ;;
+    apply) apply_recorded "$@" ;;
     *) load_config ;;
   esac
   case $command in
     check | apply) ;;
     status) cmd_status ;;
+    health) exec "$PYPI_HEALTH_TOOL" "$@" ;;
+    bundle-check) cmd_bundle_check ;;
+    disk-report) cmd_disk_report ;;
+    volume-grow) [ $# -eq 1 ] || usage && cmd_volume_grow "$1" ;;
     converge) cmd_converge ;;
     fip) exec "$PYPI_FIP_SCRIPT" "$@" ;;
     overlay) [ $# -eq 2 ] || usage && cmd_overlay "$1" "$2" ;;

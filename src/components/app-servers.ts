@@ -5,6 +5,7 @@ import {
   type BackupBucketArns,
   backupStatements,
   bundleReadStatements,
+  healthMetricStatements,
   instanceRole,
   parameterReadStatements,
   rolePolicy,
@@ -101,6 +102,7 @@ function appRole(
       ...parameterReadStatements(parameters),
       ...(routeTables.length > 0 ? routeStatements(account, routeTables) : []),
       ...backupStatements("app", backup),
+      ...healthMetricStatements(args.metricNamespace),
     ]);
   return { profile, policy: rolePolicy(parent, name, role, statements) };
 }

@@ -6,6 +6,7 @@ import {
   backupStatements,
   bundleReadStatements,
   ec2Arn,
+  healthMetricStatements,
   instanceRole,
   type PolicyStatement,
   parameterReadStatements,
@@ -142,6 +143,7 @@ export class BalancerPair extends pulumi.ComponentResource {
         ),
         ...parameterReadStatements(parameters),
         ...backupStatements("balancer", backup),
+        ...healthMetricStatements(args.metricNamespace),
       ]);
     const policy = rolePolicy(this, name, role, statements);
     this.nodes = args.nodes.map((spec, i) => {

@@ -172,6 +172,23 @@ export function routeStatements(a: AwsAccount, routeTableIds: readonly string[])
   ];
 }
 
+/**
+ * `pypi-node health` publishes its checks. PutMetricData has no resource-level permissions: the
+ * namespace condition is the only scope, so a node cannot write into another stack's or AWS's
+ * metrics (and so cannot silence or fake another stack's alarms).
+ */
+export function healthMetricStatements(namespace: string): PolicyStatement[] {
+  return [
+    {
+      Sid: "PublishHealthMetrics",
+      Effect: "Allow",
+      Action: ["cloudwatch:PutMetricData"],
+      Resource: "*",
+      Condition: { StringEquals: { "cloudwatch:namespace": namespace } },
+    },
+  ];
+}
+
 export const policyJson = (statements: readonly PolicyStatement[]): string =>
   JSON.stringify({ Version: "2012-10-17", Statement: statements });
 

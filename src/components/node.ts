@@ -26,6 +26,8 @@ export interface LaunchArgs {
    * change reaches a node when the rebuild runbook replaces it (see createInstance).
    */
   readonly userData: Readonly<Record<string, pulumi.Input<string>>>;
+  /** CloudWatch namespace the nodes publish their health to; the role may write only there. */
+  readonly metricNamespace: string;
   /**
    * What a node needs reachable on first boot (VPC endpoints, its egress address). Cloud-init's
    * package step runs once, so the instances wait for these.

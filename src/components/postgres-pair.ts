@@ -5,6 +5,7 @@ import {
   type BackupBucketArns,
   backupStatements,
   bundleReadStatements,
+  healthMetricStatements,
   instanceRole,
   parameterReadStatements,
   rolePolicy,
@@ -101,6 +102,7 @@ export class PostgresPair extends pulumi.ComponentResource {
         ...parameterReadStatements(parameters),
         ...routeStatements(account, routeTables),
         ...backupStatements("db", backup),
+        ...healthMetricStatements(args.metricNamespace),
       ]);
     const policy = rolePolicy(this, name, role, statements);
     this.nodes = args.nodes.map((spec) =>

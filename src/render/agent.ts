@@ -1,12 +1,14 @@
 import { readFileSync } from "node:fs";
 import { dirname, relative } from "node:path";
-import { dataVolumeDevice, paths, pgBinDir, pgConfDir, pgDataDir } from "../layout.js";
+import { NEWEST_FILES_CHECKED } from "../health.js";
+import { dataVolumeDevice, PG_DATA_MOUNT, paths, pgBinDir, pgConfDir, pgDataDir } from "../layout.js";
 import { projectFile } from "../project-files.js";
 import { type NodeSpec, nodesWithRole, peerOf, pgDialect, storagePair, type Topology } from "../topology.js";
 import { apacheConfDir, indexDbPasswordFile } from "./apache.js";
 import { bootstrapIncomingDir } from "./cloud-init.js";
 import { DRBD_RESOURCE, drbdPaths } from "./drbd.js";
 import { HAPROXY_CONF_PATH, UPLOAD_BACKEND } from "./haproxy.js";
+import { HEALTH_TABLE_PATH } from "./health.js";
 import { heartbeatPaths, resourceScriptPath } from "./heartbeat.js";
 import { mountUnitName, nfsPaths } from "./nfs.js";
 import { NGINX_CONF_PATH, NGINX_ERROR_LOG, NGINX_PID_PATH } from "./nginx.js";
@@ -26,6 +28,7 @@ export type AgentScript =
   | "lib"
   | "pypi-node"
   | "pypi-db"
+  | "pypi-health"
   | "pypi-fip"
   | "pypi-nfs"
   | "pypi-overlay"
@@ -36,6 +39,7 @@ export const agentScriptPaths: Record<AgentScript, string> = {
   lib: paths.agentLib,
   "pypi-node": paths.agent,
   "pypi-db": paths.dbTool,
+  "pypi-health": paths.healthTool,
   "pypi-fip": resourceScriptPath("pypi-fip"),
   "pypi-nfs": resourceScriptPath("pypi-nfs"),
   "pypi-overlay": resourceScriptPath("pypi-overlay"),
@@ -95,6 +99,9 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     ["PYPI_OVERLAY_STORAGE", t.overlay.storage],
     ["PYPI_ROUTE_TABLES", t.overlay.routeTableIds.join(" ")],
     ["PYPI_DB_TOOL", agentScriptPaths["pypi-db"]],
+    ["PYPI_HEALTH_TOOL", agentScriptPaths["pypi-health"]],
+    ["PYPI_HEALTH_TABLE", HEALTH_TABLE_PATH],
+    ["PYPI_HEALTH_NAMESPACE", t.health.namespace],
     ["PYPI_FIP_SCRIPT", agentScriptPaths["pypi-fip"]],
     ["PYPI_NFS_SCRIPT", agentScriptPaths["pypi-nfs"]],
     // Where the bundles install units and drop-ins; the lab's direct start reads them from there.
@@ -121,6 +128,15 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_NGINX_CONF", NGINX_CONF_PATH],
       ["PYPI_NGINX_PID", NGINX_PID_PATH],
       ["PYPI_NGINX_ERROR_LOG", NGINX_ERROR_LOG],
+      ["PYPI_PEER_NODE", peerOf(t, node).name],
+      [
+        "PYPI_PEER_FIPS",
+        t.floatingIps
+          .filter((f) => f.home === peerOf(t, node).name)
+          .map((f) => f.address)
+          .join(" "),
+      ],
+      ["PYPI_TLS_CERT", t.tls.certificatePath],
     );
   }
   if (node.role === "db") {
@@ -150,11 +166,12 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_SECRET_PG_REPLICATION", t.secrets.postgresReplicationPassword.parameter],
       ["PYPI_SECRET_PG_APP", t.secrets.postgresAppPassword.parameter],
       // The data volume holds every cluster of the node (Debian's layout below it).
-      ["PYPI_DATA_MOUNT", dirname(dirname(pgDataDir(pg.version)))],
+      ["PYPI_DATA_MOUNT", PG_DATA_MOUNT],
       ["PYPI_PGBR_CONF", PGBACKREST_CONF_PATH],
       ["PYPI_PGBR_STANZA", t.backup.stanza],
       ["PYPI_PGBR_SCRATCH", PGBACKREST_SCRATCH_DIR],
       ["PYPI_PGBR_SCRATCH_PORT", String(SCRATCH_PG_PORT)],
+      ["PYPI_PG_MAX_SLOT_WAL_MB", String(pg.maxSlotWalKeepMb)],
     );
   }
   if (node.role === "app") {
@@ -182,6 +199,9 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_APP_SOCKET", paths.appSocket],
       ["PYPI_APACHE_DIR", apacheConfDir],
       ["PYPI_UPLOAD_HOST_KEY", uploadHostKeyPath],
+      ["PYPI_DOMAIN", t.domain],
+      ["PYPI_HEALTH_NEWEST_FILES", String(NEWEST_FILES_CHECKED)],
+      ["PYPI_APP_HEALTH_URL", `http://${node.privateIp}:${t.app.httpPort}/_health`],
     );
     if (storageRole(t, node) !== "none")
       vars.push(["PYPI_DRBD_DIR", dirname(drbdPaths.resource)], ["PYPI_NFS_EXPORTS", nfsPaths.exports]);

@@ -5,8 +5,12 @@ import { archiveSettings, restoreCommand } from "./pgbackrest.js";
 
 export type PgRole = "primary" | "standby";
 
-/** Home of the postgres OS user: libpq's default passfile location, so 9.6 (no `passfile`) finds it too. */
-export const PGPASS_PATH = "/var/lib/postgresql/.pgpass";
+/**
+ * The replication password as a pgpass file, named by `passfile=` in every connection string.
+ * Not the postgres user's ~/.pgpass: that home is the data volume's mount point, and the volume
+ * mounted at first boot would hide a file the bundle installed there before it.
+ */
+export const PGPASS_PATH = "/etc/pypi-node/postgres/pgpass";
 /** Debian's socket directory (the agent connects through it) and pg_ctlcluster's log directory. */
 export const PG_SOCKET_DIR = "/var/run/postgresql";
 export const PG_LOG_DIR = "/var/log/postgresql";
@@ -84,8 +88,7 @@ export function primaryConninfo(t: Topology, node: NodeSpec): string {
     ["host", peer.privateIp],
     ["port", String(t.postgres.port)],
     ["user", t.postgres.replicationUser],
-    // 9.6's libpq has no `passfile`; it reads ~/.pgpass, which is PGPASS_PATH for the postgres user.
-    ...(t.postgres.version >= 10 ? [["passfile", PGPASS_PATH] as [string, string]] : []),
+    ["passfile", PGPASS_PATH],
     ["application_name", node.name],
     ["connect_timeout", "5"],
   ];

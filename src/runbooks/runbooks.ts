@@ -478,6 +478,223 @@ function rebuildNode(t: Topology, node: NodeSpec): Runbook {
   };
 }
 
+/** A regex over `pypi-node health` output: the record of `check` is in state ok (or warn). */
+const healthOk = (check: string): string => `"check":"${escapeRegex(check)}","state":"(ok|warn)"`;
+
+function diskFull(t: Topology, node: NodeSpec): Runbook {
+  const volume = node.dataVolumeId;
+  const grow = (which: "data" | "root"): RunbookStep[] => [
+    {
+      title: `Grow ${which === "data" ? `the data volume${volume ? ` ${volume}` : ""}` : "the root volume"}`,
+      host: OPERATOR,
+      command:
+        which === "data" && volume
+          ? `aws ec2 modify-volume --region ${t.region} --volume-id ${volume} --size <GiB>`
+          : `aws ec2 modify-volume --region ${t.region} --volume-id <root volume of ${node.instanceId ?? node.name}> --size <GiB>`,
+      expect: "the modification reaches the optimizing state (the volume is usable meanwhile)",
+    },
+    {
+      title: `Grow the ${which} filesystem online`,
+      host: node.name,
+      command: agent(`volume-grow ${which}`),
+      expect: "resize2fs reports the new size; disk-report shows the free space",
+      expectOutput: "^disk\t",
+    },
+  ];
+  return {
+    id: `disk-full-${node.name}`,
+    title: `A filesystem on ${node.name} is nearly full`,
+    summary: `Find what grows, then grow the volume (EBS grows online: no stop, no detach). On a database node, WAL piling up in pg_wal means archiving fails (see db-backups-stalled) or a slot holds it (see db-standby-lost); growing buys the time to fix that.${node.role === "app" ? " The package volume is DRBD on both app servers: grow both backing volumes, then run the grow step on the storage primary." : ""}`,
+    steps: [
+      {
+        title: "What is full, and what fills it",
+        host: node.name,
+        command: agent("disk-report"),
+        expect: "each watched filesystem's use, then its five largest directories",
+        expectOutput: "^disk\t",
+      },
+      ...(volume ? grow("data") : grow("root")),
+      {
+        title: "The disk checks are no longer critical",
+        host: node.name,
+        command: agent("health"),
+        expect: `disk-root and disk-data below ${t.health.diskUsePercent} %`,
+        expectOutput: healthOk(volume ? "disk-data" : "disk-root"),
+      },
+    ],
+  };
+}
+
+function bundleRefused(t: Topology, node: NodeSpec): Runbook {
+  return {
+    id: `bundle-refused-${node.name}`,
+    title: `${node.name} refused its newest config bundle`,
+    summary: `The agent validates every candidate (each daemon's own check, an expired certificate, a reload that does not take) and keeps the previous files when one fails, so ${node.name} still serves on its last good bundle. Read why, fix the stack config, roll out again.`,
+    steps: [
+      {
+        title: "Why the candidate was refused",
+        host: node.name,
+        command: agent("bundle-check"),
+        expect:
+          "refused <n> s ago, and the agent's reasons (the daemon's complaint, or the expired certificate)",
+        expectOutput: "^refused\t",
+      },
+      {
+        title: "Fix the config and roll out",
+        host: OPERATOR,
+        command: `pulumi config set … --stack ${t.environment}; pulumi up --stack ${t.environment}`,
+        expect: "the rollout applies the corrected bundle to one node of a pair at a time",
+      },
+      {
+        title: `Apply the corrected bundle on ${node.name}`,
+        host: node.name,
+        command: agent("apply"),
+        expect: "applied <n> changes",
+        expectOutput: "^applied\t",
+      },
+      {
+        title: "No refused candidate remains",
+        host: node.name,
+        command: agent("bundle-check"),
+        expect: "refused none",
+        expectOutput: "^refused\tnone$",
+      },
+    ],
+  };
+}
+
+function tlsCertificate(t: Topology): Runbook {
+  const balancers = nodesWithRole(t, "balancer");
+  return {
+    id: "tls-certificate",
+    title: `The TLS certificate of ${t.domain} expires soon`,
+    summary: `Renew it and roll it out: the certificate travels as an SSM parameter that every balancer's apply reads; an expired candidate is refused (see bundle-refused), so the live one keeps serving meanwhile.`,
+    steps: [
+      ...balancers.map((lb) => ({
+        title: `The certificate ${lb.name} serves`,
+        host: lb.name,
+        command: `openssl x509 -noout -subject -enddate -in ${t.tls.certificatePath}`,
+        expect: "its subject and notAfter",
+        expectOutput: "notAfter=",
+      })),
+      {
+        title: "Renew and set it",
+        host: OPERATOR,
+        command: `pulumi config set --secret pypi-infra:tlsCertificate < fullchain.pem; pulumi config set --secret pypi-infra:tlsKey < privkey.pem; pulumi up --stack ${t.environment}`,
+        expect: "the rollout applies the new certificate on one balancer at a time",
+      },
+      ...balancers.map((lb) => ({
+        title: `${lb.name} serves the new certificate`,
+        host: lb.name,
+        command: agent("health"),
+        expect: `cert-days-left at ${t.health.certDaysLeft} or more`,
+        expectOutput: healthOk("cert-days-left"),
+      })),
+    ],
+  };
+}
+
+function dbStandbyLost(t: Topology, standby: NodeSpec): Runbook {
+  const primary = peerOf(t, standby);
+  const sync = t.postgres.synchronous;
+  return {
+    id: `db-standby-lost-${standby.name}`,
+    title: `Standby ${standby.name} stopped streaming from ${primary.name}`,
+    summary: `${primary.name} is primary and ${standby.name} does not stream from it (down, cut off, or too far behind).${sync ? " Replication is synchronous, so commits on the primary stall until the relief step." : ""} Re-attach ${standby.name}: pg_rewind, or a fresh base backup when the WAL it needs is gone.`,
+    steps: [
+      {
+        title: `${standby.name} reaches ${primary.name}'s Postgres`,
+        host: standby.name,
+        command: `pg_isready -h ${primary.privateIp} -p ${t.postgres.port} -t 3`,
+        expect:
+          "accepting connections; otherwise mend the path first (security group, network ACL, the primary's pg_hba)",
+        expectOutput: "accepting connections",
+      },
+      {
+        title: `Who streams from ${primary.name}`,
+        host: primary.name,
+        command: agent("db-replication"),
+        expect: `no row for ${standby.name}, or one not streaming`,
+      },
+      ...(sync
+        ? [
+            {
+              title: "Relieve the stalled commits",
+              host: primary.name,
+              command: agent("db-sync off"),
+              expect: "synchronous_standby_names = ''",
+              expectOutput: "synchronous_standby_names = ''",
+            },
+          ]
+        : []),
+      {
+        title: `Fence ${standby.name}`,
+        host: standby.name,
+        command: agent("db-fence"),
+        expect: `fenced ${standby.name}`,
+        expectOutput: `fenced ${escapeRegex(standby.name)}`,
+      },
+      {
+        title: `Re-attach ${standby.name}`,
+        host: standby.name,
+        command: agent("db-reattach"),
+        expect: `reattached ${standby.name} via pg_rewind or pg_basebackup`,
+        expectOutput: `reattached ${escapeRegex(standby.name)} via`,
+      },
+      {
+        title: `${standby.name} streams from ${primary.name}`,
+        host: primary.name,
+        command: `sleep 2; ${agent("db-replication")}`,
+        expect: `${standby.name} streaming`,
+        expectOutput: `${escapeRegex(standby.name)} streaming`,
+      },
+      ...(sync
+        ? [
+            {
+              title: "Restore synchronous replication",
+              host: primary.name,
+              command: agent("db-sync on"),
+              expect: `synchronous_standby_names = '${synchronousStandbyNames(t, primary)}'`,
+              expectOutput: "synchronous_standby_names = '.+'",
+            },
+          ]
+        : []),
+    ],
+  };
+}
+
+function dbBackupsStalled(t: Topology, primary: NodeSpec): Runbook {
+  const standby = peerOf(t, primary);
+  return {
+    id: `db-backups-stalled-${primary.name}`,
+    title: `Backups of ${primary.name} stalled or unsound`,
+    summary: `${primary.name} is primary and its WAL does not reach the repository (${t.backup.repository}), its newest backup is older than ${t.health.backupAgeHours} h, or the last restore test failed. Find the cause (permissions, the bucket, a damaged file), then take a full backup and prove it restores.`,
+    steps: [
+      {
+        title: "WAL reaches the repository",
+        host: primary.name,
+        command: agent("db-archive-check"),
+        expect: "archive ok: <newest WAL segment>; otherwise pgbackrest's error names the cause",
+        expectOutput: "^archive ok: ",
+      },
+      {
+        title: "A new full backup",
+        host: primary.name,
+        command: agent("db-backup full"),
+        expect: "backup full done in <n> s: <label>",
+        expectOutput: "^backup full done",
+      },
+      {
+        title: `${standby.name} proves it restores`,
+        host: standby.name,
+        command: agent("db-restore-test"),
+        expect: "restore test ok: backup <label> verified and restored",
+        expectOutput: "^restore test ok",
+      },
+    ],
+  };
+}
+
 /** Every runbook of the deployment, filled in with its hosts, addresses and ids. */
 export function buildRunbooks(t: Topology): Runbook[] {
   const [storagePrimary] = storagePair(t);
@@ -493,5 +710,10 @@ export function buildRunbooks(t: Topology): Runbook[] {
     packageFilesLost(t),
     storagePrimaryLoss(t, storagePrimary),
     ...t.nodes.map((n) => rebuildNode(t, n)),
+    ...nodesWithRole(t, "db").map((n) => dbStandbyLost(t, n)),
+    ...nodesWithRole(t, "db").map((n) => dbBackupsStalled(t, n)),
+    ...t.nodes.map((n) => diskFull(t, n)),
+    ...t.nodes.map((n) => bundleRefused(t, n)),
+    tlsCertificate(t),
   ];
 }

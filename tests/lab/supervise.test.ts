@@ -14,6 +14,7 @@ import { sftpStateDir } from "../../src/app/sftp-events.js";
 import { indexAppScript } from "../../src/app-artifact.js";
 import { paths } from "../../src/layout.js";
 import { agentScript, renderAgentEnv } from "../../src/render/agent.js";
+import { HEALTH_UNIT, healthUnitPath, renderHealthTimer } from "../../src/render/health.js";
 import {
   renderSshLimitsDropIn,
   renderUploadWatchService,
@@ -289,6 +290,32 @@ describe.skipIf(!canRun)("lab supervisor (systemd's part in direct mode)", { tim
     );
     expect(again, runs()).toBeGreaterThanOrEqual(0);
     expect(app.run(["cat", LOG])).toMatch(/pypi-index-register\.timer: OnUnitInactiveSec/);
+  });
+
+  it("runs the health job again right after a run that outlasted its OnUnitActiveSec= (as systemd does)", async () => {
+    const fast = { ...t, health: { ...t.health, intervalSeconds: 1 } };
+    const log = "/var/log/pypi-health-test.log";
+    // The rendered timer; a service whose run takes three intervals.
+    await put(app, healthUnitPath("timer"), renderHealthTimer(fast));
+    await put(
+      app,
+      healthUnitPath("service"),
+      `[Service]\nType=oneshot\nExecStart=/bin/sh -c 'date +%%s.%%N >>${log}; sleep 3'\n`,
+    );
+    expect((await agent(app, `svc_start ${HEALTH_UNIT}`)).status).toBe(0);
+    const runs = () =>
+      app
+        .run(["sh", "-c", `cat ${log} 2>/dev/null || true`])
+        .trim()
+        .split("\n")
+        .filter(Boolean);
+    const ms = await msUntil(() => runs().length >= 3, 12_000);
+    const starts = runs().map(Number);
+    expect((await agent(app, `svc_stop ${HEALTH_UNIT}`)).status).toBe(0);
+    expect(ms, app.run(["cat", LOG])).toBeGreaterThanOrEqual(0);
+    // Each run starts as soon as the one before ends: about 3 s apart, never an elapse lost.
+    const gaps = starts.slice(1).map((at, i) => at - (starts[i] ?? 0));
+    for (const gap of gaps.slice(0, 2)) expect(gap).toBeLessThan(4.5);
   });
 
   it("runs the upload watcher from its unit, and sshd under the drop-in's limit, restarted when it changes", async () => {

@@ -8,6 +8,7 @@ import {
   type StackResource,
 } from "../../policy/policies.js";
 import {
+  alarmNamesRunbook,
   bucketHardened,
   bucketPolicyPrivate,
   bucketPrivate,
@@ -935,5 +936,41 @@ describe("no-secrets-in-user-data", () => {
       ).toHaveLength(1);
       expect(noSecretsInUserData(type, compliantInstance), type).toEqual([]);
     }
+  });
+});
+
+describe("alarm-names-runbook", () => {
+  const metric = (props: Record<string, unknown>) => alarmNamesRunbook(T.metricAlarm, props);
+  test("a pypi- alarm's description starts with its runbook", () => {
+    expect(
+      metric({ name: "pypi-prod-lb-a-nginx", alarmDescription: "runbook balancer-loss-lb-a: nginx is down" }),
+    ).toEqual([]);
+    expect(
+      alarmNamesRunbook(T.compositeAlarm, {
+        alarmName: "pypi-prod-db-both-silent",
+        alarmDescription: "runbook db-both-lost: both database nodes are silent",
+      }),
+    ).toEqual([]);
+  });
+  test("fires on a missing, empty or runbook-less description, metric or composite", () => {
+    expect(metric({ name: "pypi-prod-lb-a-nginx" })).toEqual([
+      'alarm pypi-prod-lb-a-nginx: alarmDescription null does not start with "runbook <id>: " (the runbook that fixes it)',
+    ]);
+    for (const bad of [
+      "",
+      "nginx is down",
+      "runbook : nginx is down",
+      "runbook balancer-loss-lb-a nginx",
+      "Runbook x: y",
+    ])
+      expect(metric({ name: "pypi-prod-lb-a-nginx", alarmDescription: bad }), bad).toHaveLength(1);
+    expect(alarmNamesRunbook(T.compositeAlarm, { alarmName: "pypi-prod-db-both-silent" })).toHaveLength(1);
+  });
+  test("other alarms and other resources are not its business", () => {
+    expect(metric({ name: "billing-alert", alarmDescription: "money" })).toEqual([]);
+    expect(metric({ alarmDescription: "auto-named" })).toEqual([]);
+    // A composite's name is alarmName; `name` on it means nothing.
+    expect(alarmNamesRunbook(T.compositeAlarm, { name: "pypi-x", alarmName: "other" })).toEqual([]);
+    expect(alarmNamesRunbook(T.instance, { name: "pypi-prod-lb-a" })).toEqual([]);
   });
 });

@@ -30,6 +30,9 @@ describe.each(["staging", "prod"] as const)("the %s stack under mocks", (stack) 
       const dep = r.propertyDependencies.securityGroupId?.[0]?.urn;
       expect(groups.find((g) => g.urn === dep)?.props.tags).toMatchObject({ Name: "pypi-net-balancer" });
     }
+    // Health checks, the composite and two status check alarms per instance.
+    expect(count(T.metricAlarm)).toBeGreaterThan(50);
+    expect(count(T.compositeAlarm)).toBe(1);
     for (const i of resources.filter((r) => r.type === T.instance))
       expect(String(i.props.userData)).toMatch(/^#cloud-config\n/);
   });
@@ -64,6 +67,8 @@ describe.each(["staging", "prod"] as const)("the %s stack under mocks", (stack) 
         mutate(T.ingressRule, (p) => ({ ...p, cidrIpv4: "0.0.0.0/0", fromPort: 5432, toPort: 5432 })),
       ],
       ["s3-bucket-private-encrypted", resources.filter((r) => r.type !== T.sse)],
+      ["alarm-names-runbook", mutate(T.metricAlarm, (p) => ({ ...p, alarmDescription: "nginx is down" }))],
+      ["alarm-names-runbook", mutate(T.compositeAlarm, (p) => ({ ...p, alarmDescription: undefined }))],
     ];
     for (const [policy, changed] of cases) {
       const violations = await runPack(changed);

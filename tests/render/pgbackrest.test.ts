@@ -101,7 +101,7 @@ describe("backup timers", () => {
 
   it("ships on both db nodes, with the timers among the services the agent starts", () => {
     for (const b of buildBundles(prod).filter((x) => x.role === "db")) {
-      expect(b.services).toEqual(["postgresql", ...Object.values(BACKUP_UNITS)]);
+      expect(b.services).toEqual(["postgresql", ...Object.values(BACKUP_UNITS), "pypi-health"]);
       expect(b.packages).toContain("pgbackrest");
       const conf = b.files.find((f) => f.path === PGBACKREST_CONF_PATH);
       expect(conf?.group).toBe("postgres");

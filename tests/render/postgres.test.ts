@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { PG_DATA_MOUNT } from "../../src/layout.js";
 import {
   conninfoQuote,
   hbaField,
@@ -79,7 +80,7 @@ describe("dialects", () => {
     expect(lines(renderRecoveryConf(t, db(t, "db-b")))).toEqual([
       expect.stringMatching(/^# /),
       "standby_mode = on",
-      "primary_conninfo = 'host=10.40.20.10 port=5432 user=replicator passfile=/var/lib/postgresql/.pgpass application_name=db-b connect_timeout=5'",
+      "primary_conninfo = 'host=10.40.20.10 port=5432 user=replicator passfile=/etc/pypi-node/postgres/pgpass application_name=db-b connect_timeout=5'",
       "primary_slot_name = 'standby_slot'",
       `restore_command = 'pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=pypi archive-get %f "%p"'`,
       "recovery_target_timeline = 'latest'",
@@ -93,7 +94,7 @@ describe("dialects", () => {
     const t = valid("staging", 15);
     const conf = lines(renderPostgresConf(t, db(t, "db-a")));
     expect(conf).toContain(
-      "primary_conninfo = 'host=10.40.21.10 port=5432 user=replicator passfile=/var/lib/postgresql/.pgpass application_name=db-a connect_timeout=5'",
+      "primary_conninfo = 'host=10.40.21.10 port=5432 user=replicator passfile=/etc/pypi-node/postgres/pgpass application_name=db-a connect_timeout=5'",
     );
     expect(conf).toContain("primary_slot_name = 'standby_slot'");
     expect(conf.join("\n")).not.toMatch(/standby_mode|recovery_target_timeline|trigger_file/);
@@ -105,12 +106,10 @@ describe("dialects", () => {
     });
   });
 
-  it("omits passfile for 9.6, whose libpq reads the postgres user's ~/.pgpass", () => {
-    const t = topologyFor("staging", 9.6);
-    expect(primaryConninfo(t, db(t, "db-b"))).toBe(
-      "host=10.40.20.10 port=5432 user=replicator application_name=db-b connect_timeout=5",
-    );
-    expect(PGPASS_PATH).toBe("/var/lib/postgresql/.pgpass");
+  it("names its passfile, which lies outside the data volume's mount (the postgres user's home)", () => {
+    const t = topologyFor("staging", 11);
+    expect(primaryConninfo(t, db(t, "db-b"))).toContain(`passfile=${PGPASS_PATH} `);
+    expect(PGPASS_PATH.startsWith(`${PG_DATA_MOUNT}/`)).toBe(false);
   });
 });
 

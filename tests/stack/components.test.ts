@@ -38,6 +38,7 @@ const launch = (nodes: readonly PlannedNode[]) => ({
   bundleBucketArn: "arn:aws:s3:::b",
   parameterArns: [],
   account: { partition: "aws", accountId: "1", region: "us-east-1" },
+  metricNamespace: "PyPI/prod",
 });
 
 describe("planning", () => {

@@ -3,8 +3,11 @@ import { NFS_SERVER_PORTS } from "../../src/render/nfs.js";
 import { type Built, builtStack } from "./harness.js";
 import { admitsClient, type Model, modelOf, type Target, walk } from "./reachability.js";
 
-/** AWS APIs every node calls: SSM (agent, parameters, sessions), EC2 (EIP moves, route replacement), STS. */
-const SERVICES = ["ssm", "ssmmessages", "ec2messages", "ec2", "sts"];
+/**
+ * AWS APIs every node calls: SSM (agent, parameters, sessions), EC2 (EIP moves, route
+ * replacement), STS, CloudWatch (health metrics).
+ */
+const SERVICES = ["ssm", "ssmmessages", "ec2messages", "ec2", "sts", "monitoring"];
 const NFS_PORTS = [111, 2049, 20048];
 
 interface Need {

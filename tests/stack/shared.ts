@@ -65,7 +65,8 @@ export function sharedStackTests(
     expect(count("aws:ebs/volume:Volume")).toBe(4);
     expect(count("aws:ec2/volumeAttachment:VolumeAttachment")).toBe(4);
     expect(count("aws:ec2/securityGroup:SecurityGroup")).toBe(4);
-    expect(count("aws:ec2/vpcEndpoint:VpcEndpoint")).toBe(6);
+    // S3 (gateway) and ssm, ssmmessages, ec2messages, ec2, sts, monitoring (interface).
+    expect(count("aws:ec2/vpcEndpoint:VpcEndpoint")).toBe(7);
     expect(count("aws:ec2/subnet:Subnet")).toBe(6);
     expect(count("aws:ssm/parameter:Parameter")).toBe(8);
     expect(count("random:index/randomPassword:RandomPassword")).toBe(5);
@@ -86,6 +87,7 @@ export function sharedStackTests(
       "StackSecrets",
       "BundleBucket",
       "ConfigRollout",
+      "HealthAlarms",
     ])
       expect(count(`pypi:infra:${type}`), type).toBe(1);
     // Children are named by role, never by a bare index.
@@ -246,10 +248,16 @@ export function sharedStackTests(
       const role = roles[0];
       for (const s of statements) {
         if (asList(s.Resource).includes("*")) {
+          // Describe calls, and PutMetricData, whose only scope is its namespace condition.
+          const metrics = s.Action.includes("cloudwatch:PutMetricData");
           expect(
-            s.Action.every((a) => /^ec2:Describe/.test(a)),
+            s.Action.every((a) => /^ec2:Describe/.test(a)) || (metrics && s.Action.length === 1),
             s.Sid,
           ).toBe(true);
+          if (metrics)
+            expect(s.Condition).toEqual({
+              StringEquals: { "cloudwatch:namespace": t.health.namespace },
+            });
           expect(s.Effect).toBe("Allow");
         }
       }

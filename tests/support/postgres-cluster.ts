@@ -94,6 +94,8 @@ export class BridgedNetwork {
 /** Directories each node gets privately, as the Debian package lays them out. */
 const PRIVATE_DIRS = [
   "/etc/postgresql",
+  // The agent's config, where the replication passfile lives.
+  "/etc/pypi-node",
   "/var/lib/postgresql",
   "/run/postgresql",
   "/var/log/postgresql",

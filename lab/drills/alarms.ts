@@ -1,0 +1,140 @@
+/**
+ * Which alarms each drill must raise, and which it may. Every drill is checked against this:
+ * each expected alarm fired after the fault, within the detection goal, naming the runbook the
+ * drill runs (or would, where the system heals itself); nothing outside both lists fired.
+ */
+import { alarmName, compositeAlarms } from "../../src/health.js";
+import type { Topology } from "../../src/topology.js";
+
+export const DETECTION_GOAL_SECONDS = 15;
+
+export interface ExpectedAlarm {
+  readonly alarm: string;
+  /** The runbook the drill runs for it (or the one an operator follows). */
+  readonly runbook: string;
+}
+
+export interface DrillAlarms {
+  readonly expect: readonly ExpectedAlarm[];
+  /** Alarms that may fire too: other views of the same fault, or a fault too short to be sure. */
+  readonly allow: readonly string[];
+  /** Why nothing is expected, when nothing is. */
+  readonly why?: string;
+}
+
+const everyAlarmOf = (t: Topology, nodes: readonly string[], checks: readonly string[]): string[] =>
+  nodes.flatMap((n) => checks.map((c) => alarmName(t, n, c)));
+
+const names = (t: Topology, role: string): string[] =>
+  t.nodes.filter((n) => n.role === role).map((n) => n.name);
+
+/** The expectations of drill `id` in topology `t` (db roles as the drill order leaves them). */
+export function drillAlarms(t: Topology, id: string): DrillAlarms {
+  const a = (node: string, check: string) => alarmName(t, node, check);
+  const lbs = names(t, "balancer");
+  const apps = names(t, "app");
+  const dbs = names(t, "db");
+  const balancerViews = [
+    ...everyAlarmOf(t, lbs, ["reporting", "nginx", "haproxy", "heartbeat-peer", "peer-fips-held"]),
+  ];
+  const dbViews = everyAlarmOf(t, dbs, [
+    "reporting",
+    "writer",
+    "standby-streaming",
+    "sync-standby",
+    "replay-lag-seconds",
+    "slot-wal-percent",
+  ]);
+  const appViews = [
+    ...everyAlarmOf(t, apps, ["reporting", "index", "package-root"]),
+    ...lbs.flatMap((lb) => apps.map((app) => a(lb, `upload-backend-${app}`))),
+  ];
+  switch (id) {
+    case "1":
+    case "2":
+      return {
+        expect: [
+          { alarm: a("lb-b", "peer-fips-held"), runbook: "balancer-loss-lb-a" },
+          { alarm: a("lb-b", "heartbeat-peer"), runbook: "balancer-loss-lb-a" },
+        ],
+        allow: [a("lb-a", "reporting"), ...balancerViews],
+      };
+    case "3":
+      return {
+        expect: [],
+        allow: balancerViews,
+        why: "the partition lasts 5 s: Heartbeat heals it before two health runs agree",
+      };
+    case "4":
+      return { expect: [{ alarm: a("lb-a", "nginx"), runbook: "balancer-loss-lb-a" }], allow: balancerViews };
+    case "5":
+      return {
+        expect: [
+          { alarm: a("app-a", "reporting"), runbook: "app-server-loss-app-a" },
+          { alarm: a("lb-a", "upload-backend-app-a"), runbook: "upload-backend-loss-app-a" },
+        ],
+        allow: appViews,
+      };
+    case "6":
+      return {
+        expect: [{ alarm: a("lb-a", "upload-backend-app-a"), runbook: "upload-backend-loss-app-a" }],
+        allow: appViews,
+      };
+    case "7":
+      return {
+        expect: [{ alarm: a("db-b", "writer"), runbook: "db-primary-loss-db-a" }],
+        allow: [...dbViews, ...appViews, ...everyAlarmOf(t, dbs, ["archive-failing"])],
+      };
+    case "8":
+      // Drill 7 left db-b primary and db-a its standby.
+      return {
+        expect: t.postgres.synchronous
+          ? [{ alarm: a("db-b", "sync-standby"), runbook: "db-standby-lost-db-a" }]
+          : [{ alarm: a("db-b", "standby-streaming"), runbook: "db-standby-lost-db-a" }],
+        allow: dbViews,
+      };
+    case "13":
+      // db-b is primary: db-a (the standby) runs the restore test.
+      return {
+        expect: [{ alarm: a("db-a", "restore-test"), runbook: "db-backups-stalled-db-b" }],
+        allow: [],
+      };
+    case "15":
+      return {
+        expect: compositeAlarms(t).map((c) => ({ alarm: c.name, runbook: c.runbook })),
+        allow: [...dbViews, ...appViews, ...everyAlarmOf(t, dbs, ["archive-failing", "backup-age-hours"])],
+      };
+    case "9":
+      return { expect: [], allow: [], why: "it checks drill 7's re-attach; no fault" };
+    case "11":
+      return {
+        expect: [],
+        allow: [],
+        why: "each daemon is back within one health interval, so no two runs in a row see it down",
+      };
+    case "12":
+      return { expect: [], allow: [], why: "workers killed are replaced at once; /_health keeps answering" };
+    case "10":
+      return {
+        expect: [],
+        allow: [...balancerViews, ...appViews, ...dbViews],
+        why: "a reboot shorter than an alarm period may or may not silence a node for a whole period",
+      };
+    case "14":
+      return {
+        expect: [],
+        allow: appViews,
+        why: "a bad rm of package files leaves the volume answering; the files' loss shows in the file copy check, not in the health model",
+      };
+    case "16":
+      // The drill adds the primary's disk-data alarm (the primary is known at run time).
+      return { expect: [], allow: everyAlarmOf(t, dbs, ["disk-data", "disk-root"]) };
+    case "17":
+      // The drill adds the primary's sync-standby (or standby-streaming) alarm.
+      return { expect: [], allow: [...dbViews, ...everyAlarmOf(t, dbs, ["restore-test"])] };
+    case "18":
+      return { expect: [], allow: [] };
+    default:
+      return { expect: [], allow: [] };
+  }
+}

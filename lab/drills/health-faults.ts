@@ -1,0 +1,257 @@
+/**
+ * Drills for the failures only the health model sees: nothing crashes, nothing fails over, yet
+ * each ends in an outage if nobody acts. A database volume fills up, a standby stops streaming,
+ * a rollout brings an expired certificate. Each waits for its alarm, then runs the runbook the
+ * alarm names; the lab stands in only for the cloud calls the runbook's operator steps make.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ROLLOUT_COMMAND } from "../../src/bring-up.js";
+import { alarmName } from "../../src/health.js";
+import { PG_DATA_MOUNT, paths } from "../../src/layout.js";
+import { buildRunbooks, type Runbook } from "../../src/runbooks/runbooks.js";
+import type { Lab } from "../lib/lab.js";
+import { DB_VOLUME_BYTES } from "../lib/lab.js";
+import { describeRun, executeRunbook } from "../lib/runbook.js";
+import { awaitAlarm, drill, expectAlarm, markFault, seconds } from "./common.js";
+import { primaryOf } from "./db-common.js";
+
+/** How full the drill makes the database volume: past the alarm's threshold, short of full. */
+const FILL_PERCENT = 94;
+const BALLAST = `${PG_DATA_MOUNT}/drill-ballast`;
+const CUT_TABLE = "pypidrill";
+
+function runbookById(lab: Lab, id: string): Runbook {
+  const rb = buildRunbooks(lab.t).find((r) => r.id === id);
+  if (!rb) throw new Error(`no runbook ${id}`);
+  return rb;
+}
+
+async function sh(lab: Lab, node: string, script: string, timeoutMs = 60_000): Promise<string> {
+  const r = await lab.exec(node, script, { timeoutMs });
+  if (r.status !== 0) throw new Error(`${node}: ${script}: exit ${r.status}: ${r.stderr}${r.stdout}`);
+  return r.stdout.trim();
+}
+
+/** Bytes in use and in total of the filesystem at `path` on a node. */
+async function usage(lab: Lab, node: string, path: string): Promise<{ used: number; size: number }> {
+  const [size, used] = (await sh(lab, node, `df -B1 --output=size,used ${path} | tail -n 1`))
+    .split(/\s+/)
+    .map(Number);
+  if (!size || used === undefined) throw new Error(`${node}: no df figures for ${path}`);
+  return { used, size };
+}
+
+const percent = (u: { used: number; size: number }): number => Math.round((u.used / u.size) * 1000) / 10;
+
+export const dbVolumeFull = drill(
+  "16",
+  "the primary's data volume fills up; its runbook grows the volume online",
+  300_000,
+  async (lab, report, section) => {
+    const { primary } = await primaryOf(lab);
+    const node = lab.node(primary);
+    const before = await usage(lab, primary, PG_DATA_MOUNT);
+    const ballast = Math.ceil((FILL_PERCENT / 100) * before.size - before.used);
+    const alarm = alarmName(lab.t, primary, "disk-data");
+    expectAlarm(lab, alarm, `disk-full-${primary}`);
+    markFault(lab);
+    // What fills a database volume: WAL a failing archive keeps, a bloated table. The drill
+    // takes the space at once, as one file of the postgres user.
+    await sh(lab, primary, `fallocate -l ${ballast} ${BALLAST} && chown postgres: ${BALLAST}`);
+    const full = await usage(lab, primary, PG_DATA_MOUNT);
+    try {
+      const runbook = await awaitAlarm(lab, alarm);
+      await report.check(
+        section,
+        `runbook ${runbook}: the volume grows online, the alarm clears`,
+        async () => {
+          const grownTo = 2 * DB_VOLUME_BYTES;
+          const run = await executeRunbook(runbookById(lab, runbook), (h) => lab.node(h), {
+            operator: async (step) => {
+              if (!step.command.startsWith("aws ec2 modify-volume")) return undefined;
+              node.growVolume(grownTo);
+              return `lab stand-in for modify-volume: ${node.volumeDevice} grown to ${grownTo / 1024 ** 3} GiB`;
+            },
+          });
+          if (run.failure) throw new Error(run.failure);
+          const after = await usage(lab, primary, PG_DATA_MOUNT);
+          if (after.size < grownTo * 0.9)
+            throw new Error(`the filesystem is ${after.size} bytes after the grow`);
+          report.figure(
+            section,
+            "data volume use: filled, then after the grow",
+            percent(after),
+            "%",
+            `${percent(full)} % before`,
+          );
+          return `${primary}: ${percent(full)} % used -> grown online to ${(after.size / 1024 ** 3).toFixed(1)} GiB, ${percent(after)} % used; ${describeRun(run).join("; ")}`;
+        },
+      );
+    } finally {
+      await lab.exec(primary, `rm -f ${BALLAST}`);
+    }
+  },
+);
+
+export const standbyStopsStreaming = drill(
+  "17",
+  "the standby is cut off from its primary and stops streaming",
+  300_000,
+  async (lab, report, section) => {
+    const { primary, standby } = await primaryOf(lab);
+    const primaryIp = lab.t.nodes.find((n) => n.name === primary)?.privateIp;
+    if (!primaryIp) throw new Error(`no address for ${primary}`);
+    const alarm = alarmName(
+      lab.t,
+      primary,
+      lab.t.postgres.synchronous ? "sync-standby" : "standby-streaming",
+    );
+    expectAlarm(lab, alarm, `db-standby-lost-${standby}`);
+    // The cut: a network change (a security group rule, on AWS) resets the standby's
+    // connections to the primary's Postgres port; its WAL receiver then cannot reconnect.
+    const cut = [
+      `nft add table inet ${CUT_TABLE}`,
+      `nft add chain inet ${CUT_TABLE} out '{ type filter hook output priority 0 ; }'`,
+      `nft add rule inet ${CUT_TABLE} out ip daddr ${primaryIp} tcp dport ${lab.t.postgres.port} reject with tcp reset`,
+    ].join(" && ");
+    markFault(lab);
+    await sh(lab, standby, cut);
+    await lab.exec(standby, "pkill -f 'postgres: .*walreceiver' || true");
+    try {
+      const runbook = await awaitAlarm(lab, alarm);
+      await report.check(
+        section,
+        `runbook ${runbook} re-attaches ${standby} once the cut is mended`,
+        async () => {
+          const rb = runbookById(lab, runbook);
+          // Its first steps show the cause (the standby cannot reach the primary); the cause is
+          // mended (the rule removed), then the rest of the runbook runs.
+          const diagnosis = await executeRunbook(rb, (h) => lab.node(h), {
+            include: (s) => s === rb.steps[0],
+          });
+          const firstFailed = diagnosis.failure !== undefined;
+          await sh(lab, standby, `nft delete table inet ${CUT_TABLE}`);
+          const run = await executeRunbook(rb, (h) => lab.node(h), { stepTimeoutMs: 300_000 });
+          if (run.failure) throw new Error(run.failure);
+          if (!firstFailed) throw new Error(`"${rb.steps[0]?.title}" passed while the standby was cut off`);
+          return `while cut off, "${rb.steps[0]?.title}" failed as it should; mended, then: ${describeRun(run).join("; ")}`;
+        },
+      );
+    } finally {
+      await lab.exec(standby, `nft delete table inet ${CUT_TABLE} 2>/dev/null || true`);
+    }
+  },
+);
+
+/** A certificate for `domain` on `key` whose validity ended in 2025 (openssl ca sets the dates). */
+function expiredCertificate(domain: string, keyPem: string): string {
+  const dir = mkdtempSync(join(tmpdir(), "pypi-expired-"));
+  try {
+    const file = (name: string, text: string) => writeFileSync(join(dir, name), text);
+    file("key.pem", keyPem);
+    file("index.txt", "");
+    file("serial", "01\n");
+    file(
+      "ca.cnf",
+      "[ca]\ndefault_ca = lab\n[lab]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n",
+    );
+    const openssl = (args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+    openssl(["req", "-new", "-key", "key.pem", "-subj", `/CN=${domain}`, "-out", "req.csr"]);
+    openssl(
+      [
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-selfsign",
+        "-keyfile",
+        "key.pem",
+        "-in",
+        "req.csr",
+        "-notext",
+      ].concat(["-startdate", "20250101000000Z", "-enddate", "20250201000000Z", "-out", "cert.pem"]),
+    );
+    return readFileSync(join(dir, "cert.pem"), "utf8");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** notAfter of the certificate a floating IP serves (from the client). */
+async function servedNotAfter(lab: Lab, fip: string): Promise<string> {
+  const r = await lab.exec(
+    "client",
+    `openssl s_client -connect ${fip}:443 -servername ${lab.t.domain} </dev/null 2>/dev/null | openssl x509 -noout -enddate`,
+    { timeoutMs: 15_000 },
+  );
+  return r.stdout.trim();
+}
+
+export const expiredCertificateRollout = drill(
+  "18",
+  "a rollout brings an expired certificate: the balancer refuses it and keeps serving",
+  300_000,
+  async (lab, report, section) => {
+    const lb = "lb-a";
+    const fip = lab.t.floatingIps.find((f) => f.home === lb)?.address;
+    if (!fip) throw new Error(`no floating IP homed on ${lb}`);
+    const secretFile = join(lab.dirs.store, "secrets", lab.t.secrets.tlsCertificate.parameter);
+    const good = readFileSync(secretFile, "utf8");
+    const key = readFileSync(join(lab.dirs.store, "secrets", lab.t.secrets.tlsKey.parameter), "utf8");
+    const servedBefore = await servedNotAfter(lab, fip);
+    const alarm = alarmName(lab.t, lb, "bundle-refused");
+    expectAlarm(lab, alarm, `bundle-refused-${lb}`);
+    markFault(lab);
+    // `pulumi up` with an expired certificate in the stack config writes it to the parameter;
+    // the rollout then runs each balancer's bootstrap, which applies it.
+    writeFileSync(secretFile, expiredCertificate(lab.t.domain, key));
+    try {
+      await report.check(
+        section,
+        `${lb} refuses the expired certificate and keeps serving the live one`,
+        async () => {
+          const r = await lab.node(lb).execAsync([...ROLLOUT_COMMAND], { timeoutMs: 120_000 });
+          if (r.status === 0) throw new Error(`the rollout applied an expired certificate: ${r.stdout}`);
+          if (!/expired/.test(r.stderr))
+            throw new Error(`refused, but not for the expiry: ${r.stderr.slice(-800)}`);
+          const served = await servedNotAfter(lab, fip);
+          if (served !== servedBefore) throw new Error(`${fip} now serves ${served}, before ${servedBefore}`);
+          return `rollout exit ${r.status}: "${r.stderr
+            .split("\n")
+            .find((l) => /expired/.test(l))
+            ?.trim()}"; ${fip} still serves ${served}`;
+        },
+      );
+      const runbook = await awaitAlarm(lab, alarm);
+      await report.check(
+        section,
+        `runbook ${runbook}: the reason shown, the renewed certificate applied`,
+        async () => {
+          const run = await executeRunbook(runbookById(lab, runbook), (h) => lab.node(h), {
+            operator: async (step) => {
+              if (!step.command.startsWith("pulumi config set")) return undefined;
+              writeFileSync(secretFile, good);
+              return "lab stand-in for the fixed config and pulumi up: the parameter holds a valid certificate again";
+            },
+          });
+          if (run.failure) throw new Error(run.failure);
+          const reason = run.executed[0]?.stdout ?? "";
+          if (!/expired/.test(reason)) throw new Error(`bundle-check does not show the reason: ${reason}`);
+          return describeRun(run).join("; ");
+        },
+      );
+    } finally {
+      writeFileSync(secretFile, good);
+      await lab.exec(lb, `${paths.agent} apply`);
+    }
+    report.figure(
+      section,
+      "time from the refused rollout to the runbook's fix",
+      seconds(lab.faultAt ?? Date.now(), Date.now()),
+      "s",
+    );
+  },
+);

@@ -1,0 +1,175 @@
+/**
+ * `pypi-node health` (pypi-health) under real `sh`: one JSON record per row of the node's health
+ * table, judged with the table's thresholds; a critical value is published only once two runs in
+ * a row measured it; --publish sends the published values (the lab's metric store, or
+ * PutMetricData with the stack's namespace). The database is never reached (the writer is
+ * 127.0.0.9), the app's /_health is a fake curl's refusal.
+ */
+import { mkdirSync, readFileSync, utimesSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { healthChecksOf } from "../../src/health.js";
+import { renderAgentEnv } from "../../src/render/agent.js";
+import { renderNodeHealthTable } from "../../src/render/health.js";
+import { nodeByName, type Topology } from "../../src/topology.js";
+import { requireTools } from "../support/tools.js";
+import { asLab, topologyFor } from "../support/topologies.js";
+import { type FakeCloud, fakeCloud } from "./fake-cloud.js";
+
+const canRun = requireTools("health probes", ["sh", "awk", "psql", "timeout", "df"]);
+
+interface HealthRecord {
+  node: string;
+  check: string;
+  state: "ok" | "warn" | "crit";
+  value: number;
+  published: number;
+  unit: string;
+  runbook: string;
+  summary: string;
+}
+
+function setUp(t: Topology, nodeName: string, backend: "aws" | "lab"): { cloud: FakeCloud; root: string } {
+  const node = nodeByName(t, nodeName);
+  const env = renderAgentEnv(t, node, ["pypi-health"]);
+  const cloud = fakeCloud(env);
+  const dir = cloud.dir;
+  const root = join(dir, "root");
+  mkdirSync(join(root, "incoming", "alice", "upload"), { recursive: true });
+  writeFileSync(join(dir, "health.tsv"), renderNodeHealthTable(t, node));
+  // This test's own paths, and nothing that leaves the machine.
+  writeFileSync(
+    join(dir, "node.env"),
+    `${env}${[
+      `PYPI_BACKEND=${backend}`,
+      `PYPI_AGENT_STATE='${join(dir, "state")}'`,
+      `PYPI_HEALTH_TABLE='${join(dir, "health.tsv")}'`,
+      `PYPI_PACKAGE_ROOT='${root}'`,
+      `PYPI_LAB_CLOUD='${join(dir, "cloud")}'`,
+      "PYPI_OVERLAY_DB=127.0.0.9",
+      "PYPI_APP_HEALTH_URL=http://127.0.0.1:9/_health",
+    ].join("\n")}\n`,
+  );
+  return { cloud, root };
+}
+
+const records = (stdout: string): HealthRecord[] => JSON.parse(stdout) as HealthRecord[];
+const byCheck = (rs: HealthRecord[], check: string): HealthRecord => {
+  const r = rs.find((x) => x.check === check);
+  if (!r) throw new Error(`no record for ${check}: ${rs.map((x) => x.check).join(", ")}`);
+  return r;
+};
+
+describe.runIf(canRun)("pypi-node health on an app server", { timeout: 60_000 }, () => {
+  const t = asLab(topologyFor("staging"));
+  let cloud: FakeCloud;
+  let root: string;
+  beforeEach(() => {
+    ({ cloud, root } = setUp(t, "app-a", "lab"));
+  });
+  afterEach(() => cloud.cleanup());
+
+  it("prints one record per table row, with the row's runbook, judged by its threshold", () => {
+    const r = cloud.run("pypi-health", []);
+    expect(r.status, r.stderr).toBe(0);
+    const rs = records(r.stdout);
+    expect(rs.map((x) => x.check)).toEqual(healthChecksOf(t, nodeByName(t, "app-a")).map((c) => c.id));
+    for (const x of rs) expect(x.node).toBe("app-a");
+    // The fake curl refuses /_health: the index is down, and the record names its runbook.
+    expect(byCheck(rs, "index")).toMatchObject({ state: "crit", value: 0, runbook: "app-server-loss-app-a" });
+    expect(byCheck(rs, "package-root")).toMatchObject({ state: "ok", value: 1 });
+    expect(byCheck(rs, "register-queue-age")).toMatchObject({ state: "ok", value: 0 });
+    // No database: the file check cannot look, which is the db checks' finding, not this one's.
+    expect(byCheck(rs, "package-files-missing")).toMatchObject({ state: "ok", value: 0 });
+    expect(byCheck(rs, "reporting")).toMatchObject({ state: "ok", value: 1 });
+    expect(byCheck(rs, "bundle-refused")).toMatchObject({ state: "ok", value: 0 });
+  });
+
+  it("publishes a critical value only once two runs in a row measured it", () => {
+    const upload = join(root, "incoming", "alice", "upload", "demo-1.0.tar.gz");
+    const queue = () =>
+      byCheck(records(cloud.run("pypi-health", ["--publish"]).stdout), "register-queue-age");
+    expect(queue()).toMatchObject({ state: "ok", value: 0, published: 0 });
+    writeFileSync(upload, "x");
+    const old = Date.now() / 1000 - t.health.registerQueueSeconds - 60;
+    utimesSync(upload, old, old);
+    const first = queue();
+    expect(first.state).toBe("crit");
+    expect(first.value).toBeGreaterThanOrEqual(t.health.registerQueueSeconds);
+    expect(first.published).toBe(0);
+    const second = queue();
+    expect(second.published).toBe(second.value);
+    // What reached the metric store: the published values, one datapoint per check and run.
+    const lines = readFileSync(join(cloud.dir, "cloud", "metrics", "app-a.tsv"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => l.split("\t"))
+      .filter(([, check]) => check === "register-queue-age")
+      .map(([, , value]) => Number(value));
+    expect(lines).toEqual([0, 0, second.value]);
+  });
+
+  it("reports a refused bundle until an apply succeeds", () => {
+    mkdirSync(join(cloud.dir, "state"), { recursive: true });
+    writeFileSync(
+      join(cloud.dir, "state", "apply-refused"),
+      "1700000000\npypi-node: error: candidate rejected\n",
+    );
+    const rs = records(cloud.run("pypi-health", []).stdout);
+    expect(byCheck(rs, "bundle-refused")).toMatchObject({
+      state: "crit",
+      value: 1,
+      runbook: "bundle-refused-app-a",
+    });
+  });
+
+  it("refuses an unknown argument", () => {
+    const r = cloud.run("pypi-health", ["--publsh"]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/usage: pypi-node health \[--publish\]/);
+  });
+});
+
+describe.runIf(canRun)("pypi-node health on AWS", { timeout: 60_000 }, () => {
+  const t = topologyFor("prod");
+  let cloud: FakeCloud;
+  beforeEach(() => {
+    ({ cloud } = setUp(t, "app-b", "aws"));
+  });
+  afterEach(() => cloud.cleanup());
+
+  it("sends PutMetricData to the stack's namespace: high resolution, dimension Node, every check", () => {
+    // The fake aws keeps the metric data file (the script removes it when it exits).
+    cloud.install(
+      "aws",
+      `#!/bin/sh\necho "$*" >>'${cloud.dir}/aws.log'\nfor a in "$@"; do case $a in file://*) cat "\${a#file://}" >'${cloud.dir}/metric-data.json' ;; esac; done\n`,
+    );
+    const r = cloud.run("pypi-health", ["--publish"]);
+    expect(r.status, r.stderr).toBe(0);
+    const call = readFileSync(join(cloud.dir, "aws.log"), "utf8");
+    expect(call).toContain(
+      `cloudwatch put-metric-data --namespace ${t.health.namespace} --metric-data file://`,
+    );
+    const data = JSON.parse(readFileSync(join(cloud.dir, "metric-data.json"), "utf8")) as {
+      MetricName: string;
+      Dimensions: { Name: string; Value: string }[];
+      Value: number;
+      StorageResolution: number;
+      Timestamp: number;
+    }[];
+    expect(data.map((d) => d.MetricName)).toEqual(healthChecksOf(t, nodeByName(t, "app-b")).map((c) => c.id));
+    for (const d of data) {
+      expect(d.Dimensions).toEqual([{ Name: "Node", Value: "app-b" }]);
+      expect(d.StorageResolution).toBe(1);
+      expect(Math.abs(d.Timestamp - Date.now() / 1000)).toBeLessThan(60);
+    }
+    expect(data.find((d) => d.MetricName === "reporting")?.Value).toBe(1);
+  });
+
+  it("fails when PutMetricData keeps failing (the timer's unit shows it)", () => {
+    cloud.install("aws", "#!/bin/sh\necho 'An error occurred (AccessDenied)' >&2\nexit 255\n");
+    const r = cloud.run("pypi-health", ["--publish"]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/put-metric-data failed/);
+  });
+});
