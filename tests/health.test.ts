@@ -8,12 +8,14 @@ import { loadLabTopology } from "../lab/lib/config.js";
 import { alarmRunbooks, statusCheckAlarms } from "../src/components/alarms.js";
 import {
   alarmDescription,
+  alarmName,
   alarmStatistic,
   compositeAlarms,
   type HealthCheck,
   healthChecks,
   healthChecksOf,
   judge,
+  LAB_UNSUPPORTED_CHECKS,
 } from "../src/health.js";
 import { paths } from "../src/layout.js";
 import {
@@ -66,6 +68,10 @@ describe("health model", () => {
     expect(check(t, "db-b", "sync-standby").runbook).toBe("db-standby-lost-db-a");
     expect(check(t, "db-a", "restore-test").runbook).toBe("db-backups-stalled-db-b");
     expect(check(t, "app-a", "package-files-missing").runbook).toBe("package-files-lost");
+    // The storage pair (app-a, app-b) watches DRBD and the export; a third app server does not.
+    expect(check(t, "app-b", "drbd").runbook).toBe("storage-primary-loss-app-a");
+    expect(check(t, "app-a", "nfs-export").runbook).toBe("storage-primary-loss-app-a");
+    expect(healthChecksOf(t, nodeByName(t, "app-c")).map((c) => c.id)).not.toContain("drbd");
     expect(check(t, "db-a", "disk-data")).toMatchObject({
       runbook: "disk-full-db-a",
       threshold: t.health.diskUsePercent,
@@ -123,10 +129,17 @@ describe("the lab's collector applies the stack's alarms", () => {
   it.each(topologies)("%s: the same alarm names, runbooks and thresholds as the stack renders", (_, t) => {
     const stack = alarmRunbooks(t);
     const ec2 = new Set(statusCheckAlarms(t).map((s) => s.name));
+    const unsupported = new Set(
+      healthChecks(t)
+        .filter((c) => LAB_UNSUPPORTED_CHECKS.includes(c.id))
+        .map((c) => alarmName(t, c.node, c.id)),
+    );
+    // What the lab leaves out: EC2 status checks (no instances) and DRBD/NFS (no module, no nfsd).
+    expect(unsupported.size).toBe(2 * LAB_UNSUPPORTED_CHECKS.length);
     const lab = alarmDefinitions(t);
     expect(lab.map((a) => a.name).sort()).toEqual(
       Object.keys(stack)
-        .filter((n) => !ec2.has(n))
+        .filter((n) => !ec2.has(n) && !unsupported.has(n))
         .sort(),
     );
     for (const a of lab) expect(a.runbook).toBe(stack[a.name]?.runbook);

@@ -13,6 +13,7 @@ import { createHash } from "node:crypto";
 import { copyFileSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROLLOUT_COMMAND } from "../../src/bring-up.js";
+import { alarmName } from "../../src/health.js";
 import { paths } from "../../src/layout.js";
 import { buildRunbooks, OPERATOR, PITR_TARGET_VAR, type Runbook } from "../../src/runbooks/runbooks.js";
 import { nodesWithRole } from "../../src/topology.js";
@@ -22,7 +23,7 @@ import { instanceDeleted } from "../lib/cloud.js";
 import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
 import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
-import { drill, markFault, seconds, sleep, until } from "./common.js";
+import { awaitAlarm, drill, markFault, seconds, sleep, until } from "./common.js";
 import { ensureSeqTable, lostRows, primaryOf, startWriter, superSql, waitWrites } from "./db-common.js";
 
 const STAND_IN = "a directory on the lab host standing in for the S3 bucket";
@@ -307,11 +308,13 @@ export const packageFilesLost = drill(
     const metadataFiles = [...rows.keys()].filter((k) => k.endsWith(".whl")).length;
     // The bad rm, on the storage primary, which DRBD copies to its peer: everything the volume
     // serves (files, their PEP 658 metadata, the static pages), as the loss of the pair would.
+    markFault(lab);
     for (const dir of ["packages", "simple", "pypi"])
       rmSync(join(lab.dirs.packages, dir), { recursive: true, force: true });
     const gone = rows.size;
 
-    const runbook = runbookById(lab, "package-files-lost");
+    // On-call opens the runbook the page names.
+    const runbook = runbookById(lab, await awaitAlarm(lab, alarmName(lab.t, app, "package-files-missing")));
     await report.check(
       section,
       `runbook ${runbook.id}: every file restored, each sha256 equal to its row`,

@@ -53,16 +53,23 @@ export const dbVolumeFull = drill(
   async (lab, report, section) => {
     const { primary } = await primaryOf(lab);
     const node = lab.node(primary);
+    // The ballast must land on the node's data volume, never on the lab host's disk.
+    const source = await sh(lab, primary, `findmnt -n -o SOURCE --target ${PG_DATA_MOUNT}`);
+    const device = node.volumeDevice;
+    if (!device || source !== device)
+      throw new Error(`${primary}: ${PG_DATA_MOUNT} is on ${source}, not on its data volume ${device ?? "(none)"}`);
     const before = await usage(lab, primary, PG_DATA_MOUNT);
+    if (before.size > DB_VOLUME_BYTES * 1.05)
+      throw new Error(`${primary}: ${PG_DATA_MOUNT} is ${before.size} bytes, larger than the lab's volume`);
     const ballast = Math.ceil((FILL_PERCENT / 100) * before.size - before.used);
     const alarm = alarmName(lab.t, primary, "disk-data");
     expectAlarm(lab, alarm, `disk-full-${primary}`);
     markFault(lab);
-    // What fills a database volume: WAL a failing archive keeps, a bloated table. The drill
-    // takes the space at once, as one file of the postgres user.
-    await sh(lab, primary, `fallocate -l ${ballast} ${BALLAST} && chown postgres: ${BALLAST}`);
-    const full = await usage(lab, primary, PG_DATA_MOUNT);
     try {
+      // What fills a database volume: WAL a failing archive keeps, a bloated table. The drill
+      // takes the space at once, as one file of the postgres user.
+      await sh(lab, primary, `fallocate -l ${ballast} ${BALLAST} && chown postgres: ${BALLAST}`);
+      const full = await usage(lab, primary, PG_DATA_MOUNT);
       const runbook = await awaitAlarm(lab, alarm);
       await report.check(
         section,

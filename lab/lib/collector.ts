@@ -14,6 +14,7 @@ import {
   compositeAlarms,
   type HealthCheck,
   healthChecks,
+  LAB_UNSUPPORTED_CHECKS,
 } from "../../src/health.js";
 import type { Topology } from "../../src/topology.js";
 
@@ -46,15 +47,20 @@ interface Point {
 /** Late datapoints CloudWatch still counts: evaluation runs this long after a period ends. */
 export const EVALUATION_DELAY_MS = 1000;
 
-/** Every alarm of a topology, as the stack creates them (EC2 status checks aside: no instances here). */
+/**
+ * Every alarm of a topology, as the stack creates them, but for the EC2 status checks (no
+ * instances here) and the checks of what the lab cannot run (LAB_UNSUPPORTED_CHECKS).
+ */
 export function alarmDefinitions(t: Topology): AlarmDefinition[] {
   return [
-    ...healthChecks(t).map((c) => ({
-      name: alarmName(t, c.node, c.id),
-      runbook: c.runbook,
-      summary: c.summary,
-      check: c,
-    })),
+    ...healthChecks(t)
+      .filter((c) => !LAB_UNSUPPORTED_CHECKS.includes(c.id))
+      .map((c) => ({
+        name: alarmName(t, c.node, c.id),
+        runbook: c.runbook,
+        summary: c.summary,
+        check: c,
+      })),
     ...compositeAlarms(t).map((c) => ({
       name: c.name,
       runbook: c.runbook,

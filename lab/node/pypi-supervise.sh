@@ -470,7 +470,15 @@ while IFS= read -r line; do
   optional=no
   case $1 in -*) optional=yes && first=${1#-} && shift && set -- "$first" "$@" ;; esac
   rc=0
-  unshare --mount --propagation private sh -c "$sandbox" job \
+  # A mount namespace only for a unit that asks for one, as systemd does: a unit without
+  # ProtectSystem=, PrivateTmp= or ReadWritePaths= mounts in the namespace of the node itself
+  # (the bootstrap mounts the data volume for everything else on the node).
+  ns=""
+  case $(get ProtectSystem no):$(get PrivateTmp no):$rw in
+    no:no: | false:false: | no:false: | false:no:) ;;
+    *) ns="unshare --mount --propagation private" ;;
+  esac
+  $ns sh -c "$sandbox" job \
     "$(get ProtectSystem no)" "$(get PrivateTmp no)" "$(get NoNewPrivileges no)" \
     "$(get User "")" "$(get Group "")" "$(get WorkingDirectory "")" "$rw" "$@" </dev/null || rc=$?
   [ "$rc" = 0 ] || [ "$optional" = yes ] || exit "$rc"

@@ -71,6 +71,29 @@ probe_package_root() {
   if bounded test -d "$PYPI_PACKAGE_ROOT/incoming" 2>/dev/null; then echo 1; else echo 0; fi
 }
 
+# DRBD: Connected, both disks UpToDate, exactly one Primary (from this node's view).
+probe_drbd() {
+  pd_res=$PYPI_DRBD_RESOURCE
+  pd_c=$(bounded drbdadm cstate "$pd_res" 2>/dev/null) || pd_c=""
+  pd_d=$(bounded drbdadm dstate "$pd_res" 2>/dev/null) || pd_d=""
+  pd_r=$(bounded drbdadm role "$pd_res" 2>/dev/null) || pd_r=""
+  case $pd_c:$pd_d:$pd_r in
+    Connected:UpToDate/UpToDate:Primary/Secondary | Connected:UpToDate/UpToDate:Secondary/Primary) echo 1 ;;
+    *) echo 0 ;;
+  esac
+}
+
+# The storage address's holder exports the package volume, mounted (the peer has nothing to export).
+probe_nfs_export() {
+  if [ "$(cmd_overlay "$PYPI_OVERLAY_STORAGE" status 2>/dev/null)" != running ]; then
+    echo 1
+  elif mountpoint -q "$PYPI_VOLUME_MOUNT" && bounded exportfs -v 2>/dev/null | awk -v p="$PYPI_VOLUME_MOUNT" '$1 == p { f = 1 } END { exit !f }'; then
+    echo 1
+  else
+    echo 0
+  fi
+}
+
 # How many of the newest registered files are missing from the volume: a bad rm or a lost
 # volume shows here first, while the database still lists them.
 probe_package_files() {
@@ -191,6 +214,8 @@ measure() {
     package-root) probe_package_root ;;
     register-queue-age) probe_register_queue ;;
     package-files-missing) probe_package_files ;;
+    drbd) probe_drbd ;;
+    nfs-export) probe_nfs_export ;;
     writer) probe_writer ;;
     standby-streaming) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE state = 'streaming'" 1 0 ;;
     sync-standby) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE sync_state = 'sync'" 1 0 ;;

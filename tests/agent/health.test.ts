@@ -123,6 +123,34 @@ describe.runIf(canRun)("pypi-node health on an app server", { timeout: 60_000 },
     });
   });
 
+  it("sees DRBD healthy only when Connected, both disks UpToDate and one Primary", () => {
+    const drbd = (cstate: string, dstate: string, role: string) => {
+      cloud.install(
+        "drbdadm",
+        `#!/bin/sh\ncase $1 in cstate) echo ${cstate} ;; dstate) echo ${dstate} ;; role) echo ${role} ;; *) exit 10 ;; esac\n`,
+      );
+      return byCheck(records(cloud.run("pypi-health", []).stdout), "drbd");
+    };
+    expect(drbd("Connected", "UpToDate/UpToDate", "Primary/Secondary")).toMatchObject({
+      state: "ok",
+      value: 1,
+    });
+    expect(drbd("Connected", "UpToDate/UpToDate", "Secondary/Primary")).toMatchObject({
+      state: "ok",
+      value: 1,
+    });
+    // Split brain: both primary and disconnected; a resync; a peer gone.
+    expect(drbd("StandAlone", "UpToDate/DUnknown", "Primary/Unknown")).toMatchObject({
+      state: "crit",
+      value: 0,
+    });
+    expect(drbd("SyncSource", "UpToDate/Inconsistent", "Primary/Secondary")).toMatchObject({ state: "crit" });
+    expect(drbd("Connected", "UpToDate/UpToDate", "Secondary/Secondary")).toMatchObject({ state: "crit" });
+    expect(drbd("WFConnection", "UpToDate/DUnknown", "Primary/Unknown").runbook).toBe(
+      "storage-primary-loss-app-a",
+    );
+  });
+
   it("refuses an unknown argument", () => {
     const r = cloud.run("pypi-health", ["--publsh"]);
     expect(r.status).not.toBe(0);

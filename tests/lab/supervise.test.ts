@@ -318,6 +318,29 @@ describe.skipIf(!canRun)("lab supervisor (systemd's part in direct mode)", { tim
     for (const gap of gaps.slice(0, 2)) expect(gap).toBeLessThan(4.5);
   });
 
+  it("mounts a oneshot makes are the node's, unless its unit asks for a namespace of its own (as systemd)", async () => {
+    const fast = { ...t, health: { ...t.health, intervalSeconds: 1 } };
+    const mounted = (dir: string) => app.run(["sh", "-c", `findmnt -n -o FSTYPE ${dir} || true`]).trim();
+    const runOnce = async (extra: string, dir: string) => {
+      await put(app, healthUnitPath("timer"), renderHealthTimer(fast));
+      await put(
+        app,
+        healthUnitPath("service"),
+        `[Service]\nType=oneshot\n${extra}ExecStart=/bin/sh -c 'mountpoint -q ${dir} || { mkdir -p ${dir}; mount -t tmpfs pypisv ${dir}; }; touch ${dir}.ran'\n`,
+      );
+      expect((await agent(app, `svc_start ${HEALTH_UNIT}`)).status).toBe(0);
+      const ran = await msUntil(() => app.exec(["test", "-e", `${dir}.ran`]).status === 0, 10_000);
+      expect((await agent(app, `svc_stop ${HEALTH_UNIT}`)).status).toBe(0);
+      expect(ran, app.run(["cat", LOG])).toBeGreaterThanOrEqual(0);
+    };
+    // The bootstrap's unit has no sandbox: the data volume it mounts is there for Postgres too.
+    await runOnce("", "/srv/pypisv-shared");
+    expect(mounted("/srv/pypisv-shared")).toBe("tmpfs");
+    await runOnce("PrivateTmp=yes\n", "/srv/pypisv-private");
+    expect(mounted("/srv/pypisv-private")).toBe("");
+    await app.sh("umount /srv/pypisv-shared");
+  });
+
   it("runs the upload watcher from its unit, and sshd under the drop-in's limit, restarted when it changes", async () => {
     expect((await agent(app, `svc_stop ${REGISTER_UNIT}`)).status).toBe(0);
     const node = nodesWithRole(t, "app")[0];

@@ -53,11 +53,11 @@ const T = {
 
 /**
  * Runbooks an operator starts by decision, not because a measurement went critical: rebuilding
- * a node (planned work too; it is also the runbook of a silent database node), a point-in-time
- * restore (a mistaken DELETE is not measurable) and restoring package files (a bad `rm` looks
- * healthy). Every other runbook handles a failure and must be named by at least one alarm.
+ * a node (planned work too; it is also the runbook of a silent database node) and a point-in-time
+ * restore (a mistaken DELETE is not measurable). Every other runbook handles a failure and must
+ * be named by at least one alarm.
  */
-const ON_DEMAND: readonly RegExp[] = [/^rebuild-/, /^db-pitr-/, /^package-files-lost$/];
+const ON_DEMAND: readonly RegExp[] = [/^rebuild-/, /^db-pitr-/];
 const onDemand = (id: string): boolean => ON_DEMAND.some((re) => re.test(id));
 
 type AlarmsBuilt = Built & {
