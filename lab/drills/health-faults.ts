@@ -57,7 +57,9 @@ export const dbVolumeFull = drill(
     const source = await sh(lab, primary, `findmnt -n -o SOURCE --target ${PG_DATA_MOUNT}`);
     const device = node.volumeDevice;
     if (!device || source !== device)
-      throw new Error(`${primary}: ${PG_DATA_MOUNT} is on ${source}, not on its data volume ${device ?? "(none)"}`);
+      throw new Error(
+        `${primary}: ${PG_DATA_MOUNT} is on ${source}, not on its data volume ${device ?? "(none)"}`,
+      );
     const before = await usage(lab, primary, PG_DATA_MOUNT);
     if (before.size > DB_VOLUME_BYTES * 1.05)
       throw new Error(`${primary}: ${PG_DATA_MOUNT} is ${before.size} bytes, larger than the lab's volume`);
