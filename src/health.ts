@@ -298,9 +298,9 @@ export const alarmDescription = (runbook: string, summary: string): string =>
   `runbook ${runbook}: ${summary}`.slice(0, 1024);
 
 /**
- * How an alarm reads its check's datapoints in one period. The node publishes a critical value
- * only once two runs in a row measured it (a daemon its unit restarts within one interval is
- * not paged), so any critical datapoint in the period fires: the worst one decides.
+ * How an alarm reads its check's datapoints in one period. The node publishes a check that
+ * turns critical only if it still is a second later (a daemon its unit restarts at once is not
+ * paged), so any critical datapoint in the period fires: the worst one decides.
  */
 export function alarmStatistic(check: Pick<HealthCheck, "comparison">): {
   readonly statistic: "Maximum" | "Minimum";

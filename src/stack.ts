@@ -178,7 +178,9 @@ export class PypiStack extends pulumi.ComponentResource {
         actionsEnabled: cfg.alarms.actionsEnabled,
         tags: ctx.tags,
       },
-      ctx.parent,
+      // After the rollout, whose apply starts each node's health timer: a new stack's alarms
+      // then see data from their first period instead of paging for the silence of the build.
+      { ...ctx.parent, dependsOn: [...this.rollout.done] },
     );
     this.alarms = this.healthAlarms.alarmRunbooks;
     this.alarmTopicArn = this.healthAlarms.topicArn;

@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { copyFileSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROLLOUT_COMMAND } from "../../src/bring-up.js";
-import { alarmName } from "../../src/health.js";
+import { alarmName, compositeAlarms } from "../../src/health.js";
 import { paths } from "../../src/layout.js";
 import { buildRunbooks, OPERATOR, PITR_TARGET_VAR, type Runbook } from "../../src/runbooks/runbooks.js";
 import { nodesWithRole } from "../../src/topology.js";
@@ -23,7 +23,7 @@ import { instanceDeleted } from "../lib/cloud.js";
 import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
 import { describeRun, executeRunbook } from "../lib/runbook.js";
 import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
-import { awaitAlarm, drill, markFault, seconds, sleep, until } from "./common.js";
+import { awaitAlarm, drill, expectAlarm, markFault, seconds, sleep, until } from "./common.js";
 import { ensureSeqTable, lostRows, primaryOf, startWriter, superSql, waitWrites } from "./db-common.js";
 
 const STAND_IN = "a directory on the lab host standing in for the S3 bucket";
@@ -179,6 +179,7 @@ export const pointInTime = drill(
           i++
         )
           damaged[i] = (damaged[i] ?? 0) ^ 0xff;
+        expectAlarm(lab, alarmName(lab.t, standby, "restore-test"), `db-backups-stalled-${primary}`);
         markFault(lab);
         writeFileSync(wal, damaged);
         try {
@@ -191,17 +192,14 @@ export const pointInTime = drill(
         } finally {
           writeFileSync(wal, original);
         }
-        // The alarm names db-backups-stalled: the repaired repository gets a new full backup,
-        // and the restore test proves it.
-        const run = await executeRunbook(
-          runbookById(lab, `db-backups-stalled-${primary}`),
-          (h) => lab.node(h),
-          {
-            stepTimeoutMs: 600_000,
-          },
-        );
+        // The page names db-backups-stalled: the repaired repository gets a new full backup, and
+        // the restore test proves it.
+        const paged = await awaitAlarm(lab, alarmName(lab.t, standby, "restore-test"));
+        const run = await executeRunbook(runbookById(lab, paged), (h) => lab.node(h), {
+          stepTimeoutMs: 600_000,
+        });
         if (run.failure) throw new Error(run.failure);
-        return `${wal.slice(lab.dirs.backupRepository.length)} damaged: restore test failed (verify), status "failed"; repaired, then runbook db-backups-stalled-${primary}: ${describeRun(run).join("; ")}`;
+        return `${wal.slice(lab.dirs.backupRepository.length)} damaged: restore test failed (verify), status "failed"; repaired, then runbook ${paged}: ${describeRun(run).join("; ")}`;
       },
     );
   },
@@ -398,6 +396,10 @@ export const bothDbLost = drill(
       lab.node(n).discardDisk();
       instanceDeleted(lab.dirs.store, n);
     }
+    // On-call replaces both when the page names db-both-lost: no node sees this loss alone.
+    const [both] = compositeAlarms(lab.t);
+    if (!both) throw new Error("no composite alarm for both database nodes");
+    await awaitAlarm(lab, both.name);
     const replaced = await report.check(
       section,
       "both replaced; the first restores from the repository at its first boot, the second copies it",
@@ -441,7 +443,13 @@ export const bothDbLost = drill(
       const lastAcked = ackedBefore.at(-1)?.at ?? outageFrom;
       const present = ackedBefore.filter((w) => !missing.includes(w.n));
       const rpoSeconds = missing.length === 0 ? 0 : seconds(present.at(-1)?.at ?? lostAt, lastAcked);
-      report.figure(section, "both db nodes lost: RTO (loss -> first committed write)", rto, "s");
+      report.figure(
+        section,
+        "both db nodes lost: RTO (loss -> first committed write)",
+        rto,
+        "s",
+        "the page, then the replacements",
+      );
       report.figure(
         section,
         "both db nodes lost: RPO, committed rows missing",

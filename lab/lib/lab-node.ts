@@ -21,7 +21,6 @@ import {
   readdirSync,
   readlinkSync,
   rmSync,
-  statSync,
   truncateSync,
   writeFileSync,
 } from "node:fs";
@@ -327,21 +326,6 @@ export class LabNode {
   /** Host path of the loop device backing the data volume (while attached). */
   get volumeDevice(): string | undefined {
     return this.loop;
-  }
-
-  /**
-   * The lab's stand-in for `aws ec2 modify-volume --size`: the backing file grows and the loop
-   * device learns its new size, while the node keeps running on it (EBS grows online too).
-   */
-  growVolume(sizeBytes: number): void {
-    const device = this.loop;
-    if (!device) throw new Error(`${this.name}: no data volume attached`);
-    const file = loopDevices().find((l) => l.device === device)?.file;
-    if (!file) throw new Error(`${this.name}: ${device} has no backing file`);
-    if (statSync(file).size >= sizeBytes)
-      throw new Error(`${this.name}: ${device} is already ${sizeBytes} bytes or more`);
-    truncateSync(file, sizeBytes);
-    execFileSync("losetup", ["--set-capacity", device]);
   }
 
   /** Host pids of every process in the node's PID namespace. */

@@ -59,7 +59,8 @@ probe_cert_days() {
 }
 
 probe_index() {
-  pi_code=$(bounded curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $PYPI_DOMAIN" \
+  # Longer than the app's own probe timeout (3 s), so it answers 503 rather than nothing.
+  pi_code=$(timeout -k 1 6 curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $PYPI_DOMAIN" \
     "$PYPI_APP_HEALTH_URL" 2>/dev/null) || pi_code=000
   # 503 is the app answering that a dependency fails (the database, the volume): their own
   # checks page for those, with their runbooks. This check is about the app server itself.
@@ -147,6 +148,13 @@ primary_sql() {
   fi
 }
 
+# From 12 a standby that stopped replying counts as gone at once: a network cut leaves its
+# connection (and its row) until wal_sender_timeout.
+replying() {
+  [ "${PYPI_PG_VERSION%%.*}" -ge 12 ] || return 0
+  printf " AND reply_time > now() - interval '%s seconds'" "$PYPI_PG_STANDBY_SILENT_SECONDS"
+}
+
 probe_replay_lag() {
   if [ "$DB_ROLE" = standby ]; then
     pr_lag=$(bounded_sql "SELECT CASE WHEN pg_last_wal_receive_lsn() IS NULL
@@ -217,8 +225,8 @@ measure() {
     drbd) probe_drbd ;;
     nfs-export) probe_nfs_export ;;
     writer) probe_writer ;;
-    standby-streaming) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE state = 'streaming'" 1 0 ;;
-    sync-standby) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE sync_state = 'sync'" 1 0 ;;
+    standby-streaming) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE state = 'streaming'$(replying)" 1 0 ;;
+    sync-standby) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE sync_state = 'sync'$(replying)" 1 0 ;;
     replay-lag-seconds) probe_replay_lag ;;
     slot-wal-percent)
       primary_sql "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), 0)::bigint * 100
@@ -235,6 +243,13 @@ measure() {
       echo 0
       ;;
   esac
+}
+
+# A probe's number; anything else (a probe that printed nothing) counts as 0.
+measured_value() {
+  mv_value=$(measure "$1" </dev/null)
+  case $mv_value in '' | *[!0-9.-]*) mv_value=0 ;; esac
+  echo "$mv_value"
 }
 
 # ok, warn or crit: the comparison and thresholds of the table row.
@@ -287,25 +302,41 @@ main() {
   now_ms=$(($(date +%s) * 1000))
   points=$(mktemp)
   records=$(mktemp)
-  trap 'rm -f "$points" "$points.json" "$records" "$HEALTH_STATE/last.$$"' EXIT
-  : >"$HEALTH_STATE/last.$$"
+  measured=$(mktemp)
+  trap 'rm -f "$points" "$points.json" "$records" "$measured" "$measured.new" "$HEALTH_STATE/last.$$"' EXIT
+  confirm=""
   while IFS=$TAB read -r id cmp crit warn unit runbook summary; do
-    value=$(measure "$id")
-    case $value in '' | *[!0-9.-]*) value=0 ;; esac
+    value=$(measured_value "$id")
     state=$(judge "$value" "$cmp" "$crit" "$warn")
-    # A critical value is published once two runs in a row measured it: a daemon its unit
-    # restarts within one interval is not an alarm. The record shows the measurement at once.
-    previous=$(awk -F '\t' -v id="$id" '$1 == id { print $2 "\t" $3 }' "$HEALTH_STATE/last" 2>/dev/null || true)
-    published=$value
-    if [ "$state" = crit ] && [ "$id" != reporting ] && [ "${previous#*"$TAB"}" != crit ] && [ -n "$previous" ]; then
-      published=${previous%%"$TAB"*}
-    fi
-    printf '%s\t%s\t%s\n' "$id" "$value" "$state" >>"$HEALTH_STATE/last.$$"
-    printf '%s\t%s\t%s\t%s\n' "$now_ms" "$id" "$published" "$unit" >>"$points"
-    printf '{"node":%s,"check":%s,"state":"%s","value":%s,"published":%s,"unit":"%s","runbook":%s,"summary":%s}\n' \
-      "$(json_string "$PYPI_NODE")" "$(json_string "$id")" "$state" "$value" "$published" "$unit" \
-      "$(json_string "$runbook")" "$(json_string "$summary")" >>"$records"
+    # A check that turns critical is measured again a second later and published only if it
+    # still is: a daemon its unit restarts at once pages nobody. Silence is never confirmed.
+    previous=$(awk -F '\t' -v id="$id" '$1 == id { print $3 }' "$HEALTH_STATE/last" 2>/dev/null || true)
+    if [ "$state" = crit ] && [ "$id" != reporting ] && [ "$previous" != crit ]; then confirm="$confirm $id"; fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$value" "$state" "$cmp" "$crit" "$warn" "$unit" \
+      "$runbook" "$summary" >>"$measured"
   done <"$PYPI_HEALTH_TABLE"
+  if [ -n "$confirm" ]; then
+    sleep "${HEALTH_CONFIRM_SECONDS:-1}"
+    : >"$measured.new"
+    while IFS=$TAB read -r id value state cmp crit warn unit runbook summary; do
+      case " $confirm " in
+        *" $id "*)
+          value=$(measured_value "$id")
+          state=$(judge "$value" "$cmp" "$crit" "$warn")
+          ;;
+      esac
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$value" "$state" "$cmp" "$crit" "$warn" "$unit" \
+        "$runbook" "$summary" >>"$measured.new"
+    done <"$measured"
+    mv -f "$measured.new" "$measured"
+  fi
+  while IFS=$TAB read -r id value state _cmp _crit _warn unit runbook summary; do
+    printf '%s\t%s\t%s\t%s\n' "$now_ms" "$id" "$value" "$unit" >>"$points"
+    printf '{"node":%s,"check":%s,"state":"%s","value":%s,"unit":"%s","runbook":%s,"summary":%s}\n' \
+      "$(json_string "$PYPI_NODE")" "$(json_string "$id")" "$state" "$value" "$unit" \
+      "$(json_string "$runbook")" "$(json_string "$summary")" >>"$records"
+  done <"$measured"
+  cut -f 1-3 "$measured" >"$HEALTH_STATE/last.$$"
   mv -f "$HEALTH_STATE/last.$$" "$HEALTH_STATE/last"
   # A JSON array, one record per line (so a runbook's expected output can match one check).
   awk 'BEGIN { print "[" } { printf "%s%s", (NR > 1 ? ",\n" : ""), $0 } END { print "\n]" }' "$records"

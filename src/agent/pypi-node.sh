@@ -175,7 +175,7 @@ install_secrets() {
     if [ "$path" = "${PYPI_TLS_CERT:-}" ] && ! openssl x509 -noout -checkend 0 -in "$tmp" >/dev/null 2>&1; then
       cc_end=$(openssl x509 -noout -enddate -in "$tmp" 2>/dev/null || echo "unreadable")
       rm -f "$tmp"
-      die "candidate certificate from $parameter is expired or unreadable ($cc_end); live configuration left untouched"
+      refuse "candidate certificate from $parameter is expired or unreadable ($cc_end); live configuration left untouched"
     fi
     chown "$owner:$group" "$tmp"
     chmod "$mode" "$tmp"
@@ -535,6 +535,14 @@ apply_rollback() {
   die "$ar_failed does not run on the new files; the previous files are back and running"
 }
 
+# The bundle itself is wrong (a daemon rejects a file, a reload does not take, an expired
+# certificate): retrying it cannot help, so the bootstrap stops at this status.
+APPLY_REFUSED=3
+refuse() {
+  log "error: $*"
+  exit "$APPLY_REFUSED"
+}
+
 cmd_apply() {
   # First boot (cloud-init) and a rollout (SSM) can overlap; one apply at a time.
   if [ -z "${PYPI_NODE_LOCKED:-}" ] && command -v flock >/dev/null; then
@@ -573,7 +581,7 @@ cmd_apply() {
       rejected=1
     fi
   done <"$bundle/manifest"
-  [ "$rejected" = 0 ] || die "candidate rejected; live configuration left untouched"
+  [ "$rejected" = 0 ] || refuse "candidate rejected; live configuration left untouched"
 
   # Pass 2: install atomically (temp file in the same dir, then rename), keeping what it replaces.
   SNAP_ROOT=$PYPI_AGENT_STATE/previous
@@ -633,7 +641,7 @@ cmd_apply() {
       service_complaint >&2
     fi
     if [ -n "$SNAP" ]; then apply_rollback "$svc"; fi
-    die "$svc does not run on its new configuration; only secrets changed, and they are not rolled back"
+    refuse "$svc does not run on its new configuration; only secrets changed, and they are not rolled back"
   done
 
   # Then every service of the bundle runs, whether or not this apply touched it: a rollout that
@@ -733,7 +741,7 @@ cmd_disk_report() {
   for mount in / ${PYPI_DATA_MOUNT:-} ${PYPI_VOLUME_MOUNT:-}; do
     mountpoint -q "$mount" 2>/dev/null || continue
     df -P "$mount" | awk -v m="$mount" 'NR == 2 { printf "disk\t%s\t%s used\t%d MB free\n", m, $5, $4 / 1024 }'
-    du -x -m -d 2 "$mount" 2>/dev/null | sort -rn | head -n 5 | awk '{ printf "largest\t%s MB\t%s\n", $1, $2 }'
+    du -x -a -m -d 2 "$mount" 2>/dev/null | sort -rn | head -n 5 | awk '{ printf "largest\t%s MB\t%s\n", $1, $2 }'
   done
 }
 

@@ -13,7 +13,7 @@ import { heartbeatPaths, resourceScriptPath } from "./heartbeat.js";
 import { mountUnitName, nfsPaths } from "./nfs.js";
 import { NGINX_CONF_PATH, NGINX_ERROR_LOG, NGINX_PID_PATH } from "./nginx.js";
 import { PGBACKREST_CONF_PATH, PGBACKREST_SCRATCH_DIR, SCRATCH_PG_PORT } from "./pgbackrest.js";
-import { PG_LOG_DIR, PG_SOCKET_DIR, PGPASS_PATH } from "./postgres.js";
+import { PG_LOG_DIR, PG_SOCKET_DIR, PGPASS_PATH, STANDBY_SILENT_SECONDS } from "./postgres.js";
 import { uploadWatchUnitPath } from "./ssh-limits.js";
 import { uploadHostKeyPath } from "./sshd.js";
 import { appEnvPath, indexScriptPath } from "./systemd.js";
@@ -172,6 +172,7 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_PGBR_SCRATCH", PGBACKREST_SCRATCH_DIR],
       ["PYPI_PGBR_SCRATCH_PORT", String(SCRATCH_PG_PORT)],
       ["PYPI_PG_MAX_SLOT_WAL_MB", String(pg.maxSlotWalKeepMb)],
+      ["PYPI_PG_STANDBY_SILENT_SECONDS", String(STANDBY_SILENT_SECONDS)],
     );
   }
   if (node.role === "app") {

@@ -2,6 +2,8 @@ import { paths } from "../layout.js";
 import type { NodeSpec, Topology } from "../topology.js";
 
 export const bootstrapScriptPath = "/usr/local/sbin/pypi-bootstrap";
+/** `pypi-node apply`'s exit status for a bundle it refuses (APPLY_REFUSED in pypi-node.sh). */
+export const APPLY_REFUSED_STATUS = 3;
 export const bootstrapEnvPath = "/etc/pypi-node/bootstrap.env";
 /** The unit that runs the bootstrap at every boot after the first (cloud-init runs the first). */
 export const bootstrapUnitName = "pypi-bootstrap.service";
@@ -72,9 +74,16 @@ export const bootstrapScript = `${[
   "attempt=1",
   "delay=5",
   "while :; do",
-  `  if fetch && sh "$incoming/files${paths.agent}" apply "$incoming" && ${paths.agent} converge; then`,
+  "  status=0",
+  `  if fetch; then sh "$incoming/files${paths.agent}" apply "$incoming" || status=$?; else status=1; fi`,
+  `  if [ "$status" = 0 ] && ${paths.agent} converge; then`,
   '    echo "pypi-bootstrap: $PYPI_NODE applied and converged"',
   "    exit 0",
+  "  fi",
+  "  # The agent refused the bundle itself: the same bundle would be refused again.",
+  `  if [ "$status" = ${APPLY_REFUSED_STATUS} ]; then`,
+  '    echo "pypi-bootstrap: the agent refused this bundle; the node keeps its previous configuration" >&2',
+  `    exit ${APPLY_REFUSED_STATUS}`,
   "  fi",
   `  if [ "$attempt" -ge ${maxAttempts} ]; then`,
   '    echo "pypi-bootstrap: giving up after $attempt attempts" >&2',

@@ -81,6 +81,11 @@ function settingLine(name: string, value: Setting): string {
   return `${name} = ${text}`;
 }
 
+/** How often a standby reports its position to the primary (`wal_receiver_status_interval`). */
+export const STANDBY_REPLY_SECONDS = 1;
+/** A standby whose last report is older than this counts as not streaming (health, 12+: reply_time). */
+export const STANDBY_SILENT_SECONDS = 3;
+
 /** The libpq connection string a node uses to stream from its peer (never carries a password). */
 export function primaryConninfo(t: Topology, node: NodeSpec): string {
   const peer = peerOf(t, node);
@@ -143,6 +148,9 @@ export function renderPostgresConf(t: Topology, node: NodeSpec): string {
     ...(v >= 13 ? [settingLine("max_slot_wal_keep_size", `${pg.maxSlotWalKeepMb}MB`)] : []),
     settingLine("hot_standby", true),
     settingLine("hot_standby_feedback", true),
+    // A standby reports every second, so the primary's health sees a silent standby (reply_time)
+    // in seconds, not after wal_sender_timeout (60 s) when a network cut leaves the socket open.
+    settingLine("wal_receiver_status_interval", `${STANDBY_REPLY_SECONDS}s`),
     "",
     "# Continuous archiving to the pgBackRest repository (whichever node is primary archives)",
     ...archiveSettings(t).map((s) => settingLine(s.name, s.value)),

@@ -502,6 +502,8 @@ function diskFull(t: Topology, node: NodeSpec): Runbook {
     },
   ];
   return {
+    labLimitation:
+      "online resize2fs needs CAP_SYS_RESOURCE, which the lab machine lacks; the lab runs the other steps and frees the space instead of growing the volume",
     id: `disk-full-${node.name}`,
     title: `A filesystem on ${node.name} is nearly full`,
     summary: `Find what grows, then grow the volume (EBS grows online: no stop, no detach). On a database node, WAL piling up in pg_wal means archiving fails (see db-backups-stalled) or a slot holds it (see db-standby-lost); growing buys the time to fix that.${node.role === "app" ? " The package volume is DRBD on both app servers: grow both backing volumes, then run the grow step on the storage primary." : ""}`,

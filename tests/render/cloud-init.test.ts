@@ -1,5 +1,10 @@
+import { spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
+  APPLY_REFUSED_STATUS,
   bootstrapScript,
   envQuote,
   renderBootstrapEnv,
@@ -86,6 +91,68 @@ describe("bootstrap script", () => {
     expect(bootstrapScript).toContain('sh "$incoming/files/usr/local/sbin/pypi-node" apply "$incoming"');
     expect(s).toContain('  sleep "$delay"');
     expect(s).toContain("  delay=$((delay * 2))");
+  });
+});
+
+describe("bootstrap script under sh", () => {
+  /** The shipped script with this test's directories, an agent exiting `status`, fake systemctl and sleep. */
+  function runBootstrap(status: number): {
+    status: number;
+    attempts: number;
+    sleeps: string[];
+    stderr: string;
+  } {
+    const dir = mkdtempSync(join(tmpdir(), "pypi-bootstrap-"));
+    try {
+      const bin = join(dir, "bin");
+      const bundle = join(dir, "bundle");
+      mkdirSync(bin);
+      mkdirSync(join(bundle, "files", "usr", "local", "sbin"), { recursive: true });
+      const exe = (path: string, text: string) => {
+        writeFileSync(path, text);
+        chmodSync(path, 0o755);
+      };
+      exe(join(bin, "systemctl"), "#!/bin/sh\nexit 0\n");
+      exe(join(bin, "sleep"), `#!/bin/sh\necho "$1" >>'${dir}/sleeps'\n`);
+      exe(
+        join(bundle, "files", "usr", "local", "sbin", "pypi-node"),
+        `#!/bin/sh\necho "$1" >>'${dir}/agent-calls'\nexit ${status}\n`,
+      );
+      writeFileSync(
+        join(dir, "bootstrap.env"),
+        `PYPI_BUNDLE_LOCATION='${bundle}'\nPYPI_NODE=lb-a\nPYPI_REGION=us-east-1\n`,
+      );
+      const script = bootstrapScript
+        .replace(". /etc/pypi-node/bootstrap.env", `. '${join(dir, "bootstrap.env")}'`)
+        .replace("incoming=/var/lib/pypi-node/incoming", `incoming='${join(dir, "incoming")}'`)
+        .replace("/run/pypi-bootstrap.lock", join(dir, "lock"));
+      exe(join(dir, "pypi-bootstrap"), script);
+      const r = spawnSync("sh", [join(dir, "pypi-bootstrap")], {
+        encoding: "utf8",
+        env: { PATH: `${bin}:/usr/bin:/bin` },
+        timeout: 30_000,
+      });
+      const lines = (f: string) =>
+        existsSync(join(dir, f)) ? readFileSync(join(dir, f), "utf8").split("\n").filter(Boolean) : [];
+      return {
+        status: r.status ?? -1,
+        attempts: lines("agent-calls").length,
+        sleeps: lines("sleeps"),
+        stderr: r.stderr,
+      };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it("stops at once when the agent refuses the bundle, and retries any other failure", () => {
+    const refused = runBootstrap(APPLY_REFUSED_STATUS);
+    expect(refused).toMatchObject({ status: APPLY_REFUSED_STATUS, attempts: 1, sleeps: [] });
+    expect(refused.stderr).toMatch(/refused this bundle/);
+    const failing = runBootstrap(1);
+    expect(failing.status).toBe(1);
+    expect(failing.attempts).toBe(10);
+    expect(failing.sleeps).toEqual(["5", "10", "20", "40", "60", "60", "60", "60", "60"]);
   });
 });
 
