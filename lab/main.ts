@@ -19,7 +19,7 @@ import { generateUploadKey, writeSecretStore } from "./lib/secrets.js";
 import { StateFile, teardown } from "./lib/state.js";
 
 /** The whole run, checks included, must finish within this. */
-const RUN_TIMEOUT_MS = 20 * 60_000;
+const RUN_TIMEOUT_MS = 35 * 60_000;
 const BRING_UP_GOAL_SECONDS = 60;
 
 const log = (msg: string): void => {
