@@ -15,13 +15,13 @@ import { join } from "node:path";
 import { ROLLOUT_COMMAND } from "../../src/bring-up.js";
 import { alarmName, compositeAlarms } from "../../src/health.js";
 import { paths } from "../../src/layout.js";
-import { buildRunbooks, OPERATOR, PITR_TARGET_VAR, type Runbook } from "../../src/runbooks/runbooks.js";
+import { OPERATOR, PITR_TARGET_VAR } from "../../src/runbooks/runbooks.js";
 import { nodesWithRole } from "../../src/topology.js";
 import { adminOn, twine } from "../checks/publish.js";
 import { bootAgain, firstBoot } from "../lib/boot.js";
 import { instanceDeleted } from "../lib/cloud.js";
 import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
-import { describeRun, executeRunbook } from "../lib/runbook.js";
+import { describeRun, executeRunbook, runbookById } from "../lib/runbook.js";
 import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
 import { awaitAlarm, drill, expectAlarm, markFault, seconds, sleep, until } from "./common.js";
 import { ensureSeqTable, lostRows, primaryOf, startWriter, superSql, waitWrites } from "./db-common.js";
@@ -29,12 +29,6 @@ import { ensureSeqTable, lostRows, primaryOf, startWriter, superSql, waitWrites 
 const STAND_IN = "a directory on the lab host standing in for the S3 bucket";
 const BULK_WHEELS = 8;
 const BULK_WHEEL_BYTES = 4_000_000;
-
-function runbookById(lab: Lab, id: string): Runbook {
-  const rb = buildRunbooks(lab.t).find((r) => r.id === id);
-  if (!rb) throw new Error(`no runbook ${id}`);
-  return rb;
-}
 
 async function sqlOk(lab: Lab, node: string, sql: string, db = lab.t.postgres.database): Promise<string> {
   const r = await superSql(lab, node, sql, db, 30_000);

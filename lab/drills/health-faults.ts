@@ -12,10 +12,10 @@ import { ROLLOUT_COMMAND } from "../../src/bring-up.js";
 import { alarmName } from "../../src/health.js";
 import { PG_DATA_MOUNT } from "../../src/layout.js";
 import { APPLY_REFUSED_STATUS } from "../../src/render/cloud-init.js";
-import { buildRunbooks, OPERATOR, type Runbook, type RunbookStep } from "../../src/runbooks/runbooks.js";
+import { OPERATOR, type RunbookStep } from "../../src/runbooks/runbooks.js";
 import type { Lab } from "../lib/lab.js";
 import { DB_VOLUME_BYTES } from "../lib/lab.js";
-import { describeRun, executeRunbook } from "../lib/runbook.js";
+import { describeRun, executeRunbook, runbookById } from "../lib/runbook.js";
 import { awaitAlarm, drill, expectAlarm, markFault, seconds } from "./common.js";
 import { primaryOf } from "./db-common.js";
 
@@ -23,12 +23,6 @@ import { primaryOf } from "./db-common.js";
 const FILL_PERCENT = 94;
 const BALLAST = `${PG_DATA_MOUNT}/drill-ballast`;
 const CUT_TABLE = "pypidrill";
-
-function runbookById(lab: Lab, id: string): Runbook {
-  const rb = buildRunbooks(lab.t).find((r) => r.id === id);
-  if (!rb) throw new Error(`no runbook ${id}`);
-  return rb;
-}
 
 async function sh(lab: Lab, node: string, script: string, timeoutMs = 60_000): Promise<string> {
   const r = await lab.exec(node, script, { timeoutMs });

@@ -4,7 +4,8 @@
  * `expectOutput`. Steps for the operator (AWS console, pulumi) are skipped; the lab's client is
  * not an operator workstation.
  */
-import { OPERATOR, type Runbook, type RunbookStep } from "../../src/runbooks/runbooks.js";
+import { buildRunbooks, OPERATOR, type Runbook, type RunbookStep } from "../../src/runbooks/runbooks.js";
+import type { Topology } from "../../src/topology.js";
 import type { LabNode } from "./lab-node.js";
 
 export interface ExecutedStep {
@@ -130,4 +131,11 @@ export function stepByCommand(runbook: Runbook, suffix: string): RunbookStep {
   const step = runbook.steps.find((s) => s.command.endsWith(suffix));
   if (!step) throw new Error(`runbook ${runbook.id} has no step ending in "${suffix}"`);
   return step;
+}
+
+/** The stack's runbook `id` for this lab topology. */
+export function runbookById(lab: { readonly t: Topology }, id: string): Runbook {
+  const rb = buildRunbooks(lab.t).find((r) => r.id === id);
+  if (!rb) throw new Error(`no runbook ${id}`);
+  return rb;
 }
