@@ -30,6 +30,8 @@ export interface HealthCheck {
   readonly runbook: string;
   /** A node that stops publishing breaches only this check (CloudWatch `treatMissingData`). */
   readonly missingBreaches: boolean;
+  /** Consecutive breaching periods that fire the alarm (CloudWatch `evaluationPeriods`). */
+  readonly periods: number;
 }
 
 export type HealthState = "ok" | "warn" | "crit";
@@ -49,7 +51,10 @@ export function judge(
 export const alarmName = (t: Topology, node: string, check: string): string =>
   `pypi-${t.environment}-${node}-${check}`;
 
-type Row = Omit<HealthCheck, "node" | "missingBreaches"> & { readonly missingBreaches?: boolean };
+type Row = Omit<HealthCheck, "node" | "missingBreaches" | "periods"> & {
+  readonly missingBreaches?: boolean;
+  readonly periods?: number;
+};
 
 const up = (id: string, summary: string, runbook: string): Row => ({
   id,
@@ -78,10 +83,12 @@ const common = (node: NodeSpec): Row[] => [
   {
     ...up(
       "reporting",
-      `${node.name} stopped publishing its health (instance down, or its timer stopped)`,
+      `${node.name} published no health for two alarm periods (instance down, or its timer stopped)`,
       "",
     ),
     missingBreaches: true,
+    // One run slowed by a probe waiting on its timeout (a hung database) is not silence.
+    periods: 2,
   },
   {
     id: "bundle-refused",
@@ -265,6 +272,7 @@ export function healthChecksOf(t: Topology, node: NodeSpec): HealthCheck[] {
     node: node.name,
     runbook: r.id === "reporting" ? silentRunbook : r.runbook,
     missingBreaches: r.missingBreaches ?? false,
+    periods: r.periods ?? 1,
   }));
 }
 

@@ -393,7 +393,8 @@ export const bothDbLost = drill(
     // On-call replaces both when the page names db-both-lost: no node sees this loss alone.
     const [both] = compositeAlarms(lab.t);
     if (!both) throw new Error("no composite alarm for both database nodes");
-    await awaitAlarm(lab, both.name);
+    // Silence fires after two whole periods: up to 30 s.
+    await awaitAlarm(lab, both.name, 45_000);
     const replaced = await report.check(
       section,
       "both replaced; the first restores from the repository at its first boot, the second copies it",

@@ -86,6 +86,8 @@ export class AlarmCollector {
   readonly alarms: AlarmDefinition[];
   readonly transitions: AlarmTransition[] = [];
   private readonly state = new Map<string, AlarmState>();
+  /** Each metric alarm's latest period results, newest last. */
+  private readonly history = new Map<string, AlarmState[]>();
   private readonly points = new Map<string, Point[]>();
   private readonly offsets = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
@@ -142,7 +144,13 @@ export class AlarmCollector {
       if (!a.check) continue;
       const series = this.points.get(`${a.check.node}\t${a.check.id}`) ?? [];
       const values = series.filter((p) => p.at >= from && p.at < to).map((p) => p.value);
-      this.set(a, evaluatePeriod(a.check, values), now, values);
+      // `periods` out of the last `periods` must breach (evaluationPeriods = datapointsToAlarm).
+      const recent = [...(this.history.get(a.name) ?? []), evaluatePeriod(a.check, values)].slice(
+        -a.check.periods,
+      );
+      this.history.set(a.name, recent);
+      const fires = recent.length === a.check.periods && recent.every((r) => r === "ALARM");
+      this.set(a, fires ? "ALARM" : "OK", now, values);
     }
     for (const a of this.alarms) {
       if (!a.allOf) continue;

@@ -157,7 +157,8 @@ export class Lab {
   /** When the running drill caused its fault (epoch ms); detection is timed from it. */
   faultAt: number | undefined;
   /** Alarms the running drill expects beyond drills/alarms.ts (known only at run time). */
-  expectedAlarms: { readonly alarm: string; readonly runbook: string }[] = [];
+  expectedAlarms: { readonly alarm: string; readonly or?: readonly string[]; readonly runbook: string }[] =
+    [];
 
   /** Start the alarm collector over the nodes' published health. */
   startCollector(): AlarmCollector {

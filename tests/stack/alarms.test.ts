@@ -204,8 +204,9 @@ describe.each(["prod", "staging"] as const)("alarms of the %s stack", (stack) =>
         metricName: c.id,
         dimensions: { Node: c.node },
         period: 10,
-        evaluationPeriods: 1,
-        datapointsToAlarm: 1,
+        // Silence must last two periods; every other check fires on one.
+        evaluationPeriods: c.id === "reporting" ? 2 : 1,
+        datapointsToAlarm: c.id === "reporting" ? 2 : 1,
         threshold: c.threshold,
         ...critical,
         // A node that stops publishing breaches only its `reporting` alarm.
