@@ -174,10 +174,11 @@ export const pointInTime = drill(
         )
           damaged[i] = (damaged[i] ?? 0) ^ 0xff;
         expectAlarm(lab, alarmName(lab.t, standby, "restore-test"), `db-backups-stalled-${primary}`);
-        markFault(lab);
         writeFileSync(wal, damaged);
         try {
           const r = await lab.exec(standby, `${paths.agent} db-restore-test`, { timeoutMs: 600_000 });
+          // The failure the health model can see: the restore test's result, not the damage.
+          markFault(lab);
           if (r.status === 0) throw new Error(`the restore test passed over a damaged ${wal}: ${r.stdout}`);
           if (!/verify found a problem/.test(r.stderr)) throw new Error(r.stderr.slice(-1500));
           const status = await agentOn(lab, standby, "status");
