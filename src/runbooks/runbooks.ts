@@ -539,7 +539,7 @@ function bundleRefused(t: Topology, node: NodeSpec): Runbook {
         command: agent("bundle-check"),
         expect:
           "refused <n> s ago, and the agent's reasons (the daemon's complaint, or the expired certificate)",
-        expectOutput: "^refused\t",
+        expectOutput: "refused\t\\d+ s ago",
       },
       {
         title: "Fix the config and roll out",
@@ -552,14 +552,14 @@ function bundleRefused(t: Topology, node: NodeSpec): Runbook {
         host: node.name,
         command: agent("apply"),
         expect: "applied <n> changes",
-        expectOutput: "^applied\t",
+        expectOutput: "applied\t\\d+ changes",
       },
       {
         title: "No refused candidate remains",
         host: node.name,
         command: agent("bundle-check"),
         expect: "refused none",
-        expectOutput: "^refused\tnone$",
+        expectOutput: "refused\tnone",
       },
     ],
   };

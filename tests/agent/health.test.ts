@@ -5,12 +5,13 @@
  * PutMetricData with the stack's namespace). The database is never reached (the writer is
  * 127.0.0.9), the app's /_health is a fake curl's refusal.
  */
-import { mkdirSync, readFileSync, utimesSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { healthChecksOf } from "../../src/health.js";
 import { renderAgentEnv } from "../../src/render/agent.js";
 import { renderNodeHealthTable } from "../../src/render/health.js";
+import { buildRunbooks } from "../../src/runbooks/runbooks.js";
 import { nodeByName, type Topology } from "../../src/topology.js";
 import { requireTools } from "../support/tools.js";
 import { asLab, topologyFor } from "../support/topologies.js";
@@ -164,6 +165,27 @@ describe.runIf(canRun)("pypi-node health on an app server", { timeout: 60_000 },
     expect(drbd("WFConnection", "UpToDate/DUnknown", "Primary/Unknown").runbook).toBe(
       "storage-primary-loss-app-a",
     );
+  });
+
+  it("bundle-check prints what the bundle-refused runbook's steps expect", () => {
+    const rb = buildRunbooks(t).find((r) => r.id === "bundle-refused-app-a");
+    if (!rb) throw new Error("no bundle-refused-app-a runbook");
+    const [why, , , none] = rb.steps;
+    const state = join(cloud.dir, "state");
+    mkdirSync(state, { recursive: true });
+    writeFileSync(join(state, "apply-ok"), `${Math.floor(Date.now() / 1000) - 300}\n`);
+    writeFileSync(
+      join(state, "apply-refused"),
+      `${Math.floor(Date.now() / 1000) - 10}\npypi-node: error: candidate certificate from /pypi/x is expired\n`,
+    );
+    const refused = cloud.run("pypi-node", ["bundle-check"]);
+    expect(refused.status, refused.stderr).toBe(0);
+    expect(refused.stdout).toMatch(new RegExp(why?.expectOutput ?? "unset"));
+    expect(refused.stdout).toMatch(/^reason\tpypi-node: error: candidate certificate .* is expired$/m);
+    rmSync(join(state, "apply-refused"));
+    const clean = cloud.run("pypi-node", ["bundle-check"]);
+    expect(clean.stdout).toMatch(new RegExp(none?.expectOutput ?? "unset"));
+    expect(clean.stdout).not.toMatch(new RegExp(why?.expectOutput ?? "unset"));
   });
 
   it("refuses an unknown argument", () => {
