@@ -55,15 +55,8 @@ export function drillAlarms(t: Topology, id: string): DrillAlarms {
     case "1":
     case "2":
       return {
-        // lb-a is back within seconds (the drill boots it and it fails back): one of lb-b's
-        // two views of the loss may recover before its second look.
-        expect: [
-          {
-            alarm: a("lb-b", "peer-fips-held"),
-            or: [a("lb-b", "heartbeat-peer")],
-            runbook: "balancer-loss-lb-a",
-          },
-        ],
+        // The drill brings lb-a back only once lb-b's held address has paged.
+        expect: [{ alarm: a("lb-b", "peer-fips-held"), runbook: "balancer-loss-lb-a" }],
         allow: balancerViews,
       };
     case "3":

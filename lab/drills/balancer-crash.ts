@@ -4,10 +4,11 @@
  * boots again and, with auto_failback on, takes its address back.
  */
 
+import { alarmName } from "../../src/health.js";
 import { bootAgain } from "../lib/boot.js";
 import { startLoad, summarise } from "../lib/load.js";
 import { homeFip, oneWatcher, peerBalancer, timeOwnership } from "./balancers.js";
-import { between, drill, failedCount, markFault, seconds, sleep } from "./common.js";
+import { awaitAlarm, between, drill, failedCount, markFault, seconds, sleep } from "./common.js";
 
 const LOST = "lb-a";
 
@@ -47,7 +48,8 @@ export const balancerCrash = drill(
           "s",
         );
       }
-      await sleep(1_000);
+      // On-call is paged before the node comes back: the page names the runbook that rebuilds it.
+      await awaitAlarm(lab, alarmName(lab.t, survivor, "peer-fips-held"));
       const bootAt = Date.now();
       await bootAgain(lab, LOST);
       let failback: { addressAt: number; httpsAt: number } | undefined;

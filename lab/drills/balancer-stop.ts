@@ -2,9 +2,11 @@
  * Drill: Heartbeat on the active balancer is stopped gracefully (`pypi-node service heartbeat
  * stop`, i.e. heartbeat -k): it releases its addresses and the peer takes them at once.
  */
+
+import { alarmName } from "../../src/health.js";
 import { startLoad } from "../lib/load.js";
 import { homeFip, oneWatcher, peerBalancer, timeOwnership } from "./balancers.js";
-import { drill, failedCount, markFault, seconds, sleep } from "./common.js";
+import { awaitAlarm, drill, failedCount, markFault, seconds, sleep } from "./common.js";
 
 const STOPPED = "lb-a";
 
@@ -32,7 +34,7 @@ export const balancerStop = drill(
         );
         return `${survivor} held ${fip} alone after ${seconds(stopAt, t.addressAt)} s, HTTPS after ${seconds(stopAt, t.httpsAt)} s`;
       });
-      await sleep(1_000);
+      await awaitAlarm(lab, alarmName(lab.t, survivor, "peer-fips-held"));
       const startAt = Date.now();
       await lab.agent(STOPPED, "service heartbeat start");
       await report.check(section, `${STOPPED} takes ${fip} back after heartbeat starts`, async () => {
