@@ -10,8 +10,6 @@ export const DETECTION_GOAL_SECONDS = 15;
 
 export interface ExpectedAlarm {
   readonly alarm: string;
-  /** Other alarms any of which may fire instead (other views of the same fault, same runbook). */
-  readonly or?: readonly string[];
   /** The runbook the drill runs for it (or the one an operator follows). */
   readonly runbook: string;
 }

@@ -199,51 +199,42 @@ async function checkAlarms(
   const spec = { ...fixed, expect: [...fixed.expect, ...lab.expectedAlarms] };
   const runbookIds = new Set(buildRunbooks(lab.t).map((r) => r.id));
   for (const e of spec.expect) {
-    const names = [e.alarm, ...(e.or ?? [])];
-    const title = names.length > 1 ? `one of ${names.join(", ")}` : e.alarm;
-    await report.check(section, `alarm ${title} fires and names runbook ${e.runbook}`, async () => {
-      for (const name of names) {
-        const def = collector.definition(name);
-        if (!def) throw new Error(`no alarm ${name} in the stack's alarms`);
-        if (def.runbook !== e.runbook)
-          throw new Error(`${name} names runbook ${def.runbook}, the drill runs ${e.runbook}`);
-      }
+    await report.check(section, `alarm ${e.alarm} fires and names runbook ${e.runbook}`, async () => {
+      const def = collector.definition(e.alarm);
+      if (!def) throw new Error(`no alarm ${e.alarm} in the stack's alarms`);
+      if (def.runbook !== e.runbook)
+        throw new Error(`${e.alarm} names runbook ${def.runbook}, the drill runs ${e.runbook}`);
       if (!runbookIds.has(e.runbook))
         throw new Error(`runbook ${e.runbook} is not among the stack's runbooks`);
       // The period that holds the fault's datapoints ends at most one period and a run later;
       // silence takes two periods.
       const deadline = Math.max(Date.now(), faultAt + 40_000) + 1_000;
-      const first = () =>
-        collector
-          .firedSince(faultAt)
-          .filter((x) => names.includes(x.alarm))
-          .sort((a, b) => a.at - b.at)[0];
+      const first = () => collector.firedSince(faultAt).find((x) => x.alarm === e.alarm);
       let fired = first();
       while (!fired && Date.now() < deadline) {
         await sleep(250);
         fired = first();
       }
-      if (!fired) throw new Error(`${title} did not fire within 40 s of the fault`);
+      if (!fired) throw new Error(`${e.alarm} did not fire within 40 s of the fault`);
       const took = seconds(faultAt, fired.at);
-      const def = collector.definition(fired.alarm);
       report.detections.push({
         drill: section,
-        alarm: fired.alarm,
+        alarm: e.alarm,
         seconds: took,
         runbook: e.runbook,
         expected: true,
       });
       report.figure(
         section,
-        `detection: ${fired.alarm}`,
+        `detection: ${e.alarm}`,
         took,
         "s",
         `goal <= ${DETECTION_GOAL_SECONDS} s; runbook ${e.runbook}`,
       );
-      return `${fired.alarm} fired ${took} s after the fault (goal <= ${DETECTION_GOAL_SECONDS} s): "${def?.summary}"`;
+      return `fired ${took} s after the fault (goal <= ${DETECTION_GOAL_SECONDS} s): "${def.summary}"`;
     });
   }
-  const expected = new Set(spec.expect.flatMap((e) => [e.alarm, ...(e.or ?? [])]));
+  const expected = new Set(spec.expect.map((e) => e.alarm));
   const others = collector.firedSince(faultAt).filter((x) => !expected.has(x.alarm));
   for (const x of others)
     if (!report.detections.some((d) => d.drill === section && d.alarm === x.alarm))

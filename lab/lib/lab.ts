@@ -9,6 +9,7 @@ import { buildBundles } from "../../src/bundle.js";
 import { bundleDirEntries } from "../../src/bundle-dir.js";
 import { PG_DATA_MOUNT, paths } from "../../src/layout.js";
 import { type NodeSpec, nodesWithRole, type Topology } from "../../src/topology.js";
+import type { ExpectedAlarm } from "../drills/alarms.js";
 import { startCloud } from "./cloud.js";
 import { AlarmCollector } from "./collector.js";
 import { type ExecResult, type LabExecOptions, LabNode, shq, userIds, writeTree } from "./lab-node.js";
@@ -157,8 +158,7 @@ export class Lab {
   /** When the running drill caused its fault (epoch ms); detection is timed from it. */
   faultAt: number | undefined;
   /** Alarms the running drill expects beyond drills/alarms.ts (known only at run time). */
-  expectedAlarms: { readonly alarm: string; readonly or?: readonly string[]; readonly runbook: string }[] =
-    [];
+  expectedAlarms: ExpectedAlarm[] = [];
 
   /** Start the alarm collector over the nodes' published health. */
   startCollector(): AlarmCollector {
