@@ -1,17 +1,21 @@
 /**
  * The `appserver` runtime: the index app as its own service (pypi-index.service) instead of
  * processes mod_fcgid spawns. One primary keeps `workers` FastCGI workers on one listening
- * socket that they all accept from (node:cluster, shared handle). It
+ * socket that they all accept from. The primary binds it and hands it to each worker as fd 0 (as
+ * mod_fcgid does), and never accepts on it itself: the socket lives as long as the primary, so
+ * while every worker is dead at once requests wait in its backlog instead of being refused. It
  *  - starts a replacement at once when a worker dies, and gives up (for systemd to restart it)
  *    when new workers keep exiting before they listen;
  *  - on SIGHUP replaces the workers one at a time, each only after its successor listens, so a
  *    new script or environment takes effect without refusing a request, and a successor that
  *    cannot start leaves the old workers serving;
  *  - on SIGTERM lets every worker finish what it has accepted (up to `drainMs`), then exits.
- * The workers are the process's own script run again (cluster.fork), in `serve` mode.
+ * The workers are the process's own script run again with the same arguments, marked by
+ * WORKER_ENV.
  */
-import cluster, { type Worker } from "node:cluster";
+import { type ChildProcess, fork } from "node:child_process";
 import { lstatSync, rmSync } from "node:fs";
+import net from "node:net";
 import { UsageError } from "./admin.js";
 
 export type Listen = { readonly path: string } | { readonly host: string; readonly port: number };
@@ -25,6 +29,11 @@ export interface AppServerOptions {
   /** How long a new worker may take to listen. @default 15 s */
   readonly startTimeoutMs?: number;
 }
+
+/** Set in a worker's environment: fd 0 is the listening socket, and the parent is the primary. */
+export const WORKER_ENV = "PYPI_INDEX_WORKER";
+/** What a worker sends its primary once it accepts on fd 0. */
+export const WORKER_LISTENING = "pypi-index:listening";
 
 export const SERVE_USAGE = "serve --listen PATH|HOST:PORT [--workers N --drain-seconds S]";
 
@@ -80,17 +89,51 @@ function removeStaleSocket(listen: Listen, log: (msg: string) => void): void {
   log(`removed the stale socket ${listen.path}`);
 }
 
+interface BoundHandle {
+  readonly fd: number;
+}
+type CreateServerHandle = (
+  address: string | null,
+  port: number,
+  addressType: number,
+  fd: number | undefined,
+  flags: number,
+) => BoundHandle | number;
+
+/**
+ * A socket bound to `listen` that this process holds but never accepts on. node:net's own
+ * server-handle factory (what node:cluster's primary uses for the same purpose): a public
+ * net.Server would accept.
+ */
+function bindWithoutAccepting(listen: Listen): BoundHandle {
+  const create = (net as unknown as { _createServerHandle?: CreateServerHandle })._createServerHandle;
+  if (typeof create !== "function")
+    throw new Error(
+      "appserver: this Node.js has no net._createServerHandle; cannot hold the listening socket",
+    );
+  const bound =
+    "path" in listen
+      ? create(listen.path, -1, -1, undefined, 0)
+      : create(listen.host, listen.port, net.isIP(listen.host) === 6 ? 6 : 4, undefined, 0);
+  if (typeof bound === "number")
+    throw new Error(
+      `appserver: cannot bind ${"path" in listen ? listen.path : `${listen.host}:${listen.port}`} (errno ${bound})`,
+    );
+  return bound;
+}
+
 /** Run the primary. Resolves never; exits the process when stopped or when workers cannot start. */
 export function runPrimary(opts: AppServerOptions): void {
   const { log, workers: size, drainMs } = opts;
   const startTimeoutMs = opts.startTimeoutMs ?? 15_000;
   removeStaleSocket(opts.listen, log);
-  const live = new Set<Worker>();
+  const socket = bindWithoutAccepting(opts.listen);
+  const live = new Set<ChildProcess>();
   /** Workers being replaced or stopped: their exit is expected and not replaced. */
-  const retiring = new Set<Worker>();
-  const listening = new Set<Worker>();
+  const retiring = new Set<ChildProcess>();
+  const listening = new Set<ChildProcess>();
   /** A reload's new worker until it listens: if it dies first, the reload stops and nothing replaces it. */
-  const candidates = new Set<Worker>();
+  const candidates = new Set<ChildProcess>();
   let failedStarts = 0;
   let stopping = false;
   let rolling: Promise<void> | undefined;
@@ -98,32 +141,16 @@ export function runPrimary(opts: AppServerOptions): void {
 
   const where = "path" in opts.listen ? opts.listen.path : `${opts.listen.host}:${opts.listen.port}`;
 
-  const spawn = (): Worker => {
-    const w = cluster.fork();
-    live.add(w);
-    return w;
-  };
+  const isDead = (w: ChildProcess): boolean => w.exitCode !== null || w.signalCode !== null;
 
-  const retire = (w: Worker): void => {
-    if (retiring.has(w) || w.isDead()) return;
-    retiring.add(w);
-    w.process.kill("SIGTERM");
-    setTimeout(() => {
-      if (!w.isDead()) {
-        log(`worker ${w.process.pid} still busy ${drainMs} ms after SIGTERM; killing it`);
-        w.process.kill("SIGKILL");
-      }
-    }, drainMs).unref();
-  };
-
-  cluster.on("listening", (w) => {
+  const onListening = (w: ChildProcess): void => {
     if (listening.has(w)) return;
     listening.add(w);
     failedStarts = 0;
-    log(`worker ${w.process.pid} listening on ${where} (${listening.size} of ${size})`);
-  });
+    log(`worker ${w.pid} listening on ${where} (${listening.size} of ${size})`);
+  };
 
-  cluster.on("exit", (w, code, signal) => {
+  const onExit = (w: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void => {
     live.delete(w);
     const expected = retiring.delete(w) || candidates.delete(w);
     const wasListening = listening.delete(w);
@@ -135,33 +162,61 @@ export function runPrimary(opts: AppServerOptions): void {
       return;
     }
     if (expected) return;
-    log(`worker ${w.process.pid} died (${signal ? `signal ${signal}` : `exit ${code}`}); starting another`);
+    log(`worker ${w.pid} died (${signal ? `signal ${signal}` : `exit ${code}`}); starting another`);
     // A worker that exits by itself before it listens cannot start (a broken script or
     // environment); one killed by a signal could.
     if (!wasListening && code !== null && code !== 0 && ++failedStarts >= MAX_FAILED_STARTS) {
       log(`${failedStarts} workers in a row died before listening; giving up`);
       process.exit(1);
     }
-    // At once, whatever the rate: node:cluster closes the shared socket when its last worker
-    // is gone, and a slower replacement would turn kills from outside into refused requests.
     spawn();
-  });
+  };
+
+  function spawn(): ChildProcess {
+    const w = fork(process.argv[1] as string, process.argv.slice(2), {
+      env: { ...process.env, [WORKER_ENV]: "1" },
+      execArgv: process.execArgv,
+      stdio: [socket.fd, "inherit", "inherit", "ipc"],
+    });
+    live.add(w);
+    w.on("message", (m) => {
+      if (m === WORKER_LISTENING) onListening(w);
+    });
+    w.on("exit", (code, signal) => onExit(w, code, signal));
+    // A worker killed mid-send closes the channel; its exit handles that.
+    w.on("error", (err) => log(`worker ${w.pid}: ${err.message}`));
+    return w;
+  }
+
+  const retire = (w: ChildProcess): void => {
+    if (retiring.has(w) || isDead(w)) return;
+    retiring.add(w);
+    w.kill("SIGTERM");
+    setTimeout(() => {
+      if (!isDead(w)) {
+        log(`worker ${w.pid} still busy ${drainMs} ms after SIGTERM; killing it`);
+        w.kill("SIGKILL");
+      }
+    }, drainMs).unref();
+  };
 
   /** Resolves true once `w` listens, false if it dies or takes longer than startTimeoutMs. */
-  const ready = (w: Worker): Promise<boolean> =>
+  const ready = (w: ChildProcess): Promise<boolean> =>
     new Promise((resolve) => {
       if (listening.has(w)) return resolve(true);
       const done = (ok: boolean): void => {
         clearTimeout(timer);
-        w.off("listening", onListening);
-        w.off("exit", onExit);
+        w.off("message", onMessage);
+        w.off("exit", onGone);
         resolve(ok);
       };
-      const onListening = (): void => done(true);
-      const onExit = (): void => done(false);
+      const onMessage = (m: unknown): void => {
+        if (m === WORKER_LISTENING) done(true);
+      };
+      const onGone = (): void => done(false);
       const timer = setTimeout(() => done(false), startTimeoutMs);
-      w.on("listening", onListening);
-      w.on("exit", onExit);
+      w.on("message", onMessage);
+      w.on("exit", onGone);
     });
 
   const roll = async (): Promise<void> => {
@@ -215,11 +270,6 @@ export function runPrimary(opts: AppServerOptions): void {
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGPIPE", () => {});
 
-  // Shared accept, not round-robin: with round-robin the primary accepts and hands the
-  // connection to a worker, and a worker killed before it took the handle leaves that request
-  // hanging until Apache's timeout. With a shared socket a dead worker's own connections are
-  // reset (nginx retries them) and the rest wait in the backlog for the others.
-  cluster.schedulingPolicy = cluster.SCHED_NONE;
   log(`starting ${size} workers on ${where}`);
   for (let i = 0; i < size; i++) spawn();
 }

@@ -12,13 +12,20 @@
  *   watch-uploads …     publish which uploads are open for writing (root; see sftp-events.ts)
  *   admin …             tokens, project roles, yanking (see ADMIN_USAGE)
  */
-import cluster from "node:cluster";
 import { fstatSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { APP_DB_POOL, uploadBodyLimit } from "../layout.js";
 import { ADMIN_USAGE, admin, UsageError } from "./admin.js";
-import { type Listen, parseServeArgs, runPrimary, SERVE_USAGE, type ServeArgs } from "./appserver.js";
+import {
+  type Listen,
+  parseServeArgs,
+  runPrimary,
+  SERVE_USAGE,
+  type ServeArgs,
+  WORKER_ENV,
+  WORKER_LISTENING,
+} from "./appserver.js";
 import { backfill } from "./backfill.js";
 import { loadConfig, operatorEnv } from "./config.js";
 import { copyFiles, restoreFiles, storeFor } from "./copies.js";
@@ -84,6 +91,11 @@ function serve(listen: { fd: number } | Listen, drainMs?: number): void {
   };
   process.on("SIGTERM", stop);
   process.on("SIGUSR1", stop);
+  if (process.send) {
+    // An app server worker: tell the primary once it accepts, and stop when the primary is gone.
+    server.once("listening", () => process.send?.(WORKER_LISTENING));
+    process.on("disconnect", stop);
+  }
   // mod_fcgid closes the pipe on shutdown; a write then must not kill the process noisily.
   process.on("SIGPIPE", () => {});
   process.on("unhandledRejection", (err) => log(`unhandled rejection: ${String(err)}`));
@@ -115,8 +127,13 @@ async function main(argv: readonly string[]): Promise<number> {
         process.stderr.write(`pypi-index: ${err.message}\n`);
         return 2;
       }
-      if (opts.workers === undefined || cluster.isWorker) {
-        serve(opts.listen, cluster.isWorker ? opts.drainMs : undefined);
+      if (process.env[WORKER_ENV] === "1") {
+        // An app server worker: its primary holds the listening socket and hands it over as fd 0.
+        serve({ fd: 0 }, opts.drainMs);
+        return -1;
+      }
+      if (opts.workers === undefined) {
+        serve(opts.listen);
         return -1;
       }
       // A bad environment fails here, once, rather than in every worker.
