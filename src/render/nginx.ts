@@ -29,10 +29,15 @@ export const TLS_CURVES = ["X25519", "prime256v1", "secp384r1"] as const;
 /** Short, so a blackholed app server costs one retry instead of a stalled request. */
 export const PROXY_CONNECT_TIMEOUT_SECONDS = 1;
 /**
- * Attempts per request: every app server once, and one more, which (when every server is marked
- * failed) goes to a backup entry; the first backup picked can be the server that just failed.
+ * Backup entries per app server. While every server is marked failed only the backups are
+ * tried, each at most once per request: with one entry each, a request whose worker died on
+ * both servers (a crash storm on both) failed with "no live upstreams". Two give it a second
+ * try on each server, on another worker.
  */
-export const proxyNextUpstreamTries = (t: Topology): number => nodesWithRole(t, "app").length + 1;
+export const BACKUP_ENTRIES_PER_APP = 2;
+/** Attempts per request: every upstream entry once, bounded in time by proxy_next_upstream_timeout. */
+export const proxyNextUpstreamTries = (t: Topology): number =>
+  nodesWithRole(t, "app").length * (1 + BACKUP_ENTRIES_PER_APP);
 /** Head room over the app's own request timeout, so the app's answer wins the race. */
 const READ_TIMEOUT_MARGIN_SECONDS = 5;
 
@@ -82,7 +87,9 @@ export function upstreamServers(t: Topology): string[] {
   const addresses = nodesWithRole(t, "app").map((a) => q(`${a.privateIp}:${t.app.httpPort}`));
   return [
     ...addresses.map((a) => `server ${a} max_fails=2 fail_timeout=10s;`),
-    ...addresses.map((a) => `server ${a} backup max_fails=0;`),
+    ...Array.from({ length: BACKUP_ENTRIES_PER_APP }, () =>
+      addresses.map((a) => `server ${a} backup max_fails=0;`),
+    ).flat(),
   ];
 }
 

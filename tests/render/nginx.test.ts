@@ -126,21 +126,24 @@ describe.each<Shape>(["staging", "prod"])("renderNginxConf (%s)", (shape) => {
     const apps = nodesWithRole(t, "app");
     expect(apps).toHaveLength(shape === "prod" ? 3 : 2);
     const upstream = blockLines(text, `upstream ${NGINX_UPSTREAM}`);
-    // Each again as a backup never marked failed: every server out at once never means "no live upstreams".
+    // Each again, twice, as a backup never marked failed: every server out at once never means
+    // "no live upstreams", and a request killed on both servers gets a second try on each.
+    const backups = apps.map((a) => `server ${a.privateIp}:80 backup max_fails=0;`);
     expect(upstream).toEqual([
       `zone ${NGINX_UPSTREAM} 64k;`,
       ...apps.map((a) => `server ${a.privateIp}:80 max_fails=2 fail_timeout=10s;`),
-      ...apps.map((a) => `server ${a.privateIp}:80 backup max_fails=0;`),
+      ...backups,
+      ...backups,
     ]);
-    expect(upstreamServers(t)).toHaveLength(apps.length * 2);
+    expect(upstreamServers(t)).toHaveLength(apps.length * 3);
     expect(https).toContain("proxy_http_version 1.1;");
     expect(upstream.some((l) => l.startsWith("keepalive"))).toBe(false);
   });
 
   it("retries failed upstreams a bounded number of times with a short connect timeout", () => {
     expect(https).toContain("proxy_next_upstream error timeout http_502 http_503 http_504;");
-    // Each app server once, plus one backup pick (which may be the server that just failed).
-    expect(https).toContain(`proxy_next_upstream_tries ${nodesWithRole(t, "app").length + 1};`);
+    // Every entry once: each app server as itself and as its two backups.
+    expect(https).toContain(`proxy_next_upstream_tries ${nodesWithRole(t, "app").length * 3};`);
     const connect = https.find((l) => l.startsWith("proxy_connect_timeout "));
     const seconds = Number(connect?.match(/^proxy_connect_timeout (\d+)s;$/)?.[1]);
     expect(seconds).toBeGreaterThan(0);
