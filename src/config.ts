@@ -185,6 +185,7 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
       diskUsePercent: num("alarmDiskUsePercent"),
       certDaysLeft: num("alarmCertDaysLeft"),
       replayLagSeconds: num("alarmReplayLagSeconds"),
+      replayLagMb: num("alarmReplayLagMb"),
       registerQueueSeconds: num("alarmRegisterQueueSeconds"),
       backupAgeHours: num("alarmBackupAgeHours"),
     },

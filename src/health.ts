@@ -6,11 +6,17 @@
  */
 import { type NodeSpec, nodesWithRole, peerOf, storagePair, type Topology } from "./topology.js";
 
+/** The check that a floating IP is held exactly once (on its home balancer); dashes for dots. */
+export const fipCheckId = (address: string): string => `fip-${address.replaceAll(".", "-")}`;
+
 /** How many of the newest registered files `package-files-missing` looks for on the volume. */
 export const NEWEST_FILES_CHECKED = 20;
 
-/** How a value compares to the threshold when it is critical. */
-export type Comparison = "atLeast" | "below";
+/**
+ * How a value compares to the threshold when it is critical; `none`: measured, reported and
+ * published for dashboards and `pypi-node health`, never critical, no alarm.
+ */
+export type Comparison = "atLeast" | "below" | "none";
 
 export type HealthUnit = "Count" | "Percent" | "Seconds" | "Bytes" | "None";
 
@@ -22,7 +28,7 @@ export interface HealthCheck {
   readonly summary: string;
   readonly unit: HealthUnit;
   readonly comparison: Comparison;
-  /** Critical at this value (`atLeast`: value >= threshold; `below`: value < threshold). */
+  /** Critical at this value (`atLeast`: value >= threshold; `below`: value < threshold; unused for `none`). */
   readonly threshold: number;
   /** Warn at this value (same comparison); the state only, no alarm. */
   readonly warn?: number;
@@ -36,11 +42,17 @@ export interface HealthCheck {
 
 export type HealthState = "ok" | "warn" | "crit";
 
+/** A check that has an alarm: one whose value can be critical. */
+export type AlarmedCheck = HealthCheck & { readonly comparison: "atLeast" | "below" };
+
+export const isAlarmed = (c: HealthCheck): c is AlarmedCheck => c.comparison !== "none";
+
 /** The state of a measured value against a check's thresholds. */
 export function judge(
   check: Pick<HealthCheck, "comparison" | "threshold" | "warn">,
   value: number,
 ): HealthState {
+  if (check.comparison === "none") return "ok";
   const past = (limit: number) => (check.comparison === "atLeast" ? value >= limit : value < limit);
   if (past(check.threshold)) return "crit";
   if (check.warn !== undefined && past(check.warn)) return "warn";
@@ -98,6 +110,16 @@ const common = (node: NodeSpec): Row[] => [
     threshold: 1,
     runbook: `bundle-refused-${node.name}`,
   },
+  {
+    // No alarm: a stack nobody deploys to keeps its bundles for months, and a refused or failed
+    // apply pages through bundle-refused at once. This says how old the running config is.
+    id: "bundle-age",
+    summary: `seconds since ${node.name} last applied a bundle without error`,
+    unit: "Seconds",
+    comparison: "none",
+    threshold: 0,
+    runbook: `bundle-refused-${node.name}`,
+  },
 ];
 
 function balancerChecks(t: Topology, node: NodeSpec): Row[] {
@@ -106,6 +128,16 @@ function balancerChecks(t: Topology, node: NodeSpec): Row[] {
     up("nginx", `nginx is down on ${node.name}`, `balancer-loss-${node.name}`),
     up("haproxy", `HAProxy (the upload endpoint) is down on ${node.name}`, `balancer-loss-${node.name}`),
     up("heartbeat-peer", `${node.name}'s Heartbeat does not see ${peer.name}`, `balancer-loss-${peer.name}`),
+    // On the home only: the peer holding it is peer-fips-held there; the home gone is its silence.
+    ...t.floatingIps
+      .filter((f) => f.home === node.name)
+      .map((f) =>
+        up(
+          fipCheckId(f.address),
+          `floating IP ${f.address} (home ${node.name}) is held by no balancer, or its association names ${node.name} but the address is not on it`,
+          `balancer-loss-${peer.name}`,
+        ),
+      ),
     {
       id: "peer-fips-held",
       summary: `${node.name} holds floating IPs whose home is ${peer.name}: ${peer.name} is down or failed over`,
@@ -219,6 +251,15 @@ function dbChecks(t: Topology, node: NodeSpec): Row[] {
       runbook: `db-standby-lost-${node.name}`,
     },
     {
+      id: "replay-lag-bytes",
+      summary: `${node.name} is a standby holding ${t.health.replayLagMb} MiB or more of received WAL not yet replayed`,
+      unit: "Bytes",
+      comparison: "atLeast",
+      threshold: t.health.replayLagMb * 1_048_576,
+      warn: Math.ceil(t.health.replayLagMb / 2) * 1_048_576,
+      runbook: `db-standby-lost-${node.name}`,
+    },
+    {
       id: "slot-wal-percent",
       summary: `the replication slot on ${node.name} retains 80 % or more of max_slot_wal_keep_size (${t.postgres.maxSlotWalKeepMb} MB)`,
       unit: "Percent",
@@ -279,6 +320,9 @@ export function healthChecksOf(t: Topology, node: NodeSpec): HealthCheck[] {
 /** Every check of the deployment. */
 export const healthChecks = (t: Topology): HealthCheck[] => t.nodes.flatMap((n) => healthChecksOf(t, n));
 
+/** Every check of the deployment that has an alarm. */
+export const alarmedChecks = (t: Topology): AlarmedCheck[] => healthChecks(t).filter(isAlarmed);
+
 /** An alarm that fires when every one of its member alarms is firing (a CloudWatch composite alarm). */
 export interface CompositeAlarm {
   readonly name: string;
@@ -310,7 +354,7 @@ export const alarmDescription = (runbook: string, summary: string): string =>
  * turns critical only if it still is a second later (a daemon its unit restarts at once is not
  * paged), so any critical datapoint in the period fires: the worst one decides.
  */
-export function alarmStatistic(check: Pick<HealthCheck, "comparison">): {
+export function alarmStatistic(check: Pick<AlarmedCheck, "comparison">): {
   readonly statistic: "Maximum" | "Minimum";
   readonly comparisonOperator: "GreaterThanOrEqualToThreshold" | "LessThanThreshold";
 } {

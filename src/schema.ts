@@ -146,6 +146,7 @@ export const atoms = {
   diskUsePercent: whole(50, 99, " (percent)"),
   certDaysLeft: whole(1, 90, " of days"),
   replayLagSeconds: whole(5, 86_400, " of seconds"),
+  replayLagMb: whole(1, 1_048_576, " of MiB"),
   registerQueueSeconds: whole(30, 86_400, " of seconds"),
   backupAgeHours: whole(1, 24 * 31, " of hours"),
   alarmEmails: atom("a list of up to 20 different e-mail addresses such as [oncall@example.org]", (e) =>
@@ -548,6 +549,15 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     fields: ["health.replayLagSeconds"],
   }),
   key({
+    key: "alarmReplayLagMb",
+    type: "integer",
+    atom: atoms.replayLagMb,
+    default: 256,
+    description:
+      "A standby holding this much received WAL it has not replayed yet is critical (a failover must replay it first)",
+    fields: ["health.replayLagMb"],
+  }),
+  key({
     key: "alarmRegisterQueueSeconds",
     type: "integer",
     atom: atoms.registerQueueSeconds,
@@ -744,6 +754,7 @@ const topologySchema = z
         diskUsePercent: atoms.diskUsePercent.schema,
         certDaysLeft: atoms.certDaysLeft.schema,
         replayLagSeconds: atoms.replayLagSeconds.schema,
+        replayLagMb: atoms.replayLagMb.schema,
         registerQueueSeconds: atoms.registerQueueSeconds.schema,
         backupAgeHours: atoms.backupAgeHours.schema,
       })

@@ -170,6 +170,8 @@ export interface Topology {
     readonly diskUsePercent: number;
     readonly certDaysLeft: number;
     readonly replayLagSeconds: number;
+    /** Received but not yet replayed WAL on a standby, in MiB. */
+    readonly replayLagMb: number;
     readonly registerQueueSeconds: number;
     readonly backupAgeHours: number;
   };

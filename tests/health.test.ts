@@ -7,13 +7,17 @@ import { alarmDefinitions, evaluatePeriod } from "../lab/lib/collector.js";
 import { loadLabTopology } from "../lab/lib/config.js";
 import { alarmRunbooks, statusCheckAlarms } from "../src/components/alarms.js";
 import {
+  type AlarmedCheck,
   alarmDescription,
+  alarmedChecks,
   alarmName,
   alarmStatistic,
   compositeAlarms,
+  fipCheckId,
   type HealthCheck,
   healthChecks,
   healthChecksOf,
+  isAlarmed,
   judge,
   LAB_UNSUPPORTED_CHECKS,
 } from "../src/health.js";
@@ -26,7 +30,7 @@ import {
   tsvField,
 } from "../src/render/health.js";
 import { buildRunbooks } from "../src/runbooks/runbooks.js";
-import { nodeByName, type Topology } from "../src/topology.js";
+import { nodeByName, nodesWithRole, peerOf, type Topology } from "../src/topology.js";
 import { topologyFor } from "./support/topologies.js";
 
 const topologies: [string, Topology][] = [
@@ -38,6 +42,12 @@ const topologies: [string, Topology][] = [
 const check = (t: Topology, node: string, id: string): HealthCheck => {
   const c = healthChecksOf(t, nodeByName(t, node)).find((x) => x.id === id);
   if (!c) throw new Error(`no check ${id} on ${node}`);
+  return c;
+};
+
+const alarmed = (t: Topology, node: string, id: string): AlarmedCheck => {
+  const c = check(t, node, id);
+  if (!isAlarmed(c)) throw new Error(`${id} on ${node} has no alarm`);
   return c;
 };
 
@@ -99,6 +109,36 @@ describe("health model", () => {
     expect(healthChecksOf(asyncT, nodeByName(asyncT, "db-a")).map((c) => c.id)).not.toContain("sync-standby");
   });
 
+  it("checks each floating IP on its home balancer, replay lag in bytes on the standby, and the bundle's age everywhere", () => {
+    const t = topologyFor("prod");
+    for (const lb of nodesWithRole(t, "balancer")) {
+      const fips = healthChecksOf(t, lb).filter((c) => c.id.startsWith("fip-"));
+      expect(fips.map((c) => c.id)).toEqual(
+        t.floatingIps.filter((f) => f.home === lb.name).map((f) => fipCheckId(f.address)),
+      );
+      for (const c of fips)
+        expect(c).toMatchObject({
+          comparison: "below",
+          threshold: 1,
+          runbook: `balancer-loss-${peerOf(t, lb).name}`,
+        });
+    }
+    expect(fipCheckId("192.0.2.10")).toBe("fip-192-0-2-10");
+    expect(check(t, "db-b", "replay-lag-bytes")).toMatchObject({
+      unit: "Bytes",
+      comparison: "atLeast",
+      threshold: t.health.replayLagMb * 1_048_576,
+      runbook: "db-standby-lost-db-b",
+    });
+    for (const node of t.nodes)
+      expect(check(t, node.name, "bundle-age")).toMatchObject({ comparison: "none", unit: "Seconds" });
+    // Measured and published, never critical: no alarm.
+    expect(alarmedChecks(t).some((c) => c.id === "bundle-age")).toBe(false);
+    expect(alarmedChecks(t)).toHaveLength(healthChecks(t).length - t.nodes.length);
+    expect(judge(check(t, "lb-a", "bundle-age"), 1e9)).toBe("ok");
+    expect(Object.keys(alarmRunbooks(t)).some((n) => n.endsWith("-bundle-age"))).toBe(false);
+  });
+
   it("judges values as the alarms do: critical at the threshold, warn before it", () => {
     const disk = { comparison: "atLeast", threshold: 90, warn: 80 } as const;
     expect([judge(disk, 79), judge(disk, 80), judge(disk, 89.9), judge(disk, 90)]).toEqual([
@@ -147,13 +187,13 @@ describe("the lab's collector applies the stack's alarms", () => {
 
   it("evaluates a period as CloudWatch does: the worst datapoint decides; only silence on reporting breaches", () => {
     const t = topologyFor("prod");
-    expect(evaluatePeriod(check(t, "lb-a", "nginx"), [1, 1, 0, 1])).toBe("ALARM");
-    expect(evaluatePeriod(check(t, "lb-a", "nginx"), [1, 1])).toBe("OK");
-    expect(evaluatePeriod(check(t, "lb-a", "nginx"), [])).toBe("OK");
-    expect(evaluatePeriod(check(t, "lb-a", "reporting"), [])).toBe("ALARM");
-    expect(evaluatePeriod(check(t, "lb-a", "reporting"), [1])).toBe("OK");
-    expect(evaluatePeriod(check(t, "db-a", "disk-data"), [50, t.health.diskUsePercent])).toBe("ALARM");
-    expect(evaluatePeriod(check(t, "db-a", "disk-data"), [t.health.diskUsePercent - 1])).toBe("OK");
+    expect(evaluatePeriod(alarmed(t, "lb-a", "nginx"), [1, 1, 0, 1])).toBe("ALARM");
+    expect(evaluatePeriod(alarmed(t, "lb-a", "nginx"), [1, 1])).toBe("OK");
+    expect(evaluatePeriod(alarmed(t, "lb-a", "nginx"), [])).toBe("OK");
+    expect(evaluatePeriod(alarmed(t, "lb-a", "reporting"), [])).toBe("ALARM");
+    expect(evaluatePeriod(alarmed(t, "lb-a", "reporting"), [1])).toBe("OK");
+    expect(evaluatePeriod(alarmed(t, "db-a", "disk-data"), [50, t.health.diskUsePercent])).toBe("ALARM");
+    expect(evaluatePeriod(alarmed(t, "db-a", "disk-data"), [t.health.diskUsePercent - 1])).toBe("OK");
   });
 });
 
@@ -179,6 +219,8 @@ describe("health files", () => {
     expect(rows.find((r) => r.startsWith("writer\t"))).toMatch(
       /^writer\tbelow\t1\t-\tCount\tdb-primary-loss-db-b\t/,
     );
+    // No threshold for a check that is never critical.
+    expect(rows.find((r) => r.startsWith("bundle-age\t"))).toMatch(/^bundle-age\tnone\t-\t-\tSeconds\t/);
   });
 
   it("refuses a field that would shift the columns", () => {

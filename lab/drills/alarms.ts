@@ -3,7 +3,7 @@
  * each expected alarm fired after the fault, within the detection goal, naming the runbook the
  * drill runs (or would, where the system heals itself); nothing outside both lists fired.
  */
-import { alarmName, compositeAlarms } from "../../src/health.js";
+import { alarmName, compositeAlarms, fipCheckId } from "../../src/health.js";
 import type { Topology } from "../../src/topology.js";
 
 export const DETECTION_GOAL_SECONDS = 15;
@@ -36,6 +36,7 @@ export function drillAlarms(t: Topology, id: string): DrillAlarms {
   const dbs = names(t, "db");
   const balancerViews = [
     ...everyAlarmOf(t, lbs, ["reporting", "nginx", "haproxy", "heartbeat-peer", "peer-fips-held"]),
+    ...t.floatingIps.map((f) => a(f.home, fipCheckId(f.address))),
   ];
   const dbViews = everyAlarmOf(t, dbs, [
     "reporting",
@@ -43,6 +44,7 @@ export function drillAlarms(t: Topology, id: string): DrillAlarms {
     "standby-streaming",
     "sync-standby",
     "replay-lag-seconds",
+    "replay-lag-bytes",
     "slot-wal-percent",
   ]);
   const appViews = [
@@ -128,6 +130,9 @@ export function drillAlarms(t: Topology, id: string): DrillAlarms {
       return { expect: [], allow: [...dbViews, ...everyAlarmOf(t, dbs, ["restore-test"])] };
     case "18":
       return { expect: [], allow: [] };
+    case "19":
+      // The runbook fences and re-attaches the standby: its streaming checks see that.
+      return { expect: [], allow: [...dbViews, ...everyAlarmOf(t, dbs, ["restore-test"])] };
     default:
       return { expect: [], allow: [] };
   }

@@ -1,7 +1,7 @@
 /**
  * Drills for the failures only the health model sees: nothing crashes, nothing fails over, yet
  * each ends in an outage if nobody acts. A database volume fills up, a standby stops streaming,
- * a rollout brings an expired certificate. Each waits for its alarm, then runs the runbook the
+ * a rollout brings an expired certificate, a standby stops replaying what it receives. Each waits for its alarm, then runs the runbook the
  * alarm names; the lab stands in only for the cloud calls the runbook's operator steps make.
  */
 import { execFileSync } from "node:child_process";
@@ -17,7 +17,7 @@ import type { Lab } from "../lib/lab.js";
 import { DB_VOLUME_BYTES } from "../lib/lab.js";
 import { describeRun, executeRunbook, runbookById } from "../lib/runbook.js";
 import { awaitAlarm, drill, expectAlarm, markFault, seconds } from "./common.js";
-import { primaryOf } from "./db-common.js";
+import { primaryOf, superSql } from "./db-common.js";
 
 /** How full the drill makes the database volume: past the alarm's threshold, short of full. */
 const FILL_PERCENT = 94;
@@ -270,5 +270,61 @@ export const expiredCertificateRollout = drill(
       seconds(lab.faultAt ?? Date.now(), Date.now()),
       "s",
     );
+  },
+);
+
+/** Rows of about 1 KB each: WAL well past the lab's replay-lag threshold. */
+const LAG_TABLE = "pypidrill_lag";
+const lagRows = (t: Lab["t"]): number => Math.ceil((t.health.replayLagMb * 1_048_576 * 1.5) / 1000);
+
+export const standbyStopsReplaying = drill(
+  "19",
+  "the standby receives WAL but stops replaying it",
+  300_000,
+  async (lab, report, section) => {
+    const { primary, standby } = await primaryOf(lab);
+    const alarm = alarmName(lab.t, standby, "replay-lag-bytes");
+    expectAlarm(lab, alarm, `db-standby-lost-${standby}`);
+    const sql = async (node: string, text: string, timeoutMs = 60_000): Promise<string> => {
+      const r = await superSql(lab, node, text, "postgres", timeoutMs);
+      if (r.status !== 0) throw new Error(`${node}: ${text}: exit ${r.status}: ${r.stderr}`);
+      return r.stdout.trim();
+    };
+    const lagBytes = async (): Promise<number> =>
+      Number(
+        await sql(
+          standby,
+          "SELECT coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint",
+        ),
+      );
+    // A replay stuck behind the WAL it has: what a paused replay, a long query holding replay
+    // back, or a standby's slow disk look like. It still flushes, so commits go on.
+    await sql(standby, "SELECT pg_wal_replay_pause()");
+    try {
+      await sql(
+        primary,
+        `CREATE TABLE ${LAG_TABLE} AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, ${lagRows(lab.t)}) g`,
+        120_000,
+      );
+      // Detection counts from the moment the standby holds more than the threshold.
+      const lag = await lagBytes();
+      markFault(lab);
+      report.figure(section, "received and not replayed on the standby", Math.round(lag / 1_048_576), "MiB");
+      if (lag < lab.t.health.replayLagMb * 1_048_576)
+        throw new Error(`${standby} holds only ${lag} bytes unreplayed; the drill wrote too little`);
+      const runbook = await awaitAlarm(lab, alarm);
+      await report.check(section, `runbook ${runbook} has ${standby} replaying again`, async () => {
+        const run = await executeRunbook(runbookById(lab, runbook), (h) => lab.node(h), {
+          stepTimeoutMs: 300_000,
+        });
+        if (run.failure) throw new Error(run.failure);
+        const left = await lagBytes();
+        if (left > 16 * 1_048_576) throw new Error(`${standby} still holds ${left} bytes unreplayed`);
+        return `${describeRun(run).join("; ")}; ${left} bytes left to replay`;
+      });
+    } finally {
+      await superSql(lab, standby, "SELECT pg_wal_replay_resume()").catch(() => undefined);
+      await superSql(lab, primary, `DROP TABLE IF EXISTS ${LAG_TABLE}`).catch(() => undefined);
+    }
   },
 );

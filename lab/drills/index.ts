@@ -11,7 +11,12 @@ import { bothDbLost, packageFilesLost, pointInTime } from "./backups.js";
 import { balancerCrash } from "./balancer-crash.js";
 import { balancerStop } from "./balancer-stop.js";
 import { dbPrimaryLoss } from "./db-primary-loss.js";
-import { dbVolumeFull, expiredCertificateRollout, standbyStopsStreaming } from "./health-faults.js";
+import {
+  dbVolumeFull,
+  expiredCertificateRollout,
+  standbyStopsReplaying,
+  standbyStopsStreaming,
+} from "./health-faults.js";
 import { heartbeatPartition } from "./heartbeat-partition.js";
 import { nginxDeath } from "./nginx-death.js";
 import { pgReattach } from "./pg-reattach.js";
@@ -48,5 +53,6 @@ export const drills: readonly Drill[] = [
   dbVolumeFull,
   standbyStopsStreaming,
   expiredCertificateRollout,
+  standbyStopsReplaying,
   drillRunTotal,
 ];

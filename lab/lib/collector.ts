@@ -9,11 +9,11 @@
 import { closeSync, existsSync, fstatSync, openSync, readdirSync, readSync } from "node:fs";
 import { join } from "node:path";
 import {
+  type AlarmedCheck,
+  alarmedChecks,
   alarmName,
   alarmStatistic,
   compositeAlarms,
-  type HealthCheck,
-  healthChecks,
   LAB_UNSUPPORTED_CHECKS,
 } from "../../src/health.js";
 import type { Topology } from "../../src/topology.js";
@@ -25,7 +25,7 @@ export interface AlarmDefinition {
   readonly runbook: string;
   readonly summary: string;
   /** Metric alarms: the check; composites: their member alarms. */
-  readonly check?: HealthCheck;
+  readonly check?: AlarmedCheck;
   readonly allOf?: readonly string[];
 }
 
@@ -53,7 +53,7 @@ export const EVALUATION_DELAY_MS = 1000;
  */
 export function alarmDefinitions(t: Topology): AlarmDefinition[] {
   return [
-    ...healthChecks(t)
+    ...alarmedChecks(t)
       .filter((c) => !LAB_UNSUPPORTED_CHECKS.includes(c.id))
       .map((c) => ({
         name: alarmName(t, c.node, c.id),
@@ -70,14 +70,17 @@ export function alarmDefinitions(t: Topology): AlarmDefinition[] {
   ];
 }
 
+/** The value the alarm's statistic (alarmStatistic) takes over one period's datapoints. */
+const periodStatistic = (check: AlarmedCheck, values: readonly number[]): number =>
+  alarmStatistic(check).statistic === "Maximum" ? Math.max(...values) : Math.min(...values);
+
 /**
  * The state a metric alarm takes for one period's datapoints: the worst one decides (see
  * alarmStatistic); no datapoint breaches only `reporting` (treatMissingData), else it is OK.
  */
-export function evaluatePeriod(check: HealthCheck, values: readonly number[]): AlarmState {
+export function evaluatePeriod(check: AlarmedCheck, values: readonly number[]): AlarmState {
   if (values.length === 0) return check.missingBreaches ? "ALARM" : "OK";
-  const { statistic } = alarmStatistic(check);
-  const stat = statistic === "Maximum" ? Math.max(...values) : Math.min(...values);
+  const stat = periodStatistic(check, values);
   const breach = check.comparison === "atLeast" ? stat >= check.threshold : stat < check.threshold;
   return breach ? "ALARM" : "OK";
 }
@@ -168,12 +171,7 @@ export class AlarmCollector {
   private set(a: AlarmDefinition, next: AlarmState, at: number, values: readonly number[]): void {
     if (this.state.get(a.name) === next) return;
     this.state.set(a.name, next);
-    const stat =
-      a.check && values.length
-        ? alarmStatistic(a.check).statistic === "Maximum"
-          ? Math.max(...values)
-          : Math.min(...values)
-        : undefined;
+    const stat = a.check && values.length ? periodStatistic(a.check, values) : undefined;
     this.transitions.push({
       alarm: a.name,
       state: next,

@@ -95,10 +95,29 @@ cmd_fip() {
       fi
       if [ "${held%%[[:space:]]*}" = "$eni" ]; then echo running; else echo stopped; fi
       ;;
-    *) die "fip: unknown action $action (start|stop|status|reclaim)" ;;
+    # For the health model: 1 when exactly one balancer holds the address (an association names
+    # one interface; the lab's cloud enforces the same), and when that is this node, the address
+    # is on it; else 0. Unlike status it counts the peer holding it as held.
+    lab:held)
+      case $(lab_assoc_holder eips "$addr") in
+        mine) if lab_addr_held "$addr"; then echo 1; else echo 0; fi ;;
+        other) echo 1 ;;
+        *) echo 0 ;;
+      esac
+      ;;
+    aws:held)
+      eni=$(own_eni) || die "fip $addr: no network interface id from IMDS"
+      held=$(fip_association 2) || die "fip $addr: cannot read the association of $alloc"
+      case ${held%%[[:space:]]*} in
+        "$eni") if ip -o addr show dev "$PYPI_IFACE" | grep -q " $secondary/"; then echo 1; else echo 0; fi ;;
+        eni-*) echo 1 ;;
+        *) echo 0 ;;
+      esac
+      ;;
+    *) die "fip: unknown action $action (start|stop|status|reclaim|held)" ;;
   esac
 }
 
 load_config
-[ $# -eq 2 ] || die "usage: pypi-fip ADDRESS start|stop|status"
+[ $# -eq 2 ] || die "usage: pypi-fip ADDRESS start|stop|status|reclaim|held"
 cmd_fip "$1" "$2"

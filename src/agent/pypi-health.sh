@@ -39,6 +39,12 @@ probe_peer_fips_held() {
   echo "$pf_n"
 }
 
+# A floating IP of this node (check fip-<address with dashes>) held exactly once: pypi-fip held.
+probe_fip() {
+  pf_addr=$(printf '%s' "$1" | tr - .)
+  bounded "$PYPI_FIP_SCRIPT" "$pf_addr" held 2>/dev/null || echo 0
+}
+
 probe_upload_backend() {
   printf 'show servers state %s\n' "$PYPI_UPLOAD_BACKEND" |
     bounded socat - "UNIX-CONNECT:$PYPI_HAPROXY_SOCKET" 2>/dev/null |
@@ -166,6 +172,15 @@ probe_replay_lag() {
   fi
 }
 
+# Received WAL the standby has not replayed yet, in bytes.
+probe_replay_lag_bytes() {
+  if [ "$DB_ROLE" = standby ]; then
+    bounded_sql "SELECT coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint" || echo 0
+  else
+    echo 0
+  fi
+}
+
 probe_restore_test() {
   if [ -r "$PYPI_AGENT_STATE/restore-test" ]; then
     read -r _ pt_result _ <"$PYPI_AGENT_STATE/restore-test" || pt_result=""
@@ -205,17 +220,28 @@ probe_bundle_refused() {
   if [ -s "$PYPI_AGENT_STATE/apply-refused" ]; then echo 1; else echo 0; fi
 }
 
+# Seconds since the last apply without error (before any was recorded: since the installed
+# config was written).
+probe_bundle_age() {
+  pa_at=""
+  [ -r "$PYPI_AGENT_STATE/apply-ok" ] && read -r pa_at <"$PYPI_AGENT_STATE/apply-ok"
+  [ -n "$pa_at" ] || pa_at=$(stat -c %Y "$PYPI_NODE_CONFIG")
+  echo $(($(date +%s) - pa_at))
+}
+
 # The measured value of one check (its table id).
 measure() {
   case $1 in
     reporting) echo 1 ;;
     bundle-refused) probe_bundle_refused ;;
+    bundle-age) probe_bundle_age ;;
     disk-root) probe_disk / ;;
     disk-data) probe_disk "${PYPI_DATA_MOUNT:-${PYPI_VOLUME_MOUNT:-}}" ;;
     nginx) probe_service nginx ;;
     haproxy) probe_service haproxy ;;
     heartbeat-peer) probe_heartbeat_peer ;;
     peer-fips-held) probe_peer_fips_held ;;
+    fip-*) probe_fip "${1#fip-}" ;;
     upload-backend-*) probe_upload_backend "${1#upload-backend-}" ;;
     cert-days-left) probe_cert_days ;;
     index) probe_index ;;
@@ -228,6 +254,7 @@ measure() {
     standby-streaming) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE state = 'streaming'$(replying)" 1 0 ;;
     sync-standby) primary_sql "SELECT (count(*) > 0)::int FROM pg_stat_replication WHERE sync_state = 'sync'$(replying)" 1 0 ;;
     replay-lag-seconds) probe_replay_lag ;;
+    replay-lag-bytes) probe_replay_lag_bytes ;;
     slot-wal-percent)
       primary_sql "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), 0)::bigint * 100
         / ($PYPI_PG_MAX_SLOT_WAL_MB::bigint * 1048576) FROM pg_replication_slots" 0 0
@@ -252,9 +279,10 @@ measured_value() {
   echo "$mv_value"
 }
 
-# ok, warn or crit: the comparison and thresholds of the table row.
+# ok, warn or crit: the comparison and thresholds of the table row (none: never critical).
 judge() {
   awk -v v="$1" -v cmp="$2" -v crit="$3" -v warn="$4" 'BEGIN {
+    if (cmp == "none") { print "ok"; exit }
     past_crit = (cmp == "atLeast") ? (v >= crit) : (v < crit)
     past_warn = (warn != "-") && ((cmp == "atLeast") ? (v >= warn) : (v < warn))
     print past_crit ? "crit" : (past_warn ? "warn" : "ok")

@@ -2,12 +2,12 @@ import { createHash } from "node:crypto";
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import {
+  type AlarmedCheck,
   alarmDescription,
+  alarmedChecks,
   alarmName,
   alarmStatistic,
   compositeAlarms,
-  type HealthCheck,
-  healthChecks,
   healthChecksOf,
 } from "../health.js";
 import { show } from "../schema.js";
@@ -95,7 +95,7 @@ export function statusCheckAlarms(t: Topology): StatusCheckAlarm[] {
 /** Every alarm of the deployment, in creation order: name, runbook and summary. */
 function plannedAlarms(t: Topology): (AlarmRunbook & { readonly name: string })[] {
   return [
-    ...healthChecks(t).map((c) => ({
+    ...alarmedChecks(t).map((c) => ({
       name: alarmName(t, c.node, c.id),
       runbook: c.runbook,
       summary: c.summary,
@@ -264,7 +264,7 @@ export class HealthAlarms extends pulumi.ComponentResource {
       );
 
     const notify = [this.topic.arn];
-    const metric = (check: HealthCheck): aws.cloudwatch.MetricAlarm =>
+    const metric = (check: AlarmedCheck): aws.cloudwatch.MetricAlarm =>
       new aws.cloudwatch.MetricAlarm(
         `${name}-${check.node}-${check.id}`,
         {
@@ -286,7 +286,7 @@ export class HealthAlarms extends pulumi.ComponentResource {
         },
         parent,
       );
-    const byName = new Map(healthChecks(t).map((c) => [alarmName(t, c.node, c.id), metric(c)]));
+    const byName = new Map(alarmedChecks(t).map((c) => [alarmName(t, c.node, c.id), metric(c)]));
     const prefix = `pypi-${t.environment}-`;
     this.compositeAlarms = compositeAlarms(t).map((c) => {
       const members = c.allOf.map((m) => {

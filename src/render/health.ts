@@ -23,7 +23,17 @@ export function tsvField(value: string | number): string {
 export function renderHealthTable(checks: readonly HealthCheck[]): string {
   return checks
     .map((c) =>
-      [c.id, c.comparison, c.threshold, c.warn ?? "-", c.unit, c.runbook, c.summary].map(tsvField).join("\t"),
+      [
+        c.id,
+        c.comparison,
+        c.comparison === "none" ? "-" : c.threshold,
+        c.warn ?? "-",
+        c.unit,
+        c.runbook,
+        c.summary,
+      ]
+        .map(tsvField)
+        .join("\t"),
     )
     .map((line) => `${line}\n`)
     .join("");

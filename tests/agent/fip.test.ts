@@ -3,7 +3,7 @@
  * `aws`/`curl`/`ip`: bounded retries with short timeouts, a verified association, a loud IMDS
  * failure, and an idempotent release.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -147,6 +147,27 @@ describe("pypi-fip on AWS", { timeout: 30_000 }, () => {
     expect(cloud.run("pypi-fip", [fip.address, "status"]).stdout.trim()).toBe("stopped");
   });
 
+  it("held: 1 for an address on this node's interface or on another, 0 for none or an association here without the address", () => {
+    const heldValue = () => {
+      const r = cloud.run("pypi-fip", [fip.address, "held"]);
+      expect(r.status, r.stderr).toBe(0);
+      return r.stdout.trim();
+    };
+    cloud.answer("describe-addresses", { stdout: `${MY_ENI}\teipassoc-0mine\n` });
+    expect(heldValue()).toBe("0");
+    cloud.run("pypi-fip", [fip.address, "reclaim"]);
+    expect(heldValue()).toBe("1");
+    cloud.answer("describe-addresses", { stdout: "eni-0other\teipassoc-0peer\n" });
+    expect(heldValue()).toBe("1");
+    cloud.answer("describe-addresses", { stdout: "None\tNone\n" });
+    expect(heldValue()).toBe("0");
+    // Unknown is never counted as held.
+    cloud.answer("describe-addresses", fail);
+    const r = cloud.run("pypi-fip", [fip.address, "held"]);
+    expect(r.stdout.trim()).toBe("");
+    expect(r.status).not.toBe(0);
+  });
+
   it("leaves the lab backend to ip (no cloud call)", () => {
     const store = mkdtempSync(join(tmpdir(), "pypi-fip-lab-"));
     const lab = asLab(t, store);
@@ -163,6 +184,14 @@ describe("pypi-fip on AWS", { timeout: 30_000 }, () => {
       expect(labCloud.ipCalls()).not.toContain(`addr del ${fip.address}/32 dev eth0`);
       expect(labCloud.curlCalls()).toEqual([]);
       expect(readFileSync(join(store, "cloud", "eips", fip.address), "utf8")).toBe("lb-a\n");
+      expect(labCloud.run("pypi-fip", [fip.address, "held"]).stdout.trim()).toBe("1");
+      // Associated here but the address gone from the interface: nobody answers for it.
+      writeFileSync(join(labCloud.dir, "ip.addrs"), "");
+      expect(labCloud.run("pypi-fip", [fip.address, "held"]).stdout.trim()).toBe("0");
+      writeFileSync(join(store, "cloud", "eips", fip.address), "lb-b\n");
+      expect(labCloud.run("pypi-fip", [fip.address, "held"]).stdout.trim()).toBe("1");
+      rmSync(join(store, "cloud", "eips", fip.address));
+      expect(labCloud.run("pypi-fip", [fip.address, "held"]).stdout.trim()).toBe("0");
     } finally {
       labCloud.cleanup();
       rmSync(store, { recursive: true, force: true });

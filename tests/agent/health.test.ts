@@ -5,10 +5,10 @@
  * PutMetricData with the stack's namespace). The database is never reached (the writer is
  * 127.0.0.9), the app's /_health is a fake curl's refusal.
  */
-import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { healthChecksOf } from "../../src/health.js";
+import { fipCheckId, healthChecksOf } from "../../src/health.js";
 import { renderAgentEnv } from "../../src/render/agent.js";
 import { renderNodeHealthTable } from "../../src/render/health.js";
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
@@ -139,6 +139,15 @@ describe.runIf(canRun)("pypi-node health on an app server", { timeout: 60_000 },
     });
   });
 
+  it("reports how old the running bundle is, with no threshold", () => {
+    mkdirSync(join(cloud.dir, "state"), { recursive: true });
+    writeFileSync(join(cloud.dir, "state", "apply-ok"), `${Math.floor(Date.now() / 1000) - 3 * 86_400}\n`);
+    const age = byCheck(records(cloud.run("pypi-health", []).stdout), "bundle-age");
+    expect(age).toMatchObject({ state: "ok", unit: "Seconds", runbook: "bundle-refused-app-a" });
+    expect(age.value).toBeGreaterThanOrEqual(3 * 86_400);
+    expect(age.value).toBeLessThan(3 * 86_400 + 60);
+  });
+
   it("sees DRBD healthy only when Connected, both disks UpToDate and one Primary", () => {
     const drbd = (cstate: string, dstate: string, role: string) => {
       cloud.install(
@@ -192,6 +201,39 @@ describe.runIf(canRun)("pypi-node health on an app server", { timeout: 60_000 },
     const r = cloud.run("pypi-health", ["--publsh"]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/usage: pypi-node health \[--publish\]/);
+  });
+});
+
+describe.runIf(canRun)("pypi-node health on a balancer", { timeout: 60_000 }, () => {
+  const t = asLab(topologyFor("staging"));
+  let cloud: FakeCloud;
+  beforeEach(() => {
+    ({ cloud } = setUp(t, "lb-a", "lab"));
+    cloud.install("arping", "#!/bin/sh\n");
+    appendFileSync(join(cloud.dir, "node.env"), `PYPI_FIP_SCRIPT='${cloud.script("pypi-fip")}'\n`);
+  });
+  afterEach(() => cloud.cleanup());
+
+  it("checks each of its home floating IPs held exactly once: by nobody is critical, by the peer is not", () => {
+    const home = t.floatingIps.filter((f) => f.home === "lb-a");
+    expect(home.length).toBeGreaterThan(0);
+    const fip = home[0] as (typeof home)[number];
+    const id = fipCheckId(fip.address);
+    const state = () => byCheck(records(cloud.run("pypi-health", []).stdout), id);
+    const ids = records(cloud.run("pypi-health", []).stdout).map((r) => r.check);
+    expect(ids.filter((c) => c.startsWith("fip-"))).toEqual(home.map((f) => fipCheckId(f.address)));
+    // Never associated: nobody answers for it.
+    expect(state()).toMatchObject({ state: "crit", value: 0, runbook: "balancer-loss-lb-b" });
+    // The peer holds it: held once (peer-fips-held on the peer says it is not home).
+    mkdirSync(join(cloud.dir, "cloud", "eips"), { recursive: true });
+    writeFileSync(join(cloud.dir, "cloud", "eips", fip.address), "lb-b\n");
+    expect(state()).toMatchObject({ state: "ok", value: 1 });
+    // Taken here: associated and on the interface.
+    expect(cloud.run("pypi-fip", [fip.address, "start"]).status).toBe(0);
+    expect(state()).toMatchObject({ state: "ok", value: 1 });
+    // Associated here, but the address is gone from the interface.
+    writeFileSync(join(cloud.dir, "ip.addrs"), "");
+    expect(state()).toMatchObject({ state: "crit", value: 0 });
   });
 });
 

@@ -15,7 +15,7 @@ import {
 } from "../../src/components/alarms.js";
 import { healthMetricStatements } from "../../src/components/iam.js";
 import { parseConfig } from "../../src/config.js";
-import { alarmName, compositeAlarms, healthChecks } from "../../src/health.js";
+import { alarmedChecks, alarmName, compositeAlarms } from "../../src/health.js";
 import { buildTopology, placeholderIds, planNodes } from "../../src/plan.js";
 import { program } from "../../src/program.js";
 import { buildRunbooks } from "../../src/runbooks/runbooks.js";
@@ -172,7 +172,7 @@ describe.each(["prod", "staging"] as const)("alarms of the %s stack", (stack) =>
   });
 
   test("the alarms output lists every alarm, and each is a resource with that runbook in its description", () => {
-    const checks = healthChecks(planned);
+    const checks = alarmedChecks(planned);
     const composites = compositeAlarms(planned);
     const instances = b.ofType("aws:ec2/instance:Instance");
     const names = Object.keys(b.alarms);
@@ -191,7 +191,7 @@ describe.each(["prod", "staging"] as const)("alarms of the %s stack", (stack) =>
   });
 
   test("metric alarms read the nodes' metrics: namespace, dimension, period, statistic, missing data", () => {
-    const checks = healthChecks(planned);
+    const checks = alarmedChecks(planned);
     expect(checks.length).toBeGreaterThan(40);
     for (const c of checks) {
       const a = metricAlarm(`pypi-${stack}-${c.node}-${c.id}`).inputs;
