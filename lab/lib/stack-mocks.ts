@@ -142,6 +142,12 @@ export function createMocks() {
           id = `${String(inputs.bucketPrefix ?? "bucket-")}${h.slice(0, 8)}`;
           state = { ...state, bucket: id, arn: `arn:aws:s3:::${id}` };
           break;
+        case "aws:sns/topic:Topic":
+          state = { ...state, arn: `arn:aws:sns:${REGION}:${ACCOUNT}:${String(inputs.name)}` };
+          break;
+        case "aws:kms/key:Key":
+          state = { ...state, arn: `arn:aws:kms:${REGION}:${ACCOUNT}:key/${id}`, keyId: id };
+          break;
         case "aws:ssm/parameter:Parameter":
           id = String(inputs.name);
           state = { ...state, arn: `arn:aws:ssm:${REGION}:${ACCOUNT}:parameter${String(inputs.name)}` };

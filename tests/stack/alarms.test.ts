@@ -67,28 +67,11 @@ type AlarmsBuilt = Built & {
   readonly compositeDeps: Record<string, string[]>;
 };
 
-/**
- * A stack build whose mocks also give SNS topics and KMS keys their ARNs (the shared mocks leave
- * them undefined), and that records each composite alarm's dependsOn.
- */
+/** A stack build that also records each composite alarm's dependsOn. */
 async function buildAlarms(stack: StackName, overrides: Record<string, unknown> = {}): Promise<AlarmsBuilt> {
   return withCheapStackTraces(async () => {
     const recorder = createMocks();
-    const inner = recorder.mocks;
-    const mocks: pulumi.runtime.Mocks = {
-      call: (args) => inner.call(args),
-      async newResource(args) {
-        const result = await inner.newResource(args);
-        const state = result.state as Record<string, unknown>;
-        if (args.type === T.topic) state.arn = `arn:aws:sns:${REGION}:${ACCOUNT}:${String(args.inputs.name)}`;
-        if (args.type === T.key) {
-          state.arn = `arn:aws:kms:${REGION}:${ACCOUNT}:key/${result.id}`;
-          state.keyId = result.id;
-        }
-        return result;
-      },
-    };
-    await pulumi.runtime.setMocks(mocks, "pypi-infra", stack, false);
+    await pulumi.runtime.setMocks(recorder.mocks, "pypi-infra", stack, false);
     const deps: Record<string, pulumi.Resource[]> = {};
     const record: pulumi.ResourceTransformation = ({ type, props, opts }) => {
       if (type === T.composite)
