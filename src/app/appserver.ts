@@ -1,8 +1,8 @@
 /**
  * The `appserver` runtime: the index app as its own service (pypi-index.service) instead of
  * processes mod_fcgid spawns. One primary keeps `workers` FastCGI workers on one listening
- * socket that they all accept from. The primary binds it and hands it to each worker as fd 0 (as
- * mod_fcgid does), and never accepts on it itself: the socket lives as long as the primary, so
+ * socket that they all accept from. The primary binds it and hands it to each worker as an
+ * inherited fd (WORKER_SOCKET_FD), and never accepts on it itself: the socket lives as long as the primary, so
  * while every worker is dead at once requests wait in its backlog instead of being refused. It
  *  - starts a replacement at once when a worker dies, and gives up (for systemd to restart it)
  *    when new workers keep exiting before they listen;
@@ -30,9 +30,11 @@ export interface AppServerOptions {
   readonly startTimeoutMs?: number;
 }
 
-/** Set in a worker's environment: fd 0 is the listening socket, and the parent is the primary. */
+/** The listening socket's fd in a worker. */
+export const WORKER_SOCKET_FD = 4;
+/** Set in a worker's environment: WORKER_SOCKET_FD is the listening socket, and the parent is the primary. */
 export const WORKER_ENV = "PYPI_INDEX_WORKER";
-/** What a worker sends its primary once it accepts on fd 0. */
+/** What a worker sends its primary once it accepts on WORKER_SOCKET_FD. */
 export const WORKER_LISTENING = "pypi-index:listening";
 
 export const SERVE_USAGE = "serve --listen PATH|HOST:PORT [--workers N --drain-seconds S]";
@@ -176,7 +178,8 @@ export function runPrimary(opts: AppServerOptions): void {
     const w = fork(process.argv[1] as string, process.argv.slice(2), {
       env: { ...process.env, [WORKER_ENV]: "1" },
       execArgv: process.execArgv,
-      stdio: [socket.fd, "inherit", "inherit", "ipc"],
+      // Above stdio: libuv never closes fds 0-2, so a worker's stop could not let go of it.
+      stdio: ["ignore", "inherit", "inherit", "ipc", socket.fd],
     });
     live.add(w);
     w.on("message", (m) => {

@@ -51,7 +51,9 @@ describe.skipIf(!canRun)("app server behind Apache (mod_proxy_fcgi)", () => {
     const end = Date.now() + ms;
     while (!ok()) {
       if (Date.now() > end)
-        throw new Error(`timed out: ${what}\n${sb.sh("tail -20 /var/log/pypi-index.log").stdout}`);
+        throw new Error(
+          `timed out: ${what}\n${sb.sh("tail -20 /var/log/pypi-index.log; ps -eo pid,ppid,stat,etime,args").stdout}`,
+        );
       await new Promise((r) => setTimeout(r, 50));
     }
   };
@@ -78,7 +80,12 @@ describe.skipIf(!canRun)("app server behind Apache (mod_proxy_fcgi)", () => {
       topology: topologyFor("staging", 15),
       runtime: "appserver",
     });
-    await until("every worker listens", () => workers().length === sb.t.app.maxProcesses);
+    // The primary binds the socket at once; each worker says when it accepts.
+    await until("every worker listens", () =>
+      sb
+        .sh("cat /var/log/pypi-index.log")
+        .stdout.includes(`(${sb.t.app.maxProcesses} of ${sb.t.app.maxProcesses})`),
+    );
   }, 120_000);
 
   afterAll(() => {
@@ -190,7 +197,10 @@ describe.skipIf(!canRun)("app server behind Apache (mod_proxy_fcgi)", () => {
       () => sb.sh(`[ -e ${sb.scratch}/slow.done ]`, { allowFail: true }).status === 0,
     );
     // The app's own refusal (no credentials), not a proxy error from a vanished worker.
-    expect(sb.sh(`cat ${sb.scratch}/slow`).stdout).toMatch(/^40[0-3]$/);
+    expect(
+      sb.sh(`cat ${sb.scratch}/slow`).stdout,
+      sb.sh("tail -5 /var/log/apache2/*error*.log; tail -8 /var/log/pypi-index.log").stdout,
+    ).toMatch(/^40[0-3]$/);
     // Gone, or a zombie nobody reaps here (its starter has exited).
     await until(
       "the primary exits",
