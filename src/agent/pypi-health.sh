@@ -132,12 +132,14 @@ probe_register_queue() {
 db_is_primary() { svc_running postgresql && [ "$(bounded_sql 'SELECT pg_is_in_recovery()')" = f ]; }
 bounded_sql() { bounded runuser -u postgres -- psql -X -q -At -p "$PYPI_PG_PORT" -h "$PYPI_PG_SOCKET_DIR" -d postgres -c "$1" 2>/dev/null; }
 
-# A primary: it is writable and the writer address routes to it. A standby: a server answers
-# at the writer address.
+# A primary: it is writable and the writer address routes to it. A standby: the server at the
+# writer address is a writable primary (not a standby, and not this node).
 probe_writer() {
   if [ "$DB_ROLE" = primary ]; then
     if [ "$(cmd_overlay "$PYPI_OVERLAY_DB" status 2>/dev/null)" = running ]; then echo 1; else echo 0; fi
-  elif pg_client pg_isready -q -h "$PYPI_OVERLAY_DB" -p "$PYPI_PG_PORT" -t 2 2>/dev/null; then
+  elif [ "$(bounded runuser -u postgres -- psql -X -q -At \
+    "host=$PYPI_OVERLAY_DB port=$PYPI_PG_PORT user=$PYPI_PG_REPL_USER dbname=postgres passfile=$PYPI_PG_PASSFILE connect_timeout=2" \
+    -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; then
     echo 1
   else
     echo 0
