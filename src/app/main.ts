@@ -25,6 +25,7 @@ import {
   type ServeArgs,
   WORKER_ENV,
   WORKER_LISTENING,
+  WORKER_SOCKET_FD,
 } from "./appserver.js";
 import { backfill } from "./backfill.js";
 import { loadConfig, operatorEnv } from "./config.js";
@@ -128,8 +129,8 @@ async function main(argv: readonly string[]): Promise<number> {
         return 2;
       }
       if (process.env[WORKER_ENV] === "1") {
-        // An app server worker: its primary holds the listening socket and hands it over as fd 0.
-        serve({ fd: 0 }, opts.drainMs);
+        // An app server worker: its primary holds the listening socket and hands it over.
+        serve({ fd: WORKER_SOCKET_FD }, opts.drainMs);
         return -1;
       }
       if (opts.workers === undefined) {
