@@ -32,5 +32,9 @@ export async function program(opts: { readonly now?: Date } = {}) {
     alarms: stack.alarms,
     /** The SNS topic every alarm notifies: subscribe a pager or a mailbox to it. */
     alarmTopicArn: stack.alarmTopicArn,
+    /** Serving mode (direct, dns, cdn) and the DNS records: in the zone, or `byHand` to create. */
+    dns: stack.dns,
+    /** The CloudFront distribution (id, name, certificate, log bucket); absent without `cdn`. */
+    cdn: stack.cdn,
   };
 }

@@ -91,6 +91,17 @@ export const atoms = {
     "a lower-case DNS name such as pypi.example.org",
     /^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/,
   ),
+  dnsZone: atom(
+    'a Route 53 public hosted zone id (Z followed by upper-case letters and digits) or the zone\'s name such as example.org, or "" for none',
+    (e) =>
+      z
+        .string(e)
+        .regex(/^$|^Z[A-Z0-9]{1,32}$|^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/, e),
+  ),
+  acmCertificateArn: pattern(
+    'an ACM certificate ARN in us-east-1 (arn:aws:acm:us-east-1:<account>:certificate/<id>), or "" for none',
+    /^$|^arn:aws[a-z-]*:acm:us-east-1:[0-9]{12}:certificate\/[0-9a-f-]{36}$/,
+  ),
   region: atom("an AWS region such as us-east-1 (pulumi config set aws:region us-east-1)", (e) =>
     z.string(e).refine((s) => AWS_REGIONS.includes(s), e),
   ),
@@ -603,6 +614,44 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     default: false,
     description:
       "Termination protection on instances; protect and retain volumes, EIPs and the bundle bucket",
+  }),
+  key({
+    key: "dnsZone",
+    type: "string",
+    atom: atoms.dnsZone,
+    default: "",
+    description:
+      "Route 53 hosted zone for domain: health-checked multivalue A records per floating IP (and the CDN's records); empty: the stack outputs the records to create by hand",
+  }),
+  key({
+    key: "uploadHostname",
+    type: "string",
+    atom: atoms.dnsName,
+    defaultText: "upload.<domain>",
+    description: "The SFTP upload endpoint's own name: A records on the floating IPs (never through the CDN)",
+  }),
+  key({
+    key: "cdn",
+    type: "boolean",
+    atom: atoms.boolean,
+    default: false,
+    description:
+      "Serve domain through CloudFront, with the balancers as origin (needs dnsZone or cdnCertificateArn)",
+  }),
+  key({
+    key: "cdnCertificateArn",
+    type: "string",
+    atom: atoms.acmCertificateArn,
+    default: "",
+    description:
+      "CloudFront's certificate for domain: an ACM certificate in us-east-1 (the TLS secret's, imported); empty: one is requested and validated through dnsZone",
+  }),
+  key({
+    key: "cdnOriginHostname",
+    type: "string",
+    atom: atoms.dnsName,
+    defaultText: "origin.<domain>",
+    description: "The origin-only name CloudFront connects to: A records on the floating IPs",
   }),
   key({
     key: "smokeCheck",

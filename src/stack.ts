@@ -8,6 +8,7 @@ import { BackupBuckets } from "./components/backup-buckets.js";
 import { BalancerPair } from "./components/balancer-pair.js";
 import { BundleBucket } from "./components/bundle-bucket.js";
 import { DrbdVolume } from "./components/drbd-volume.js";
+import { type CdnOutput, type DnsOutput, Edge } from "./components/edge.js";
 import type { AwsAccount } from "./components/iam.js";
 import type { LaunchedNode, PlannedNode } from "./components/node.js";
 import { PostgresPair } from "./components/postgres-pair.js";
@@ -118,6 +119,11 @@ export class PypiStack extends pulumi.ComponentResource {
   /** Alarm name -> the runbook that fixes it and what it means. */
   readonly alarms: pulumi.Output<Record<string, AlarmRunbook>>;
   readonly alarmTopicArn: pulumi.Output<string>;
+  readonly edge: Edge;
+  /** The serving mode and its DNS records: created in the zone, or to create by hand. */
+  readonly dns: pulumi.Output<DnsOutput>;
+  /** The CloudFront distribution, when `cdn` is on. */
+  readonly cdn?: pulumi.Output<CdnOutput>;
   readonly smoke?: command.local.Command;
 
   constructor(name: string, args: PypiStackArgs, opts: pulumi.ComponentResourceOptions = {}) {
@@ -213,6 +219,20 @@ export class PypiStack extends pulumi.ComponentResource {
       Object.fromEntries(buildRunbooks(t).map((rb) => [rb.id, runbookMarkdown(t, rb)])),
     );
     this.endpoints = { https: `https://${cfg.domain}/`, upload: this.upload.endpoint };
+    this.edge = new Edge(
+      `${name}-edge`,
+      {
+        environment: cfg.environment,
+        domain: cfg.domain,
+        edge: cfg.edge,
+        publicIps: tiers.balancers.eips.map((e) => e.publicIp),
+        retain: cfg.deletionProtection,
+        tags: ctx.tags,
+      },
+      ctx.parent,
+    );
+    this.dns = this.edge.dns;
+    this.cdn = this.edge.cdn;
     if (cfg.smokeCheck) this.smoke = this.smokeCheck(ctx, args.tls);
 
     this.registerOutputs({
@@ -224,6 +244,8 @@ export class PypiStack extends pulumi.ComponentResource {
       storageSnapshots: this.storageSnapshots,
       alarms: this.alarms,
       alarmTopicArn: this.alarmTopicArn,
+      dns: this.dns,
+      cdn: this.cdn,
     });
   }
 
@@ -396,7 +418,7 @@ export class PypiStack extends pulumi.ComponentResource {
         securityGroups: net.securityGroups,
         port: planned.upload.port,
         backendPort: planned.upload.backendPort,
-        domain: cfg.domain,
+        domain: cfg.edge.uploadHostname,
       },
       parent,
     );

@@ -140,7 +140,41 @@ export function createMocks() {
           break;
         case "aws:s3/bucket:Bucket":
           id = `${String(inputs.bucketPrefix ?? "bucket-")}${h.slice(0, 8)}`;
-          state = { ...state, bucket: id, arn: `arn:aws:s3:::${id}` };
+          state = {
+            ...state,
+            bucket: id,
+            arn: `arn:aws:s3:::${id}`,
+            bucketDomainName: `${id}.s3.amazonaws.com`,
+          };
+          break;
+        case "aws:cloudfront/distribution:Distribution":
+          id = `E${h.slice(0, 12).toUpperCase()}`;
+          state = {
+            ...state,
+            arn: `arn:aws:cloudfront::${ACCOUNT}:distribution/${id}`,
+            domainName: `d${h.slice(0, 12)}.cloudfront.net`,
+            hostedZoneId: "Z2FDTNDATAQYW2",
+          };
+          break;
+        case "aws:acm/certificate:Certificate":
+          state = {
+            ...state,
+            arn: `arn:aws:acm:us-east-1:${ACCOUNT}:certificate/00000000-0000-4000-8000-${h.slice(0, 12)}`,
+            domainValidationOptions: [
+              {
+                domainName: inputs.domainName,
+                resourceRecordName: `_${h.slice(0, 8)}.${String(inputs.domainName)}.`,
+                resourceRecordType: "CNAME",
+                resourceRecordValue: `_${h.slice(8, 16)}.acm-validations.aws.`,
+              },
+            ],
+          };
+          break;
+        case "aws:route53/healthCheck:HealthCheck":
+          id = `hc-${h}`;
+          break;
+        case "aws:route53/record:Record":
+          state = { ...state, fqdn: String(inputs.name) };
           break;
         case "aws:sns/topic:Topic":
           state = { ...state, arn: `arn:aws:sns:${REGION}:${ACCOUNT}:${String(inputs.name)}` };
@@ -210,6 +244,15 @@ export function createMocks() {
             value: MOCK_AMI,
             version: 1,
           };
+        case "aws:route53/getZone:getZone": {
+          const zoneName = String(args.inputs.name ?? "example.org");
+          return {
+            id: String(args.inputs.zoneId ?? "Z0MOCKZONE01"),
+            zoneId: String(args.inputs.zoneId ?? "Z0MOCKZONE01"),
+            name: zoneName,
+            privateZone: false,
+          };
+        }
         default: {
           const answer = awsFactsInvoke(args.token, args.inputs as Record<string, unknown>);
           if (answer) return answer;
@@ -262,8 +305,12 @@ export function tlsFor(tlsSource: string): TlsInput {
 }
 
 /** Builds one stack from its real Pulumi.<stack>.yaml under fresh mocks and waits for every resource. */
-export async function buildStack(stack: StackName, overrides: Record<string, unknown> = {}) {
-  return build(stack, overrides, {});
+export async function buildStack(
+  stack: StackName,
+  overrides: Record<string, unknown> = {},
+  opts: pulumi.ComponentResourceOptions = {},
+) {
+  return build(stack, overrides, opts);
 }
 
 async function build(

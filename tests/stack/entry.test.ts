@@ -42,7 +42,10 @@ describe("the program entry (src/program.ts, exported by src/index.ts) under moc
       "lb-a",
       "lb-b",
     ]);
-    expect(outputs.endpoints).toEqual({ https: "https://pypi.example.org/", upload: "pypi.example.org:22" });
+    expect(outputs.endpoints).toEqual({
+      https: "https://pypi.example.org/",
+      upload: "upload.pypi.example.org:22",
+    });
     const key = recorder.resources.find((r) => r.inputs.name === "/pypi/prod/tls/key");
     expect(JSON.stringify(key?.inputs.value)).toContain(PROD_TLS_KEY_LINE);
     expect(JSON.stringify(out)).not.toContain(PROD_TLS_KEY_LINE);

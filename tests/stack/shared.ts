@@ -413,7 +413,7 @@ export function sharedStackTests(
     expect(runbookData.map((r) => r.id).sort()).toEqual(Object.keys(runbooks).sort());
     expect(b.pypi.endpoints).toEqual({
       https: `https://${b.config.domain}/`,
-      upload: `${b.config.domain}:22`,
+      upload: `${b.config.edge.uploadHostname}:22`,
     });
   });
 }
