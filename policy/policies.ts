@@ -12,6 +12,7 @@ import {
   bucketHardened,
   bucketPolicyPrivate,
   bucketPrivate,
+  distributionTlsAndLogs,
   encryptedVolumes,
   type Ingress,
   imdsv2Required,
@@ -348,6 +349,11 @@ export const resourcePolicies: readonly ResourceValidationPolicy[] = [
     "alarm-names-runbook",
     'Every CloudWatch metric or composite alarm named pypi-* has a description starting "runbook <id>: ", the runbook that fixes it.',
     alarmNamesRunbook,
+  ),
+  resourcePolicy(
+    "cdn-tls12-and-logs",
+    "A CloudFront distribution uses TLS 1.2 or later toward viewers (an ACM certificate) and toward every custom origin (https-only), and writes access logs.",
+    distributionTlsAndLogs,
   ),
 ];
 

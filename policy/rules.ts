@@ -43,6 +43,7 @@ export const T = {
   bucketVersioningV2: "aws:s3/bucketVersioningV2:BucketVersioningV2",
   metricAlarm: "aws:cloudwatch/metricAlarm:MetricAlarm",
   compositeAlarm: "aws:cloudwatch/compositeAlarm:CompositeAlarm",
+  distribution: "aws:cloudfront/distribution:Distribution",
 } as const;
 
 /** Every way to launch an instance with its own settings; all of them get the instance rules. */
@@ -768,4 +769,52 @@ export function alarmNamesRunbook(type: string, props: Props): string[] {
     : [
         `alarm ${name}: alarmDescription ${JSON.stringify(description ?? null)} does not start with "runbook <id>: " (the runbook that fixes it)`,
       ];
+}
+
+// CDN --------------------------------------------------------------------------------------------
+
+/** CloudFront viewer policies that allow nothing older than TLS 1.2. */
+export const TLS12_VIEWER_POLICIES: readonly string[] = [
+  "TLSv1.2_2018",
+  "TLSv1.2_2019",
+  "TLSv1.2_2021",
+  "TLSv1.2_2025",
+  "TLSv1.3_2025",
+];
+
+/**
+ * A distribution speaks TLS 1.2 or later to viewers (its own certificate: the default
+ * *.cloudfront.net one accepts TLS 1.0) and to every custom origin (HTTPS only), and logs.
+ */
+export function distributionTlsAndLogs(type: string, props: Props): string[] {
+  if (type !== T.distribution) return [];
+  const what = `distribution ${JSON.stringify(props.comment ?? props.aliases ?? "")}`;
+  const problems: string[] = [];
+  const viewer = rec(props.viewerCertificate);
+  if (viewer.cloudfrontDefaultCertificate === true || !viewer.acmCertificateArn)
+    problems.push(
+      `${what}: viewerCertificate uses CloudFront's default certificate, which accepts TLS 1.0; give it an ACM certificate`,
+    );
+  if (!TLS12_VIEWER_POLICIES.includes(String(viewer.minimumProtocolVersion)))
+    problems.push(
+      `${what}: viewerCertificate.minimumProtocolVersion ${JSON.stringify(viewer.minimumProtocolVersion ?? null)} allows less than TLS 1.2; use one of ${TLS12_VIEWER_POLICIES.join(", ")}`,
+    );
+  for (const origin of list(props.origins)) {
+    const custom = rec(origin.customOriginConfig);
+    if (Object.keys(custom).length === 0) continue;
+    const id = JSON.stringify(origin.originId ?? origin.domainName ?? "");
+    if (custom.originProtocolPolicy !== "https-only")
+      problems.push(
+        `${what}: origin ${id} has originProtocolPolicy ${JSON.stringify(custom.originProtocolPolicy ?? null)}; only https-only keeps the origin leg encrypted`,
+      );
+    const protocols = Array.isArray(custom.originSslProtocols) ? custom.originSslProtocols.map(String) : [];
+    const old = protocols.filter((p) => p !== "TLSv1.2");
+    if (protocols.length === 0 || old.length > 0)
+      problems.push(
+        `${what}: origin ${id} allows ${JSON.stringify(protocols)} toward the origin; only TLSv1.2 (CloudFront's newest origin protocol)`,
+      );
+  }
+  if (!rec(props.loggingConfig).bucket)
+    problems.push(`${what}: has no loggingConfig.bucket; a distribution must log its requests`);
+  return problems;
 }

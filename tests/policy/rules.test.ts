@@ -14,6 +14,7 @@ import {
   bucketPrivate,
   coversInternet,
   decodeBase64,
+  distributionTlsAndLogs,
   encryptedVolumes,
   findSecrets,
   type Ingress,
@@ -972,5 +973,61 @@ describe("alarm-names-runbook", () => {
     // A composite's name is alarmName; `name` on it means nothing.
     expect(alarmNamesRunbook(T.compositeAlarm, { name: "pypi-x", alarmName: "other" })).toEqual([]);
     expect(alarmNamesRunbook(T.instance, { name: "pypi-prod-lb-a" })).toEqual([]);
+  });
+});
+
+describe("cdn-tls12-and-logs", () => {
+  const good = {
+    comment: "pypi prod",
+    viewerCertificate: {
+      acmCertificateArn: "arn:aws:acm:us-east-1:123456789012:certificate/x",
+      minimumProtocolVersion: "TLSv1.2_2021",
+      sslSupportMethod: "sni-only",
+    },
+    origins: [
+      {
+        originId: "balancers",
+        domainName: "origin.pypi.example.org",
+        customOriginConfig: { originProtocolPolicy: "https-only", originSslProtocols: ["TLSv1.2"] },
+      },
+    ],
+    loggingConfig: { bucket: "logs.s3.amazonaws.com" },
+  };
+  const check = (props: Record<string, unknown>) => distributionTlsAndLogs(T.distribution, props);
+  test("a TLS 1.2 distribution that logs passes; other types are not its business", () => {
+    expect(check(good)).toEqual([]);
+    expect(distributionTlsAndLogs(T.bucket, {})).toEqual([]);
+  });
+  test("fires on the default certificate, an old viewer policy, a plain or old origin leg, and no logs", () => {
+    expect(check({ ...good, viewerCertificate: { cloudfrontDefaultCertificate: true } })).toEqual([
+      expect.stringContaining("default certificate, which accepts TLS 1.0"),
+      expect.stringContaining("minimumProtocolVersion null allows less than TLS 1.2"),
+    ]);
+    expect(
+      check({
+        ...good,
+        viewerCertificate: { ...good.viewerCertificate, minimumProtocolVersion: "TLSv1_2016" },
+      }),
+    ).toEqual([expect.stringContaining('"TLSv1_2016" allows less than TLS 1.2')]);
+    expect(
+      check({
+        ...good,
+        origins: [
+          {
+            originId: "balancers",
+            customOriginConfig: {
+              originProtocolPolicy: "match-viewer",
+              originSslProtocols: ["TLSv1.1", "TLSv1.2"],
+            },
+          },
+        ],
+      }),
+    ).toEqual([
+      expect.stringContaining('origin "balancers" has originProtocolPolicy "match-viewer"'),
+      expect.stringContaining('origin "balancers" allows ["TLSv1.1","TLSv1.2"]'),
+    ]);
+    expect(check({ ...good, loggingConfig: undefined })).toEqual([
+      expect.stringContaining("has no loggingConfig.bucket"),
+    ]);
   });
 });

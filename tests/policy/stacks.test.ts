@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, test } from "vitest";
 import { T } from "../../policy/rules.js";
-import { type Built, builtStack } from "../stack/harness.js";
+import { type Built, buildStack, builtStack } from "../stack/harness.js";
 import { runPack, stackResources } from "./pack.js";
 
 describe.each(["staging", "prod"] as const)("the %s stack under mocks", (stack) => {
@@ -73,6 +73,39 @@ describe.each(["staging", "prod"] as const)("the %s stack under mocks", (stack) 
     for (const [policy, changed] of cases) {
       const violations = await runPack(changed);
       expect([...new Set(violations.map((v) => v.policy))].sort(), policy).toEqual(policy.split(" ").sort());
+    }
+  });
+});
+
+describe("the prod stack with DNS and a CDN under mocks", () => {
+  let built: Built;
+  beforeAll(async () => {
+    built = await buildStack("prod", { "pypi-infra:dnsZone": "example.org", "pypi-infra:cdn": true });
+  }, 60_000);
+
+  test("passes the whole pack, the CDN rule having seen the distribution", async () => {
+    const resources = stackResources(built, "prod");
+    expect(resources.filter((r) => r.type === T.distribution)).toHaveLength(1);
+    expect(await runPack(resources)).toEqual([]);
+  });
+
+  test("a distribution that allows TLS 1.1 toward the origin, or stops logging, turns it red", async () => {
+    const resources = stackResources(built, "prod");
+    const i = resources.findIndex((r) => r.type === T.distribution);
+    const change = (props: Record<string, unknown>) => {
+      const copy = [...resources];
+      const r = copy[i]!;
+      copy[i] = { ...r, props: { ...r.props, ...props } };
+      return copy;
+    };
+    const origins = resources[i]!.props.origins as Record<string, unknown>[];
+    const weak = origins.map((o) => ({
+      ...o,
+      customOriginConfig: { ...(o.customOriginConfig as object), originSslProtocols: ["TLSv1.1", "TLSv1.2"] },
+    }));
+    for (const changed of [change({ origins: weak }), change({ loggingConfig: undefined })]) {
+      const violations = await runPack(changed);
+      expect([...new Set(violations.map((v) => v.policy))]).toEqual(["cdn-tls12-and-logs"]);
     }
   });
 });
