@@ -2,6 +2,7 @@
  * End-to-end checks from the client namespace with real clients: sftp through HAProxy, the
  * app's own registration, pip through a floating IP over TLS, and the TLS policy nginx enforces.
  */
+
 import { createHash } from "node:crypto";
 import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -11,6 +12,7 @@ import { CLIENT_DIR, clientCommand, httpsVia, type Lab, sftpArgv } from "../lib/
 import { startLoad } from "../lib/load.js";
 import type { Report } from "../lib/report.js";
 import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
+import { runCdnOriginChecks } from "./cdn-origin.js";
 import { runPublishChecks } from "./publish.js";
 
 const expectMatch = (what: string, text: string, re: RegExp): void => {
@@ -81,6 +83,7 @@ async function registeredByItsUnit(
   wheel: Wheel,
   uploadedAt: number,
   report: Report,
+  listed: { seconds?: number },
 ): Promise<string> {
   const fip = lab.t.floatingIps[0]?.address ?? "";
   for (;;) {
@@ -91,6 +94,7 @@ async function registeredByItsUnit(
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
   const seconds = Math.round((Date.now() - uploadedAt) / 100) / 10;
+  listed.seconds = seconds;
   report.figure("upload -> pip", "upload to listed in /simple/ (register path unit)", seconds, "s");
   return `listed ${seconds} s after the upload, registered by pypi-index-register.path`;
 }
@@ -257,14 +261,17 @@ export async function runEndToEnd(lab: Lab, report: Report): Promise<void> {
     sftpUpload(lab, wheel),
   );
   const uploadedAt = Date.now();
+  const listed: { seconds?: number } = {};
   const registered =
     uploaded &&
     (await report.check(flow, "registered by the app servers' register unit, no hand step", () =>
-      registeredByItsUnit(lab, wheel, uploadedAt, report),
+      registeredByItsUnit(lab, wheel, uploadedAt, report, listed),
     ));
   if (registered) {
     await report.check(flow, "pip download over TLS via the floating IP", () => pipDownload(lab, wheel));
     await report.check(flow, "simple page via every floating IP", () => simplePageEverywhere(lab, wheel));
+    const page = await httpsVia(lab, lab.t.floatingIps[0]?.address ?? "", `/simple/${wheel.name}/`);
+    await runCdnOriginChecks(lab, report, wheel, page.body, listed.seconds);
   }
   await runPublishChecks(lab, report);
 

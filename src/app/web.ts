@@ -4,7 +4,9 @@
  * only when no page exists: names that are not normalized (redirects), unknown projects (404),
  * and projects whose pages are not written yet, which are rendered here the same way.
  */
+
 import { createHash } from "node:crypto";
+import { ORIGIN_CACHE_CONTROL } from "../edge.js";
 import type { AppConfig } from "./config.js";
 import { type Db, DbUnavailable } from "./db.js";
 import type { FcgiRequest, FcgiResponse } from "./fastcgi.js";
@@ -25,7 +27,7 @@ import {
 import { handleUpload } from "./upload.js";
 
 /** Index pages change on every upload; a short lifetime keeps caches close to the database. */
-const CACHE_CONTROL = "max-age=60, public";
+const CACHE_CONTROL = ORIGIN_CACHE_CONTROL.index;
 
 const text = (status: number, body: string, extra: Record<string, string> = {}): FcgiResponse => ({
   status,

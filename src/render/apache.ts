@@ -1,5 +1,6 @@
 import { GZIP_SUFFIX, PAGE_FILES, PAGE_TYPES } from "../app/pages.js";
 import { MEDIA } from "../app/simple.js";
+import { ORIGIN_CACHE_CONTROL } from "../edge.js";
 import { paths, uploadBodyLimit } from "../layout.js";
 import { APP_RUNTIMES, type AppRuntime, type NodeSpec, nodesWithRole, type Topology } from "../topology.js";
 
@@ -258,8 +259,8 @@ function pageLines(t: Topology): string[] {
   ];
 }
 
-/** Index pages change on every upload; a short lifetime keeps caches close to the database. */
-const pageCacheControl = "max-age=60, public";
+/** Index pages change on every upload; a short lifetime keeps caches (and the CDN) close to the database. */
+const pageCacheControl = ORIGIN_CACHE_CONTROL.index;
 
 const negotiatedHeaderLines = [
   "    Header always unset TCN",
@@ -315,6 +316,9 @@ export function renderApacheSite(t: Topology, _node: NodeSpec): string {
     "    AddType application/gzip .gz .tgz",
     "    AddType application/x-bzip2 .bz2",
     "    AddType text/plain .asc .metadata",
+    // A file name is never reused with other content: caches and the CDN keep it for a year.
+    // (`set` without `always`: a 404 for a file not uploaded yet is not made long-lived.)
+    `    Header set Cache-Control ${apacheQuote(ORIGIN_CACHE_CONTROL.immutable)}`,
     "  </Directory>",
     "",
     // The upload token travels in Authorization, which Apache hides from FastCGI unless told.
