@@ -12,7 +12,7 @@ import {
   INDEX_TTL_SECONDS,
   ORIGIN_CACHE_CONTROL,
 } from "../../src/edge.js";
-import { CLIENT_DIR, clientCommand, type Lab } from "../lib/lab.js";
+import { clientCommand, curlVia, type Lab } from "../lib/lab.js";
 import type { Report } from "../lib/report.js";
 import type { Wheel } from "../lib/wheel.js";
 
@@ -25,14 +25,7 @@ interface Answer {
 async function headersVia(lab: Lab, fip: string, path: string, accept?: string): Promise<Answer> {
   const r = await lab.client.execAsync(
     clientCommand([
-      "curl",
-      "-sS",
-      "--max-time",
-      "5",
-      "--cacert",
-      `${CLIENT_DIR}/ca.pem`,
-      "--resolve",
-      `${lab.t.domain}:443:${fip}`,
+      ...curlVia(lab, fip),
       "-o",
       "/dev/null",
       "-D",

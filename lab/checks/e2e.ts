@@ -8,7 +8,7 @@ import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { HSTS_MAX_AGE_SECONDS } from "../../src/render/nginx.js";
 import { nodesWithRole, pgDialect } from "../../src/topology.js";
-import { CLIENT_DIR, clientCommand, httpsVia, type Lab, sftpArgv } from "../lib/lab.js";
+import { CLIENT_DIR, clientCommand, curlVia, httpsVia, type Lab, sftpArgv } from "../lib/lab.js";
 import { startLoad } from "../lib/load.js";
 import type { Report } from "../lib/report.js";
 import { buildWheel, pipArgv, type Wheel } from "../lib/wheel.js";
@@ -164,18 +164,11 @@ async function httpRedirect(lab: Lab): Promise<string> {
 async function hsts(lab: Lab): Promise<string> {
   const fip = lab.t.floatingIps[0]?.address ?? "";
   const r = await clientRun(lab, [
-    "curl",
-    "-sS",
+    ...curlVia(lab, fip),
     "-D",
     "-",
     "-o",
     "/dev/null",
-    "--max-time",
-    "5",
-    "--cacert",
-    `${CLIENT_DIR}/ca.pem`,
-    "--resolve",
-    `${lab.t.domain}:443:${fip}`,
     `https://${lab.t.domain}/simple/`,
   ]);
   const header = r.stdout.split(/\r?\n/).find((l) => /^strict-transport-security:/i.test(l)) ?? "";

@@ -42,18 +42,23 @@ export interface HttpsResult {
   readonly body: string;
 }
 
+/** curl from the client to `https://<domain>` through `fip`, verified against the lab CA: the argv before its own options. */
+export const curlVia = (lab: Lab, fip: string, maxSeconds = 5): string[] => [
+  "curl",
+  "-sS",
+  "--max-time",
+  String(maxSeconds),
+  "--cacert",
+  `${CLIENT_DIR}/ca.pem`,
+  "--resolve",
+  `${lab.t.domain}:443:${fip}`,
+];
+
 /** GET `https://<domain><path>` from the client through `fip`, verified against the lab CA. */
 export async function httpsVia(lab: Lab, fip: string, path: string, maxSeconds = 5): Promise<HttpsResult> {
   const r = await lab.client.execAsync(
     clientCommand([
-      "curl",
-      "-sS",
-      "--max-time",
-      String(maxSeconds),
-      "--cacert",
-      `${CLIENT_DIR}/ca.pem`,
-      "--resolve",
-      `${lab.t.domain}:443:${fip}`,
+      ...curlVia(lab, fip, maxSeconds),
       "-w",
       "\n%{http_code}",
       `https://${lab.t.domain}${path}`,

@@ -16,6 +16,14 @@ export interface BundleBucketArgs {
   readonly tags?: Readonly<Record<string, string>>;
 }
 
+/** Every public access switch of an S3 bucket, on. */
+export const BLOCK_ALL_PUBLIC_ACCESS = {
+  blockPublicAcls: true,
+  blockPublicPolicy: true,
+  ignorePublicAcls: true,
+  restrictPublicBuckets: true,
+} as const;
+
 /** The provider refuses a longer `bucketPrefix`. */
 export const BUCKET_PREFIX_MAX = 37;
 
@@ -49,13 +57,7 @@ export class BundleBucket extends pulumi.ComponentResource {
     const bucket = this.bucket.id;
     const block = new aws.s3.BucketPublicAccessBlock(
       `${name}-public-access`,
-      {
-        bucket,
-        blockPublicAcls: true,
-        blockPublicPolicy: true,
-        ignorePublicAcls: true,
-        restrictPublicBuckets: true,
-      },
+      { bucket, ...BLOCK_ALL_PUBLIC_ACCESS },
       parent,
     );
     const ownership = new aws.s3.BucketOwnershipControls(

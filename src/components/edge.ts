@@ -18,6 +18,7 @@ import {
   servingMode,
 } from "../edge.js";
 import { ports } from "../layout.js";
+import { BLOCK_ALL_PUBLIC_ACCESS } from "./bundle-bucket.js";
 
 /** AWS's managed cache and origin request policies (fixed ids, the same in every account). */
 export const MANAGED_CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad";
@@ -271,13 +272,7 @@ export class Edge extends pulumi.ComponentResource {
     );
     new aws.s3.BucketPublicAccessBlock(
       `${name}-cdn-logs`,
-      {
-        bucket: logs.id,
-        blockPublicAcls: true,
-        blockPublicPolicy: true,
-        ignorePublicAcls: true,
-        restrictPublicBuckets: true,
-      },
+      { bucket: logs.id, ...BLOCK_ALL_PUBLIC_ACCESS },
       parent,
     );
     // CloudFront's standard logs are written with an ACL grant to its log delivery account.
