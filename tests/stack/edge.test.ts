@@ -17,6 +17,7 @@ import {
   resolve,
   withCheapStackTraces,
 } from "./harness.js";
+import { covers, roleGroups } from "./iam.js";
 
 const T = {
   record: "aws:route53/record:Record",
@@ -217,6 +218,16 @@ describe("cdn: CloudFront with a zone", () => {
         headers: { items: ["Host"] },
       });
     for (const x of [def, ...behaviours]) expect(x.viewerProtocolPolicy).toBe("redirect-to-https");
+  });
+
+  test("freshness is TTL only: no node role may invalidate or change the distribution", () => {
+    const groups = roleGroups(b);
+    expect(groups.length).toBeGreaterThan(2);
+    for (const g of groups)
+      for (const s of g.statements.filter((x) => x.Effect === "Allow"))
+        for (const action of s.Action)
+          for (const cdnAction of ["cloudfront:CreateInvalidation", "cloudfront:UpdateDistribution"])
+            expect(covers(action, cdnAction), `${g.nodes.join(",")}: ${action}`).toBe(false);
   });
 
   test("the certificate is requested in us-east-1 and validated through the zone", () => {
