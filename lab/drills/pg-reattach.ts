@@ -24,7 +24,7 @@ export const pgReattach = drill(
       const expected = lab.t.postgres.version >= 12 ? "pg_rewind" : "pg_basebackup";
       if (method !== expected)
         throw new Error(
-          `re-attached via ${method}, expected ${expected} for postgres ${lab.t.postgres.version}`,
+          `re-attached via ${method}, expected ${expected} for postgres ${lab.t.postgres.version}; db-reattach said:\n${step.stderr.trim().split("\n").slice(-15).join("\n")}`,
         );
       return `${step.stdout.trim()} in ${step.seconds.toFixed(2)} s${expected === "pg_basebackup" ? " (no pg_rewind for 11 here)" : ""}`;
     });
