@@ -256,10 +256,16 @@ export class HealthAlarms extends pulumi.ComponentResource {
         { topic: this.topic.arn, protocol: "email", endpoint: email },
         parent,
       );
+    // A pager's integration URL carries its key: a secret in the state, however it was set.
     for (const url of args.httpsEndpoints ?? [])
       new aws.sns.TopicSubscription(
         `${name}-https-${subscriptionKey(url)}`,
-        { topic: this.topic.arn, protocol: "https", endpoint: url, endpointAutoConfirms: false },
+        {
+          topic: this.topic.arn,
+          protocol: "https",
+          endpoint: pulumi.secret(url),
+          endpointAutoConfirms: false,
+        },
         parent,
       );
 

@@ -26,8 +26,10 @@ import {
   ACCOUNT,
   type Built,
   createMocks,
+  isSecret,
   PROD_TLS,
   PROD_TLS_KEY_LINE,
+  plain,
   REGION,
   type Recorded,
   rawConfig,
@@ -371,15 +373,20 @@ describe("subscriptions follow the config", () => {
     });
   }, 120_000);
   const byName = (b: AlarmsBuilt) =>
-    Object.fromEntries(b.ofType(T.subscription).map((s) => [s.name, [s.inputs.protocol, s.inputs.endpoint]]));
+    Object.fromEntries(
+      b.ofType(T.subscription).map((s) => [s.name, [s.inputs.protocol, plain(s.inputs.endpoint)]]),
+    );
 
   test("one e-mail subscription per address and one https subscription per endpoint", () => {
     const subs = built.ofType(T.subscription);
-    expect(subs.map((s) => s.inputs.endpoint).sort()).toEqual([...emails, ...urls].sort());
+    expect(subs.map((s) => plain(s.inputs.endpoint)).sort()).toEqual([...emails, ...urls].sort());
     for (const s of subs) {
       expect(s.inputs.topic).toBe(built.topicArn);
-      if (s.inputs.protocol === "https") expect(s.inputs.endpointAutoConfirms).toBe(false);
-      else expect(s.inputs.protocol).toBe("email");
+      // A pager URL carries its integration key: kept as a secret in the state.
+      if (s.inputs.protocol === "https") {
+        expect(s.inputs.endpointAutoConfirms).toBe(false);
+        expect(isSecret(s.inputs.endpoint)).toBe(true);
+      } else expect(s.inputs.protocol).toBe("email");
     }
     // Unmuted by config, every alarm acts.
     for (const a of built.ofType(T.metric)) expect(a.inputs.actionsEnabled).toBe(true);
