@@ -295,6 +295,7 @@ export class AppSandbox {
     this.sh(
       `rm -rf ${runDir} && install -d -m ${setting("RuntimeDirectoryMode")} -o ${user} -g ${setting("Group")} ${runDir}`,
     );
+    const logLines = Number(this.sh("cat /var/log/pypi-index.log 2>/dev/null | wc -l").stdout.trim() || 0);
     this.exec(
       [
         "sh",
@@ -305,8 +306,11 @@ export class AppSandbox {
       ],
       { env: this.appEnv() },
     );
+    // The primary binds the socket at once; requests are answered once workers accept, and each
+    // worker says so in the log. Wait for every one of this start.
+    const all = `(${this.t.app.maxProcesses} of ${this.t.app.maxProcesses})`;
     this.sh(
-      `for i in $(seq 100); do [ -S ${paths.appSocket} ] && exit 0; sleep 0.1; done; cat /var/log/pypi-index.log; exit 1`,
+      `for i in $(seq 150); do tail -n +$((${logLines} + 1)) /var/log/pypi-index.log | grep -qF '${all}' && exit 0; sleep 0.1; done; cat /var/log/pypi-index.log; exit 1`,
     );
   }
 
