@@ -5,7 +5,12 @@
  */
 import type * as pulumi from "@pulumi/pulumi";
 import { beforeAll, describe, expect, test } from "vitest";
-import { MANAGED_ALL_VIEWER, MANAGED_CACHING_DISABLED } from "../../src/components/edge.js";
+import {
+  type CdnOutput,
+  type DnsOutput,
+  MANAGED_ALL_VIEWER,
+  MANAGED_CACHING_DISABLED,
+} from "../../src/components/edge.js";
 import { parseConfig } from "../../src/config.js";
 import { CACHE_BEHAVIOURS, cacheClassOf, edgeRecords, INDEX_TTL_SECONDS } from "../../src/edge.js";
 import { ConfigError } from "../../src/schema.js";
@@ -37,8 +42,8 @@ const CERT_ARN = "arn:aws:acm:us-east-1:123456789012:certificate/12345678-1234-1
 const EDGE_TYPES = Object.values(T).filter((t) => t !== T.provider && t !== T.bucket);
 
 type EdgeBuilt = Built & {
-  readonly dns: Awaited<ReturnType<typeof resolve<unknown>>>;
-  readonly cdn: unknown;
+  readonly dns: DnsOutput;
+  readonly cdn?: CdnOutput;
   /** Resource name -> the provider it was created with (undefined: the default provider). */
   readonly providers: Record<string, string | undefined>;
 };
@@ -140,7 +145,7 @@ describe("dns: a hosted zone, no CDN", () => {
 
   test("the dns output says what Route 53 answers and how it checks", () => {
     expect(b.dns).toMatchObject({ mode: "dns", byHand: false, zoneId: ZONE_ID });
-    const out = b.dns as { records: { name: string; healthCheck?: string }[] };
+    const out = b.dns;
     expect(out.records.map((r) => r.name)).toEqual([DOMAIN, `upload.${DOMAIN}`]);
     expect(out.records[0]?.healthCheck).toMatch(/^HTTPS GET https:\/\/pypi\.example\.org\/_health/);
   });
@@ -272,7 +277,7 @@ describe("cdn: CloudFront with an imported certificate and no zone", () => {
     expect(dist?.inputs.viewerCertificate).toMatchObject({ acmCertificateArn: CERT_ARN });
     expect(b.cdn).toMatchObject({ certificate: "imported", certificateArn: CERT_ARN });
     expect(b.dns).toMatchObject({ mode: "cdn", byHand: true });
-    const records = (b.dns as { records: { name: string; type: string; values: string[] }[] }).records;
+    const records = b.dns.records;
     expect(records.map((r) => [r.name, r.type])).toEqual([
       [DOMAIN, "ALIAS"],
       [`origin.${DOMAIN}`, "A"],
