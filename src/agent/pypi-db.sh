@@ -498,6 +498,18 @@ pg_clean_shutdown() {
     -c "config_file=$PYPI_PG_CONF/postgresql.conf" template1 </dev/null >/dev/null
 }
 
+# Crash recovery ends in a checkpoint that recycles the WAL the archive already holds, and
+# pg_rewind must read the target's WAL back to the last common checkpoint. From 15 it fetches
+# what is gone through restore_command (the archive); --config-file names Debian's
+# postgresql.conf, which holds that setting outside the data directory.
+pg_rewind_target() {
+  set -- --target-pgdata="$PYPI_PG_DATA" --source-server="$pg_source"
+  if [ "$PYPI_PG_VERSION" -ge 15 ]; then
+    set -- "$@" --restore-target-wal --config-file="$PYPI_PG_CONF/postgresql.conf"
+  fi
+  pg pg_rewind "$@" >&2
+}
+
 cmd_db_reattach() {
   [ -e "$PYPI_AGENT_STATE/db-fenced" ] || die "$PYPI_NODE is not fenced; run db-fence first"
   pg_stop_local
@@ -508,7 +520,7 @@ cmd_db_reattach() {
     log "no pg_rewind in $PYPI_PG_BIN; taking a fresh base backup"
   elif [ ! -s "$PYPI_PG_DATA/PG_VERSION" ]; then
     log "no cluster in $PYPI_PG_DATA; taking a fresh base backup"
-  elif pg_clean_shutdown && pg pg_rewind --target-pgdata="$PYPI_PG_DATA" --source-server="$pg_source" >&2; then
+  elif pg_clean_shutdown && pg_rewind_target; then
     method=pg_rewind
   else
     log "pg_rewind failed; taking a fresh base backup"
@@ -538,6 +550,24 @@ cmd_db_replication() {
   pgsql "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication"
 }
 
+# A re-attached standby replays what it holds (or fetches from the archive) before it streams;
+# on a loaded node that takes longer than any fixed sleep.
+cmd_db_replication_wait() {
+  pg_wait_s=100
+  pg_tries=0
+  while :; do
+    pg_rows=$(cmd_db_replication) || pg_rows=""
+    case "
+$pg_rows" in *"
+$1 streaming "*) break ;; esac
+    [ "$pg_tries" -lt $((pg_wait_s * 2)) ] ||
+      die "$1 does not stream from $PYPI_NODE after ${pg_wait_s} s; pg_stat_replication: ${pg_rows:-no rows}"
+    pg_tries=$((pg_tries + 1))
+    sleep 0.5
+  done
+  printf '%s\n' "$pg_rows"
+}
+
 
 usage() {
   cat >&2 <<'USAGE'
@@ -554,7 +584,7 @@ usage: pypi-db COMMAND
   restore-test          verify the repository and restore the newest backup to scratch (the standby)
   restore [--force]     both nodes lost: become the primary from the repository
   sync on|off           synchronous replication switch on the primary
-  replication           the primary's view of its standbys
+  replication [--wait NAME]  the primary's view of its standbys; --wait: until NAME streams
 USAGE
   exit 2
 }
@@ -571,7 +601,13 @@ main() {
     promote) cmd_db_promote ;;
     reattach) cmd_db_reattach ;;
     sync) [ $# -eq 1 ] || usage && cmd_db_sync "$1" ;;
-    replication) cmd_db_replication ;;
+    replication)
+      case $# in
+        0) cmd_db_replication ;;
+        2) [ "$1" = --wait ] || usage && cmd_db_replication_wait "$2" ;;
+        *) usage ;;
+      esac
+      ;;
     backup) cmd_db_backup "${1:-}" ;;
     archive-check) cmd_db_archive_check ;;
     pitr) cmd_db_pitr "${1:-}" ;;
