@@ -104,6 +104,25 @@ describe("runbooks", () => {
     }
   });
 
+  it("a check that waits for a state polls for it: no step guesses the time with a fixed sleep", () => {
+    // `sleep 2; db-replication` failed when a re-attached standby replayed 100 MiB first.
+    for (const env of ["prod", "staging"] as const) {
+      for (const rb of buildRunbooks(topologyFor(env))) {
+        for (const step of rb.steps) {
+          for (const command of [step.command, step.fallback?.command ?? ""])
+            expect(/(^|[;&|]\s*)sleep\s+\d/.test(command), `${rb.id}: ${step.title}: ${command}`).toBe(false);
+        }
+      }
+    }
+    const prod = buildRunbooks(topologyFor("prod"));
+    expect(find(prod, "db-standby-lost-db-b").steps.map((s) => s.command)).toContain(
+      "/usr/local/sbin/pypi-node db-replication --wait db-b",
+    );
+    expect(find(prod, "db-primary-loss-db-a").steps.map((s) => s.command)).toContain(
+      "/usr/local/sbin/pypi-node db-replication --wait db-a",
+    );
+  });
+
   it("balancer loss checks every floating IP on the survivor and over HTTPS", () => {
     const t = topologyFor("prod");
     const rb = find(buildRunbooks(t), "balancer-loss-lb-a");

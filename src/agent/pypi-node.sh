@@ -792,6 +792,17 @@ cmd_upload_backends() {
     awk 'NR > 2 && NF > 6 { state = ($6 == 2) ? "UP" : "DOWN"; if ($7 != 0) state = "MAINT"; print $4, state }'
 }
 
+# HAProxy marks a server up after `rise` good checks; poll for it rather than guess the time.
+cmd_upload_backends_wait() {
+  tries=0
+  until backends=$(cmd_upload_backends) && printf '%s\n' "$backends" | grep -qx "$1 UP"; do
+    [ "$tries" -lt 120 ] || die "HAProxy does not see $1 up after 60 s: ${backends:-no answer}"
+    tries=$((tries + 1))
+    sleep 0.5
+  done
+  printf '%s\n' "$backends"
+}
+
 # Run on an app server: the writer address must reach a primary that accepts writes.
 cmd_db_writer_check() {
   conn="host=$PYPI_OVERLAY_DB port=$PYPI_PG_PORT dbname=$PYPI_PG_DATABASE user=$PYPI_PG_APP_USER passfile=$PYPI_APP_PASSFILE connect_timeout=3"
@@ -937,7 +948,7 @@ usage: pypi-node COMMAND
   overlay ADDRESS take|release|status  overlay IP (writer or storage address)
   nfs start|stop|status       NFS server for the storage pair
   db-init                     (db) first bring-up as PYPI_PG_INITIAL_ROLE; no-op once done
-  db-fence | db-promote | db-reattach | db-sync on|off | db-replication
+  db-fence | db-promote | db-reattach | db-sync on|off | db-replication [--wait NAME]
   db-backup full|diff|incr | db-archive-check | db-restore-test   (db) pgBackRest backups and their proof
   db-pitr TIME | db-scratch-sql SQL | db-scratch-stop   (db) point-in-time copy on a scratch server
   db-restore                  (db) both nodes lost: become the primary from the repository
@@ -946,7 +957,7 @@ usage: pypi-node COMMAND
   storage-check               (app) the package root is mounted and writable
   package-layout DIR          create the package volume's directories and ownership
   app-migrate | register      (app) the index app's schema migrations / upload registration
-  upload-backend enable|disable NODE | upload-backends
+  upload-backend enable|disable NODE | upload-backends [--wait NODE]
   service NAME start|stop|restart|status
   watch                       (balancer) keep nginx running under the floating IPs (Heartbeat respawns it)
 EOF
@@ -1053,7 +1064,13 @@ main() {
     db-init | db-fence | db-promote | db-reattach | db-sync | db-replication | db-backup | db-archive-check | \
       db-pitr | db-scratch-sql | db-scratch-stop | db-restore-test | db-restore) exec "$PYPI_DB_TOOL" "${command#db-}" "$@" ;;
     upload-backend) [ $# -eq 2 ] || usage && cmd_upload_backend "$1" "$2" ;;
-    upload-backends) cmd_upload_backends ;;
+    upload-backends)
+      case $# in
+        0) cmd_upload_backends ;;
+        2) [ "$1" = --wait ] || usage && cmd_upload_backends_wait "$2" ;;
+        *) usage ;;
+      esac
+      ;;
     db-writer-check) cmd_db_writer_check ;;
     storage-check) cmd_storage_check ;;
     package-layout) [ $# -eq 1 ] || usage && ensure_package_layout "$1" ;;

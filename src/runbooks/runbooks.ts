@@ -144,7 +144,7 @@ function uploadBackendLoss(t: Topology, lost: NodeSpec): Runbook {
       {
         title: `HAProxy sees ${lost.name} up`,
         host: lb.name,
-        command: `sleep 3; ${agent("upload-backends")}`,
+        command: agent(`upload-backends --wait ${lost.name}`),
         expect: `${lost.name} UP`,
         expectOutput: `${escapeRegex(lost.name)} UP`,
       },
@@ -239,7 +239,7 @@ function dbPrimaryLoss(t: Topology, primary: NodeSpec): Runbook {
       {
         title: `${primary.name} streams from ${standby.name}`,
         host: standby.name,
-        command: `sleep 2; ${agent("db-replication")}`,
+        command: agent(`db-replication --wait ${standbyApp}`),
         // Still async here when synchronous: the next step restores synchronous_standby_names.
         expect: `${standbyApp} streaming async`,
         expectOutput: `${standbyApp} streaming`,
@@ -646,7 +646,7 @@ function dbStandbyLost(t: Topology, standby: NodeSpec): Runbook {
       {
         title: `${standby.name} streams from ${primary.name}`,
         host: primary.name,
-        command: `sleep 2; ${agent("db-replication")}`,
+        command: agent(`db-replication --wait ${standby.name}`),
         expect: `${standby.name} streaming`,
         expectOutput: `${escapeRegex(standby.name)} streaming`,
       },
