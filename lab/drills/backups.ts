@@ -200,14 +200,15 @@ export const pointInTime = drill(
   },
 );
 
-/** The archive's newest WAL segment file under a repository directory. */
+/** The archive's newest complete WAL segment file under a repository directory. */
 function newestArchivedWal(repo: string): string {
   const files: string[] = [];
   const walk = (dir: string): void => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const p = join(dir, e.name);
       if (e.isDirectory()) walk(p);
-      else if (/^[0-9A-F]{24}-[0-9a-f]{40}/.test(e.name)) files.push(p);
+      // Not "….pgbackrest.tmp": archive-push may be writing one right now.
+      else if (/^[0-9A-F]{24}-[0-9a-f]{40}(\.(gz|lz4|zst|bz2))?$/.test(e.name)) files.push(p);
     }
   };
   walk(join(repo, "archive"));
