@@ -21,6 +21,7 @@ export type ServiceName =
   | "pypi-index-register"
   | "pypi-upload-watch"
   | "pypi-file-copy"
+  | "pypi-cdn-purge"
   | "pypi-backup-full"
   | "pypi-backup-diff"
   | "pypi-restore-test"

@@ -71,6 +71,9 @@ import {
   APP_SERVER_UNIT,
   appEnvPath,
   appServerUnitPath,
+  CDN_PURGE_UNIT,
+  cdnPurgeUnitFiles,
+  cdnPurgeUnitPath,
   FILE_COPY_UNIT,
   fileCopyUnitFiles,
   indexScriptPath,
@@ -192,6 +195,7 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
     ...(inStoragePair ? (["heartbeat"] as const) : []),
     "pypi-index-register",
     FILE_COPY_UNIT,
+    ...(t.cdnInvalidations ? ([CDN_PURGE_UNIT] as const) : []),
   ];
   const storageFiles = inStoragePair
     ? [
@@ -246,14 +250,22 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
       file(`/etc/systemd/system/${REGISTER_UNIT}.path`, renderRegisterPath(t), { reloads: [REGISTER_UNIT] }),
       file(`/etc/systemd/system/${REGISTER_UNIT}.timer`, renderRegisterTimer(), { reloads: [REGISTER_UNIT] }),
       ...fileCopyUnitFiles(t).map((u) => file(u.path, u.content, { reloads: [FILE_COPY_UNIT] })),
+      ...(t.cdnInvalidations
+        ? cdnPurgeUnitFiles(t).map((u) => file(u.path, u.content, { reloads: [CDN_PURGE_UNIT] }))
+        : []),
     ],
-    stopped: appServer ? [] : [APP_SERVER_UNIT],
+    // A stack that drops its CDN stops the purge job and removes its units.
+    stopped: [
+      ...(appServer ? [] : [APP_SERVER_UNIT]),
+      ...(t.cdnInvalidations ? [] : ([CDN_PURGE_UNIT] as const)),
+    ],
     absent: [
       "/etc/apache2/sites-enabled/000-default.conf",
       "/etc/apache2/mods-enabled/status.load",
       "/etc/apache2/mods-enabled/status.conf",
       ...apacheModulesOfOtherRuntimes(t.app.runtime).flatMap(moduleLinks),
       ...(appServer ? [] : [appServerUnitPath]),
+      ...(t.cdnInvalidations ? [] : (["service", "path", "timer"] as const).map(cdnPurgeUnitPath)),
     ],
     secrets: [
       secret(t.secrets.uploadHostKey.parameter, uploadHostKeyPath, "raw", ["ssh"]),

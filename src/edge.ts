@@ -130,8 +130,9 @@ export function cacheClassOf(path: string): CacheClass {
 /** A year: package files are immutable (a file name is never reused with other content). */
 export const IMMUTABLE_TTL_SECONDS = 31_536_000;
 /**
- * How long the CDN may serve an index page after an upload changed it: the origin's max-age,
- * which the index cache policy obeys up to INDEX_MAX_TTL_SECONDS. No invalidation is sent.
+ * The origin's max-age for index pages, which the index cache policy obeys up to
+ * INDEX_MAX_TTL_SECONDS. Registration purges what it changed (app/cdn.ts) within seconds; this
+ * bounds how stale a page can be when a purge fails or is late.
  */
 export const INDEX_TTL_SECONDS = 60;
 export const INDEX_MAX_TTL_SECONDS = 300;

@@ -23,6 +23,8 @@ export interface ResolvedIds {
   readonly instances?: Readonly<Record<string, { readonly instanceId: string; readonly urn: string }>>;
   /** EBS data volume id per node name (db nodes, the storage pair); absent while planning. */
   readonly dataVolumes?: Readonly<Record<string, string>>;
+  /** The CloudFront distribution, when `cdn` is on. */
+  readonly cdnDistributionId?: string;
 }
 
 /**
@@ -40,6 +42,7 @@ export function placeholderIds(cfg: StackConfig): ResolvedIds {
     bucket: `pypi-${cfg.environment}-bundles-pending`,
     backupBucket: `pypi-${cfg.environment}-backups-pending`,
     fileCopyBucket: `pypi-${cfg.environment}-files-pending`,
+    ...(cfg.edge.cdn.enabled ? { cdnDistributionId: "EPENDING" } : {}),
   };
 }
 
@@ -140,6 +143,9 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
       fileCopyIntervalSeconds: cfg.backup.fileCopyIntervalSeconds,
     },
     health: { namespace: metricNamespace(cfg.environment), ...cfg.health },
+    ...(cfg.edge.cdn.enabled
+      ? { cdnInvalidations: `cloudfront:${ids.cdnDistributionId ?? "EPENDING"}` }
+      : {}),
   };
 }
 

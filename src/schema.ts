@@ -186,6 +186,9 @@ export const atoms = {
       .string(e)
       .refine((s) => /^s3:\/\/[a-z0-9.-]{3,63}(\/[A-Za-z0-9._-]+)*$/.test(s) || isSafeAbsolutePath(s), e),
   ),
+  cdnInvalidations: atom("cloudfront:<distribution id> (AWS) or an absolute directory (lab)", (e) =>
+    z.string(e).refine((s) => /^cloudfront:[A-Z0-9]{1,64}$/.test(s) || isSafeAbsolutePath(s), e),
+  ),
 } as const;
 
 /** The Pulumi.yaml type of a key; structured keys are set as YAML in the stack file. */
@@ -808,6 +811,7 @@ const topologySchema = z
         backupAgeHours: atoms.backupAgeHours.schema,
       })
       .strict(),
+    cdnInvalidations: atoms.cdnInvalidations.schema.optional(),
   })
   .strict();
 
@@ -1088,6 +1092,23 @@ export const TOPOLOGY_RULES: readonly TopologyRule[] = [
               field: "bundleLocation",
               value: t.bundleLocation,
               allowed: t.backend === "aws" ? "s3://bucket/prefix" : "an absolute directory",
+            },
+          ];
+    },
+  },
+  {
+    id: "cdn-invalidations",
+    holds: "the CDN purge goes to a CloudFront distribution on AWS, a directory in the lab",
+    check: (t) => {
+      if (t.cdnInvalidations === undefined) return [];
+      const cloudFront = t.cdnInvalidations.startsWith("cloudfront:");
+      return cloudFront === (t.backend === "aws")
+        ? []
+        : [
+            {
+              field: "cdnInvalidations",
+              value: t.cdnInvalidations,
+              allowed: t.backend === "aws" ? "cloudfront:<distribution id>" : "an absolute directory",
             },
           ];
     },

@@ -156,7 +156,22 @@ export class PypiStack extends pulumi.ComponentResource {
     this.snapshots = tiers.snapshots;
     this.upload = tiers.upload;
 
-    const resolved = this.resolvedTopology(ctx, base, tiers);
+    // Before the bundles: the app servers' purge job names the distribution.
+    this.edge = new Edge(
+      `${name}-edge`,
+      {
+        environment: cfg.environment,
+        domain: cfg.domain,
+        edge: cfg.edge,
+        publicIps: tiers.balancers.eips.map((e) => e.publicIp),
+        retain: cfg.deletionProtection,
+        tags: ctx.tags,
+      },
+      ctx.parent,
+    );
+    if (this.edge.distribution) tiers.apps.grantCdnPurge(this.edge.distribution.arn);
+
+    const resolved = this.resolvedTopology(ctx, base, tiers, this.edge.distribution?.id);
     this.rollout = new ConfigRollout(
       `${name}-rollout`,
       {
@@ -219,18 +234,6 @@ export class PypiStack extends pulumi.ComponentResource {
       Object.fromEntries(buildRunbooks(t).map((rb) => [rb.id, runbookMarkdown(t, rb)])),
     );
     this.endpoints = { https: `https://${cfg.domain}/`, upload: this.upload.endpoint };
-    this.edge = new Edge(
-      `${name}-edge`,
-      {
-        environment: cfg.environment,
-        domain: cfg.domain,
-        edge: cfg.edge,
-        publicIps: tiers.balancers.eips.map((e) => e.publicIp),
-        retain: cfg.deletionProtection,
-        tags: ctx.tags,
-      },
-      ctx.parent,
-    );
     this.dns = this.edge.dns;
     this.cdn = this.edge.cdn;
     if (cfg.smokeCheck) this.smoke = this.smokeCheck(ctx, args.tls);
@@ -440,7 +443,12 @@ export class PypiStack extends pulumi.ComponentResource {
    * boundary where AWS ids meet the pure core. Bundles need no instance ids, so the objects exist
    * before the instances boot and fetch them.
    */
-  private resolvedTopology(ctx: StepContext, base: Foundation, tiers: Tiers): pulumi.Output<Topology> {
+  private resolvedTopology(
+    ctx: StepContext,
+    base: Foundation,
+    tiers: Tiers,
+    cdnDistributionId: pulumi.Output<string> | undefined,
+  ): pulumi.Output<Topology> {
     const { cfg, plan } = ctx;
     const volumeOwners = [
       ...tiers.databases.nodes.map((n, i) => [n.spec.name, tiers.databases.dataVolumes[i]] as const),
@@ -454,8 +462,9 @@ export class PypiStack extends pulumi.ComponentResource {
         base.backups.repository.bucket,
         base.backups.fileCopies.bucket,
         pulumi.all(volumeOwners.map(([node, volume]) => pulumi.all([node, volume?.id ?? ""]))),
+        cdnDistributionId ?? pulumi.output(undefined),
       ])
-      .apply(([fips, routeTableIds, bucketName, backupBucket, fileCopyBucket, volumes]) =>
+      .apply(([fips, routeTableIds, bucketName, backupBucket, fileCopyBucket, volumes, distributionId]) =>
         buildTopology(cfg, plan, {
           floatingIps: fips.map(([address, allocationId]) => ({ address, allocationId })),
           routeTableIds,
@@ -463,6 +472,7 @@ export class PypiStack extends pulumi.ComponentResource {
           backupBucket,
           fileCopyBucket,
           dataVolumes: Object.fromEntries(volumes.filter(([, id]) => id !== "")),
+          ...(distributionId ? { cdnDistributionId: distributionId } : {}),
         }),
       );
   }

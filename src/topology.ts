@@ -175,6 +175,11 @@ export interface Topology {
     readonly registerQueueSeconds: number;
     readonly backupAgeHours: number;
   };
+  /**
+   * Where the app servers send the CDN purge after a page change: `cloudfront:<distribution id>`
+   * (AWS) or a directory standing in for CloudFront (lab). Absent without a CDN.
+   */
+  readonly cdnInvalidations?: string;
 }
 
 export const nodesWithRole = (t: Topology, role: NodeRole): NodeSpec[] =>

@@ -77,7 +77,14 @@ describe("buildBundles", () => {
       "pypi-file-copy",
       "pypi-health",
     ]);
-    expect(plain.stopped).toEqual([]);
+    // No CDN in this stack: a purge job left from one is stopped and its units removed.
+    expect(plain.stopped).toEqual(["pypi-cdn-purge"]);
+    expect(plain.absent).toEqual(
+      expect.arrayContaining(
+        ["service", "path", "timer"].map((u) => `/etc/systemd/system/pypi-cdn-purge.${u}`),
+      ),
+    );
+    expect(paths(plain).filter((p) => p.includes("cdn-purge"))).toEqual([]);
     const watch = plain.files.find((f) => f.path === "/etc/systemd/system/pypi-upload-watch.service");
     expect(watch?.content).toContain('watch-uploads --host "app-c" --write-as www-data');
     expect(watch?.reloads).toEqual(["pypi-upload-watch"]);
@@ -121,6 +128,34 @@ describe("buildBundles", () => {
     );
   });
 
+  it("with a CDN, every app server runs the purge job, and nothing else does", () => {
+    const t = { ...topologyFor("prod"), cdnInvalidations: "cloudfront:E2QWRUHEXAMPLE" };
+    for (const b of buildBundles(t)) {
+      const units = paths(b).filter((p) => p.includes("pypi-cdn-purge"));
+      if (b.role !== "app") {
+        expect(b.services, b.node).not.toContain("pypi-cdn-purge");
+        expect(units, b.node).toEqual([]);
+        continue;
+      }
+      expect(b.services).toContain("pypi-cdn-purge");
+      expect(b.stopped).not.toContain("pypi-cdn-purge");
+      expect(units.sort()).toEqual(
+        ["path", "service", "timer"].map((u) => `/etc/systemd/system/pypi-cdn-purge.${u}`),
+      );
+      const service = b.files.find((f) => f.path.endsWith("pypi-cdn-purge.service"))?.content ?? "";
+      expect(service).toMatch(/^ExecStart=\/opt\/pypi-index\/index\.fcgi cdn-purge$/m);
+      expect(service).toMatch(/^User=www-data$/m);
+      // The job paces itself; systemd's start limit would stop the path unit in an upload burst.
+      expect(service).toMatch(/^StartLimitIntervalSec=0$/m);
+      expect(b.files.find((f) => f.path.endsWith("pypi-cdn-purge.path"))?.content).toMatch(
+        /^PathExists=\/srv\/pypi\/cdn-purge\/wanted$/m,
+      );
+      expect(b.files.find((f) => f.path === "/etc/pypi-index/env")?.content).toContain(
+        'PYPI_CDN_INVALIDATIONS="cloudfront:E2QWRUHEXAMPLE"',
+      );
+    }
+  });
+
   it("ships the runtime's own pieces and removes the other's, so a switch leaves nothing behind", () => {
     const t = topologyFor("prod");
     const app = (runtime: "appserver" | "fcgid") =>
@@ -160,7 +195,7 @@ describe("buildBundles", () => {
 
     const fcgid = app("fcgid");
     expect(fcgid.services).not.toContain("pypi-index");
-    expect(fcgid.stopped).toEqual(["pypi-index"]);
+    expect(fcgid.stopped).toEqual(["pypi-index", "pypi-cdn-purge"]);
     expect(fcgid.absent).toEqual(
       expect.arrayContaining([
         unitPath,

@@ -1,9 +1,14 @@
 /**
  * The lab cannot run CloudFront. These checks hold the origin (the balancers, through a floating
  * IP) to what the CDN's cache behaviours (src/edge.ts) rely on: per path, the Cache-Control the
- * cache class expects; PEP 691 negotiation by Accept and ?format=, with Vary: Accept; and the
- * staleness bound of index pages, which no invalidation shortens (TTL only).
+ * cache class expects; PEP 691 negotiation by Accept and ?format=, with Vary: Accept; the purge
+ * a registration sends (to the directory standing in for CloudFront), which must name exactly
+ * the paths that changed; and the staleness bound when a purge fails (max-age).
  */
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { stalePaths } from "../../src/app/cdn.js";
+import { normalizeName } from "../../src/app/names.js";
 import {
   CACHE_BEHAVIOURS,
   type CacheClass,
@@ -108,10 +113,76 @@ async function acceptNegotiation(lab: Lab, wheel: Wheel): Promise<string> {
   return `${out.join("; ")}; Vary: Accept on each`;
 }
 
+interface RecordedInvalidation {
+  readonly name: string;
+  readonly paths: readonly string[];
+  readonly at: number;
+}
+
+/** What the app servers' purge job sent to CloudFront's stand-in since `since` (ms). */
+function invalidationsSince(lab: Lab, since: number): RecordedInvalidation[] {
+  const dir = lab.dirs.cdnInvalidations;
+  return readdirSync(dir)
+    .filter((n) => n.endsWith(".json") && !n.startsWith("."))
+    .map((name) => {
+      const body = JSON.parse(readFileSync(join(dir, name), "utf8")) as {
+        InvalidationBatch: { Paths: { Items: string[] } };
+        CreateTime: string;
+      };
+      return { name, paths: body.InvalidationBatch.Paths.Items, at: Date.parse(body.CreateTime) };
+    })
+    .filter((r) => r.at >= since)
+    .sort((a, b) => a.at - b.at);
+}
+
 /**
- * CloudFront keeps an index page for the origin's max-age (capped by the policy's maximum TTL),
- * and nothing invalidates it: the newest upload shows through the CDN at most this long after
- * the origin lists it.
+ * The registration of `wheel` (a new project) queued its purge and an app server's purge job
+ * sent it, by itself: its page in every form, its JSON and the root list; nothing else.
+ */
+async function purgeOfRegistration(
+  lab: Lab,
+  report: Report,
+  wheel: Wheel,
+  uploadedAt: number,
+): Promise<string> {
+  const expected = [...stalePaths(normalizeName(wheel.name), true)].sort();
+  const deadline = Date.now() + 60_000;
+  let sent: RecordedInvalidation[] = [];
+  let named = new Set<string>();
+  for (;;) {
+    sent = invalidationsSince(lab, uploadedAt);
+    named = new Set(sent.flatMap((r) => r.paths));
+    if (expected.every((p) => named.has(p))) break;
+    if (Date.now() > deadline)
+      throw new Error(
+        `no invalidation named ${expected.filter((p) => !named.has(p)).join(" ")} within 60 s of the upload; sent since: ${JSON.stringify(sent.map((r) => r.paths))}`,
+      );
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const extra = [...named].filter((p) => !expected.includes(p));
+  if (extra.length > 0)
+    throw new Error(
+      `the purge named paths that did not change: ${extra.join(" ")} (expected exactly ${expected.join(" ")})`,
+    );
+  // When the purges sent so far first covered every changed path.
+  const covered = new Set<string>();
+  let doneAt = Date.now();
+  for (const r of sent) {
+    for (const p of r.paths) covered.add(p);
+    if (expected.every((p) => covered.has(p))) {
+      doneAt = r.at;
+      break;
+    }
+  }
+  const seconds = Math.round(((doneAt - uploadedAt) / 1000) * 10) / 10;
+  report.figure("cdn origin", "upload to CDN purge sent (batched invalidation)", seconds, "s");
+  return `${sent.length} invalidation(s) since the upload, naming exactly ${expected.join(" ")}; the last ${seconds} s after the upload`;
+}
+
+/**
+ * When a purge fails (or CloudFront is slow to apply it), CloudFront keeps an index page for the
+ * origin's max-age (capped by the policy's maximum TTL): the newest upload shows through the CDN
+ * at most this long after the origin lists it.
  */
 async function stalenessBound(
   lab: Lab,
@@ -130,7 +201,7 @@ async function stalenessBound(
   const bound = (listedSeconds ?? 0) + maxAge;
   report.figure(
     "cdn origin",
-    "upload to visible through the CDN, at most (listed at the origin + max-age)",
+    "upload to visible through the CDN if the purge fails, at most (listed at the origin + max-age)",
     Math.round(bound * 10) / 10,
     "s",
     `${listedSeconds ?? "?"} s + ${maxAge} s`,
@@ -144,6 +215,7 @@ export async function runCdnOriginChecks(
   report: Report,
   wheel: Wheel,
   page: string,
+  uploadedAt: number,
   listedSeconds?: number,
 ): Promise<void> {
   const section = "cdn origin";
@@ -153,7 +225,12 @@ export async function runCdnOriginChecks(
   await report.check(section, "PEP 691 negotiation by Accept and ?format=, with Vary: Accept", () =>
     acceptNegotiation(lab, wheel),
   );
-  await report.check(section, "staleness bound of index pages through the CDN (TTL, no invalidation)", () =>
-    stalenessBound(lab, wheel, report, listedSeconds),
+  await report.check(section, "the registration's purge names exactly the paths that changed", () =>
+    purgeOfRegistration(lab, report, wheel, uploadedAt),
+  );
+  await report.check(
+    section,
+    "staleness bound of index pages through the CDN when a purge fails (max-age)",
+    () => stalenessBound(lab, wheel, report, listedSeconds),
   );
 }

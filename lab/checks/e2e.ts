@@ -264,7 +264,7 @@ export async function runEndToEnd(lab: Lab, report: Report): Promise<void> {
     await report.check(flow, "pip download over TLS via the floating IP", () => pipDownload(lab, wheel));
     await report.check(flow, "simple page via every floating IP", () => simplePageEverywhere(lab, wheel));
     const page = await httpsVia(lab, lab.t.floatingIps[0]?.address ?? "", `/simple/${wheel.name}/`);
-    await runCdnOriginChecks(lab, report, wheel, page.body, listed.seconds);
+    await runCdnOriginChecks(lab, report, wheel, page.body, uploadedAt, listed.seconds);
   }
   await runPublishChecks(lab, report);
 

@@ -9,6 +9,7 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { cdnQueueDir } from "../../src/app/cdn.js";
 import { sftpStateDir } from "../../src/app/sftp-events.js";
 import { indexAppScript } from "../../src/app-artifact.js";
 import { paths } from "../../src/layout.js";
@@ -52,6 +53,8 @@ export function appSandboxTopology(
   return {
     ...base,
     backup: { ...base.backup, fileCopies },
+    // With a CDN, a directory next to the package root stands in for CloudFront.
+    ...(base.cdnInvalidations ? { cdnInvalidations: join(dirname(packageRoot), "cdn-invalidations") } : {}),
     // A plain directory stands in for the NFS mount, as in the lab.
     backend: "lab",
     bundleLocation: "/var/lib/pypi-lab",
@@ -273,7 +276,9 @@ export class AppSandbox {
     this.sh(
       `cd ${root} && chown www-data:www-data packages .staging .health simple pypi && chmod 0700 .staging .health`,
     );
-    this.sh(`install -d -o www-data -g www-data -m 0755 ${sftpStateDir(root)} ${this.fileCopies}`);
+    this.sh(
+      `install -d -o www-data -g www-data -m 0755 ${[sftpStateDir(root), this.fileCopies, cdnQueueDir(root), ...(this.t.cdnInvalidations ? [this.t.cdnInvalidations] : [])].join(" ")}`,
+    );
     this.exec(["node", indexFcgiScript, "migrate"], { env });
   }
 

@@ -119,6 +119,8 @@ export interface LabDirs {
    */
   readonly backupRepository: string;
   readonly fileCopies: string;
+  /** Stand-in for CloudFront: the app servers' purge job writes each invalidation here. */
+  readonly cdnInvalidations: string;
   /** What the client writes (pip downloads, load logs). */
   readonly client: string;
 }
@@ -132,6 +134,7 @@ export const labDirs = (runDir: string): LabDirs => ({
   client: join(runDir, "client"),
   backupRepository: join(runDir, "backup", "pgbackrest"),
   fileCopies: join(runDir, "backup", "files"),
+  cdnInvalidations: join(runDir, "cdn", "invalidations"),
 });
 
 export const nsOf = (name: string): string => `${NS_PREFIX}${name}`;
@@ -271,6 +274,8 @@ export class Lab {
             [this.dirs.packages, this.t.storage.volumeMount],
           );
         if (spec?.role === "app") binds.push([this.dirs.fileCopies, this.t.backup.fileCopies]);
+        if (spec?.role === "app" && this.t.cdnInvalidations)
+          binds.push([this.dirs.cdnInvalidations, this.t.cdnInvalidations]);
         if (spec?.role === "db") binds.push([this.dirs.backupRepository, this.t.backup.repository]);
         if (name === CLIENT) binds.push([this.dirs.client, CLIENT_DIR]);
         const env: Record<string, string> = spec?.role === "app" ? { PYPI_DIRECT_SKIP: APP_DIRECT_SKIP } : {};
@@ -317,6 +322,8 @@ export class Lab {
     const owners: [string, string][] = [
       [this.dirs.backupRepository, "postgres"],
       [this.dirs.fileCopies, "www-data"],
+      // CloudFront's stand-in: the purge job runs as www-data.
+      [this.dirs.cdnInvalidations, "www-data"],
     ];
     for (const [dir, user] of owners) {
       mkdirSync(dir, { recursive: true });

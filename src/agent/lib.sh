@@ -245,6 +245,7 @@ systemd_units() {
   case $1 in
     pypi-index-register) echo "pypi-index-register.path pypi-index-register.timer" ;;
     pypi-file-copy) echo "pypi-file-copy.path pypi-file-copy.timer" ;;
+    pypi-cdn-purge) echo "pypi-cdn-purge.path pypi-cdn-purge.timer" ;;
     pypi-backup-full | pypi-backup-diff | pypi-restore-test | pypi-health) echo "$1.timer" ;;
     # The cluster's own unit: Debian's umbrella postgresql.service starts only `auto` clusters.
     postgresql) echo "postgresql@${PYPI_PG_VERSION:?}-main" ;;
@@ -868,6 +869,8 @@ ensure_package_layout() {
   install -d -o www-data -g www-data -m 0755 "$root/.sftp-state"
   # A registration leaves its wake-up for the file copy job here (pypi-file-copy.path).
   install -d -o www-data -g www-data -m 0755 "$root/copy-queue"
+  # Page changes queue their CDN purge here (pypi-cdn-purge.path).
+  install -d -o www-data -g www-data -m 0755 "$root/cdn-purge"
   for entry in $PYPI_UPLOAD_USERS; do
     user=${entry%%:*} uid=${entry#*:}
     # The chroot must be root-owned and not writable by anyone else (sshd refuses it otherwise).

@@ -1,6 +1,7 @@
 /** The app's settings, all from the environment that Apache (FcgidInitialEnv) or the agent sets. */
 import { readFileSync } from "node:fs";
 import { APP_ENV_FILE } from "../layout.js";
+import { invalidatorFor } from "./cdn.js";
 
 export interface AppConfig {
   readonly db: {
@@ -26,6 +27,11 @@ export interface AppConfig {
   readonly requireMount: boolean;
   /** Where every registered file is copied: `s3://bucket/prefix` or an absolute directory. */
   readonly fileCopies: string;
+  /**
+   * Where the CDN purge goes (`cloudfront:<distribution id>`, or the lab's directory);
+   * undefined without a CDN: nothing is queued.
+   */
+  readonly cdnInvalidations: string | undefined;
 }
 
 export const DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024;
@@ -57,6 +63,14 @@ function fileCopies(env: NodeJS.ProcessEnv): string {
   return s3 ? raw.replace(/\/+$/, "") : raw.replace(/(.)\/+$/, "$1");
 }
 
+/** PYPI_CDN_INVALIDATIONS: unset or empty without a CDN. */
+function cdnInvalidations(env: NodeJS.ProcessEnv): string | undefined {
+  const raw = env.PYPI_CDN_INVALIDATIONS;
+  if (!raw) return undefined;
+  invalidatorFor(raw);
+  return raw;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
   const packagesUrl = env.PYPI_PACKAGES_URL || "/packages/";
   return {
@@ -77,6 +91,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
     rejectedRetentionSeconds: positiveInt(env, "PYPI_REJECTED_RETENTION_SECONDS", 7 * 24 * 3600),
     requireMount: env.PYPI_REQUIRE_MOUNT === "1",
     fileCopies: fileCopies(env),
+    cdnInvalidations: cdnInvalidations(env),
   };
 }
 

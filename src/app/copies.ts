@@ -201,6 +201,17 @@ export interface AwsResult {
 /** Runs `aws <argv>` (no shell); rejects only when it cannot be started or times out. */
 export type AwsRunner = (argv: readonly string[], timeoutMs: number) => Promise<AwsResult>;
 
+/** JSON answers, no pager; a stalled connection fails in a minute rather than at the whole command's timeout. */
+export const AWS_CLI_OPTIONS: readonly string[] = [
+  "--output",
+  "json",
+  "--no-cli-pager",
+  "--cli-connect-timeout",
+  "10",
+  "--cli-read-timeout",
+  "60",
+];
+
 /** Output kept per stream: enough for the CLI's JSON answer and its error message. */
 const OUTPUT_CAP = 64 * 1024;
 
@@ -269,20 +280,7 @@ export class S3Store implements CopyStore {
   }
 
   private async aws(argv: readonly string[], timeoutMs: number): Promise<AwsResult> {
-    // A stalled connection fails in a minute rather than at the whole command's timeout.
-    return this.run(
-      [
-        ...argv,
-        "--output",
-        "json",
-        "--no-cli-pager",
-        "--cli-connect-timeout",
-        "10",
-        "--cli-read-timeout",
-        "60",
-      ],
-      timeoutMs,
-    );
+    return this.run([...argv, ...AWS_CLI_OPTIONS], timeoutMs);
   }
 
   private failure(op: string, key: string, r: AwsResult): Error {

@@ -10,6 +10,7 @@
  *   restore-files [--all]
  *                       bring back missing or damaged files (every file: --all) from the copies
  *   watch-uploads …     publish which uploads are open for writing (root; see sftp-events.ts)
+ *   cdn-purge           send the queued CDN purge as one invalidation (see cdn.ts)
  *   admin …             tokens, project roles, yanking (see ADMIN_USAGE)
  */
 import { fstatSync } from "node:fs";
@@ -28,6 +29,7 @@ import {
   WORKER_SOCKET_FD,
 } from "./appserver.js";
 import { backfill } from "./backfill.js";
+import { invalidatorFor, purgeCdn } from "./cdn.js";
 import { loadConfig, operatorEnv } from "./config.js";
 import { copyFiles, restoreFiles, storeFor } from "./copies.js";
 import { Db } from "./db.js";
@@ -44,7 +46,7 @@ const log = (msg: string): void => {
 
 const WATCH_USAGE = "watch-uploads --host NAME --write-as USER [--once]";
 const RESTORE_USAGE = "restore-files [--all]";
-const USAGE = `usage: pypi-index [${SERVE_USAGE} | migrate | register [USER...] | copy-files | ${RESTORE_USAGE} | ${WATCH_USAGE} | admin …]\n${ADMIN_USAGE}`;
+const USAGE = `usage: pypi-index [${SERVE_USAGE} | migrate | register [USER...] | copy-files | ${RESTORE_USAGE} | ${WATCH_USAGE} | cdn-purge | admin …]\n${ADMIN_USAGE}`;
 
 /** `--host NAME --write-as USER [--once]`, in any order; both names required. */
 function parseWatchArgs(args: readonly string[]): { host: string; writeAs: string; once: boolean } {
@@ -216,6 +218,18 @@ async function main(argv: readonly string[]): Promise<number> {
       process.once("SIGTERM", abort);
       process.once("SIGINT", abort);
       await watchUploadWriters({ root: cfg.packageRoot, host, writeAs, log, signal: stop.signal });
+      return 0;
+    }
+    case "cdn-purge": {
+      const cfg = loadConfig();
+      if (!cfg.cdnInvalidations) {
+        process.stderr.write(
+          "pypi-index cdn-purge: PYPI_CDN_INVALIDATIONS is not set (this stack has no CDN)\n",
+        );
+        return 2;
+      }
+      const summary = await purgeCdn(cfg.packageRoot, invalidatorFor(cfg.cdnInvalidations), log);
+      process.stdout.write(`${JSON.stringify(summary)}\n`);
       return 0;
     }
     case "admin": {

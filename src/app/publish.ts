@@ -4,6 +4,7 @@
  * when a project appears.
  */
 import type pg from "pg";
+import { queueStalePaths, stalePaths } from "./cdn.js";
 import type { AppConfig } from "./config.js";
 import { type ProjectSnapshot, type ReleaseFile, writeProjectPages, writeRootPages } from "./pages.js";
 
@@ -112,9 +113,14 @@ export async function publishProject(
 ): Promise<void> {
   const snap = await loadSnapshot(client, project);
   if (snap) writeProjectPages(cfg.packageRoot, snap, cfg.packagesUrl);
+  if (cfg.cdnInvalidations) queueStalePaths(cfg.packageRoot, stalePaths(project, false), warn);
   if (opts.root) await publishRoot(client, cfg);
   await client.query("UPDATE projects SET pages_dirty = false WHERE name = $1", [project]);
 }
+
+const warn = (msg: string): void => {
+  process.stderr.write(`pypi-index[${process.pid}]: ${msg}\n`);
+};
 
 /** The root page is read and written under its own lock, so two new projects cannot undo each other. */
 export async function publishRoot(client: pg.ClientBase, cfg: AppConfig): Promise<void> {
@@ -123,5 +129,6 @@ export async function publishRoot(client: pg.ClientBase, cfg: AppConfig): Promis
       cfg.packageRoot,
       (await rootProjects(client)).map((name) => ({ name })),
     );
+    if (cfg.cdnInvalidations) queueStalePaths(cfg.packageRoot, stalePaths(undefined, true), warn);
   });
 }

@@ -1,13 +1,15 @@
-import type * as aws from "@pulumi/aws";
+import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import {
   type AwsAccount,
   type BackupBucketArns,
   backupStatements,
   bundleReadStatements,
+  cdnPurgeStatements,
   healthMetricStatements,
   instanceRole,
   parameterReadStatements,
+  policyJson,
   rolePolicy,
   routeStatements,
 } from "./iam.js";
@@ -48,6 +50,8 @@ export function validateAppServersArgs(args: AppServersArgs): void {
 /** Apache + upload sshd app servers; the first two also carry DRBD, NFS and the storage Heartbeat. */
 export class AppServers extends pulumi.ComponentResource {
   readonly nodes: readonly LaunchedNode[];
+  /** The storage pair's role, then the other app servers' (when there are more than two). */
+  readonly roles: readonly { readonly name: string; readonly role: aws.iam.Role }[];
 
   constructor(name: string, args: AppServersArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("pypi:infra:AppServers", name, {}, opts);
@@ -64,15 +68,38 @@ export class AppServers extends pulumi.ComponentResource {
       args.routeTableIds,
     );
     const plain = others.length > 0 ? appRole(this, name, args, others, args.parameterArns, []) : storage;
+    this.roles = [
+      { name: `${name}-storage`, role: storage.role },
+      ...(plain === storage ? [] : [{ name, role: plain.role }]),
+    ];
     this.nodes = args.nodes.map((spec, i) =>
       launchNode(this, `${name}-${nodeSuffix(spec)}`, spec, {
         ...args,
-        ...(i < 2 ? storage : plain),
+        profile: (i < 2 ? storage : plain).profile,
+        policy: (i < 2 ? storage : plain).policy,
         // Only the storage pair receives packets for the storage overlay address.
         sourceDestCheck: i >= 2,
       }),
     );
     this.registerOutputs({ instanceIds: this.nodes.map((n) => n.instance.id) });
+  }
+
+  /**
+   * Let every app server send the CDN purge to this distribution. A policy of its own, after
+   * launch: the instances never wait for CloudFront, and the purge job retries until it may.
+   */
+  grantCdnPurge(distributionArn: pulumi.Input<string>): aws.iam.RolePolicy[] {
+    return this.roles.map(
+      ({ name, role }) =>
+        new aws.iam.RolePolicy(
+          `${name}-cdn-purge`,
+          {
+            role: role.name,
+            policy: pulumi.output(distributionArn).apply((arn) => policyJson(cdnPurgeStatements(arn))),
+          },
+          { parent: this },
+        ),
+    );
   }
 }
 
@@ -84,7 +111,7 @@ function appRole(
   nodes: readonly PlannedNode[],
   parameterArns: readonly pulumi.Input<string>[],
   routeTableIds: readonly pulumi.Input<string>[],
-): { profile: aws.iam.InstanceProfile; policy: aws.iam.RolePolicy } {
+): { role: aws.iam.Role; profile: aws.iam.InstanceProfile; policy: aws.iam.RolePolicy } {
   const { role, profile } = instanceRole(parent, name, { account: args.account, tags: args.tags ?? {} });
   const statements = pulumi
     .all([
@@ -104,5 +131,5 @@ function appRole(
       ...backupStatements("app", backup),
       ...healthMetricStatements(args.metricNamespace),
     ]);
-  return { profile, policy: rolePolicy(parent, name, role, statements) };
+  return { role, profile, policy: rolePolicy(parent, name, role, statements) };
 }

@@ -402,6 +402,9 @@ export class Edge extends pulumi.ComponentResource {
           minimumProtocolVersion: "TLSv1.2_2021",
         },
         loggingConfig: { bucket: logs.bucketDomainName, prefix: "cloudfront/", includeCookies: false },
+        // The app servers' bundles name the distribution: `up` goes on once CloudFront accepted
+        // it, not after the 5-15 minutes it takes to reach every edge location.
+        waitForDeployment: false,
         tags,
       },
       { parent: this, dependsOn: [ownership] },

@@ -189,6 +189,22 @@ export function healthMetricStatements(namespace: string): PolicyStatement[] {
   ];
 }
 
+/**
+ * The app servers' CDN purge: CreateInvalidation on the stack's own distribution. No other
+ * CloudFront action, and no other distribution: a stolen app role can at worst make this
+ * stack's CDN fetch from its origin again.
+ */
+export function cdnPurgeStatements(distributionArn: string): PolicyStatement[] {
+  return [
+    {
+      Sid: "CdnPurge",
+      Effect: "Allow",
+      Action: ["cloudfront:CreateInvalidation"],
+      Resource: [distributionArn],
+    },
+  ];
+}
+
 export const policyJson = (statements: readonly PolicyStatement[]): string =>
   JSON.stringify({ Version: "2012-10-17", Statement: statements });
 

@@ -111,6 +111,8 @@ export function indexAppEnv(t: Topology): ReadonlyArray<readonly [string, string
     // The file copy job's store; on AWS the job's aws CLI calls need a region, and nothing else gives the app one.
     ["PYPI_FILE_COPIES", t.backup.fileCopies],
     ...(t.backend === "aws" ? [["AWS_DEFAULT_REGION", t.region] as const] : []),
+    // Page changes queue a CDN purge only when a CDN serves the index.
+    ...(t.cdnInvalidations ? [["PYPI_CDN_INVALIDATIONS", t.cdnInvalidations] as const] : []),
   ];
 }
 

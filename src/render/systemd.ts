@@ -1,3 +1,4 @@
+import { cdnPurgeMarkerPath, RETRY_AFTER_FAILURE_MS } from "../app/cdn.js";
 import { copyMarkerPath } from "../app/copies.js";
 import { APP_ENV_FILE, paths } from "../layout.js";
 import { nodesWithRole, type Topology } from "../topology.js";
@@ -39,10 +40,12 @@ function appJobService(
   description: string,
   command: string,
   writable: readonly string[] = [],
+  unitLines: readonly string[] = [],
 ): string {
   return `${[
     "[Unit]",
     `Description=${description}`,
+    ...unitLines,
     "",
     "[Service]",
     "Type=oneshot",
@@ -111,37 +114,52 @@ export function renderFileCopyService(t: Topology): string {
   );
 }
 
-/** A registration creates the marker; the job removes it before it looks for work. */
-export function renderFileCopyPath(t: Topology): string {
+/**
+ * A job's wake-up: the path unit starts `unit` while `marker` exists; the job removes the marker
+ * before it looks for work, so a request made during a run starts another.
+ */
+function markerPathUnit(description: string, marker: string, unit: string): string {
   return `${[
     "[Unit]",
-    "Description=Start the package file copy when a registration asks for it",
+    `Description=${description}`,
     "",
     "[Path]",
-    `PathExists=${copyMarkerPath(t.storage.packageRoot)}`,
-    `Unit=${FILE_COPY_UNIT}.service`,
+    `PathExists=${marker}`,
+    `Unit=${unit}.service`,
     "",
     "[Install]",
     "WantedBy=multi-user.target",
   ].join("\n")}\n`;
 }
 
-/** Catches what the marker missed: the backfill, failed copies, a marker that could not be made. */
-export function renderFileCopyTimer(t: Topology): string {
-  const every = `${t.backup.fileCopyIntervalSeconds}s`;
+/** A job's retry: `unit` again `seconds` after its last run ended (and after boot). */
+function retryTimerUnit(description: string, seconds: number, unit: string): string {
+  const every = `${seconds}s`;
   return `${[
     "[Unit]",
-    "Description=Retry the package file copy",
+    `Description=${description}`,
     "",
     "[Timer]",
     `OnBootSec=${every}`,
     `OnUnitInactiveSec=${every}`,
-    `Unit=${FILE_COPY_UNIT}.service`,
+    `Unit=${unit}.service`,
     "",
     "[Install]",
     "WantedBy=timers.target",
   ].join("\n")}\n`;
 }
+
+/** A registration creates the marker. */
+export const renderFileCopyPath = (t: Topology): string =>
+  markerPathUnit(
+    "Start the package file copy when a registration asks for it",
+    copyMarkerPath(t.storage.packageRoot),
+    FILE_COPY_UNIT,
+  );
+
+/** Catches what the marker missed: the backfill, failed copies, a marker that could not be made. */
+export const renderFileCopyTimer = (t: Topology): string =>
+  retryTimerUnit("Retry the package file copy", t.backup.fileCopyIntervalSeconds, FILE_COPY_UNIT);
 
 /** The copy job's three units, as installed on every app server. */
 export function fileCopyUnitFiles(t: Topology): { path: string; content: string }[] {
@@ -150,6 +168,48 @@ export function fileCopyUnitFiles(t: Topology): { path: string; content: string 
     { path: at("service"), content: renderFileCopyService(t) },
     { path: at("path"), content: renderFileCopyPath(t) },
     { path: at("timer"), content: renderFileCopyTimer(t) },
+  ];
+}
+
+export const CDN_PURGE_UNIT = "pypi-cdn-purge";
+/** The purge job's timer: retries a failed send, and sends what the other app server queued. */
+export const CDN_PURGE_RETRY_SECONDS = RETRY_AFTER_FAILURE_MS / 1000;
+export const cdnPurgeUnitPath = (suffix: "service" | "path" | "timer"): string =>
+  `/etc/systemd/system/${CDN_PURGE_UNIT}.${suffix}`;
+
+/** Sends the queued CDN purge (app/cdn.ts); a second app server running it too is safe. */
+export function renderCdnPurgeService(t: Topology): string {
+  const target = t.cdnInvalidations ?? "";
+  return appJobService(
+    t,
+    "Send the queued CDN purge as one invalidation",
+    "cdn-purge",
+    // The lab's stand-in for CloudFront is a directory the job writes.
+    target.startsWith("/") ? [`ReadWritePaths=-${systemdQuote(target)}`] : [],
+    // The job paces itself (the batch window; after a failed send, the timer's period): a burst
+    // of uploads must not trip the start limit, which would stop the path unit for good.
+    ["StartLimitIntervalSec=0"],
+  );
+}
+
+/** A page change creates the marker. */
+export const renderCdnPurgePath = (t: Topology): string =>
+  markerPathUnit(
+    "Start the CDN purge when a page change asks for it",
+    cdnPurgeMarkerPath(t.storage.packageRoot),
+    CDN_PURGE_UNIT,
+  );
+
+/** Catches what the marker missed: failed sends, and entries the other app server queued over NFS (no inotify). */
+export const renderCdnPurgeTimer = (): string =>
+  retryTimerUnit("Retry the CDN purge", CDN_PURGE_RETRY_SECONDS, CDN_PURGE_UNIT);
+
+/** The purge job's three units, on every app server of a stack with a CDN. */
+export function cdnPurgeUnitFiles(t: Topology): { path: string; content: string }[] {
+  return [
+    { path: cdnPurgeUnitPath("service"), content: renderCdnPurgeService(t) },
+    { path: cdnPurgeUnitPath("path"), content: renderCdnPurgePath(t) },
+    { path: cdnPurgeUnitPath("timer"), content: renderCdnPurgeTimer() },
   ];
 }
 

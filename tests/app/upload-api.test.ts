@@ -31,7 +31,9 @@ describe.skipIf(!canRun).each(APP_RUNTIMES)("upload API and project ownership (%
   const tokens: Record<string, string> = {};
 
   beforeAll(async () => {
-    sb = await AppSandbox.start({ prefix: "pypi-upload-", topology: topologyFor("staging", 15), runtime });
+    // With a CDN: the sandbox's directory stands in for CloudFront.
+    const topology = { ...topologyFor("staging", 15), cdnInvalidations: "cloudfront:E2QWRUHEXAMPLE" };
+    sb = await AppSandbox.start({ prefix: "pypi-upload-", topology, runtime });
     sb.exec(["node", indexFcgiScript, "migrate"], { env: sb.appEnv() });
     dists = `${sb.scratch}/dists`;
     mkdirSync(dists, { recursive: true });
@@ -251,4 +253,38 @@ describe.skipIf(!canRun).each(APP_RUNTIMES)("upload API and project ownership (%
     expect(admin(["yank", "demo-pkg", "9.9"], true)).toMatch(/^2\n.*no release 9\.9/s);
     expect(readFileSync(`${sb.packageRoot}/simple/demo-pkg/index.html`, "utf8")).toContain("Demo_Pkg-1.0.0");
   });
+
+  it("each page change queues its CDN purge; one job run sends exactly the paths that changed", () => {
+    const standIn = sb.t.cdnInvalidations ?? "";
+    expect(standIn).toMatch(/^\//);
+    const purge = (): { entries: number; paths: string[]; invalidation?: string } => {
+      const r = sb.exec(["node", indexFcgiScript, "cdn-purge"], { env: sb.appEnv() });
+      return JSON.parse(r.stdout);
+    };
+    // What the tests above changed, as one invalidation.
+    expect(purge().entries).toBeGreaterThan(0);
+    const seen = new Set(readdirSync(standIn));
+
+    makeWheel(`${dists}/demo_pkg-1.2-py3-none-any.whl`, "demo_pkg", "1.2");
+    const up = twine(tokens.alice ?? "", `${dists}/demo_pkg-1.2-py3-none-any.whl`);
+    expect(up.status, up.out).toBe(0);
+    const sent = purge();
+    expect(sent.paths).toEqual(["/pypi/demo-pkg/json", "/simple/demo-pkg/*"]);
+    const fresh = readdirSync(standIn).filter((n) => !seen.has(n));
+    expect(fresh).toEqual([`${sent.invalidation}.json`]);
+    const recorded = JSON.parse(readFileSync(`${standIn}/${fresh[0]}`, "utf8"));
+    expect(recorded.InvalidationBatch.Paths).toEqual({ Quantity: 2, Items: sent.paths });
+
+    // A new project changes the root list too.
+    makeWheel(`${dists}/fresh_proj-1.0-py3-none-any.whl`, "fresh_proj", "1.0");
+    const first = twine(tokens.alice ?? "", `${dists}/fresh_proj-1.0-py3-none-any.whl`);
+    expect(first.status, first.out).toBe(0);
+    expect(purge().paths).toEqual(["/pypi/fresh-proj/json", "/simple/", "/simple/fresh-proj/*"]);
+    admin(["yank", "fresh-proj", "1.0"]);
+    expect(purge().paths).toEqual(["/pypi/fresh-proj/json", "/simple/fresh-proj/*"]);
+    // A refused upload changes nothing, and nothing is sent.
+    const refused = twine(tokens.mallory ?? "", `${dists}/fresh_proj-1.0-py3-none-any.whl`);
+    expect(refused.status).not.toBe(0);
+    expect(purge()).toMatchObject({ entries: 0, paths: [] });
+  }, 120_000);
 });

@@ -5,6 +5,7 @@
  */
 import type * as pulumi from "@pulumi/pulumi";
 import { beforeAll, describe, expect, test } from "vitest";
+import { parseEnvFile } from "../../src/app/config.js";
 import {
   type CdnOutput,
   type DnsOutput,
@@ -13,6 +14,7 @@ import {
 } from "../../src/components/edge.js";
 import { parseConfig } from "../../src/config.js";
 import { CACHE_BEHAVIOURS, cacheClassOf, edgeRecords, INDEX_TTL_SECONDS } from "../../src/edge.js";
+import { bundleEntriesOf } from "../../src/plan.js";
 import { ConfigError } from "../../src/schema.js";
 import {
   type Built,
@@ -22,7 +24,7 @@ import {
   resolve,
   withCheapStackTraces,
 } from "./harness.js";
-import { covers, roleGroups } from "./iam.js";
+import { covers, type RoleGroup, roleGroups } from "./iam.js";
 
 const T = {
   record: "aws:route53/record:Record",
@@ -76,6 +78,21 @@ describe("direct: no zone, no CDN (the prod stack file)", () => {
 
   test("creates no Route 53, CloudFront or ACM resource", () => {
     for (const type of EDGE_TYPES) expect(b.ofType(type), type).toEqual([]);
+  });
+
+  test("no purge: no role may touch CloudFront, and no bundle queues or sends a purge", () => {
+    for (const g of roleGroups(b))
+      for (const s of g.statements)
+        for (const a of s.Action) expect(a, g.nodes.join(",")).not.toMatch(/^cloudfront:/i);
+    const t = b.outputs.topology;
+    expect(t.cdnInvalidations).toBeUndefined();
+    for (const [node, files] of Object.entries(bundleEntriesOf(t))) {
+      expect(
+        Object.keys(files).filter((f) => f.includes("pypi-cdn-purge")),
+        node,
+      ).toEqual([]);
+      expect(files["files/etc/pypi-index/env"] ?? "", node).not.toContain("PYPI_CDN_INVALIDATIONS");
+    }
   });
 
   test("outputs the records to create by hand: the domain and the upload name on every floating IP", () => {
@@ -225,14 +242,53 @@ describe("cdn: CloudFront with a zone", () => {
     for (const x of [def, ...behaviours]) expect(x.viewerProtocolPolicy).toBe("redirect-to-https");
   });
 
-  test("freshness is TTL only: no node role may invalidate or change the distribution", () => {
+  test("the purge: app servers may CreateInvalidation on this distribution only; no other role, no other action", () => {
+    const arn = String(dist.state.arn);
+    expect(arn).toMatch(/^arn:aws:cloudfront::\d{12}:distribution\/E[0-9A-Z]+$/);
     const groups = roleGroups(b);
     expect(groups.length).toBeGreaterThan(2);
-    for (const g of groups)
-      for (const s of g.statements.filter((x) => x.Effect === "Allow"))
-        for (const action of s.Action)
-          for (const cdnAction of ["cloudfront:CreateInvalidation", "cloudfront:UpdateDistribution"])
-            expect(covers(action, cdnAction), `${g.nodes.join(",")}: ${action}`).toBe(false);
+    const t = b.outputs.topology;
+    const appNames = t.nodes.filter((n) => n.role === "app").map((n) => n.name);
+    const cloudFront = (g: RoleGroup) =>
+      g.statements.filter((s) =>
+        s.Action.some((a) => covers(a, "cloudfront:CreateInvalidation") || /^cloudfront:/i.test(a)),
+      );
+    for (const g of groups) {
+      const isApp = g.nodes.length > 0 && g.nodes.every((n) => appNames.includes(n));
+      if (!isApp) {
+        expect(cloudFront(g), g.nodes.join(",")).toEqual([]);
+        continue;
+      }
+      expect(cloudFront(g), g.nodes.join(",")).toEqual([
+        { Sid: "CdnPurge", Effect: "Allow", Action: ["cloudfront:CreateInvalidation"], Resource: [arn] },
+      ]);
+    }
+    // Every app server's role has it: a purge is sent by whichever app server registered.
+    const granted = groups.filter((g) => cloudFront(g).length > 0).flatMap((g) => g.nodes);
+    expect(granted.sort()).toEqual([...appNames].sort());
+  });
+
+  test("the app servers' bundles name the distribution and run the purge job; no other node's do", () => {
+    const t = b.outputs.topology;
+    expect(t.cdnInvalidations).toBe(`cloudfront:${dist.id}`);
+    const entries = bundleEntriesOf(t);
+    for (const node of t.nodes) {
+      const files = entries[node.name] ?? {};
+      const units = Object.keys(files).filter((f) => f.includes("pypi-cdn-purge"));
+      if (node.role !== "app") {
+        expect(units, node.name).toEqual([]);
+        continue;
+      }
+      expect(parseEnvFile(files["files/etc/pypi-index/env"] ?? "").PYPI_CDN_INVALIDATIONS).toBe(
+        `cloudfront:${dist.id}`,
+      );
+      expect(units.sort()).toEqual([
+        "files/etc/systemd/system/pypi-cdn-purge.path",
+        "files/etc/systemd/system/pypi-cdn-purge.service",
+        "files/etc/systemd/system/pypi-cdn-purge.timer",
+      ]);
+      expect(files["files/etc/systemd/system/pypi-cdn-purge.service"]).toContain("cdn-purge");
+    }
   });
 
   test("the certificate is requested in us-east-1 and validated through the zone", () => {

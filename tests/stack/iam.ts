@@ -9,9 +9,11 @@ export interface Statement {
   Condition?: Record<string, Record<string, string[]>>;
 }
 
-/** One IAM role as launched: its rendered inline policy and the nodes whose profile carries it. */
+/** One IAM role as launched: its rendered inline policies and the nodes whose profile carries it. */
 export interface RoleGroup {
-  readonly policy: Recorded;
+  /** Every inline policy of the role (the node policy, and the CDN purge when there is a CDN). */
+  readonly policies: Recorded[];
+  /** The statements of all of them. */
   readonly statements: Statement[];
   readonly nodes: string[];
 }
@@ -23,15 +25,17 @@ export const asList = (v: string | string[] | undefined): string[] =>
 export function roleGroups(b: Built): RoleGroup[] {
   const profiles = b.ofType("aws:iam/instanceProfile:InstanceProfile");
   const instances = b.ofType("aws:ec2/instance:Instance");
-  return b.ofType("aws:iam/rolePolicy:RolePolicy").map((policy) => {
-    const profileNames = profiles
-      .filter((p) => p.inputs.role === policy.inputs.role)
-      .map((p) => p.state.name);
+  const byRole = new Map<unknown, Recorded[]>();
+  for (const policy of b.ofType("aws:iam/rolePolicy:RolePolicy"))
+    byRole.set(policy.inputs.role, [...(byRole.get(policy.inputs.role) ?? []), policy]);
+  return [...byRole].map(([role, policies]) => {
+    const profileNames = profiles.filter((p) => p.inputs.role === role).map((p) => p.state.name);
     const nodes = instances
       .filter((i) => profileNames.includes(i.inputs.iamInstanceProfile))
       .map((i) => String((i.inputs.tags as Record<string, string>).Name))
       .sort();
-    return { policy, statements: JSON.parse(String(policy.inputs.policy)).Statement, nodes };
+    const statements = policies.flatMap((p) => JSON.parse(String(p.inputs.policy)).Statement as Statement[]);
+    return { policies, statements, nodes };
   });
 }
 
