@@ -10,6 +10,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { cdnQueueDir } from "../../src/app/cdn.js";
+import type { RegisterSummary } from "../../src/app/register.js";
 import { sftpStateDir } from "../../src/app/sftp-events.js";
 import { indexAppScript } from "../../src/app-artifact.js";
 import { paths } from "../../src/layout.js";
@@ -382,12 +383,7 @@ export class AppSandbox {
   }
 
   register(user?: string): {
-    summary: {
-      registered: string[];
-      rejected: { file: string; reason: string }[];
-      recovered: string[];
-      deferred: string[];
-    };
+    summary: RegisterSummary;
     log: string;
   } {
     // No watcher runs here: one round of its scan (as root, as it runs) says nothing is open.

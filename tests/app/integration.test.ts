@@ -177,6 +177,45 @@ describe.skipIf(!canRun).each(APP_RUNTIMES)(
       expect(readdirSync(`${sb.packageRoot}/packages`)).toEqual(["demo-pkg"]);
     });
 
+    it("the health detail answers the node and the balancers' own checks, never a client through a balancer", () => {
+      const lb = sb.t.nodes.find((n) => n.role === "balancer")?.privateIp ?? "";
+      sb.sh(`ip addr add ${lb}/32 dev lo && ip addr add 192.0.2.77/32 dev lo`);
+      const status = (from: string, headers: string[] = []) =>
+        sb
+          .exec([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--interface",
+            from,
+            ...headers.flatMap((h) => ["-H", h]),
+            `http://127.0.0.1:${sb.t.app.httpPort}/_health/detail`,
+          ])
+          .stdout.trim();
+      expect(status("127.0.0.1")).toBe("200");
+      // A balancer's own check; the same balancer forwarding a client (mod_remoteip) is the client.
+      expect(status(lb)).toBe("200");
+      expect(status(lb, ["X-Forwarded-For: 203.0.113.9"])).toBe("403");
+      // Any other address, and a forged header from it, are refused.
+      expect(status("192.0.2.77")).toBe("403");
+      expect(status("192.0.2.77", [`X-Forwarded-For: ${lb}`])).toBe("403");
+      // The public form says no more than ok.
+      expect(sb.http("/_health").body).toBe("ok\n");
+    });
+
+    it("a rejected upload is kept for the retention period, then removed with its reason", () => {
+      // The previous test left eight rejected uploads; age two of them past the retention.
+      const kept = readdirSync(rejected);
+      const old = new Date(Date.now() - (7 * 24 * 3600 + 60) * 1000);
+      for (const f of ["notes.txt", "notes.txt.reason"]) utimesSync(`${rejected}/${f}`, old, old);
+      const { summary } = sb.register("alice");
+      expect(summary.expired.sort()).toEqual(["alice/notes.txt", "alice/notes.txt.reason"]);
+      expect(readdirSync(rejected).sort()).toEqual(kept.filter((f) => !f.startsWith("notes.txt")).sort());
+    });
+
     it("reconciles registrations a crash interrupted", () => {
       const pkgDir = `${sb.packageRoot}/packages/crash-a`;
       mkdirSync(pkgDir, { recursive: true });

@@ -19,6 +19,8 @@ const canRun = requireTools("upload API (twine, postgres 15, apache: app server 
   "curl",
   "python3",
   "twine",
+  "poetry",
+  "flit",
   "apache2",
   `${PG_BIN}/postgres`,
   "/usr/lib/apache2/modules/mod_fcgid.so",
@@ -253,6 +255,83 @@ describe.skipIf(!canRun).each(APP_RUNTIMES)("upload API and project ownership (%
     expect(admin(["yank", "demo-pkg", "9.9"], true)).toMatch(/^2\n.*no release 9\.9/s);
     expect(readFileSync(`${sb.packageRoot}/simple/demo-pkg/index.html`, "utf8")).toContain("Demo_Pkg-1.0.0");
   });
+
+  it("poetry publish and flit publish upload with a token too (Debian 12's poetry 1.3 and flit 3.8)", () => {
+    const url = `http://127.0.0.1:${sb.t.app.httpPort}/legacy/`;
+    const token = tokens.alice ?? "";
+    const tools = { HOME: "/tmp", PYTHON_KEYRING_BACKEND: "keyring.backends.null.Keyring" };
+    const inDir = (dir: string, command: string, env: Record<string, string> = {}) =>
+      sb.exec(["sh", "-c", `cd ${dir} && ${command}`], {
+        allowFail: true,
+        timeoutMs: 120_000,
+        env: { ...tools, ...env },
+      });
+
+    const poetryDir = `${sb.scratch}/poetry-demo`;
+    mkdirSync(`${poetryDir}/poetry_demo`, { recursive: true });
+    writeFileSync(`${poetryDir}/poetry_demo/__init__.py`, '__version__ = "0.1.0"\n');
+    writeFileSync(
+      `${poetryDir}/pyproject.toml`,
+      [
+        "[tool.poetry]",
+        'name = "poetry-demo"',
+        'version = "0.1.0"',
+        'description = "published by poetry"',
+        'authors = ["Lab <lab@example.org>"]',
+        "",
+        "[tool.poetry.dependencies]",
+        'python = ">=3.7"',
+        "",
+        "[build-system]",
+        'requires = ["poetry-core"]',
+        'build-backend = "poetry.core.masonry.api"',
+        "",
+      ].join("\n"),
+    );
+    const poetry = inDir(
+      poetryDir,
+      `poetry build && poetry config repositories.lab ${url} && poetry publish -r lab -u __token__ -p ${token}`,
+      { POETRY_CONFIG_DIR: `${poetryDir}/.config`, POETRY_CACHE_DIR: `${poetryDir}/.cache` },
+    );
+    expect(poetry.status, poetry.stdout + poetry.stderr).toBe(0);
+    const poetryPage = sb.http("/simple/poetry-demo/").body;
+    expect(poetryPage).toContain("poetry_demo-0.1.0-py3-none-any.whl");
+    expect(poetryPage).toContain("poetry_demo-0.1.0.tar.gz");
+
+    const flitDir = `${sb.scratch}/flit-demo`;
+    mkdirSync(`${flitDir}/flit_demo`, { recursive: true });
+    writeFileSync(`${flitDir}/flit_demo/__init__.py`, '"""Published by flit."""\n__version__ = "0.2.0"\n');
+    writeFileSync(
+      `${flitDir}/pyproject.toml`,
+      [
+        "[build-system]",
+        'requires = ["flit_core >=3.2,<4"]',
+        'build-backend = "flit_core.buildapi"',
+        "",
+        "[project]",
+        'name = "flit_demo"',
+        'version = "0.2.0"',
+        'description = "published by flit"',
+        "",
+      ].join("\n"),
+    );
+    const flit = inDir(flitDir, "flit publish --format wheel", {
+      FLIT_INDEX_URL: url,
+      FLIT_USERNAME: "__token__",
+      FLIT_PASSWORD: token,
+    });
+    expect(flit.status, flit.stdout + flit.stderr).toBe(0);
+    expect(sb.http("/simple/flit-demo/").body).toContain("flit_demo-0.2.0-py2.py3-none-any.whl");
+    // Both belong to the token's account.
+    expect(
+      sb
+        .psql(
+          "SELECT project || ' ' || account FROM project_roles WHERE project IN ('poetry-demo', 'flit-demo') ORDER BY 1",
+          "pypi",
+        )
+        .trim(),
+    ).toBe("flit-demo alice\npoetry-demo alice");
+  }, 240_000);
 
   it("each page change queues its CDN purge; one job run sends exactly the paths that changed", () => {
     const standIn = sb.t.cdnInvalidations ?? "";
