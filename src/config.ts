@@ -43,7 +43,11 @@ export interface StackConfig {
     readonly maxProcesses: number;
     readonly requestTimeoutSeconds: number;
   };
-  readonly upload: { readonly users: readonly UploadUser[]; readonly maxFileBytes: number };
+  readonly upload: {
+    readonly users: readonly UploadUser[];
+    readonly maxFileBytes: number;
+    readonly rejectedRetentionDays: number;
+  };
   readonly overlay: { readonly dbWriter: string; readonly storage: string };
   /** The backup settings of the topology the stack derives the locations for, plus the lock. */
   readonly backup: Omit<Topology["backup"], "repository" | "fileCopies" | "stanza"> & {
@@ -177,7 +181,11 @@ export function parseConfig(raw: Readonly<Record<string, unknown>>, stack: strin
       maxProcesses: num("appMaxProcesses"),
       requestTimeoutSeconds: num("appRequestTimeoutSeconds"),
     },
-    upload: { users: values.uploadUsers as UploadUser[], maxFileBytes: num("uploadMaxFileBytes") },
+    upload: {
+      users: values.uploadUsers as UploadUser[],
+      maxFileBytes: num("uploadMaxFileBytes"),
+      rejectedRetentionDays: num("uploadRejectedRetentionDays"),
+    },
     overlay: { dbWriter: str("overlayDbWriter"), storage: str("overlayStorage") },
     backup: {
       retentionFull: num("backupRetentionFull"),

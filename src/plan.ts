@@ -124,6 +124,7 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
       backendPort: ports.uploadBackend,
       users: cfg.upload.users,
       maxFileBytes: cfg.upload.maxFileBytes,
+      rejectedRetentionDays: cfg.upload.rejectedRetentionDays,
     },
     app: { ...cfg.app, httpPort: ports.http },
     storage: { ...layout.storage, drbdPort: ports.drbd },

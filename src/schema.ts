@@ -140,6 +140,7 @@ export const atoms = {
   maxProcesses: whole(1, 256),
   requestTimeoutSeconds: whole(1, 600, " of seconds"),
   maxFileBytes: whole(1, 2 ** 40, " of bytes"),
+  rejectedRetentionDays: whole(1, 365, " of days"),
   floatingIps: whole(1, 8),
   appServers: whole(2, 16),
   retentionCount: whole(1, 100, " backups"),
@@ -399,6 +400,15 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
     default: 104857600,
     description: "Largest upload accepted",
     fields: ["upload.maxFileBytes"],
+  }),
+  key({
+    key: "uploadRejectedRetentionDays",
+    type: "integer",
+    atom: atoms.rejectedRetentionDays,
+    default: 7,
+    description:
+      "Days a refused SFTP upload stays in the uploader's rejected/ directory (with its reason) before the register job removes it",
+    fields: ["upload.rejectedRetentionDays"],
   }),
   key({
     key: "overlayDbWriter",
@@ -751,6 +761,7 @@ const topologySchema = z
         // Shape only here; checkUploadUsers judges names, uids and keys.
         users: z.array(z.object({ name: z.string(), uid: z.number(), publicKey: z.string() }).strict()),
         maxFileBytes: atoms.maxFileBytes.schema,
+        rejectedRetentionDays: atoms.rejectedRetentionDays.schema,
       })
       .strict(),
     app: z

@@ -100,6 +100,8 @@ export interface Topology {
     /** Fixed uids: uploads land on the shared volume, so every app server must agree. */
     readonly users: readonly { readonly name: string; readonly uid: number; readonly publicKey: string }[];
     readonly maxFileBytes: number;
+    /** A refused SFTP upload is kept this long in rejected/, then removed. */
+    readonly rejectedRetentionDays: number;
   };
   readonly app: {
     readonly runtime: AppRuntime;

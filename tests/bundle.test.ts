@@ -110,6 +110,10 @@ describe("buildBundles", () => {
     expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.content).toContain(
       'PYPI_DB_PASSWORD_FILE="/etc/pypi-index/pgpass"',
     );
+    // Refused uploads expire after uploadRejectedRetentionDays (7 by default).
+    expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.content).toContain(
+      `PYPI_REJECTED_RETENTION_SECONDS="${7 * 86_400}"`,
+    );
     // The registrar waits for every app server's writer scan.
     expect(plain.files.find((f) => f.path === "/etc/pypi-index/env")?.content).toContain(
       'PYPI_UPLOAD_HOSTS="app-a,app-b,app-c"',

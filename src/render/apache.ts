@@ -106,6 +106,7 @@ export function indexAppEnv(t: Topology): ReadonlyArray<readonly [string, string
     ["PYPI_PACKAGE_ROOT", t.storage.packageRoot],
     ["PYPI_PACKAGES_URL", "/packages/"],
     ["PYPI_MAX_FILE_BYTES", String(t.upload.maxFileBytes)],
+    ["PYPI_REJECTED_RETENTION_SECONDS", String(t.upload.rejectedRetentionDays * 86_400)],
     // On AWS the package root is an NFS mount; the lab shares a plain directory.
     ["PYPI_REQUIRE_MOUNT", t.backend === "aws" ? "1" : "0"],
     // The file copy job's store; on AWS the job's aws CLI calls need a region, and nothing else gives the app one.

@@ -70,6 +70,12 @@ const tls = (certificate: string, key: string) => ({
 const goodTls = () => tls(PROD_TLS.certificate, PROD_TLS.key);
 
 const CASES: Record<string, Case | (() => Case)> = {
+  "rejected uploads kept for 0 days (they would vanish before the uploader reads the reason)": {
+    stack: "staging",
+    set: { "pypi-infra:uploadRejectedRetentionDays": "0" },
+    key: "pypi-infra:uploadRejectedRetentionDays",
+    says: /a whole number of days from 1 to 365/,
+  },
   // What AWS says about instance types and zones.
   "4 floating IPs on t3.small (4 addresses per ENI)": {
     stack: "staging",
