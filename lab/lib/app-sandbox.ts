@@ -413,6 +413,14 @@ export class AppSandbox {
     ).stdout;
   }
 
+  /** What the app logged: the app server's log, or Apache's error log where mod_fcgid puts it. */
+  appLog(): string {
+    return (
+      this.exec(["sh", "-c", "cat /var/log/pypi-index.log 2>/dev/null"], { allowFail: true }).stdout +
+      this.apacheErrorLog()
+    );
+  }
+
   stop(): void {
     this.holder.stop();
     rmSync(this.scratch, { recursive: true, force: true });

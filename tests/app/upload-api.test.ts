@@ -167,6 +167,8 @@ describe.skipIf(!canRun).each(APP_RUNTIMES)("upload API and project ownership (%
       const r = twine(tokens.alice ?? "", `${dists}/${filename}`);
       expect(r.status).not.toBe(0);
       expect(r.out).toMatch(re);
+      // Every refusal is logged with its reason, as the SFTP door's are.
+      expect(sb.appLog()).toContain(`upload: refused ${filename} from alice: `);
       expect(count(`SELECT count(*) FROM files WHERE filename = '${filename}'`)).toBe(0);
       expect(readdirSync(`${sb.packageRoot}/packages`)).not.toContain(name);
     },
