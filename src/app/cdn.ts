@@ -279,7 +279,9 @@ export async function purgeCdn(
   }
   const first = queued()[0];
   if (first === undefined) return idle;
-  const wait = queuedAt(first) + (opts.windowMs ?? BATCH_WINDOW_MS) - Date.now();
+  const windowMs = opts.windowMs ?? BATCH_WINDOW_MS;
+  // At most one window: an entry stamped ahead (another app server's clock) must not stall the job.
+  const wait = Math.min(windowMs, queuedAt(first) + windowMs - Date.now());
   if (wait > 0) await sleep(wait);
 
   const node = (opts.node ?? hostname()).replace(/[^A-Za-z0-9._-]/g, "_");

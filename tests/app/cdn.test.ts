@@ -121,6 +121,16 @@ describe("the purge queue and job", () => {
     expect(sent).toHaveLength(1);
   });
 
+  it("an entry stamped in the future (another app server's clock) delays a run by one window at most", async () => {
+    const dir = cdnQueueDir(root);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, `${Date.now() + 3_600_000}-app-b-1-cc.paths`), "/simple/ahead/*\n");
+    const started = Date.now();
+    await purgeCdn(root, recorder, () => {}, { windowMs: 300 });
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(sent.map((s) => s.paths)).toEqual([["/simple/ahead/*"]]);
+  });
+
   it("a failed send keeps every entry for the next run, which sends them", async () => {
     queueStalePaths(root, stalePaths("alpha", false), () => {});
     const failing: Invalidator = {
