@@ -144,10 +144,15 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
       fileCopyIntervalSeconds: cfg.backup.fileCopyIntervalSeconds,
     },
     health: { namespace: metricNamespace(cfg.environment), ...cfg.health },
-    ...(cfg.edge.cdn.enabled
-      ? { cdnInvalidations: `cloudfront:${ids.cdnDistributionId ?? "EPENDING"}` }
-      : {}),
+    ...(cfg.edge.cdn.enabled ? { cdnInvalidations: `cloudfront:${cdnDistributionId(ids)}` } : {}),
   };
+}
+
+/** A CDN stack's bundles must name a distribution: a missing id is the program's error, never a placeholder. */
+function cdnDistributionId(ids: ResolvedIds): string {
+  if (!ids.cdnDistributionId)
+    throw new Error("buildTopology: cdn is on but no CloudFront distribution id was given");
+  return ids.cdnDistributionId;
 }
 
 /** The CloudWatch namespace of a stack's health metrics. */

@@ -4,8 +4,10 @@
  * stack config, the planned topology, the resolved one and the lab's topology.json all go through
  * it; renderers and components take its result and check nothing again.
  */
+
 import { Region } from "@pulumi/aws/types/enums";
 import { z } from "zod";
+import { CLOUDFRONT_TARGET } from "./app/cdn.js";
 import { cidrContains, parseCidr, parseIpv4 } from "./net.js";
 import { APP_RUNTIMES, type NodeRole, type Topology } from "./topology.js";
 import { checkUploadUsers } from "./upload-users.js";
@@ -188,7 +190,7 @@ export const atoms = {
       .refine((s) => /^s3:\/\/[a-z0-9.-]{3,63}(\/[A-Za-z0-9._-]+)*$/.test(s) || isSafeAbsolutePath(s), e),
   ),
   cdnInvalidations: atom("cloudfront:<distribution id> (AWS) or an absolute directory (lab)", (e) =>
-    z.string(e).refine((s) => /^cloudfront:[A-Z0-9]{1,64}$/.test(s) || isSafeAbsolutePath(s), e),
+    z.string(e).refine((s) => CLOUDFRONT_TARGET.test(s) || isSafeAbsolutePath(s), e),
   ),
 } as const;
 

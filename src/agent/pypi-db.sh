@@ -550,22 +550,13 @@ cmd_db_replication() {
   pgsql "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication"
 }
 
+db_streams() { cmd_db_replication | grep -q "^$1 streaming "; }
+
 # A re-attached standby replays what it holds (or fetches from the archive) before it streams;
 # on a loaded node that takes longer than any fixed sleep.
 cmd_db_replication_wait() {
-  pg_wait_s=100
-  pg_tries=0
-  while :; do
-    pg_rows=$(cmd_db_replication) || pg_rows=""
-    case "
-$pg_rows" in *"
-$1 streaming "*) break ;; esac
-    [ "$pg_tries" -lt $((pg_wait_s * 2)) ] ||
-      die "$1 does not stream from $PYPI_NODE after ${pg_wait_s} s; pg_stat_replication: ${pg_rows:-no rows}"
-    pg_tries=$((pg_tries + 1))
-    sleep 0.5
-  done
-  printf '%s\n' "$pg_rows"
+  wait_until "$1 streaming from $PYPI_NODE" 100 db_streams "$1"
+  cmd_db_replication
 }
 
 

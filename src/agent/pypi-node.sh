@@ -792,15 +792,12 @@ cmd_upload_backends() {
     awk 'NR > 2 && NF > 6 { state = ($6 == 2) ? "UP" : "DOWN"; if ($7 != 0) state = "MAINT"; print $4, state }'
 }
 
+upload_backend_up() { cmd_upload_backends | grep -qx "$1 UP"; }
+
 # HAProxy marks a server up after `rise` good checks; poll for it rather than guess the time.
 cmd_upload_backends_wait() {
-  tries=0
-  until backends=$(cmd_upload_backends) && printf '%s\n' "$backends" | grep -qx "$1 UP"; do
-    [ "$tries" -lt 120 ] || die "HAProxy does not see $1 up after 60 s: ${backends:-no answer}"
-    tries=$((tries + 1))
-    sleep 0.5
-  done
-  printf '%s\n' "$backends"
+  wait_until "HAProxy seeing $1 up" 60 upload_backend_up "$1"
+  cmd_upload_backends
 }
 
 # Run on an app server: the writer address must reach a primary that accepts writes.

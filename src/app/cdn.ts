@@ -182,10 +182,12 @@ export class DirectoryInvalidator implements Invalidator {
 }
 
 export const CDN_INVALIDATIONS_FORMS = "cloudfront:<distribution id> or an absolute directory";
+/** A CloudFront distribution as the purge's target; the schema takes the same form. */
+export const CLOUDFRONT_TARGET = /^cloudfront:([A-Z0-9]{1,64})$/;
 
 /** The invalidator PYPI_CDN_INVALIDATIONS names. */
 export function invalidatorFor(location: string, run: AwsRunner = runAws): Invalidator {
-  const cf = /^cloudfront:([A-Z0-9]{1,64})$/.exec(location);
+  const cf = CLOUDFRONT_TARGET.exec(location);
   if (cf) return new CloudFrontInvalidator(cf[1] as string, run);
   if (location.startsWith("/") && !location.split("/").includes(".."))
     return new DirectoryInvalidator(location);
@@ -318,7 +320,7 @@ export async function purgeCdn(
   }
   const batch = invalidationBatch(wanted);
   let invalidation: string | undefined;
-  if (batch.paths.length > 0 && wanted.length > 0) {
+  if (wanted.length > 0) {
     const callerReference = `${node}-${Date.now()}-${randomBytes(4).toString("hex")}`;
     try {
       invalidation = await invalidator.send(batch.paths, callerReference);
