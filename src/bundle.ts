@@ -118,10 +118,19 @@ function agentFiles(t: Topology, node: NodeSpec, services: readonly ServiceName[
   return [
     script("lib"),
     script("pypi-node"),
-    ...(node.role === "db" ? [script("pypi-db")] : []),
+    script("pypi-volume"),
+    ...roleScripts[node.role].map(script),
     file(paths.agentConfig, renderAgentEnv(t, node, services)),
   ];
 }
+
+/** The role's own tools; the storage pair's resource scripts come with its Heartbeat files. */
+const roleScripts: Record<NodeSpec["role"], AgentScript[]> = {
+  balancer: ["pypi-balancer", "pypi-fip"],
+  app: ["pypi-app"],
+  // The writer address moves with the primary; no Heartbeat runs here, pypi-db calls the script.
+  db: ["pypi-db", "pypi-overlay"],
+};
 
 /** An agent script or Heartbeat resource script, checked by `sh -n` before install. */
 const script = (name: AgentScript): BundleFile =>
@@ -144,7 +153,6 @@ function balancerBundle(t: Topology, node: NodeSpec): NodeBundle {
       file(HAPROXY_CONF_PATH, renderHaproxyCfg(t, node), { validator: "haproxy", reloads: ["haproxy"] }),
       file(heartbeatPaths.haCf, renderBalancerHaCf(t, node), { reloads: ["heartbeat"] }),
       file(heartbeatPaths.haresources, renderBalancerHaresources(t), { reloads: ["heartbeat"] }),
-      script("pypi-fip"),
     ],
     absent: [],
     secrets: [
@@ -203,7 +211,7 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
         file(heartbeatPaths.haresources, renderStorageHaresources(t), { reloads: ["heartbeat"] }),
         script("pypi-nfs"),
         script("pypi-overlay"),
-        script("pypi-drbd-fence"),
+        script("pypi-drbd"),
         file(drbdPaths.globalCommon, renderDrbdGlobalCommon(), { validator: "drbd" }),
         file(drbdPaths.resource, renderDrbdResource(t), { validator: "drbd", reloads: ["drbd"] }),
         file(nfsPaths.exports, renderExports(t), { validator: "exportfs", reloads: ["nfs-server"] }),

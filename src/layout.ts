@@ -58,6 +58,12 @@ export const paths = {
   agentLib: "/usr/local/lib/pypi-node/lib.sh",
   /** The database tool (db nodes). */
   dbTool: "/usr/local/sbin/pypi-db",
+  /** The app server tool: converge, checks and the index app's jobs (app nodes). */
+  appTool: "/usr/local/sbin/pypi-app",
+  /** The balancer tool: the nginx watchdog and the upload backends (balancers). */
+  balancerTool: "/usr/local/sbin/pypi-balancer",
+  /** Filesystem use and online grow, on every node. */
+  volumeTool: "/usr/local/sbin/pypi-volume",
   /** The health model's probes (`pypi-node health`), on every node. */
   healthTool: "/usr/local/sbin/pypi-health",
   agentConfig: "/etc/pypi-node/node.env",

@@ -4,6 +4,7 @@
  */
 
 import { readFileSync } from "node:fs";
+import { BALANCER_WATCH_COMMAND } from "../../src/render/heartbeat.js";
 import { httpsVia, type Lab } from "../lib/lab.js";
 import { nodePids, sleep, until } from "./common.js";
 
@@ -41,12 +42,13 @@ export async function timeOwnership(
   return { addressAt, httpsAt };
 }
 
-/** `pypi-node watch` processes on a balancer (Heartbeat respawns exactly one). */
+/** Watchdog processes (BALANCER_WATCH_COMMAND) on a balancer: Heartbeat respawns exactly one. */
 export function watchers(lab: Lab, node: string): number {
+  const [tool, verb] = BALANCER_WATCH_COMMAND.split(" ") as [string, string];
   return nodePids(lab, node).filter((pid) => {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-      return argv.some((a) => a.endsWith("/pypi-node")) && argv.includes("watch");
+      return argv.includes(tool) && argv.includes(verb);
     } catch {
       return false;
     }
@@ -55,11 +57,11 @@ export function watchers(lab: Lab, node: string): number {
 
 /** Wait until the node runs exactly one watchdog (Heartbeat starts it shortly after itself). */
 export async function oneWatcher(lab: Lab, node: string): Promise<string> {
-  await until(`one pypi-node watch on ${node}`, 15_000, () => watchers(lab, node) === 1, 200).catch(() => {
-    throw new Error(`${node} runs ${watchers(lab, node)} pypi-node watch processes, not 1`);
+  await until(`one nginx watchdog on ${node}`, 15_000, () => watchers(lab, node) === 1, 200).catch(() => {
+    throw new Error(`${node} runs ${watchers(lab, node)} nginx watchdogs (${BALANCER_WATCH_COMMAND}), not 1`);
   });
   await sleep(1_000);
   const n = watchers(lab, node);
-  if (n !== 1) throw new Error(`${node} runs ${n} pypi-node watch processes, not 1`);
-  return `${node}: one pypi-node watch, respawned by Heartbeat`;
+  if (n !== 1) throw new Error(`${node} runs ${n} nginx watchdogs (${BALANCER_WATCH_COMMAND}), not 1`);
+  return `${node}: one nginx watchdog, respawned by Heartbeat`;
 }

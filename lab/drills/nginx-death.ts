@@ -2,7 +2,7 @@
  * Drill: nginx dies (SIGKILL, master and workers) on the balancer holding a floating IP while
  * Heartbeat there stays healthy. Heartbeat v1 does not monitor resources, so the address stays
  * on a node that refuses HTTPS. First with the agent's watchdog paused (what plain Heartbeat
- * gives), then with it running (`pypi-node watch`, respawned by Heartbeat): nginx restarted in
+ * gives), then with it running (`pypi-balancer watch`, respawned by Heartbeat): nginx restarted in
  * place, and, when nginx cannot start, the addresses handed to the peer.
  */
 import { startLoad } from "../lib/load.js";
@@ -67,7 +67,7 @@ export const nginxDeath = drill("4", `nginx dies on ${NODE}`, 120_000, async (la
     let backB = 0;
     await report.check(
       section,
-      "with the watchdog (pypi-node watch, respawned by Heartbeat): nginx is restarted",
+      "with the watchdog (pypi-balancer watch, respawned by Heartbeat): nginx is restarted",
       async () => {
         backB = await until(`HTTPS via ${fip}`, 20_000, () => httpsOk(lab, fip), 20);
         return `HTTPS via ${fip} back after ${seconds(killB, backB)} s`;

@@ -305,11 +305,12 @@ cmd_db_restore() {
   pg_peer=$(pg_peer_state)
   [ "$pg_peer" = down ] ||
     die "$PYPI_PG_PEER runs a $pg_peer, with newer data than any backup: promote it if needed, then re-attach this node (db-reattach)"
-  [ "$(writer_holder)" != other ] || die "the writer address points at the peer; fence it first"
+  wh=$(writer_holder) || exit 1
+  [ "$wh" != other ] || die "the writer address points at the peer; fence it first"
   [ "$(pgbr_backup_count)" -gt 0 ] || die "the repository holds no backup of stanza $PYPI_PGBR_STANZA"
   rm -f "$PYPI_AGENT_STATE/db-fenced"
   db_restore_primary
-  cmd_overlay "$PYPI_OVERLAY_DB" take
+  writer take
   pgbr_primary_ready
   echo "restored $PYPI_NODE as primary from the repository; writer $PYPI_OVERLAY_DB taken"
 }
@@ -327,8 +328,11 @@ pg_peer_state() {
   esac
 }
 
-# Who the writer route points at: mine, other, or none (never taken).
-writer_holder() { overlay_holder "$PYPI_OVERLAY_DB"; }
+# Take, give up or locate the writer address (pypi-overlay). `writer holder` prints where its
+# route points: mine, other or none (never taken). Callers read it in a statement of its own, so
+# an unreadable route table stops them instead of reading as "not the peer's".
+writer() { "$PYPI_OVERLAY_SCRIPT" "$PYPI_OVERLAY_DB" "$1" || die "writer address $PYPI_OVERLAY_DB: $1 failed"; }
+writer_holder() { writer holder || die "cannot tell where the writer route points"; }
 
 pg_peer_is_primary() { [ "$(pg_peer_state)" = primary ]; }
 
@@ -352,9 +356,10 @@ pg_wait_for_primary_peer() {
 # (a replaced node joins whoever runs); everyone else copies the primary.
 db_first_boot() {
   pg_peer=$(pg_peer_state)
+  wh=$(writer_holder) || exit 1
   # A peer that answers, even as a standby, holds newer data than any backup: it is promoted
   # (runbook db-primary-loss) and this node copies it, never the other way round.
-  if [ "${PYPI_PG_INITIAL_ROLE:?}" = primary ] && [ "$pg_peer" = down ] && [ "$(writer_holder)" != other ]; then
+  if [ "${PYPI_PG_INITIAL_ROLE:?}" = primary ] && [ "$pg_peer" = down ] && [ "$wh" != other ]; then
     # A repository with backups means the pair existed and both nodes are gone: an empty new
     # cluster would lose every registration and could not archive into that stanza.
     wait_until "the backup repository to answer" "${PYPI_REPO_WAIT_SECONDS:-900}" pgbr_backup_count
@@ -362,14 +367,14 @@ db_first_boot() {
     # One probe is not enough to give up on a peer that may hold newer data: it stays silent a while.
     if [ "$fb_backups" -eq 0 ]; then
       db_init_primary
-      cmd_overlay "$PYPI_OVERLAY_DB" take
+      writer take
       pgbr_primary_ready
       echo "converge: $PYPI_NODE initialised as primary; writer $PYPI_OVERLAY_DB taken"
       return 0
     fi
     if pg_peer_silent 3; then
       db_restore_primary
-      cmd_overlay "$PYPI_OVERLAY_DB" take
+      writer take
       pgbr_primary_ready
       echo "converge: $PYPI_NODE restored as primary from the repository; writer $PYPI_OVERLAY_DB taken"
       return 0
@@ -392,20 +397,21 @@ db_reboot() {
     return 0
   fi
   pg_peer=$(pg_peer_state)
-  if [ ! -e "$PYPI_AGENT_STATE/db-fenced" ] && [ "$pg_peer" != primary ] && [ "$(writer_holder)" = mine ]; then
+  wh=$(writer_holder) || exit 1
+  if [ ! -e "$PYPI_AGENT_STATE/db-fenced" ] && [ "$pg_peer" != primary ] && [ "$wh" = mine ]; then
     start_checked_primary
     [ "$(pg_in_recovery)" = f ] || die "$PYPI_NODE should be the primary but is in recovery"
-    cmd_overlay "$PYPI_OVERLAY_DB" take
+    writer take
     pgbr_primary_ready
     echo "converge: $PYPI_NODE runs as primary; writer $PYPI_OVERLAY_DB held"
     return 0
   fi
   # An old primary: the pair moved on without it. Fence, then follow the new primary.
-  log "$PYPI_NODE holds a primary's cluster but the pair has moved on (peer $pg_peer, writer $(writer_holder)); fencing"
+  log "$PYPI_NODE holds a primary's cluster but the pair has moved on (peer $pg_peer, writer $wh); fencing"
   mkdir -p "$PYPI_AGENT_STATE"
   : >"$PYPI_AGENT_STATE/db-fenced"
   pg_stop_local
-  cmd_overlay "$PYPI_OVERLAY_DB" release
+  writer release
   pg_wait_for_primary_peer
   cmd_db_reattach
   echo "converge: $PYPI_NODE was an old primary; re-attached as standby of $PYPI_PG_PEER"
@@ -450,7 +456,7 @@ cmd_db_fence() {
   mkdir -p "$PYPI_AGENT_STATE"
   : >"$PYPI_AGENT_STATE/db-fenced"
   pg_stop_local
-  cmd_overlay "$PYPI_OVERLAY_DB" release
+  writer release
   echo "fenced $PYPI_NODE"
 }
 
@@ -559,6 +565,51 @@ cmd_db_replication_wait() {
   cmd_db_replication
 }
 
+# ---------------------------------------------------------------- status
+
+# This node's part of `pypi-node status`: the writer address, the Postgres role, the backups.
+cmd_db_status() {
+  printf 'writer\t%s\t%s\n' "$PYPI_OVERLAY_DB" "$("$PYPI_OVERLAY_SCRIPT" "$PYPI_OVERLAY_DB" status)"
+  if svc_running postgresql; then
+    if [ "$(pg_in_recovery)" = t ]; then r=standby; else r=primary; fi
+    printf 'postgres\t%s\n' "$r"
+  fi
+  backup_status
+}
+
+# For the alarms: the newest backup and its age, the newest archived WAL (and, on the primary,
+# how long ago it was archived and how many pushes failed), the last restore test.
+backup_status() {
+  bs_now=$(date +%s)
+  bs_info=$(runuser -u postgres -- pgbackrest --config="$PYPI_PGBR_CONF" --stanza="$PYPI_PGBR_STANZA" \
+    --output=json info 2>/dev/null) || bs_info=""
+  printf '%s' "$bs_info" | python3 -c '
+import json, sys
+now = int(sys.argv[1])
+try:
+    s = json.load(sys.stdin)[0]
+except (ValueError, IndexError):
+    print("backup\tunknown\trepository did not answer")
+    sys.exit(0)
+b = s.get("backup") or []
+if b:
+    last = b[-1]
+    print("backup\tnewest\t%s\t%s\tage_s=%d" % (last["label"], last["type"], now - last["timestamp"]["stop"]))
+else:
+    print("backup\tnone\t%s" % s.get("status", {}).get("message", ""))
+a = [x for x in s.get("archive") or [] if x.get("max")]
+print("archive\tnewest\t%s" % (a[-1]["max"] if a else "none"))
+' "$bs_now"
+  if svc_running postgresql && [ "$(pg_in_recovery)" = f ]; then
+    pgsql "SELECT 'archiver' || chr(9) || coalesce(last_archived_wal, 'none') || chr(9) || 'age_s=' ||
+      coalesce(extract(epoch FROM now() - last_archived_time)::bigint::text, '-') || chr(9) ||
+      'failed=' || failed_count FROM pg_stat_archiver"
+  fi
+  if [ -r "$PYPI_AGENT_STATE/restore-test" ]; then
+    read -r bs_at bs_result bs_rest <"$PYPI_AGENT_STATE/restore-test"
+    printf 'restore-test\t%s\tage_s=%s\t%s\n' "$bs_result" "$((bs_now - bs_at))" "$bs_rest"
+  fi
+}
 
 usage() {
   cat >&2 <<'USAGE'
@@ -576,6 +627,7 @@ usage: pypi-db COMMAND
   restore [--force]     both nodes lost: become the primary from the repository
   sync on|off           synchronous replication switch on the primary
   replication [--wait NAME]  the primary's view of its standbys; --wait: until NAME streams
+  status                the writer address, the Postgres role, backups and archive (for pypi-node status)
 USAGE
   exit 2
 }
@@ -606,6 +658,7 @@ main() {
     scratch-stop) cmd_db_scratch_stop ;;
     restore-test) cmd_db_restore_test "${1:-}" ;;
     restore) cmd_db_restore "${1:-}" ;;
+    status) cmd_db_status ;;
     *) usage ;;
   esac
 }

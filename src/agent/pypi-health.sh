@@ -92,7 +92,7 @@ probe_drbd() {
 
 # The storage address's holder exports the package volume, mounted (the peer has nothing to export).
 probe_nfs_export() {
-  if [ "$(cmd_overlay "$PYPI_OVERLAY_STORAGE" status 2>/dev/null)" != running ]; then
+  if [ "$("$PYPI_OVERLAY_SCRIPT" "$PYPI_OVERLAY_STORAGE" status 2>/dev/null)" != running ]; then
     echo 1
   elif mountpoint -q "$PYPI_VOLUME_MOUNT" && bounded exportfs -v 2>/dev/null | awk -v p="$PYPI_VOLUME_MOUNT" '$1 == p { f = 1 } END { exit !f }'; then
     echo 1
@@ -136,7 +136,7 @@ bounded_sql() { bounded runuser -u postgres -- psql -X -q -At -p "$PYPI_PG_PORT"
 # writer address is a writable primary (not a standby, and not this node).
 probe_writer() {
   if [ "$DB_ROLE" = primary ]; then
-    if [ "$(cmd_overlay "$PYPI_OVERLAY_DB" status 2>/dev/null)" = running ]; then echo 1; else echo 0; fi
+    if [ "$("$PYPI_OVERLAY_SCRIPT" "$PYPI_OVERLAY_DB" status 2>/dev/null)" = running ]; then echo 1; else echo 0; fi
   elif [ "$(bounded runuser -u postgres -- psql -X -q -At \
     "host=$PYPI_OVERLAY_DB port=$PYPI_PG_PORT user=$PYPI_PG_REPL_USER dbname=postgres passfile=$PYPI_PG_PASSFILE connect_timeout=2" \
     -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; then

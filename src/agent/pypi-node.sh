@@ -1,7 +1,8 @@
 #!/bin/sh
 # pypi-node: the node agent. Installs config bundles (validating every candidate with its
-# daemon before it replaces the live file) and carries out the failover actions the
-# runbooks call. Every cloud action has an `aws` and a `lab` backend, chosen by node.env.
+# daemon before it replaces the live file, checking the daemon runs on it after), and reports
+# the node's status. The role's own work is in the role's tool (pypi-db, pypi-app,
+# pypi-balancer), the Heartbeat resource scripts and pypi-volume; pypi-node passes their verbs on.
 set -eu
 
 # shellcheck source=/dev/null
@@ -736,86 +737,6 @@ cmd_bundle_check() {
   fi
 }
 
-# Use of every filesystem the health model watches, and the largest directories on the fullest.
-cmd_disk_report() {
-  for mount in / ${PYPI_DATA_MOUNT:-} ${PYPI_VOLUME_MOUNT:-}; do
-    mountpoint -q "$mount" 2>/dev/null || continue
-    df -P "$mount" | awk -v m="$mount" 'NR == 2 { printf "disk\t%s\t%s used\t%d MB free\n", m, $5, $4 / 1024 }'
-    du -x -a -m -d 2 "$mount" 2>/dev/null | sort -rn | head -n 5 | awk '{ printf "largest\t%s MB\t%s\n", $1, $2 }'
-  done
-}
-
-# After a volume grew (aws ec2 modify-volume): grow the partition and filesystem on it, online.
-cmd_volume_grow() {
-  case $1:$PYPI_ROLE in
-    root:*)
-      dev=$(findmnt -n -o SOURCE /)
-      disk=$(lsblk -p -n -o PKNAME "$dev" | head -n 1)
-      part=$(cat "/sys/class/block/${dev##*/}/partition" 2>/dev/null || echo "")
-      # growpart exits 1 for NOCHANGE: the partition already fills the disk.
-      if [ -n "$disk" ] && [ -n "$part" ]; then growpart "$disk" "$part" >&2 || true; fi
-      resize2fs "$dev" >&2 || die "resize2fs $dev failed"
-      ;;
-    data:db)
-      mountpoint -q "$PYPI_DATA_MOUNT" || die "$PYPI_DATA_MOUNT is not mounted"
-      dev=$(findmnt -n -o SOURCE "$PYPI_DATA_MOUNT")
-      resize2fs "$dev" >&2 || die "resize2fs $dev failed"
-      ;;
-    data:app)
-      # DRBD first (on its primary, once both backing volumes grew), then the filesystem on it.
-      mountpoint -q "$PYPI_VOLUME_MOUNT" || die "$PYPI_VOLUME_MOUNT is not mounted here: run this on the storage primary"
-      drbdadm resize "$PYPI_DRBD_RESOURCE" >&2 || die "drbdadm resize $PYPI_DRBD_RESOURCE failed"
-      dev=$(findmnt -n -o SOURCE "$PYPI_VOLUME_MOUNT")
-      resize2fs "$dev" >&2 || die "resize2fs $dev failed"
-      ;;
-    *) die "volume-grow: data|root (a $PYPI_ROLE has no data volume)" ;;
-  esac
-  cmd_disk_report
-}
-
-# ---------------------------------------------------------------- upload backends
-
-cmd_upload_backend() {
-  action=$1 server=$2
-  case $action in
-    enable | disable) ;;
-    *) die "upload-backend: enable|disable NODE" ;;
-  esac
-  printf '%s server %s/%s\n' "$action" "$PYPI_UPLOAD_BACKEND" "$server" |
-    socat - "UNIX-CONNECT:$PYPI_HAPROXY_SOCKET"
-  printf 'show servers state %s\n' "$PYPI_UPLOAD_BACKEND" | socat - "UNIX-CONNECT:$PYPI_HAPROXY_SOCKET" |
-    awk -v s="$server" '$4 == s { print s, "admin_state=" $7, "op_state=" $6 }'
-}
-
-cmd_upload_backends() {
-  printf 'show servers state %s\n' "$PYPI_UPLOAD_BACKEND" | socat - "UNIX-CONNECT:$PYPI_HAPROXY_SOCKET" |
-    awk 'NR > 2 && NF > 6 { state = ($6 == 2) ? "UP" : "DOWN"; if ($7 != 0) state = "MAINT"; print $4, state }'
-}
-
-upload_backend_up() { cmd_upload_backends | grep -qx "$1 UP"; }
-
-# HAProxy marks a server up after `rise` good checks; poll for it rather than guess the time.
-cmd_upload_backends_wait() {
-  wait_until "HAProxy seeing $1 up" 60 upload_backend_up "$1"
-  cmd_upload_backends
-}
-
-# Run on an app server: the writer address must reach a primary that accepts writes.
-cmd_db_writer_check() {
-  conn="host=$PYPI_OVERLAY_DB port=$PYPI_PG_PORT dbname=$PYPI_PG_DATABASE user=$PYPI_PG_APP_USER passfile=$PYPI_APP_PASSFILE connect_timeout=3"
-  in_recovery=$(psql -X -At -d "$conn" -c 'SELECT pg_is_in_recovery()') || die "writer $PYPI_OVERLAY_DB unreachable"
-  [ "$in_recovery" = f ] || die "writer $PYPI_OVERLAY_DB answers but is in recovery"
-  echo "writer $PYPI_OVERLAY_DB is primary"
-}
-
-cmd_storage_check() {
-  probe="$PYPI_PACKAGE_ROOT/.pypi-node-probe.$PYPI_NODE"
-  mountpoint -q "$PYPI_PACKAGE_ROOT" || [ "$PYPI_BACKEND" = lab ] || die "$PYPI_PACKAGE_ROOT is not mounted"
-  date >"$probe" || die "$PYPI_PACKAGE_ROOT is not writable"
-  rm -f "$probe"
-  echo "storage $PYPI_PACKAGE_ROOT writable"
-}
-
 cmd_service() {
   case $2 in
     start) svc_start "$1" ;;
@@ -824,51 +745,6 @@ cmd_service() {
     status) if svc_running "$1"; then echo "$1 running"; else echo "$1 stopped"; fi ;;
     *) die "service NAME start|stop|restart|status" ;;
   esac
-}
-
-# ---------------------------------------------------------------- balancer watchdog
-
-# Heartbeat v1 watches only its peer, not the resources: a dead nginx under a floating IP would
-# go unnoticed. Heartbeat runs this loop (ha.cf `respawn`) and restarts it if it exits. It
-# restarts nginx, and if nginx cannot run here it hands this node's floating IPs to the peer.
-# An operator pauses it (e.g. to stop nginx on purpose) by creating PYPI_WATCH_PAUSE.
-cmd_watch() {
-  [ "$PYPI_ROLE" = balancer ] || die "watch runs on balancers"
-  # Heartbeat does not respawn a client that exits 100: a node without nginx has nothing to watch.
-  case " ${PYPI_SERVICES:-} " in
-    *" nginx "*) ;;
-    *)
-      log "watch: nginx is not a service of $PYPI_NODE; nothing to watch"
-      exit 100
-      ;;
-  esac
-  watch_pause=${PYPI_WATCH_PAUSE:-/run/pypi-node-watch.pause}
-  watch_interval=${PYPI_WATCH_INTERVAL:-0.5}
-  watch_standby=${PYPI_HB_STANDBY:-/usr/share/heartbeat/hb_standby}
-  watch_takeover=${PYPI_HB_TAKEOVER:-/usr/share/heartbeat/hb_takeover}
-  watch_handed=no
-  while :; do
-    sleep "$watch_interval"
-    [ ! -e "$watch_pause" ] || continue
-    if svc_running nginx; then
-      # Healthy again after a hand-off: take the home addresses back, as auto_failback would.
-      if [ "$watch_handed" = yes ] && grep -Eq '^auto_failback[[:space:]]+on' "$PYPI_HA_CF"; then
-        log "watch: nginx is back; taking this node's floating IPs back"
-        "$watch_takeover" local >&2 || log "watch: $watch_takeover failed"
-      fi
-      watch_handed=no
-      continue
-    fi
-    log "watch: nginx is not running; starting it"
-    if svc_start nginx >&2 && svc_running nginx; then
-      log "watch: nginx started"
-      continue
-    fi
-    [ "$watch_handed" = no ] || continue
-    log "watch: nginx does not start; handing the floating IPs to the peer"
-    "$watch_standby" all >&2 || log "watch: $watch_standby failed"
-    watch_handed=yes
-  done
 }
 
 # ---------------------------------------------------------------- status
@@ -884,158 +760,46 @@ cmd_status() {
       addr=${triple%%=*}
       printf 'fip\t%s\t%s\n' "$addr" "$("$PYPI_FIP_SCRIPT" "$addr" status)"
     done ;;
-    db)
-      printf 'writer\t%s\t%s\n' "$PYPI_OVERLAY_DB" "$(cmd_overlay "$PYPI_OVERLAY_DB" status)"
-      if svc_running postgresql; then
-        if [ "$(pg_in_recovery)" = t ]; then r=standby; else r=primary; fi
-        printf 'postgres\t%s\n' "$r"
+    db) "$PYPI_DB_TOOL" status ;;
+    app)
+      if [ "$PYPI_STORAGE_ROLE" != none ]; then
+        printf 'storage\t%s\t%s\n' "$PYPI_OVERLAY_STORAGE" "$("$PYPI_OVERLAY_SCRIPT" "$PYPI_OVERLAY_STORAGE" status)"
       fi
-      backup_status
       ;;
-    app) printf 'storage\t%s\t%s\n' "$PYPI_OVERLAY_STORAGE" "$(cmd_overlay "$PYPI_OVERLAY_STORAGE" status)" ;;
   esac
-}
-
-# For the alarms: the newest backup and its age, the newest archived WAL (and, on the primary,
-# how long ago it was archived and how many pushes failed), the last restore test.
-backup_status() {
-  bs_now=$(date +%s)
-  bs_info=$(runuser -u postgres -- pgbackrest --config="$PYPI_PGBR_CONF" --stanza="$PYPI_PGBR_STANZA" \
-    --output=json info 2>/dev/null) || bs_info=""
-  printf '%s' "$bs_info" | python3 -c '
-import json, sys
-now = int(sys.argv[1])
-try:
-    s = json.load(sys.stdin)[0]
-except (ValueError, IndexError):
-    print("backup\tunknown\trepository did not answer")
-    sys.exit(0)
-b = s.get("backup") or []
-if b:
-    last = b[-1]
-    print("backup\tnewest\t%s\t%s\tage_s=%d" % (last["label"], last["type"], now - last["timestamp"]["stop"]))
-else:
-    print("backup\tnone\t%s" % s.get("status", {}).get("message", ""))
-a = [x for x in s.get("archive") or [] if x.get("max")]
-print("archive\tnewest\t%s" % (a[-1]["max"] if a else "none"))
-' "$bs_now"
-  if svc_running postgresql && [ "$(pg_in_recovery)" = f ]; then
-    pgsql "SELECT 'archiver' || chr(9) || coalesce(last_archived_wal, 'none') || chr(9) || 'age_s=' ||
-      coalesce(extract(epoch FROM now() - last_archived_time)::bigint::text, '-') || chr(9) ||
-      'failed=' || failed_count FROM pg_stat_archiver"
-  fi
-  if [ -r "$PYPI_AGENT_STATE/restore-test" ]; then
-    read -r bs_at bs_result bs_rest <"$PYPI_AGENT_STATE/restore-test"
-    printf 'restore-test\t%s\tage_s=%s\t%s\n' "$bs_result" "$((bs_now - bs_at))" "$bs_rest"
-  fi
 }
 
 usage() {
   cat >&2 <<'EOF'
 usage: pypi-node COMMAND
   apply [BUNDLE_DIR]          validate changed files, install them, reload what changed
-  health [--publish]          this node's checks as JSON (state, value, runbook); --publish sends them
-  bundle-check                why the newest bundle was refused, if it was
-  disk-report                 use of the watched filesystems and their largest directories
-  volume-grow data|root       grow the filesystem of a grown EBS volume, online
   check [BUNDLE_DIR]          validate every file of a bundle without installing
   status                      services, addresses and database role of this node
-  converge                    after apply, at every boot: take this node's place (volumes, pairs, schema)
-  fip ADDRESS start|stop|status        floating IP (Heartbeat resource-script form)
-  overlay ADDRESS take|release|status  overlay IP (writer or storage address)
-  nfs start|stop|status       NFS server for the storage pair
-  db-init                     (db) first bring-up as PYPI_PG_INITIAL_ROLE; no-op once done
-  db-fence | db-promote | db-reattach | db-sync on|off | db-replication [--wait NAME]
-  db-backup full|diff|incr | db-archive-check | db-restore-test   (db) pgBackRest backups and their proof
-  db-pitr TIME | db-scratch-sql SQL | db-scratch-stop   (db) point-in-time copy on a scratch server
-  db-restore                  (db) both nodes lost: become the primary from the repository
-  files-copy | files-restore [--all]   (app) package file copies: make them / restore from them
-  db-writer-check             (app) the writer address reaches a writable primary
-  storage-check               (app) the package root is mounted and writable
-  package-layout DIR          create the package volume's directories and ownership
-  app-migrate | register      (app) the index app's schema migrations / upload registration
-  upload-backend enable|disable NODE | upload-backends [--wait NODE]
+  bundle-check                why the newest bundle was refused, if it was
   service NAME start|stop|restart|status
-  watch                       (balancer) keep nginx running under the floating IPs (Heartbeat respawns it)
+The role's tools, under the names the runbooks use:
+  converge                    after apply, at every boot: this node's place (pypi-db, pypi-app or pypi-balancer)
+  health [--publish]          this node's checks as JSON (pypi-health)
+  disk-report | volume-grow data|root                  (pypi-volume report | grow)
+  fip ADDRESS start|stop|status                        (balancer: pypi-fip)
+  watch | upload-backend enable|disable NODE | upload-backends [--wait NODE]   (balancer: pypi-balancer)
+  overlay ADDRESS take|release|status|holder           (db, storage pair: pypi-overlay)
+  nfs start|stop|status                                (storage pair: pypi-nfs)
+  db-fence | db-promote | db-reattach | db-sync on|off | db-replication [--wait NAME] | db-status
+  db-backup full|diff|incr | db-archive-check | db-restore-test | db-restore [--force]
+  db-pitr TIME | db-scratch-sql SQL | db-scratch-stop  (db: pypi-db COMMAND)
+  db-writer-check | storage-check | package-layout DIR | app-migrate | register
+  files-copy | files-restore [--all]                   (app: pypi-app)
 EOF
   exit 2
 }
 
-# A bad rm may have taken the directories too: the layout comes first, as on a new volume. Laid
-# out on the volume itself where it is mounted (the storage primary, where the runbook runs): root
-# cannot create directories through the NFS export (root_squash).
-cmd_files_restore() {
-  if mountpoint -q "$PYPI_VOLUME_MOUNT"; then ensure_package_layout "$PYPI_VOLUME_MOUNT" >/dev/null; fi
-  app_cli restore-files "$@"
-}
-
-# Runs the index app's CLI as www-data with the environment Apache gives it.
-app_cli() {
-  (
-    set -a
-    # shellcheck disable=SC1090
-    . "$PYPI_APP_ENV"
-    set +a
-    exec runuser -u www-data -- "$PYPI_APP_SCRIPT" "$@"
-  )
-}
-
-
-# ---------------------------------------------------------------- converge
-
-# DRBD's first bring-up on the storage pair: metadata on a new disk, attach and connect, and
-# the first full sync forced from the home node only, once, while both disks are new.
-drbd_converge() {
-  [ "$PYPI_STORAGE_ROLE" != none ] || return 0
-  if [ "$PYPI_BACKEND" = lab ]; then
-    log "converge: the lab's kernel has no DRBD; the shared directory stands in for the volume"
-    return 0
-  fi
-  wait_until "data volume $PYPI_DATA_DEVICE" "${PYPI_VOLUME_WAIT_SECONDS:-300}" test -b "$PYPI_DATA_DEVICE"
-  modprobe drbd
-  if ! drbdadm dump-md "$PYPI_DRBD_RESOURCE" >/dev/null 2>&1; then
-    [ -z "$(wipefs -n -O TYPE --noheadings "$PYPI_DATA_DEVICE" 2>/dev/null)" ] ||
-      die "$PYPI_DATA_DEVICE carries data but no DRBD metadata; not touching it"
-    drbdadm -- --force create-md "$PYPI_DRBD_RESOURCE" >&2
-  fi
-  drbdadm cstate "$PYPI_DRBD_RESOURCE" >/dev/null 2>&1 || drbdadm up "$PYPI_DRBD_RESOURCE"
-  synced="$PYPI_AGENT_STATE/drbd-initial-sync"
-  if [ "$PYPI_STORAGE_ROLE" = home ] && [ ! -e "$synced" ]; then
-    wait_until "the DRBD peer to connect" 900 sh -c "drbdadm cstate $PYPI_DRBD_RESOURCE | grep -qx Connected"
-    case $(drbdadm dstate "$PYPI_DRBD_RESOURCE") in
-      Inconsistent/Inconsistent)
-        log "converge: both disks are new; forcing the first sync from $PYPI_NODE"
-        drbdadm primary --force "$PYPI_DRBD_RESOURCE"
-        mkfs.ext4 -q -L pypi-packages "/dev/drbd$PYPI_DRBD_MINOR" >&2
-        drbdadm secondary "$PYPI_DRBD_RESOURCE"
-        ;;
-    esac
-    : >"$synced"
-    # Heartbeat may have tried the group before the disk existed; let it try again.
-    svc_reload heartbeat
-  fi
-}
-
-app_converge() {
-  drbd_converge
-  # The package root is the storage pair's NFS export on AWS; the lab binds a shared directory.
-  if [ -n "$PYPI_PACKAGE_MOUNT_UNIT" ]; then systemctl enable --now "$PYPI_PACKAGE_MOUNT_UNIT"; fi
-  wait_until "the package volume laid out at $PYPI_PACKAGE_ROOT" 900 test -d "$PYPI_PACKAGE_ROOT/incoming"
-  wait_until "a writable primary at $PYPI_OVERLAY_DB" 900 cmd_db_writer_check
-  # Every app server runs the migrations; an advisory lock serialises them and a done one is a no-op.
-  app_cli migrate >&2
-  echo "converge: $PYPI_NODE serves the index"
-}
-
-cmd_converge() {
-  case $PYPI_ROLE in
-    db) exec "$PYPI_DB_TOOL" converge ;;
-    app) app_converge ;;
-    balancer)
-      for triple in $PYPI_FIPS; do "$PYPI_FIP_SCRIPT" "${triple%%=*}" reclaim; done
-      for svc in $PYPI_SERVICES; do svc_running "$svc" || die "converge: $svc is not running"; done
-      ;;
-  esac
+# A role's verbs live in the role's tool, shipped only to that role's nodes.
+role_exec() {
+  re_role=$1 re_tool=$2
+  shift 2
+  [ "$PYPI_ROLE" = "$re_role" ] || die "$command runs on a $re_role node, not on a $PYPI_ROLE"
+  exec "$re_tool" "$@"
 }
 
 main() {
@@ -1050,33 +814,32 @@ main() {
   case $command in
     check | apply) ;;
     status) cmd_status ;;
-    health) exec "$PYPI_HEALTH_TOOL" "$@" ;;
     bundle-check) cmd_bundle_check ;;
-    disk-report) cmd_disk_report ;;
-    volume-grow) [ $# -eq 1 ] || usage && cmd_volume_grow "$1" ;;
-    converge) cmd_converge ;;
-    fip) exec "$PYPI_FIP_SCRIPT" "$@" ;;
-    overlay) [ $# -eq 2 ] || usage && cmd_overlay "$1" "$2" ;;
-    nfs) exec "$PYPI_NFS_SCRIPT" "$@" ;;
-    db-init | db-fence | db-promote | db-reattach | db-sync | db-replication | db-backup | db-archive-check | \
-      db-pitr | db-scratch-sql | db-scratch-stop | db-restore-test | db-restore) exec "$PYPI_DB_TOOL" "${command#db-}" "$@" ;;
-    upload-backend) [ $# -eq 2 ] || usage && cmd_upload_backend "$1" "$2" ;;
-    upload-backends)
-      case $# in
-        0) cmd_upload_backends ;;
-        2) [ "$1" = --wait ] || usage && cmd_upload_backends_wait "$2" ;;
-        *) usage ;;
+    service) [ $# -eq 2 ] || usage && cmd_service "$1" "$2" ;;
+    health) exec "$PYPI_HEALTH_TOOL" "$@" ;;
+    disk-report) exec "$PYPI_VOLUME_TOOL" report ;;
+    volume-grow) exec "$PYPI_VOLUME_TOOL" grow "$@" ;;
+    converge)
+      case $PYPI_ROLE in
+        db) exec "$PYPI_DB_TOOL" converge ;;
+        app) exec "$PYPI_APP_TOOL" converge ;;
+        balancer) exec "$PYPI_BALANCER_TOOL" converge ;;
       esac
       ;;
-    db-writer-check) cmd_db_writer_check ;;
-    storage-check) cmd_storage_check ;;
-    package-layout) [ $# -eq 1 ] || usage && ensure_package_layout "$1" ;;
-    app-migrate) app_cli migrate ;;
-    register) app_cli register ;;
-    files-copy) app_cli copy-files ;;
-    files-restore) cmd_files_restore "$@" ;;
-    service) [ $# -eq 2 ] || usage && cmd_service "$1" "$2" ;;
-    watch) cmd_watch ;;
+    fip) role_exec balancer "${PYPI_FIP_SCRIPT:-}" "$@" ;;
+    watch | upload-backend | upload-backends) role_exec balancer "${PYPI_BALANCER_TOOL:-}" "$command" "$@" ;;
+    overlay)
+      [ -n "${PYPI_OVERLAY_SCRIPT:-}" ] || die "overlay: $PYPI_NODE holds no overlay address"
+      exec "$PYPI_OVERLAY_SCRIPT" "$@"
+      ;;
+    nfs)
+      [ -n "${PYPI_NFS_SCRIPT:-}" ] || die "nfs: $PYPI_NODE is not in the storage pair"
+      exec "$PYPI_NFS_SCRIPT" "$@"
+      ;;
+    db-writer-check) role_exec app "${PYPI_APP_TOOL:-}" writer-check ;;
+    db-*) role_exec db "${PYPI_DB_TOOL:-}" "${command#db-}" "$@" ;;
+    storage-check | package-layout | register | files-copy | files-restore) role_exec app "${PYPI_APP_TOOL:-}" "$command" "$@" ;;
+    app-migrate) role_exec app "${PYPI_APP_TOOL:-}" migrate ;;
     *) usage ;;
   esac
 }

@@ -1,10 +1,95 @@
 #!/bin/sh
-# Heartbeat resource script and agent verb for an overlay address (the database writer or the
-# storage NFS address): `pypi-overlay ADDRESS take|release|status` (start/stop are aliases).
+# The overlay addresses (the database writer and the storage NFS address) live outside the VPC:
+# a /32 route in every private route table names the holder's interface, and the holder carries
+# the address itself (on lo on AWS). Heartbeat resource script of the storage pair, and the
+# database tool's way to take and give up the writer address:
+#   pypi-overlay ADDRESS take|release|status|holder   (start/stop are Heartbeat's names)
+# holder prints mine, other or none: where the route points, whatever this node carries.
 set -eu
 # shellcheck source=/dev/null
 . "$PYPI_LIB"
 
+# Where the route of an overlay address points: mine, other, or none (never taken). Only the
+# route counts: a rebooted node has lost the address itself but the route still names it.
+overlay_holder() {
+  case $PYPI_BACKEND in
+    lab) lab_assoc_holder routes "$1" ;;
+    aws)
+      oh_eni=$(own_eni) || die "cannot learn this node's network interface from IMDS"
+      oh_rtb=${PYPI_ROUTE_TABLES%% *}
+      oh_route=$(aws_try 3 ec2 describe-route-tables --route-table-ids "$oh_rtb" \
+        --query "RouteTables[0].Routes[?DestinationCidrBlock=='$1/32'] | [0].[NetworkInterfaceId, State]") ||
+        die "cannot read route table $oh_rtb"
+      read -r oh_target oh_state <<ROUTE || true
+$oh_route
+ROUTE
+      # A blackhole route points at an interface that was deleted with its instance: nobody holds it.
+      # This node's own interface exists, so its route reads blackhole only for a moment (its
+      # instance was stopped and started): still mine.
+      case $oh_target:$oh_state in
+        :* | None:*) echo none ;;
+        "$oh_eni":*) echo mine ;;
+        *:blackhole) echo none ;;
+        *) echo other ;;
+      esac
+      ;;
+  esac
+}
+
+cmd_overlay() {
+  addr=$1 action=$2
+  case $PYPI_BACKEND:$action in
+    lab:start | lab:take)
+      lab_assoc_set routes "$addr"
+      lab_addr_held "$addr" || ip addr add "$addr/32" dev "$PYPI_IFACE"
+      arping -q -U -c 2 -w 1 -I "$PYPI_IFACE" "$addr" || true
+      ;;
+    lab:stop | lab:release) if lab_addr_held "$addr"; then ip addr del "$addr/32" dev "$PYPI_IFACE"; fi ;;
+    lab:status) if lab_addr_held "$addr" && [ "$(overlay_holder "$addr")" = mine ]; then echo running; else echo stopped; fi ;;
+    aws:start | aws:take)
+      eni=$(own_eni) || die "overlay $addr: no network interface id from IMDS; no route changed"
+      [ -n "${PYPI_ROUTE_TABLES:-}" ] || die "overlay $addr: PYPI_ROUTE_TABLES is empty"
+      ip -o addr show dev lo | grep -q " $addr/" || ip addr add "$addr/32" dev lo
+      for rtb in $PYPI_ROUTE_TABLES; do
+        aws_try 5 ec2 replace-route --route-table-id "$rtb" --destination-cidr-block "$addr/32" \
+          --network-interface-id "$eni" >/dev/null ||
+          die "overlay $addr: replace-route in $rtb failed 5 times"
+        target=$(aws_expect 3 "$eni" ec2 describe-route-tables --route-table-ids "$rtb" \
+          --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]") ||
+          die "overlay $addr: $rtb routes it to $target, not to this node's $eni"
+      done
+      ;;
+    aws:stop | aws:release) if ip -o addr show dev lo | grep -q " $addr/"; then ip addr del "$addr/32" dev lo; fi ;;
+    aws:status)
+      # A rebooted holder has lost its loopback address while the route still names it: that is
+      # not running (Heartbeat then starts the resource, which puts the address back).
+      if ! ip -o addr show dev lo | grep -q " $addr/"; then
+        echo stopped
+        return 0
+      fi
+      if ! eni=$(own_eni); then
+        echo unknown
+        die "overlay $addr: no network interface id from IMDS"
+      fi
+      for rtb in $PYPI_ROUTE_TABLES; do
+        if ! target=$(aws_try 2 ec2 describe-route-tables --route-table-ids "$rtb" \
+          --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]"); then
+          echo unknown
+          die "overlay $addr: cannot read route table $rtb"
+        fi
+        [ "$target" = "$eni" ] || {
+          echo stopped
+          return 0
+        }
+      done
+      echo running
+      ;;
+    *:holder) overlay_holder "$addr" ;;
+    *) die "overlay: unknown action $action (take|release|status|holder)" ;;
+  esac
+}
+
+
 load_config
-[ $# -eq 2 ] || die "usage: pypi-overlay ADDRESS take|release|status"
+[ $# -eq 2 ] || die "usage: pypi-overlay ADDRESS take|release|status|holder"
 cmd_overlay "$1" "$2"

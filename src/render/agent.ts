@@ -3,7 +3,14 @@ import { dirname, relative } from "node:path";
 import { NEWEST_FILES_CHECKED } from "../health.js";
 import { dataVolumeDevice, PG_DATA_MOUNT, paths, pgBinDir, pgConfDir, pgDataDir } from "../layout.js";
 import { projectFile } from "../project-files.js";
-import { type NodeSpec, nodesWithRole, peerOf, pgDialect, storagePair, type Topology } from "../topology.js";
+import {
+  type NodeSpec,
+  nodesWithRole,
+  peerOf,
+  pgDialect,
+  storagePair,
+  type Topology,
+} from "../topology.js";
 import { apacheConfDir, indexDbPasswordFile } from "./apache.js";
 import { bootstrapIncomingDir } from "./cloud-init.js";
 import { DRBD_RESOURCE, drbdPaths } from "./drbd.js";
@@ -28,22 +35,28 @@ export type AgentScript =
   | "lib"
   | "pypi-node"
   | "pypi-db"
+  | "pypi-app"
+  | "pypi-balancer"
+  | "pypi-volume"
   | "pypi-health"
   | "pypi-fip"
   | "pypi-nfs"
   | "pypi-overlay"
-  | "pypi-drbd-fence";
+  | "pypi-drbd";
 
 /** Where each script is installed; the resource scripts live where Heartbeat looks for them. */
 export const agentScriptPaths: Record<AgentScript, string> = {
   lib: paths.agentLib,
   "pypi-node": paths.agent,
   "pypi-db": paths.dbTool,
+  "pypi-app": paths.appTool,
+  "pypi-balancer": paths.balancerTool,
+  "pypi-volume": paths.volumeTool,
   "pypi-health": paths.healthTool,
   "pypi-fip": resourceScriptPath("pypi-fip"),
   "pypi-nfs": resourceScriptPath("pypi-nfs"),
   "pypi-overlay": resourceScriptPath("pypi-overlay"),
-  "pypi-drbd-fence": drbdPaths.fenceHandler,
+  "pypi-drbd": drbdPaths.tool,
 };
 
 const sourceFile = (name: AgentScript): string => `src/agent/${name}.sh`;
@@ -98,19 +111,17 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     ["PYPI_OVERLAY_DB", t.overlay.dbWriter],
     ["PYPI_OVERLAY_STORAGE", t.overlay.storage],
     ["PYPI_ROUTE_TABLES", t.overlay.routeTableIds.join(" ")],
-    ["PYPI_DB_TOOL", agentScriptPaths["pypi-db"]],
     ["PYPI_HEALTH_TOOL", agentScriptPaths["pypi-health"]],
+    ["PYPI_VOLUME_TOOL", agentScriptPaths["pypi-volume"]],
     ["PYPI_HEALTH_TABLE", HEALTH_TABLE_PATH],
     ["PYPI_HEALTH_NAMESPACE", t.health.namespace],
-    ["PYPI_FIP_SCRIPT", agentScriptPaths["pypi-fip"]],
-    ["PYPI_NFS_SCRIPT", agentScriptPaths["pypi-nfs"]],
     // Where the bundles install units and drop-ins; the lab's direct start reads them from there.
     ["PYPI_UNIT_DIR", dirname(uploadWatchUnitPath)],
   ];
   if (t.backend === "lab")
     vars.push(
       ["PYPI_SECRETS_DIR", `${t.bundleLocation}/secrets`],
-      // The lab's stand-in for the route tables, shared by every node (see overlay_holder).
+      // The lab's stand-in for the route tables, shared by every node (see pypi-overlay holder).
       ["PYPI_LAB_CLOUD", `${t.bundleLocation}/cloud`],
     );
   if (node.dataVolumeId !== undefined) vars.push(["PYPI_DATA_DEVICE", dataVolumeDevice(node.dataVolumeId)]);
@@ -121,6 +132,8 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       (fip, i) => `${fip.address}=${fip.allocationId}=${node.secondaryIps[i] ?? ""}`,
     );
     vars.push(
+      ["PYPI_BALANCER_TOOL", agentScriptPaths["pypi-balancer"]],
+      ["PYPI_FIP_SCRIPT", agentScriptPaths["pypi-fip"]],
       ["PYPI_FIPS", fips.join(" ")],
       ["PYPI_UPLOAD_BACKEND", UPLOAD_BACKEND],
       ["PYPI_HAPROXY_SOCKET", paths.haproxySocket],
@@ -143,6 +156,8 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     const pg = t.postgres;
     const peer = peerOf(t, node);
     vars.push(
+      ["PYPI_DB_TOOL", agentScriptPaths["pypi-db"]],
+      ["PYPI_OVERLAY_SCRIPT", agentScriptPaths["pypi-overlay"]],
       ["PYPI_PG_VERSION", String(pg.version)],
       ["PYPI_PG_DIALECT", pgDialect(pg.version)],
       ["PYPI_PG_BIN", pg.binDir],
@@ -177,6 +192,7 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
   }
   if (node.role === "app") {
     vars.push(
+      ["PYPI_APP_TOOL", agentScriptPaths["pypi-app"]],
       [
         "PYPI_APP_SERVERS",
         nodesWithRole(t, "app")
@@ -205,7 +221,13 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
       ["PYPI_APP_HEALTH_URL", `http://${node.privateIp}:${t.app.httpPort}/_health`],
     );
     if (storageRole(t, node) !== "none")
-      vars.push(["PYPI_DRBD_DIR", dirname(drbdPaths.resource)], ["PYPI_NFS_EXPORTS", nfsPaths.exports]);
+      vars.push(
+        ["PYPI_OVERLAY_SCRIPT", agentScriptPaths["pypi-overlay"]],
+        ["PYPI_NFS_SCRIPT", agentScriptPaths["pypi-nfs"]],
+        ["PYPI_DRBD_TOOL", agentScriptPaths["pypi-drbd"]],
+        ["PYPI_DRBD_DIR", dirname(drbdPaths.resource)],
+        ["PYPI_NFS_EXPORTS", nfsPaths.exports],
+      );
   }
   return `${vars.map(([key, value]) => `${key}=${shQuote(value)}`).join("\n")}\n`;
 }

@@ -15,8 +15,8 @@ export const drbdPaths = {
    * neither include of Debian's /etc/drbd.conf (`global_common.conf`, `*.res`).
    */
   secret: `/etc/drbd.d/${DRBD_RESOURCE}.secret`,
-  /** The agent's fence-peer and after-resync-target handler (src/agent/pypi-drbd-fence.sh). */
-  fenceHandler: `${posix.dirname(paths.agentLib)}/pypi-drbd-fence`,
+  /** The agent's DRBD tool: first bring-up, and the fence-peer and after-resync-target handlers (src/agent/pypi-drbd.sh). */
+  tool: `${posix.dirname(paths.agentLib)}/pypi-drbd`,
 } as const;
 
 /**
@@ -84,8 +84,8 @@ export function renderDrbdResource(t: Topology): string {
     "  }",
     "  handlers {",
     `    split-brain ${drbdString("split-brain handler", "/usr/lib/drbd/notify-split-brain.sh root")};`,
-    `    fence-peer ${drbdString("fence-peer handler", `${drbdPaths.fenceHandler} fence-peer`)};`,
-    `    after-resync-target ${drbdString("after-resync-target handler", `${drbdPaths.fenceHandler} after-resync-target`)};`,
+    `    fence-peer ${drbdString("fence-peer handler", `${drbdPaths.tool} fence-peer`)};`,
+    `    after-resync-target ${drbdString("after-resync-target handler", `${drbdPaths.tool} after-resync-target`)};`,
     "  }",
     ...pair.flatMap((n) => [
       `  on ${drbdString("node name", n.name)} {`,

@@ -73,8 +73,8 @@ function renderHaCf(
   ].join("\n");
 }
 
-/** The agent loop Heartbeat keeps running on each balancer (see `pypi-node watch`). */
-export const BALANCER_WATCH_COMMAND = `${paths.agent} watch`;
+/** The agent loop Heartbeat keeps running on each balancer (see `pypi-balancer watch`). */
+export const BALANCER_WATCH_COMMAND = `${paths.balancerTool} watch`;
 
 /**
  * ha.cf of one balancer: unicast to the other balancer. Heartbeat v1 does not monitor its

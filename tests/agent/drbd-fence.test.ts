@@ -54,7 +54,7 @@ const outdater = (dir: string, ...codes: number[]) =>
     codes.map((c) => [c, ""]),
   );
 
-describe("pypi-drbd-fence fence-peer", () => {
+describe("pypi-drbd fence-peer", () => {
   let fakes: FakeCloud;
   beforeEach(() => {
     fakes = fakeCloud("");
@@ -66,7 +66,7 @@ describe("pypi-drbd-fence fence-peer", () => {
           .trim()
           .split("\n")
       : [];
-  const fence = () => fakes.run("pypi-drbd-fence", ["fence-peer"], DRBD_ENV);
+  const fence = () => fakes.run("pypi-drbd", ["fence-peer"], DRBD_ENV);
   const ASKED = `-t 5 -r ${DRBD_RESOURCE} -p ${peer.name}`;
 
   it("reports a peer Heartbeat holds dead at once (5), without dopd", () => {
@@ -132,7 +132,7 @@ describe("pypi-drbd-fence fence-peer", () => {
 
   it("refuses to run without drbdadm's environment", () => {
     fakes.install("cl_status", clStatus(fakes.dir, "dead"));
-    const r = fakes.run("pypi-drbd-fence", ["fence-peer"], { DRBD_RESOURCE });
+    const r = fakes.run("pypi-drbd", ["fence-peer"], { DRBD_RESOURCE });
     expect(r.status).toBe(1);
     expect(calls("cl_status")).toEqual([]);
   });
@@ -150,17 +150,17 @@ describe.skipIf(!canRunDrbdadm)("the rendered resource's handlers, run by drbdad
 
   /** drbdadm with the rendered resource, the handler at a temporary path, on `home`. */
   function drbdadm(command: string): { status: number; stderr: string } {
-    const handler = fakes.script("pypi-drbd-fence");
+    const handler = fakes.script("pypi-drbd");
     const conf = join(fakes.dir, "drbd.conf");
     const rendered = renderDrbdResource(t);
-    expect(rendered).toContain(`"${drbdPaths.fenceHandler} ${command}"`);
+    expect(rendered).toContain(`"${drbdPaths.tool} ${command}"`);
     writeFileSync(
       conf,
       rendered
         .split("\n")
         .filter((l) => !l.startsWith("include "))
         .join("\n")
-        .replaceAll(drbdPaths.fenceHandler, handler),
+        .replaceAll(drbdPaths.tool, handler),
     );
     const [cmd, ...args] = isolatedArgv(
       { uts: true },

@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type AgentScript, agentScript } from "../../src/render/agent.js";
+import { type AgentScript, agentScript, agentScriptPaths } from "../../src/render/agent.js";
 
 export const MY_ENI = "eni-0mine";
 const MAC = "0a:1b:2c:3d:4e:5f";
@@ -95,6 +95,18 @@ export interface FakeCloud {
   cleanup(): void;
 }
 
+/** An agent script in DIR, sourcing DIR's copy of the library. */
+function installScript(dir: string, name: AgentScript): string {
+  const text = agentScript(name)
+    .split("\n")
+    .map((l) => (l.startsWith("PYPI_LIB=") ? `PYPI_LIB='${join(dir, "lib.sh")}'` : l))
+    .join("\n");
+  const path = join(dir, name);
+  writeFileSync(path, text);
+  chmodSync(path, 0o755);
+  return path;
+}
+
 /** With `realSleep`, pauses really happen, so a test can measure the wall time. */
 export function fakeCloud(nodeEnv: string, { realSleep = false } = {}): FakeCloud {
   const dir = mkdtempSync(join(tmpdir(), "pypi-fake-cloud-"));
@@ -111,7 +123,12 @@ export function fakeCloud(nodeEnv: string, { realSleep = false } = {}): FakeClou
     chmodSync(join(bin, name), 0o755);
   }
   writeFileSync(join(dir, "lib.sh"), agentScript("lib"));
-  writeFileSync(join(dir, "node.env"), nodeEnv);
+  // The node's tools and resource scripts as node.env names them, pointed at this directory's copies.
+  const toolVars = [...nodeEnv.matchAll(/^(PYPI_\w+)='([^']*)'$/gm)].flatMap(([, key, value]) => {
+    const name = (Object.keys(agentScriptPaths) as AgentScript[]).find((n) => agentScriptPaths[n] === value);
+    return name === undefined || name === "lib" ? [] : [`${key}='${installScript(dir, name)}'`];
+  });
+  writeFileSync(join(dir, "node.env"), [nodeEnv.trimEnd(), ...toolVars, ""].join("\n"));
   const PATH = `${bin}:/usr/sbin:/usr/bin:/sbin:/bin`;
   const lines = (file: string) =>
     existsSync(join(dir, file)) ? readFileSync(join(dir, file), "utf8").split("\n").filter(Boolean) : [];
@@ -135,16 +152,7 @@ export function fakeCloud(nodeEnv: string, { realSleep = false } = {}): FakeClou
     },
     dir,
     path: PATH,
-    script(name) {
-      const text = agentScript(name)
-        .split("\n")
-        .map((l) => (l.startsWith("PYPI_LIB=") ? `PYPI_LIB='${join(dir, "lib.sh")}'` : l))
-        .join("\n");
-      const path = join(dir, name);
-      writeFileSync(path, text);
-      chmodSync(path, 0o755);
-      return path;
-    },
+    script: (name) => installScript(dir, name),
     install(name, text) {
       writeFileSync(join(bin, name), text);
       chmodSync(join(bin, name), 0o755);

@@ -38,9 +38,9 @@ function setUp(t: Topology, nodeName: string, backend: "aws" | "lab"): { cloud: 
   mkdirSync(join(root, "incoming", "alice", "upload"), { recursive: true });
   writeFileSync(join(dir, "health.tsv"), renderNodeHealthTable(t, node));
   // This test's own paths, and nothing that leaves the machine.
-  writeFileSync(
+  appendFileSync(
     join(dir, "node.env"),
-    `${env}${[
+    `${[
       `PYPI_BACKEND=${backend}`,
       `PYPI_AGENT_STATE='${join(dir, "state")}'`,
       `PYPI_HEALTH_TABLE='${join(dir, "health.tsv")}'`,
@@ -210,7 +210,6 @@ describe.runIf(canRun)("pypi-node health on a balancer", { timeout: 60_000 }, ()
   beforeEach(() => {
     ({ cloud } = setUp(t, "lb-a", "lab"));
     cloud.install("arping", "#!/bin/sh\n");
-    appendFileSync(join(cloud.dir, "node.env"), `PYPI_FIP_SCRIPT='${cloud.script("pypi-fip")}'\n`);
   });
   afterEach(() => cloud.cleanup());
 

@@ -1,10 +1,3 @@
-/**
- * The overlay address move on AWS (`replace-route` in every private route table), under real
- * `sh` against fake `aws`/`curl`/`ip`: bounded retries with short timeouts, verified routes and
- * a loud IMDS failure.
- */
-import { spawnSync } from "node:child_process";
-import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { renderAgentEnv } from "../../src/render/agent.js";
 import { nodeByName } from "../../src/topology.js";
@@ -92,15 +85,7 @@ describe("who holds the writer route (pypi-db's first boot asks)", { timeout: 30
     cloud = fakeCloud(renderAgentEnv(t, dbA, ["postgresql"]));
   });
   afterEach(() => cloud.cleanup());
-  const holder = (): string =>
-    spawnSync(
-      "sh",
-      ["-c", `. '${cloud.dir}/lib.sh' && load_config && overlay_holder ${t.overlay.dbWriter}`],
-      {
-        encoding: "utf8",
-        env: { PATH: cloud.path, PYPI_NODE_CONFIG: join(cloud.dir, "node.env") },
-      },
-    ).stdout.trim();
+  const holder = (): string => cloud.run("pypi-overlay", [t.overlay.dbWriter, "holder"]).stdout.trim();
 
   it.each([
     [`${MY_ENI}\tactive`, "mine"],

@@ -30,7 +30,7 @@ const ALLOWED: Record<string, string> = {
   "/dev/null": "the null device (the bootstrap's shell text in TypeScript uses it too)",
   // drbd-peer-outdater, dopd's client, is Debian's heartbeat package's; DOPD is its daemon. The
   // handler runs under the kernel's PATH and reads no node.env.
-  "/usr/libexec/heartbeat": "pypi-drbd-fence: Debian's heartbeat libexec dir on PATH",
+  "/usr/libexec/heartbeat": "pypi-drbd: Debian's heartbeat libexec dir on PATH",
   // drbd_converge formats the device; drbd.ts and heartbeat.ts render `/dev/drbd${minor}` too.
   // Converge is edited elsewhere; the move to a node.env variable is left to that change.
   "/dev/drbd*": "drbd_converge: the DRBD device, from PYPI_DRBD_MINOR",
@@ -214,12 +214,16 @@ describe("agent variables: every one a script reads is emitted for its nodes", (
     expect(shipping.length, `no bundle ships ${name}`).toBeGreaterThan(0);
     // A script every node ships (the library, pypi-node) has role-specific parts: a variable is
     // needed on some node. A script for some nodes only needs each variable on each of them.
+    // A variable read only as `${V:-}` is optional by its reads: some of these nodes must set it.
     const everywhere = shipping.length === nodes.length;
+    const text = code(agentScript(name));
+    const optional = (v: string): boolean =>
+      [...text.matchAll(new RegExp(`\\$\\{?${v}\\b(:-\\})?`, "g"))].every((m) => m[1] !== undefined);
     const missing = [...reads(agentScript(name))]
       .filter((v) => !assigned.has(v) && !TUNABLES.has(v))
       .flatMap((v) => {
         const lacking = shipping.filter((n) => !n.vars.has(v)).map((n) => n.node);
-        const bad = everywhere ? lacking.length === shipping.length : lacking.length > 0;
+        const bad = everywhere || optional(v) ? lacking.length === shipping.length : lacking.length > 0;
         return bad ? [`${v} (not in node.env of ${lacking.join(", ")})`] : [];
       });
     expect(missing).toEqual([]);

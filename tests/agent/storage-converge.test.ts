@@ -5,7 +5,7 @@
  * the data volume is a block device node that nothing backs.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { renderAgentEnv } from "../../src/render/agent.js";
@@ -57,9 +57,9 @@ function storageNode(name: string, opts: { wipefs?: string; dstate?: string; syn
   writeFileSync(join(c.dir, "app.env"), "");
   writeFileSync(join(c.dir, "dstate"), `${opts.dstate ?? "Inconsistent/Inconsistent"}\n`);
   // The node's own paths pointed into the test directory; everything else as rendered.
-  writeFileSync(
+  appendFileSync(
     join(c.dir, "node.env"),
-    `${env0}PYPI_DATA_DEVICE='${device}'\nPYPI_AGENT_STATE='${state}'\nPYPI_PACKAGE_ROOT='${root}'\nPYPI_APP_ENV='${join(c.dir, "app.env")}'\n`,
+    `PYPI_DATA_DEVICE='${device}'\nPYPI_AGENT_STATE='${state}'\nPYPI_PACKAGE_ROOT='${root}'\nPYPI_APP_ENV='${join(c.dir, "app.env")}'\n`,
   );
   c.install("drbdadm", fakeDrbdadm(c.dir));
   c.install("wipefs", `#!/bin/sh\nprintf '%s' '${opts.wipefs ?? ""}'\n`);

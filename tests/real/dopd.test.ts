@@ -115,8 +115,8 @@ describe.skipIf(!canRun)(
     const fencePeer = () => {
       const lib = join(root, "lib.sh");
       writeFileSync(lib, agentScript("lib"));
-      const handler = join(root, "pypi-drbd-fence");
-      const text = agentScript("pypi-drbd-fence").replace(/^PYPI_LIB=.*$/m, `PYPI_LIB='${lib}'`);
+      const handler = join(root, "pypi-drbd");
+      const text = agentScript("pypi-drbd").replace(/^PYPI_LIB=.*$/m, `PYPI_LIB='${lib}'`);
       writeFileSync(handler, text);
       return inAppA(["sh", handler, "fence-peer"], { DRBD_RESOURCE, DRBD_PEER: "app-b" });
     };

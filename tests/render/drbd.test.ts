@@ -68,15 +68,15 @@ describe.each<Shape>(["staging", "prod"])("drbd (%s)", (shape) => {
     expect(disk).toBeGreaterThan(-1);
     expect(l.slice(disk, disk + 3)).toEqual(["disk {", "fencing resource-only;", "}"]);
     const handlers = l.slice(l.indexOf("handlers {"));
-    const handler = "/usr/local/lib/pypi-node/pypi-drbd-fence";
+    const handler = "/usr/local/lib/pypi-node/pypi-drbd";
     expect(handlers.slice(0, handlers.indexOf("}"))).toEqual([
       "handlers {",
       'split-brain "/usr/lib/drbd/notify-split-brain.sh root";',
       `fence-peer "${handler} fence-peer";`,
       `after-resync-target "${handler} after-resync-target";`,
     ]);
-    expect(drbdPaths.fenceHandler).toBe(handler);
-    expect(agentScriptPaths["pypi-drbd-fence"]).toBe(handler);
+    expect(drbdPaths.tool).toBe(handler);
+    expect(agentScriptPaths["pypi-drbd"]).toBe(handler);
     // No Pacemaker here: nothing of crm-fence-peer's, and no STONITH policy.
     expect(res).not.toMatch(/crm-|resource-and-stonith/);
   });
@@ -94,7 +94,7 @@ describe.each<Shape>(["staging", "prod"])("drbd (%s)", (shape) => {
 describe("drbd fencing", () => {
   it("ships the handler on the storage pair only, as an executable checked script", () => {
     for (const b of buildBundles(topologyFor("prod"))) {
-      const handler = b.files.find((f) => f.path === drbdPaths.fenceHandler);
+      const handler = b.files.find((f) => f.path === drbdPaths.tool);
       const storage = b.files.some((f) => f.path === drbdPaths.resource);
       expect(handler !== undefined, b.node).toBe(storage);
       if (handler) {

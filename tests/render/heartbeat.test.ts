@@ -45,9 +45,9 @@ describe.each<Shape>(["staging", "prod"])("heartbeat (%s)", (shape) => {
   });
 
   it("respawns the agent's nginx watchdog on balancers only", () => {
-    expect(lines(renderBalancerHaCf(t, lbA))).toContain("respawn root /usr/local/sbin/pypi-node watch");
+    expect(lines(renderBalancerHaCf(t, lbA))).toContain("respawn root /usr/local/sbin/pypi-balancer watch");
     const storage = renderStorageHaCf(t, nodeByName(t, "app-a"));
-    expect(storage).not.toMatch(/pypi-node watch/);
+    expect(storage).not.toMatch(/pypi-balancer/);
   });
 
   it("renders auto_failback off when asked", () => {

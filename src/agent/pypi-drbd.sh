@@ -1,6 +1,7 @@
 #!/bin/sh
-# DRBD handler of the storage pair: `pypi-drbd-fence fence-peer|after-resync-target`, run by
-# drbdadm with DRBD_RESOURCE and DRBD_PEER set. fence-peer reports a peer Heartbeat holds dead,
+# The storage pair's DRBD resource: its first bring-up (`pypi-drbd up`, from pypi-app converge)
+# and its handlers (`pypi-drbd fence-peer|after-resync-target`, run by drbdadm with DRBD_RESOURCE
+# and DRBD_PEER set, without node.env). fence-peer reports a peer Heartbeat holds dead,
 # and has Heartbeat's dopd outdate a live one (why: dopdHaCfLines in src/render/drbd.ts).
 #
 # fence-peer exit codes, as DRBD 8.4 reads them (drbd_nl.c, conn_try_outdate_peer):
@@ -22,7 +23,7 @@ OUTDATE_TRIES=4
 
 # Handlers have no terminal: the journal keeps what they say.
 note() {
-  logger -t pypi-drbd-fence -p daemon.notice -- "$*" 2>/dev/null || true
+  logger -t pypi-drbd -p daemon.notice -- "$*" 2>/dev/null || true
   log "$*"
 }
 
@@ -81,8 +82,43 @@ after_resync_target() {
   note "after-resync-target $res: resync done, disk states $(drbdadm dstate "$res" 2>/dev/null || echo unknown)"
 }
 
+# DRBD's first bring-up on the storage pair: metadata on a new disk, attach and connect, and
+# the first full sync forced from the home node only, once, while both disks are new.
+drbd_up() {
+  load_config
+  [ "$PYPI_STORAGE_ROLE" != none ] || die "up: $PYPI_NODE is not in the storage pair"
+  if [ "$PYPI_BACKEND" = lab ]; then
+    log "up: the lab's kernel has no DRBD; the shared directory stands in for the volume"
+    return 0
+  fi
+  wait_until "data volume $PYPI_DATA_DEVICE" "${PYPI_VOLUME_WAIT_SECONDS:-300}" test -b "$PYPI_DATA_DEVICE"
+  modprobe drbd
+  if ! drbdadm dump-md "$PYPI_DRBD_RESOURCE" >/dev/null 2>&1; then
+    [ -z "$(wipefs -n -O TYPE --noheadings "$PYPI_DATA_DEVICE" 2>/dev/null)" ] ||
+      die "$PYPI_DATA_DEVICE carries data but no DRBD metadata; not touching it"
+    drbdadm -- --force create-md "$PYPI_DRBD_RESOURCE" >&2
+  fi
+  drbdadm cstate "$PYPI_DRBD_RESOURCE" >/dev/null 2>&1 || drbdadm up "$PYPI_DRBD_RESOURCE"
+  synced="$PYPI_AGENT_STATE/drbd-initial-sync"
+  if [ "$PYPI_STORAGE_ROLE" = home ] && [ ! -e "$synced" ]; then
+    wait_until "the DRBD peer to connect" 900 sh -c "drbdadm cstate $PYPI_DRBD_RESOURCE | grep -qx Connected"
+    case $(drbdadm dstate "$PYPI_DRBD_RESOURCE") in
+      Inconsistent/Inconsistent)
+        log "up: both disks are new; forcing the first sync from $PYPI_NODE"
+        drbdadm primary --force "$PYPI_DRBD_RESOURCE"
+        mkfs.ext4 -q -L pypi-packages "/dev/drbd$PYPI_DRBD_MINOR" >&2
+        drbdadm secondary "$PYPI_DRBD_RESOURCE"
+        ;;
+    esac
+    : >"$synced"
+    # Heartbeat may have tried the group before the disk existed; let it try again.
+    svc_reload heartbeat
+  fi
+}
+
 case ${1:-} in
+  up) drbd_up ;;
   fence-peer) fence_peer ;;
   after-resync-target) after_resync_target ;;
-  *) die "usage: pypi-drbd-fence fence-peer|after-resync-target (run by drbdadm)" ;;
+  *) die "usage: pypi-drbd up | fence-peer|after-resync-target (run by drbdadm)" ;;
 esac
