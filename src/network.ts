@@ -26,8 +26,8 @@ export function hostIp(cidr: string, host: number): string {
 }
 
 export type Group = "balancer" | "app" | "db";
-/** The node groups plus the interface endpoints' group. */
-export type GroupName = Group | "endpoint";
+/** The node groups, the interface endpoints' group and the Lambda endpoint's own. */
+export type GroupName = Group | "endpoint" | "lambda";
 export const WORLD = "0.0.0.0/0";
 
 /** A routed address outside the VPC (an overlay IP) as a /32, named by what it stands for. */
@@ -143,6 +143,24 @@ export function networkRules(p: PortPlan, overlay: OverlayPlan): RuleSpec[] {
   ];
 }
 
+/**
+ * The Lambda endpoint admits HTTPS from the route brokers' callers only, by their fixed /32s: a
+ * group reference would need the storage pair split off the app group. A node outside the list
+ * resolves the Lambda API to this endpoint (private DNS) and is refused, so it reaches no
+ * function at all; spoofing a caller's address needs source/dest check off, which only the
+ * callers themselves have.
+ */
+export function brokerEndpointRules(callers: readonly CidrPeer[]): RuleSpec[] {
+  return callers.map((peer) => ({
+    group: "lambda",
+    direction: "ingress",
+    protocol: "tcp",
+    port: 443,
+    peer,
+    description: `Lambda API calls (route broker) from ${peer.name}`,
+  }));
+}
+
 /** The upload path: port 22 from anywhere to the balancers, HAProxy to the app servers' sshd. */
 export function uploadRules(port: number, backendPort: number): RuleSpec[] {
   return [
@@ -172,7 +190,10 @@ export function createRules(
   parent: pulumi.Resource,
   name: string,
   rules: readonly RuleSpec[],
-  groups: Readonly<Record<Group, aws.ec2.SecurityGroup>> & { readonly endpoint?: aws.ec2.SecurityGroup },
+  groups: Readonly<Record<Group, aws.ec2.SecurityGroup>> & {
+    readonly endpoint?: aws.ec2.SecurityGroup;
+    readonly lambda?: aws.ec2.SecurityGroup;
+  },
 ): pulumi.CustomResource[] {
   const group = (g: GroupName, r: RuleSpec): aws.ec2.SecurityGroup => {
     const sg = groups[g];
@@ -215,6 +236,8 @@ export interface NetworkArgs {
   readonly ports: PortPlan;
   /** Overlay addresses: app servers' egress names them (see networkRules). */
   readonly overlay: OverlayPlan;
+  /** Nodes that invoke a route broker (`name`, private address): the only ones the Lambda endpoint admits. */
+  readonly routeBrokerCallers: readonly { readonly name: string; readonly address: string }[];
   /** Region of the VPC endpoints' service names (`com.amazonaws.<region>.ssm`). */
   readonly region: string;
   /** Tags on every resource. */
@@ -223,8 +246,9 @@ export interface NetworkArgs {
 
 /**
  * Interface endpoints (private DNS on) for every AWS API a node calls: SSM (parameters, agent,
- * Session Manager) and EC2 (EIP moves, route replacement), so a failover never depends on a NAT
- * gateway or the internet. STS for identity checks (`aws sts get-caller-identity`). CloudWatch
+ * Session Manager) and EC2 (EIP moves, route reads), so a failover never depends on a NAT
+ * gateway or the internet. Lambda (the route brokers) has an endpoint of its own (see
+ * brokerEndpointRules). STS for identity checks (`aws sts get-caller-identity`). CloudWatch
  * (`monitoring`) for the health metrics, so a node's health reaches its alarms even when the NAT
  * or a balancer's egress address is what failed. No KMS:
  * SecureString parameters use the aws/ssm key, and Parameter Store calls KMS on the caller's
@@ -355,8 +379,15 @@ export class Network extends pulumi.ComponentResource {
       app: group("app", "pypi app servers: from the balancers; DRBD, NFS and Heartbeat between app servers"),
       db: group("db", "pypi databases: Postgres from app servers and the peer"),
       endpoint: group("endpoint", "pypi VPC interface endpoints: HTTPS from the nodes only"),
+      lambda: group("lambda", "pypi Lambda endpoint: HTTPS from the route brokers' callers only"),
     };
-    createRules(this, name, networkRules(args.ports, args.overlay), this.securityGroups);
+    const callers = args.routeBrokerCallers.map((c) => ({ cidr: `${c.address}/32`, name: c.name }));
+    createRules(
+      this,
+      name,
+      [...networkRules(args.ports, args.overlay), ...brokerEndpointRules(callers)],
+      this.securityGroups,
+    );
 
     const service = (s: string) => `com.amazonaws.${args.region}.${s}`;
     const s3 = new aws.ec2.VpcEndpoint(
@@ -372,24 +403,25 @@ export class Network extends pulumi.ComponentResource {
       },
       parent,
     );
-    const interfaces = INTERFACE_ENDPOINT_SERVICES.map(
-      (svc) =>
-        new aws.ec2.VpcEndpoint(
-          `${name}-${svc}`,
-          {
-            vpcId: this.vpc.id,
-            serviceName: service(svc),
-            vpcEndpointType: "Interface",
-            privateDnsEnabled: true,
-            // One interface per AZ, so losing an AZ leaves the other AZ's nodes their API calls.
-            subnetIds: this.subnets.app.map((s) => s.id),
-            securityGroupIds: [this.securityGroups.endpoint.id],
-            tags: tags(svc),
-          },
-          parent,
-        ),
-    );
-    this.endpoints = [s3, ...interfaces];
+    const endpoint = (svc: string, group: aws.ec2.SecurityGroup): aws.ec2.VpcEndpoint =>
+      new aws.ec2.VpcEndpoint(
+        `${name}-${svc}`,
+        {
+          vpcId: this.vpc.id,
+          serviceName: service(svc),
+          vpcEndpointType: "Interface",
+          privateDnsEnabled: true,
+          // One interface per AZ, so losing an AZ leaves the other AZ's nodes their API calls.
+          subnetIds: this.subnets.app.map((s) => s.id),
+          securityGroupIds: [group.id],
+          tags: tags(svc),
+        },
+        parent,
+      );
+    const interfaces = INTERFACE_ENDPOINT_SERVICES.map((svc) => endpoint(svc, this.securityGroups.endpoint));
+    // The route brokers are on the failover path like the EC2 calls they replaced: no NAT in it.
+    const lambda = endpoint("lambda", this.securityGroups.lambda);
+    this.endpoints = [s3, ...interfaces, lambda];
 
     this.registerOutputs({
       vpcId: this.vpc.id,

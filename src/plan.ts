@@ -110,7 +110,14 @@ export function buildTopology(cfg: StackConfig, nodes: readonly PlannedNode[], i
         home: balancers[i % 2]?.name ?? "",
       }),
     ),
-    overlay: { ...cfg.overlay, routeTableIds: ids.routeTableIds },
+    overlay: {
+      ...cfg.overlay,
+      routeTableIds: ids.routeTableIds,
+      routeBrokers: {
+        writer: routeBrokerName(cfg.environment, "writer"),
+        storage: routeBrokerName(cfg.environment, "storage"),
+      },
+    },
     postgres: {
       ...layout.postgres,
       version: cfg.postgres.version,
@@ -154,6 +161,14 @@ function cdnDistributionId(ids: ResolvedIds): string {
     throw new Error("buildTopology: cdn is on but no CloudFront distribution id was given");
   return ids.cdnDistributionId;
 }
+
+/**
+ * A route broker's Lambda function name: stack-scoped and known before `up`, so bundles and node
+ * policies name it while the function needs the nodes' interfaces first. At most 51 characters
+ * (environment names are at most 32), under Lambda's 64.
+ */
+export const routeBrokerName = (environment: string, address: "writer" | "storage"): string =>
+  `pypi-${environment}-route-${address}`;
 
 /** The CloudWatch namespace of a stack's health metrics. */
 export const metricNamespace = (environment: string): string => `PyPI/${environment}`;

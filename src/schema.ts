@@ -114,6 +114,7 @@ export const atoms = {
     z.string(e).refine(isSafeAbsolutePath, e),
   ),
   awsId: pattern("an AWS id like eipalloc-0123 or rtb-0123", /^[A-Za-z0-9-]{1,64}$/),
+  lambdaName: pattern("a Lambda function name: [A-Za-z0-9_-], 1 to 64 characters", /^[A-Za-z0-9_-]{1,64}$/),
   instanceType: pattern(
     "an EC2 instance type such as t3.small (checked against AWS at preview)",
     /^[a-z][a-z0-9-]*\.[a-z0-9]+$/,
@@ -730,6 +731,10 @@ const topologySchema = z
         dbWriter: atoms.ipv4.schema,
         storage: atoms.ipv4.schema,
         routeTableIds: z.array(atoms.awsId.schema),
+        routeBrokers: z
+          .object({ writer: atoms.lambdaName.schema, storage: atoms.lambdaName.schema })
+          .strict()
+          .optional(),
       })
       .strict(),
     postgres: z
@@ -1088,6 +1093,31 @@ export const TOPOLOGY_RULES: readonly TopologyRule[] = [
           allowed: `an address other than ${name("overlay.dbWriter")}`,
         });
       return found;
+    },
+  },
+  {
+    id: "route-brokers",
+    holds: "an AWS topology names two route brokers: nodes move overlay routes only through them",
+    check: (t) => {
+      const b = t.overlay.routeBrokers;
+      if (t.backend !== "aws") return [];
+      if (b === undefined)
+        return [
+          {
+            field: "overlay.routeBrokers",
+            value: b,
+            allowed: "the writer and storage brokers' function names (the nodes may not replace routes)",
+          },
+        ];
+      return b.writer === b.storage
+        ? [
+            {
+              field: "overlay.routeBrokers.storage",
+              value: b.storage,
+              allowed: "a function other than the writer's",
+            },
+          ]
+        : [];
     },
   },
   {

@@ -9,10 +9,11 @@ import { BalancerPair } from "./components/balancer-pair.js";
 import { BundleBucket } from "./components/bundle-bucket.js";
 import { DrbdVolume } from "./components/drbd-volume.js";
 import { type CdnOutput, type DnsOutput, Edge } from "./components/edge.js";
-import type { AwsAccount } from "./components/iam.js";
+import { type AwsAccount, lambdaFunctionArn } from "./components/iam.js";
 import type { LaunchedNode, PlannedNode } from "./components/node.js";
 import { PostgresPair } from "./components/postgres-pair.js";
 import { ConfigRollout } from "./components/rollout.js";
+import { RouteBroker } from "./components/route-broker.js";
 import { type SecretKey, StackSecrets } from "./components/secrets.js";
 import { StorageSnapshots, snapshotTargetTags } from "./components/storage-snapshots.js";
 import { UploadProxy } from "./components/upload-proxy.js";
@@ -26,12 +27,20 @@ import {
   parametersByNode,
   placeholderIds,
   planNodes,
+  routeBrokerName,
 } from "./plan.js";
 import { renderCloudInit } from "./render/cloud-init.js";
 import { runbookMarkdown } from "./runbooks/markdown.js";
 import { buildRunbooks, type Runbook } from "./runbooks/runbooks.js";
 import { parseTopology } from "./schema.js";
-import { type FloatingIp, type NodeRole, nodeByName, storagePair, type Topology } from "./topology.js";
+import {
+  type FloatingIp,
+  type NodeRole,
+  nodeByName,
+  routeBrokerOf,
+  storagePair,
+  type Topology,
+} from "./topology.js";
 
 /** Public SSM parameter with the current Debian 12 AMI of the region. */
 export const DEBIAN_AMI_PARAMETER = "/aws/service/debian/release/12/latest/amd64";
@@ -106,6 +115,8 @@ export class PypiStack extends pulumi.ComponentResource {
   readonly apps: AppServers;
   readonly databases: PostgresPair;
   readonly storage: DrbdVolume;
+  /** The Lambda functions that move the writer and storage overlay routes. */
+  readonly routeBrokers: { readonly writer: RouteBroker; readonly storage: RouteBroker };
   /** Present only with storageSnapshotRetainCount above 0. */
   readonly snapshots?: StorageSnapshots;
   readonly storageSnapshots: pulumi.Output<StorageSnapshotsOutput>;
@@ -153,6 +164,7 @@ export class PypiStack extends pulumi.ComponentResource {
     this.apps = tiers.apps;
     this.databases = tiers.databases;
     this.storage = tiers.storage;
+    this.routeBrokers = tiers.routeBrokers;
     this.snapshots = tiers.snapshots;
     this.upload = tiers.upload;
 
@@ -269,6 +281,9 @@ export class PypiStack extends pulumi.ComponentResource {
           drbd: planned.storage.drbdPort,
         },
         overlay: cfg.overlay,
+        routeBrokerCallers: planned.nodes
+          .filter((n) => routeBrokerOf(planned, n) !== undefined)
+          .map((n) => ({ name: n.name, address: n.privateIp })),
         region: cfg.region,
         tags,
       },
@@ -355,6 +370,12 @@ export class PypiStack extends pulumi.ComponentResource {
     const inStoragePair = (n: PlannedNode): boolean => storageNames.includes(n.name);
     // The schema guarantees two of each paired role.
     const pairOf = (role: NodeRole) => ofRole(role).slice(0, 2) as [PlannedNode, PlannedNode];
+    // Known before the functions exist: the functions need the nodes' interfaces first.
+    const brokerNames = {
+      writer: routeBrokerName(cfg.environment, "writer"),
+      storage: routeBrokerName(cfg.environment, "storage"),
+    };
+    const brokerArn = (fn: string) => account.apply((a) => lambdaFunctionArn(a, fn));
 
     const balancers = new BalancerPair(
       `${name}-lb`,
@@ -374,7 +395,7 @@ export class PypiStack extends pulumi.ComponentResource {
         nodes: ofRole("app"),
         parameterArns: parameterArns(ofRole("app").filter((n) => !inStoragePair(n))),
         storageParameterArns: parameterArns(ofRole("app").filter(inStoragePair)),
-        routeTableIds: net.privateRouteTables.map((rt) => rt.id),
+        storageRouteBrokerArn: brokerArn(brokerNames.storage),
       },
       parent,
     );
@@ -386,6 +407,7 @@ export class PypiStack extends pulumi.ComponentResource {
         dataVolumeGb: cfg.dbVolumeGb,
         writerAddress: cfg.overlay.dbWriter,
         routeTables: net.privateRouteTables,
+        routeBrokerArn: brokerArn(brokerNames.writer),
         retainData: protect,
       },
       parent,
@@ -405,6 +427,23 @@ export class PypiStack extends pulumi.ComponentResource {
       },
       parent,
     );
+    const broker = (address: "writer" | "storage", holders: readonly LaunchedNode[]) =>
+      new RouteBroker(
+        `${name}-route-${address}`,
+        {
+          functionName: brokerNames[address],
+          address: address === "writer" ? cfg.overlay.dbWriter : cfg.overlay.storage,
+          routeTableIds: net.privateRouteTables.map((rt) => rt.id),
+          holders: holders.map((n) => n.eni.id),
+          account,
+          tags,
+        },
+        parent,
+      );
+    const routeBrokers = {
+      writer: broker("writer", databases.nodes),
+      storage: broker("storage", storagePairNodes),
+    };
     const { retainCount, intervalHours } = cfg.storageSnapshots;
     // Off (0) registers nothing, not even an empty component.
     const snapshots =
@@ -431,6 +470,7 @@ export class PypiStack extends pulumi.ComponentResource {
       apps,
       databases,
       storage,
+      routeBrokers,
       snapshots,
       storagePair: storagePairNodes,
       upload,
@@ -522,6 +562,7 @@ interface Tiers {
   readonly apps: AppServers;
   readonly databases: PostgresPair;
   readonly storage: DrbdVolume;
+  readonly routeBrokers: { readonly writer: RouteBroker; readonly storage: RouteBroker };
   readonly snapshots: StorageSnapshots | undefined;
   readonly storagePair: readonly [LaunchedNode, LaunchedNode];
   readonly upload: UploadProxy;

@@ -62,8 +62,13 @@ export interface Topology {
     readonly dbWriter: string;
     /** NFS address that follows the DRBD primary; outside the VPC CIDR. */
     readonly storage: string;
-    /** Route tables whose overlay routes the agent replaces on failover (AWS backend). */
+    /** Route tables that carry the overlay routes (AWS backend); the agent reads them for status. */
     readonly routeTableIds: readonly string[];
+    /**
+     * Lambda functions that move the overlay routes on failover, by name (AWS backend only): a
+     * node never holds ec2:ReplaceRoute, it invokes the broker of the address it may hold.
+     */
+    readonly routeBrokers?: { readonly writer: string; readonly storage: string };
   };
   readonly postgres: {
     /** Major version: 9.6, 10 and 11 render recovery.conf; 12 and later standby.signal. */
@@ -206,6 +211,17 @@ export function storagePair(t: Topology): [NodeSpec, NodeSpec] {
   const [a, b] = nodesWithRole(t, "app");
   if (!a || !b) throw new Error(`topology ${t.environment} needs at least two app servers`);
   return [a, b];
+}
+
+/**
+ * The route broker `node` invokes to take its overlay address: the writer's for the databases,
+ * the storage address's for the storage pair; none for other nodes, nor in the lab.
+ */
+export function routeBrokerOf(t: Topology, node: NodeSpec): string | undefined {
+  const brokers = t.overlay.routeBrokers;
+  if (t.backend !== "aws" || brokers === undefined) return undefined;
+  if (node.role === "db") return brokers.writer;
+  return storagePair(t).some((n) => n.name === node.name) ? brokers.storage : undefined;
 }
 
 export const pgDialect = (version: number): "recovery.conf" | "standby.signal" =>

@@ -11,6 +11,9 @@ import { between, drill, failedCount, fipHolders, holdersText, seconds, sleep, u
 
 const CUT_ON = "lb-a";
 const PARTITION_MS = 5_000;
+const SAMPLE_MS = 50;
+/** Issue goal for the no-holder gap after a partition heals. */
+const HEAL_GAP_GOAL_S = 3;
 const TABLE = "pypi_drill_partition";
 
 interface Snapshot {
@@ -50,7 +53,7 @@ export const heartbeatPartition = drill(
     const sampler = (async () => {
       while (sampling) {
         timeline.push({ at: Date.now(), holders: fipHolders(lab) });
-        await sleep(50);
+        await sleep(SAMPLE_MS);
       }
     })();
     const dual = (s: Snapshot) => [...s.holders.values()].some((h) => h.length > 1);
@@ -110,12 +113,22 @@ export const heartbeatPartition = drill(
         `partition lasted ${PARTITION_MS / 1000} s`,
       );
       report.figure(section, "dual ownership after heal", secondsWhere(timeline, healAt, end, dual), "s");
+      const gap = secondsWhere(timeline, healAt, end, orphan);
       report.figure(
         section,
         "gap after heal with an address held by nobody",
-        secondsWhere(timeline, healAt, end, orphan),
+        gap,
         "s",
-        "both Heartbeats restart on rejoin and release everything",
+        "both Heartbeats restart on rejoin; stop leaves the EIP association alone",
+      );
+      await report.check(
+        section,
+        `no address is held by nobody for more than ${HEAL_GAP_GOAL_S} s after the heal`,
+        () => {
+          if (gap > HEAL_GAP_GOAL_S)
+            throw new Error(`an address was held by nobody for ${gap} s after the heal`);
+          return `longest time with an address held by nobody: ${gap} s (sampled every ${SAMPLE_MS} ms)`;
+        },
       );
       if (convergedAt) report.figure(section, "convergence after heal", seconds(healAt, convergedAt), "s");
       for (const { address, load } of loads) {

@@ -64,8 +64,10 @@ own_eni() {
   esac
 }
 
-# The CLI's default timeouts are 60 s each; a failover cannot wait that long.
-awsc() { aws --region "$PYPI_REGION" --output text --cli-connect-timeout 2 --cli-read-timeout 5 "$@"; }
+# The CLI's default timeouts are 60 s each; a failover cannot wait that long. A call that makes
+# the far end work longer (the route broker) raises the read timeout around itself.
+AWSC_READ_TIMEOUT=5
+awsc() { aws --region "$PYPI_REGION" --output text --cli-connect-timeout 2 --cli-read-timeout "$AWSC_READ_TIMEOUT" "$@"; }
 
 # `aws_try N CALL...`: up to N tries, 1, 1, 2, 2 s apart. The CLI's own retries are off, so a
 # try is one request: the CLI's start-up plus at most 2 s to connect and 5 s to read.

@@ -36,6 +36,28 @@ ROUTE
   esac
 }
 
+# The node's role may not replace routes: EC2 cannot scope ReplaceRoute to one destination, so
+# that right would cover every route of the tables (the other overlay address, the NAT default).
+# This address's broker function may, and moves only this address, only to an interface of a
+# node allowed to hold it. A refusal is final; only a call that got no answer is tried again.
+# Its read timeout covers a cold start and a replace-and-check in every table.
+route_move() {
+  rm_reply=$(mktemp)
+  # shellcheck disable=SC2034 # read by awsc (lib.sh)
+  AWSC_READ_TIMEOUT=20
+  rm_error=$(aws_try 3 lambda invoke --function-name "$broker" --cli-binary-format raw-in-base64-out \
+    --payload "{\"networkInterfaceId\":\"$1\"}" --query FunctionError "$rm_reply") || rm_error=unanswered
+  # shellcheck disable=SC2034
+  AWSC_READ_TIMEOUT=5
+  rm_body=$(head -c 2000 "$rm_reply")
+  rm -f "$rm_reply"
+  case $rm_error in
+    None) log "overlay $addr: $broker routed it to $1: $rm_body" ;;
+    unanswered) die "overlay $addr: the route broker $broker did not answer 3 times; no route changed by this node" ;;
+    *) die "overlay $addr: the route broker $broker refused ($rm_error): $rm_body" ;;
+  esac
+}
+
 cmd_overlay() {
   addr=$1 action=$2
   case $PYPI_BACKEND:$action in
@@ -49,11 +71,13 @@ cmd_overlay() {
     aws:start | aws:take)
       eni=$(own_eni) || die "overlay $addr: no network interface id from IMDS; no route changed"
       [ -n "${PYPI_ROUTE_TABLES:-}" ] || die "overlay $addr: PYPI_ROUTE_TABLES is empty"
+      # Set on the AWS backend only (the lab has no Lambda).
+      broker=${PYPI_ROUTE_BROKER:-}
+      [ -n "$broker" ] || die "overlay $addr: PYPI_ROUTE_BROKER is empty"
       ip -o addr show dev lo | grep -q " $addr/" || ip addr add "$addr/32" dev lo
+      route_move "$eni"
+      # The broker checked its own work; this node reads every table back all the same.
       for rtb in $PYPI_ROUTE_TABLES; do
-        aws_try 5 ec2 replace-route --route-table-id "$rtb" --destination-cidr-block "$addr/32" \
-          --network-interface-id "$eni" >/dev/null ||
-          die "overlay $addr: replace-route in $rtb failed 5 times"
         target=$(aws_expect 3 "$eni" ec2 describe-route-tables --route-table-ids "$rtb" \
           --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]") ||
           die "overlay $addr: $rtb routes it to $target, not to this node's $eni"

@@ -11,7 +11,7 @@ import {
   parameterReadStatements,
   policyJson,
   rolePolicy,
-  routeStatements,
+  routeBrokerInvokeStatements,
 } from "./iam.js";
 import {
   type LaunchArgs,
@@ -19,7 +19,6 @@ import {
   launchNode,
   nodeSuffix,
   type PlannedNode,
-  requireRouteTables,
   validateLaunchArgs,
 } from "./node.js";
 
@@ -32,8 +31,8 @@ export interface AppServersArgs extends LaunchArgs {
   readonly parameterArns: readonly pulumi.Input<string>[];
   /** ARNs of the SSM parameters the storage pair fetches: those plus the DRBD and storage Heartbeat keys. */
   readonly storageParameterArns: readonly pulumi.Input<string>[];
-  /** Private route tables whose storage overlay route the storage primary takes over (storage pair only). */
-  readonly routeTableIds: readonly pulumi.Input<string>[];
+  /** ARN of the storage address's route broker: the one Lambda function the storage pair may invoke. */
+  readonly storageRouteBrokerArn: pulumi.Input<string>;
   readonly account: pulumi.Input<AwsAccount>;
   /**
    * The backup buckets: the roles write the package file copies and are denied tampering with both.
@@ -43,7 +42,6 @@ export interface AppServersArgs extends LaunchArgs {
 }
 
 export function validateAppServersArgs(args: AppServersArgs): void {
-  requireRouteTables("AppServers", "routeTableIds", args.routeTableIds);
   validateLaunchArgs("AppServers", args.nodes, args);
 }
 
@@ -56,8 +54,8 @@ export class AppServers extends pulumi.ComponentResource {
   constructor(name: string, args: AppServersArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("pypi:infra:AppServers", name, {}, opts);
     validateAppServersArgs(args);
-    // The storage pair has a role of its own: only it holds the storage secrets and may move
-    // the storage route. The other app servers' role can do neither.
+    // The storage pair has a role of its own: only it holds the storage secrets and may have
+    // the storage route moved. The other app servers' role can do neither.
     const others = args.nodes.slice(2);
     const storage = appRole(
       this,
@@ -65,9 +63,10 @@ export class AppServers extends pulumi.ComponentResource {
       args,
       args.nodes.slice(0, 2),
       args.storageParameterArns,
-      args.routeTableIds,
+      args.storageRouteBrokerArn,
     );
-    const plain = others.length > 0 ? appRole(this, name, args, others, args.parameterArns, []) : storage;
+    const plain =
+      others.length > 0 ? appRole(this, name, args, others, args.parameterArns, undefined) : storage;
     this.roles = [
       { name: `${name}-storage`, role: storage.role },
       ...(plain === storage ? [] : [{ name, role: plain.role }]),
@@ -110,24 +109,18 @@ function appRole(
   args: AppServersArgs,
   nodes: readonly PlannedNode[],
   parameterArns: readonly pulumi.Input<string>[],
-  routeTableIds: readonly pulumi.Input<string>[],
+  routeBrokerArn: pulumi.Input<string> | undefined,
 ): { role: aws.iam.Role; profile: aws.iam.InstanceProfile; policy: aws.iam.RolePolicy } {
   const { role, profile } = instanceRole(parent, name, { account: args.account, tags: args.tags ?? {} });
   const statements = pulumi
-    .all([
-      args.account,
-      args.bundleBucketArn,
-      pulumi.all([...parameterArns]),
-      pulumi.all([...routeTableIds]),
-      args.backupBucketArns,
-    ])
-    .apply(([account, bucketArn, parameters, routeTables, backup]) => [
+    .all([args.bundleBucketArn, pulumi.all([...parameterArns]), routeBrokerArn, args.backupBucketArns])
+    .apply(([bucketArn, parameters, brokerArn, backup]) => [
       ...bundleReadStatements(
         bucketArn,
         nodes.map((n) => n.name),
       ),
       ...parameterReadStatements(parameters),
-      ...(routeTables.length > 0 ? routeStatements(account, routeTables) : []),
+      ...(brokerArn === undefined ? [] : routeBrokerInvokeStatements(brokerArn)),
       ...backupStatements("app", backup),
       ...healthMetricStatements(args.metricNamespace),
     ]);

@@ -154,21 +154,47 @@ export function parameterReadStatements(parameterArns: readonly string[]): Polic
   ];
 }
 
+export const lambdaFunctionArn = (a: AwsAccount, functionName: string): string =>
+  `arn:${a.partition}:lambda:${a.region}:${a.accountId}:function:${functionName}`;
+
 /**
- * `pypi-node overlay take`: replace-route in the private route tables, describe to check.
- * IAM authorizes ec2:ReplaceRoute on the route table; EC2 has no condition key for a route's
- * destination, so whoever holds this may replace any route in these tables (both overlay
- * routes and the NAT default route). Only the db and storage-pair roles get it.
+ * `pypi-node overlay take` on a db node or the storage pair: invoke the route broker of the one
+ * address the node may hold, and read the route tables for status. No node holds
+ * ec2:ReplaceRoute: EC2 has no condition key for a route's destination, so it would allow any
+ * route in the table (the other overlay route, the NAT default route). The broker holds it and
+ * narrows it to its destination and its holders' interfaces.
  */
-export function routeStatements(a: AwsAccount, routeTableIds: readonly string[]): PolicyStatement[] {
+export function routeBrokerInvokeStatements(functionArn: string): PolicyStatement[] {
+  return [
+    { Sid: "InvokeRouteBroker", Effect: "Allow", Action: ["lambda:InvokeFunction"], Resource: [functionArn] },
+    { Sid: "DescribeRoutes", Effect: "Allow", Action: ["ec2:DescribeRouteTables"], Resource: "*" },
+  ];
+}
+
+/**
+ * A route broker's execution role: ReplaceRoute in exactly the tables that carry its route,
+ * DescribeRouteTables to read them back, and writes to its own log group only (the group exists
+ * before the function, so no logs:CreateLogGroup).
+ */
+export function routeBrokerRoleStatements(
+  a: AwsAccount,
+  routeTableIds: readonly string[],
+  logGroupName: string,
+): PolicyStatement[] {
   return [
     {
-      Sid: "MoveOverlayRoutes",
+      Sid: "MoveOverlayRoute",
       Effect: "Allow",
       Action: ["ec2:ReplaceRoute"],
       Resource: routeTableIds.map((id) => ec2Arn(a, "route-table", id)),
     },
     { Sid: "DescribeRoutes", Effect: "Allow", Action: ["ec2:DescribeRouteTables"], Resource: "*" },
+    {
+      Sid: "WriteOwnLogs",
+      Effect: "Allow",
+      Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
+      Resource: [`arn:${a.partition}:logs:${a.region}:${a.accountId}:log-group:${logGroupName}:*`],
+    },
   ];
 }
 

@@ -9,7 +9,7 @@ import {
   instanceRole,
   parameterReadStatements,
   rolePolicy,
-  routeStatements,
+  routeBrokerInvokeStatements,
 } from "./iam.js";
 import {
   attachDataVolume,
@@ -31,6 +31,8 @@ export interface PostgresPairArgs extends LaunchArgs {
   readonly writerAddress: string;
   /** Private route tables that carry the writer route (one per AZ). */
   readonly routeTables: readonly aws.ec2.RouteTable[];
+  /** ARN of the writer's route broker: the one Lambda function the role may invoke. */
+  readonly routeBrokerArn: pulumi.Input<string>;
   /** ARN of the bundle bucket; the role reads only `bundles/<db node>/`. */
   readonly bundleBucketArn: pulumi.Input<string>;
   /** ARNs of the SSM parameters the databases fetch (replication password). */
@@ -54,9 +56,9 @@ export function validatePostgresPairArgs(args: PostgresPairArgs): void {
 }
 
 /**
- * Overlay route `address/32` -> `eni` in every given route table. The agent's `replace-route`
- * moves the target on failover, so Pulumi ignores it after creation, as it ignores EIP
- * associations: it must not fight a failover.
+ * Overlay route `address/32` -> `eni` in every given route table. The route broker moves the
+ * target on failover, so Pulumi ignores it after creation, as it ignores EIP associations: it
+ * must not fight a failover.
  */
 export function overlayRoutes(
   parent: pulumi.Resource,
@@ -88,19 +90,18 @@ export class PostgresPair extends pulumi.ComponentResource {
     const { role, profile } = instanceRole(this, name, { account: args.account, tags: args.tags ?? {} });
     const statements = pulumi
       .all([
-        args.account,
         args.bundleBucketArn,
         pulumi.all([...args.parameterArns]),
-        pulumi.all(args.routeTables.map((rt) => rt.id)),
+        args.routeBrokerArn,
         args.backupBucketArns,
       ])
-      .apply(([account, bucketArn, parameters, routeTables, backup]) => [
+      .apply(([bucketArn, parameters, brokerArn, backup]) => [
         ...bundleReadStatements(
           bucketArn,
           args.nodes.map((n) => n.name),
         ),
         ...parameterReadStatements(parameters),
-        ...routeStatements(account, routeTables),
+        ...routeBrokerInvokeStatements(brokerArn),
         ...backupStatements("db", backup),
         ...healthMetricStatements(args.metricNamespace),
       ]);

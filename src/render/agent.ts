@@ -8,6 +8,7 @@ import {
   nodesWithRole,
   peerOf,
   pgDialect,
+  routeBrokerOf,
   storagePair,
   type Topology,
 } from "../topology.js";
@@ -111,6 +112,7 @@ export function renderAgentEnv(t: Topology, node: NodeSpec, services: readonly s
     ["PYPI_OVERLAY_DB", t.overlay.dbWriter],
     ["PYPI_OVERLAY_STORAGE", t.overlay.storage],
     ["PYPI_ROUTE_TABLES", t.overlay.routeTableIds.join(" ")],
+    ...[routeBrokerOf(t, node)].flatMap((fn): [string, string][] => (fn ? [["PYPI_ROUTE_BROKER", fn]] : [])),
     ["PYPI_HEALTH_TOOL", agentScriptPaths["pypi-health"]],
     ["PYPI_VOLUME_TOOL", agentScriptPaths["pypi-volume"]],
     ["PYPI_HEALTH_TABLE", HEALTH_TABLE_PATH],

@@ -11,12 +11,15 @@ import { type AgentScript, agentScript, agentScriptPaths } from "../../src/rende
 export const MY_ENI = "eni-0mine";
 const MAC = "0a:1b:2c:3d:4e:5f";
 
-/** Logs "AWS_MAX_ATTEMPTS=<value> <argv>"; answers from answers/<op>.<n>, else answers/<op>. */
+/**
+ * Logs "AWS_MAX_ATTEMPTS=<value> <argv>"; answers from answers/<op>.<n>, else answers/<op>. A
+ * `lambda invoke` also writes the answer's payload to its outfile (the last argument).
+ */
 const fakeAws = (dir: string) => `#!/bin/sh
-prev= op=
+prev= op= last=
 for a in "$@"; do
-  [ "$prev" = ec2 ] && op=$a
-  prev=$a
+  case $prev in ec2 | lambda) [ -n "$op" ] || op=$a ;; esac
+  prev=$a last=$a
 done
 echo "AWS_MAX_ATTEMPTS=\${AWS_MAX_ATTEMPTS:-} $*" >>'${dir}/aws.log'
 n=$(($(cat '${dir}/'"$op.count" 2>/dev/null || echo 0) + 1))
@@ -26,6 +29,7 @@ elif [ -f '${dir}/answers/'"$op" ]; then f='${dir}/answers/'"$op"
 else echo "fake aws: nothing scripted for $op" >&2; exit 255; fi
 status=$(head -n 1 "$f")
 tail -n +2 "$f"
+[ "$op" != invoke ] || [ "$status" != 0 ] || cat "$f.payload" >"$last" 2>/dev/null || : >"$last"
 [ "$status" = 0 ] || echo "An error occurred (Fake) when calling the $op operation" >&2
 exit "$status"
 `;
@@ -72,7 +76,7 @@ export interface Run {
 
 export interface FakeCloud {
   /** Scripts the answers of one operation: the nth call gets answers[n-1], later calls the last. */
-  answer(op: string, ...answers: { status?: number; stdout?: string }[]): void;
+  answer(op: string, ...answers: { status?: number; stdout?: string; payload?: string }[]): void;
   imdsDown(): void;
   /** The first `calls` IMDS requests time out. */
   imdsFlaky(calls: number): void;
@@ -138,7 +142,9 @@ export function fakeCloud(nodeEnv: string, { realSleep = false } = {}): FakeClou
       answers.forEach((a, i) => {
         const text = `${a.status ?? 0}\n${a.stdout ?? ""}`;
         const last = i === answers.length - 1;
-        writeFileSync(join(dir, "answers", last ? op : `${op}.${i + 1}`), text);
+        const file = join(dir, "answers", last ? op : `${op}.${i + 1}`);
+        writeFileSync(file, text);
+        if (a.payload !== undefined) writeFileSync(`${file}.payload`, a.payload);
       });
     },
     imdsDown() {
@@ -169,7 +175,9 @@ export function fakeCloud(nodeEnv: string, { realSleep = false } = {}): FakeClou
       return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, seconds };
     },
     awsCalls(op) {
-      return lines("aws.log").filter((l) => op === undefined || l.includes(` ec2 ${op} `));
+      return lines("aws.log").filter(
+        (l) => op === undefined || l.includes(` ec2 ${op} `) || l.includes(` lambda ${op} `),
+      );
     },
     curlCalls: () => lines("curl.log"),
     ipCalls: () => lines("ip.log"),

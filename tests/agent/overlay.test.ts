@@ -1,52 +1,91 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { renderAgentEnv } from "../../src/render/agent.js";
-import { nodeByName } from "../../src/topology.js";
+import { nodeByName, type Topology } from "../../src/topology.js";
 import { topologyFor } from "../support/topologies.js";
 import { type FakeCloud, fakeCloud, MY_ENI } from "./fake-cloud.js";
 
-const t = topologyFor("prod");
+const base = topologyFor("prod");
+
+const t: Topology = base;
+/** The storage pair's broker, as the AWS topology names it. */
+const BROKER = t.overlay.routeBrokers?.storage ?? "";
 const appA = nodeByName(t, "app-a");
 const addr = t.overlay.storage;
 const [rtbA, rtbB] = t.overlay.routeTableIds as [string, string];
 const fail = { status: 255 };
+const moved = { stdout: "None\n", payload: `{"destination":"${addr}/32"}` };
 
 describe("pypi-overlay on AWS", { timeout: 30_000 }, () => {
+  it("the fixture names a storage broker (every case below depends on it)", () => {
+    expect(BROKER).toBe("pypi-prod-route-storage");
+  });
+
   let cloud: FakeCloud;
   beforeEach(() => {
     cloud = fakeCloud(renderAgentEnv(t, appA, ["ssh", "apache2", "heartbeat"]));
   });
   afterEach(() => cloud.cleanup());
 
-  it("fails loudly when IMDS is down, before touching a route or the loopback", () => {
+  it("fails loudly when IMDS is down, before asking the broker or touching the loopback", () => {
     cloud.imdsDown();
-    cloud.answer("replace-route", {});
+    cloud.answer("invoke", moved);
     const r = cloud.run("pypi-overlay", [addr, "take"]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/IMDS/);
-    expect(cloud.awsCalls("replace-route")).toEqual([]);
+    expect(cloud.awsCalls("invoke")).toEqual([]);
     expect(cloud.ipCalls().filter((c) => c.startsWith("addr add"))).toEqual([]);
   });
 
-  it("retries replace-route in each table, then verifies where each table routes the address", () => {
-    cloud.answer("replace-route", fail, fail, {});
+  it("asks its own address's broker once, with this node's interface, then reads back each table", () => {
+    cloud.answer("invoke", moved);
     cloud.answer("describe-route-tables", { stdout: `${MY_ENI}\n` });
     const r = cloud.run("pypi-overlay", [addr, "take"]);
     expect(r.stderr).not.toContain("pypi-node: error");
     expect(r.status).toBe(0);
-    const replaced = cloud.awsCalls("replace-route");
-    expect(replaced).toHaveLength(4);
-    expect(replaced.filter((c) => c.includes(`--route-table-id ${rtbA} `))).toHaveLength(3);
-    expect(replaced.filter((c) => c.includes(`--route-table-id ${rtbB} `))).toHaveLength(1);
-    for (const call of replaced) {
-      expect(call).toMatch(/^AWS_MAX_ATTEMPTS=1 .*--cli-connect-timeout 2 --cli-read-timeout 5 ec2 /);
-      expect(call).toContain(`--destination-cidr-block ${addr}/32 --network-interface-id ${MY_ENI}`);
-    }
+    const invoked = cloud.awsCalls("invoke");
+    expect(invoked).toHaveLength(1);
+    expect(invoked[0]).toMatch(
+      /^AWS_MAX_ATTEMPTS=1 .*--cli-connect-timeout 2 --cli-read-timeout 20 lambda invoke /,
+    );
+    expect(invoked[0]).toContain(`--function-name ${BROKER} `);
+    expect(invoked[0]).toContain(`--payload {"networkInterfaceId":"${MY_ENI}"}`);
+    // The node replaces no route itself; its reads go back to the short timeout.
+    expect(cloud.awsCalls("replace-route")).toEqual([]);
     const described = cloud.awsCalls("describe-route-tables");
     expect(described.map((c) => c.match(/--route-table-ids (\S+)/)?.[1])).toEqual([rtbA, rtbB]);
+    for (const call of described) expect(call).toContain("--cli-read-timeout 5 ");
+    expect(cloud.ipCalls()).toContain(`addr add ${addr}/32 dev lo`);
   });
 
-  it("fails when a table still routes the address elsewhere after the replacement", () => {
-    cloud.answer("replace-route", {});
+  it("tries a broker that does not answer again, up to 3 times", () => {
+    cloud.answer("invoke", fail, fail, moved);
+    cloud.answer("describe-route-tables", { stdout: `${MY_ENI}\n` });
+    const r = cloud.run("pypi-overlay", [addr, "take"]);
+    expect(r.status).toBe(0);
+    expect(cloud.awsCalls("invoke")).toHaveLength(3);
+    expect(cloud.sleeps()).toEqual([1, 1]);
+  });
+
+  it("gives up after 3 unanswered calls, saying no route was changed by this node", () => {
+    cloud.answer("invoke", fail);
+    const r = cloud.run("pypi-overlay", [addr, "take"]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain(`the route broker ${BROKER} did not answer 3 times`);
+    expect(cloud.awsCalls("invoke")).toHaveLength(3);
+    expect(cloud.awsCalls("describe-route-tables")).toEqual([]);
+  });
+
+  it("takes a refusal as final and names the broker's reason", () => {
+    const reason = `{"errorMessage":"eni-0mine may not hold ${addr}"}`;
+    cloud.answer("invoke", { stdout: "Unhandled\n", payload: reason });
+    const r = cloud.run("pypi-overlay", [addr, "take"]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain(`the route broker ${BROKER} refused (Unhandled): ${reason}`);
+    expect(cloud.awsCalls("invoke")).toHaveLength(1);
+  });
+
+  it("fails when a table still routes the address elsewhere after the broker answered", () => {
+    cloud.answer("invoke", moved);
     cloud.answer("describe-route-tables", { stdout: "eni-0other\n" });
     const r = cloud.run("pypi-overlay", [addr, "take"]);
     expect(r.status).not.toBe(0);
@@ -54,13 +93,18 @@ describe("pypi-overlay on AWS", { timeout: 30_000 }, () => {
     expect(cloud.awsCalls("describe-route-tables")).toHaveLength(3);
   });
 
-  it("gives up after 5 attempts when replace-route always fails", () => {
-    cloud.answer("replace-route", fail);
-    const r = cloud.run("pypi-overlay", [addr, "take"]);
-    expect(r.status).not.toBe(0);
-    expect(r.stderr).toMatch(/replace-route in rtb-0a1 failed 5 times/);
-    expect(cloud.awsCalls("replace-route")).toHaveLength(5);
-    expect(cloud.sleeps()).toEqual([1, 1, 2, 2]);
+  it("refuses to run without a broker rather than fall back to replacing routes itself", () => {
+    const { routeBrokers: _, ...overlay } = base.overlay;
+    const bare: Topology = { ...base, overlay };
+    const none = fakeCloud(renderAgentEnv(bare, nodeByName(bare, "app-a"), ["heartbeat"]));
+    try {
+      const r = none.run("pypi-overlay", [addr, "take"]);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain("PYPI_ROUTE_BROKER is empty");
+      expect(none.awsCalls()).toEqual([]);
+    } finally {
+      none.cleanup();
+    }
   });
 
   it("status is stopped while the loopback address is missing, even if the route still names this node", () => {

@@ -60,6 +60,16 @@ describe("logic lives in one script", () => {
     expect(agentScript("pypi-db")).toContain('"$PYPI_OVERLAY_SCRIPT" "$PYPI_OVERLAY_DB"');
   });
 
+  it("no script replaces a route itself: the node roles cannot, only the route brokers may", () => {
+    const code = (name: AgentScript): string =>
+      agentScript(name)
+        .split("\n")
+        .filter((l) => !l.trim().startsWith("#"))
+        .join("\n");
+    expect(SCRIPTS.filter((name) => /replace-route|ReplaceRoute/i.test(code(name)))).toEqual([]);
+    expect(agentScript("pypi-overlay")).toContain("lambda invoke --function-name");
+  });
+
   it("pypi-node keeps apply, check and status; the role verbs are in the role tools", () => {
     const node = functions("pypi-node");
     expect(node).toEqual(expect.arrayContaining(["cmd_apply", "cmd_check", "cmd_status"]));

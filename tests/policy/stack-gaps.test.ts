@@ -47,13 +47,14 @@ describe.each(["staging", "prod"] as const)(
           n.node.name,
         ).toEqual([`pypi-net-${n.role}`]);
       }
-      // Interfaces belong to their instances; the endpoints are the only other holders.
+      // Interfaces belong to their instances; the endpoints are the only other holders (Lambda's
+      // has a group of its own).
       expect(nodes.filter((n) => n.node.type === T.networkInterface)).toEqual([]);
       expect(
         new Set(
           nodes.filter((n) => n.node.type !== T.instance).map((n) => n.groups.map((g) => g.name).join()),
         ),
-      ).toEqual(new Set(["pypi-net-endpoint"]));
+      ).toEqual(new Set(["pypi-net-endpoint", "pypi-net-lambda"]));
     });
 
     test("a first preview (ids unknown, only dependencies) resolves the same and passes", () => {

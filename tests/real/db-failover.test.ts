@@ -147,19 +147,20 @@ describe.skipIf(!canRun).each(cases)(
       });
       for (const [i, r] of (await Promise.all(boots)).entries())
         if (r.status !== 0) throw new Error(`${["db-b", "db-a"][i]}: boot failed (${r.status})\n${r.stderr}`);
-      // The app node only needs what db-writer-check uses: the agent, its node.env, the app pgpass.
+      // The app node only needs what db-writer-check uses: the agent, its app tool, its node.env, the app pgpass.
       const appBundle = join(root, "lab", "bundles", "app-a");
       const appPgpass = `${t.overlay.dbWriter}:${t.postgres.port}:${t.postgres.database}:${t.postgres.appUser}:${secrets.get(t.secrets.postgresAppPassword.parameter)}\n`;
       node("app-a").run(
         [
           "sh",
           "-c",
-          'install -D -m 0755 "$1/files$2" "$2" && install -D -m 0644 "$1/files$3" "$3" && install -D -m 0644 "$1/files$4" "$4" && install -d /etc/pypi-index && umask 077 && cat >/etc/pypi-index/pgpass',
+          'install -D -m 0755 "$1/files$2" "$2" && install -D -m 0755 "$1/files$5" "$5" && install -D -m 0644 "$1/files$3" "$3" && install -D -m 0644 "$1/files$4" "$4" && install -d /etc/pypi-index && umask 077 && cat >/etc/pypi-index/pgpass',
           "sh",
           appBundle,
           paths.agent,
           paths.agentConfig,
           paths.agentLib,
+          paths.appTool,
         ],
         { input: appPgpass },
       );

@@ -128,6 +128,8 @@ describe.skipIf(!canRun)("heartbeat balancer pair (real, network namespaces)", {
       // The real node agent and its node.env, exactly as a bundle ships them.
       mkdirSync(join(dir, "sbin"));
       writeFileSync(join(dir, "sbin", "pypi-node"), agentScript(), { mode: 0o755 });
+      // Heartbeat respawns the balancer tool's watchdog.
+      writeFileSync(join(dir, "sbin", "pypi-balancer"), agentScript("pypi-balancer"), { mode: 0o755 });
       // The library at its installed path: a private /usr/local/lib holding only the agent's.
       mkdirSync(join(dir, "usr-local-lib", basename(dirname(paths.agentLib))), { recursive: true });
       writeFileSync(

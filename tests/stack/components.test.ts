@@ -8,10 +8,18 @@ import { bundleReadStatements, parameterReadStatements } from "../../src/compone
 import { type LaunchedNode, type PlannedNode, validateLaunchArgs } from "../../src/components/node.js";
 import { validatePostgresPairArgs } from "../../src/components/postgres-pair.js";
 import { bundleDigest, validateConfigRolloutArgs } from "../../src/components/rollout.js";
+import { validateRouteBrokerArgs } from "../../src/components/route-broker.js";
 import { validateStackSecretsArgs } from "../../src/components/secrets.js";
 import { parseConfig } from "../../src/config.js";
 import { hostIp, networkRules, subnetCidr } from "../../src/network.js";
-import { buildTopology, bundleFileLists, placeholderIds, planNodes, secretRefs } from "../../src/plan.js";
+import {
+  buildTopology,
+  bundleFileLists,
+  placeholderIds,
+  planNodes,
+  routeBrokerName,
+  secretRefs,
+} from "../../src/plan.js";
 import { parseTopology } from "../../src/schema.js";
 import type { Topology } from "../../src/topology.js";
 import { stackConfigMap } from "./yaml.js";
@@ -144,10 +152,48 @@ describe("validateXArgs", () => {
 
   test("AppServers", () => {
     const apps = ofRole("app");
-    const ok = { ...launch(apps), nodes: apps, storageParameterArns: [], routeTableIds: ["rtb-1"] };
+    const ok = {
+      ...launch(apps),
+      nodes: apps,
+      storageParameterArns: [],
+      storageRouteBrokerArn: "arn:aws:lambda:us-east-1:1:function:pypi-prod-route-storage",
+    };
     expect(() => validateAppServersArgs(ok)).not.toThrow();
     expect(prodWith({ "pypi-infra:appServers": 1 })).toThrow("pypi-infra:appServers: 1 is not valid");
-    expect(() => validateAppServersArgs({ ...ok, routeTableIds: [] })).toThrow(/routeTableIds is empty/);
+    expect(() => validateAppServersArgs({ ...ok, userData: {} })).toThrow(
+      'AppServers: userData has no entry for node "app-a"',
+    );
+  });
+
+  test("RouteBroker: a Lambda name, an address, route tables and at least one holder", () => {
+    const ok = {
+      functionName: routeBrokerName("prod", "writer"),
+      address: "100.64.10.5",
+      routeTableIds: ["rtb-1"],
+      holders: ["eni-1"],
+      account: { partition: "aws", accountId: "1", region: "us-east-1" },
+    };
+    expect(ok.functionName).toBe("pypi-prod-route-writer");
+    // The longest environment name still gives a valid Lambda name.
+    expect(() =>
+      validateRouteBrokerArgs({ ...ok, functionName: routeBrokerName("e".repeat(32), "storage") }),
+    ).not.toThrow();
+    expect(() => validateRouteBrokerArgs(ok)).not.toThrow();
+    expect(() => validateRouteBrokerArgs({ ...ok, functionName: "a".repeat(65) })).toThrow(
+      /RouteBroker: functionName "a{65}" is not valid/,
+    );
+    expect(() => validateRouteBrokerArgs({ ...ok, functionName: "pypi prod" })).toThrow(
+      'RouteBroker: functionName "pypi prod" is not valid',
+    );
+    expect(() => validateRouteBrokerArgs({ ...ok, address: "100.64.10.5/32" })).toThrow(
+      'RouteBroker: address "100.64.10.5/32" is not valid; expected an IPv4 address',
+    );
+    expect(() => validateRouteBrokerArgs({ ...ok, routeTableIds: [] })).toThrow(
+      "RouteBroker: routeTableIds is empty",
+    );
+    expect(() => validateRouteBrokerArgs({ ...ok, holders: [] })).toThrow(
+      "RouteBroker: holders [] is not valid; expected at least one network interface",
+    );
   });
 
   test("PostgresPair", () => {
@@ -158,6 +204,7 @@ describe("validateXArgs", () => {
       dataVolumeGb: 20,
       writerAddress: "100.64.10.5",
       routeTables: [fake<aws.ec2.RouteTable>()],
+      routeBrokerArn: "arn:aws:lambda:us-east-1:1:function:pypi-prod-route-writer",
     };
     expect(() => validatePostgresPairArgs(ok)).not.toThrow();
     expect(prodWith({ "pypi-infra:dbVolumeGb": 0 })).toThrow("pypi-infra:dbVolumeGb: 0 is not valid");

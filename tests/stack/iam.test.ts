@@ -1,14 +1,20 @@
 import { beforeAll, describe, expect, test } from "vitest";
 import type { Topology } from "../../src/topology.js";
 import { type Built, builtStack, type StackName } from "./harness.js";
-import { allowed, groupOfNode } from "./iam.js";
+import { allowed, covers, groupOfNode, roleGroups } from "./iam.js";
+
+const lambdaArn = (fn: string) => `arn:aws:lambda:us-east-1:123456789012:function:${fn}`;
 
 /** Who may do what, written out by hand from the design: the nodes each capability belongs to. */
 function designed(t: Topology) {
   const all = (role: string) => t.nodes.filter((n) => n.role === role).map((n) => n.name);
   const s = t.secrets;
   return {
-    replaceRoute: ["app-a", "app-b", "db-a", "db-b"],
+    // Each overlay address's broker, by the nodes that may hold the address.
+    invoke: {
+      [lambdaArn(`pypi-${t.environment}-route-writer`)]: ["db-a", "db-b"],
+      [lambdaArn(`pypi-${t.environment}-route-storage`)]: ["app-a", "app-b"],
+    },
     readers: {
       [s.balancerAuthkey.parameter]: all("balancer"),
       [s.tlsCertificate.parameter]: all("balancer"),
@@ -34,30 +40,59 @@ describe.each(["prod", "staging"] as const)("IAM of the %s stack, per node", (st
       .map(([n]) => n)
       .sort();
 
-  test("only the databases and the storage pair may replace routes, and only in the private tables", () => {
+  test("no node may replace a route; db nodes invoke the writer's broker, the storage pair the storage's", () => {
     const t = b.outputs.topology;
-    const tables = t.overlay.routeTableIds.map(
-      (id) => `arn:aws:ec2:us-east-1:123456789012:route-table/${id}`,
-    );
-    for (const table of tables)
-      expect(nodesAllowed("ec2:ReplaceRoute", table)).toEqual(designed(t).replaceRoute);
-    for (const [node, g] of groupOfNode(b)) {
-      const may = allowed(g.statements, "ec2:ReplaceRoute");
+    const groups = groupOfNode(b);
+    expect([...groups.keys()].sort()).toEqual(t.nodes.map((n) => n.name).sort());
+    for (const [node, g] of groups) {
+      // Not by name, nor by a wildcard such as ec2:* or ec2:Replace*.
+      const replace = g.statements.filter(
+        (s) => s.Effect === "Allow" && s.Action.some((a) => covers(a, "ec2:ReplaceRoute")),
+      );
+      expect(replace, node).toEqual([]);
+      const lambda = g.statements.filter((s) => s.Action.some((a) => /^lambda:/i.test(a)));
       expect(
-        may.every((r) => tables.includes(r)),
+        lambda.flatMap((s) => s.Action),
         node,
-      ).toBe(true);
+      ).toEqual(lambda.length ? ["lambda:InvokeFunction"] : []);
     }
+    for (const [arn, nodes] of Object.entries(designed(t).invoke))
+      expect(nodesAllowed("lambda:InvokeFunction", arn), arn).toEqual(nodes);
+    const brokers = Object.keys(designed(t).invoke);
+    const invokers = (node: string) => allowed(groups.get(node)?.statements ?? [], "lambda:InvokeFunction");
+    expect(invokers("db-a")).toEqual([brokers[0]]);
+    expect(invokers("app-b")).toEqual([brokers[1]]);
+    for (const lb of ["lb-a", "lb-b"]) expect(invokers(lb), lb).toEqual([]);
     if (stack === "prod") {
-      // app-c is an app server outside the storage pair: no route, no storage secret.
-      const appC = groupOfNode(b).get("app-c");
+      // app-c is an app server outside the storage pair: no broker, no route, no storage secret.
+      const appC = groups.get("app-c");
+      expect(invokers("app-c")).toEqual([]);
       expect(
         appC?.statements.some((s) =>
           s.Action.some((a) => a.startsWith("ec2:") && !a.startsWith("ec2:Describe")),
         ),
       ).toBe(false);
+      expect(allowed(appC?.statements ?? [], "ec2:DescribeRouteTables")).toEqual([]);
       expect(appC?.nodes).toEqual(["app-c"]);
-      expect(groupOfNode(b).get("app-a")?.nodes).toEqual(["app-a", "app-b"]);
+      expect(groups.get("app-a")?.nodes).toEqual(["app-a", "app-b"]);
+    }
+  });
+
+  test("only the brokers' roles may replace routes, and only in the private route tables", () => {
+    const tables = b.outputs.topology.overlay.routeTableIds.map(
+      (id) => `arn:aws:ec2:us-east-1:123456789012:route-table/${id}`,
+    );
+    expect(tables).toHaveLength(2);
+    const replacers = roleGroups(b).filter((g) =>
+      g.statements.some((s) => s.Effect === "Allow" && s.Action.some((a) => covers(a, "ec2:ReplaceRoute"))),
+    );
+    expect(replacers.map((g) => g.policies.map((p) => p.name)).sort()).toEqual([
+      ["pypi-route-storage-policy"],
+      ["pypi-route-writer-policy"],
+    ]);
+    for (const g of replacers) {
+      expect(g.nodes).toEqual([]);
+      expect(allowed(g.statements, "ec2:ReplaceRoute").sort()).toEqual([...tables].sort());
     }
   });
 

@@ -4,10 +4,19 @@ import { type Built, builtStack } from "./harness.js";
 import { admitsClient, type Model, modelOf, type Target, walk } from "./reachability.js";
 
 /**
- * AWS APIs every node calls: SSM (agent, parameters, sessions), EC2 (EIP moves, route
- * replacement), STS, CloudWatch (health metrics).
+ * AWS APIs every node calls: SSM (agent, parameters, sessions), EC2 (EIP moves, route reads),
+ * STS, CloudWatch (health metrics).
  */
 const SERVICES = ["ssm", "ssmmessages", "ec2messages", "ec2", "sts", "monitoring"];
+/** Only the overlay holders call Lambda: their route broker moves the route on failover. */
+const BROKER_SERVICE = "lambda";
+
+/** The nodes that invoke a route broker: the databases and the storage pair. */
+const brokerCallers = (b: Built): string[] => {
+  const t = b.outputs.topology;
+  const apps = t.nodes.filter((n) => n.role === "app").map((n) => n.name);
+  return [...t.nodes.filter((n) => n.role === "db").map((n) => n.name), ...apps.slice(0, 2)];
+};
 const NFS_PORTS = [111, 2049, 20048];
 
 interface Need {
@@ -30,6 +39,8 @@ function needs(b: Built): Need[] {
     add(n.name, "apt over HTTPS", { kind: "internet", protocol: "tcp", port: 443 });
     add(n.name, "bundle, SSM agent package", { kind: "s3" });
     for (const service of SERVICES) add(n.name, `${service} API`, { kind: "service", service });
+    if (brokerCallers(b).includes(n.name))
+      add(n.name, "Lambda API (route broker)", { kind: "service", service: BROKER_SERVICE });
     if (n.role === "balancer") {
       add(n.name, "Heartbeat ucast", {
         kind: "node",
@@ -111,6 +122,16 @@ function forbidden(b: Built): Need[] {
     { node: "lb-a", what: "SSH to the internet", target: { kind: "internet", ...tcp(22) } },
     { node: "db-b", what: "SMTP to the internet", target: { kind: "internet", ...tcp(25) } },
     { node: "app-a", what: "SSH on a balancer", target: { kind: "node", node: "lb-a", ...tcp(22) } },
+    // Every node that invokes no broker is refused at the Lambda endpoint (app-c in prod too).
+    ...t.nodes
+      .filter((n) => !brokerCallers(b).includes(n.name))
+      .map(
+        (n): Need => ({
+          node: n.name,
+          what: "the Lambda API",
+          target: { kind: "service", service: BROKER_SERVICE },
+        }),
+      ),
   ];
 }
 
@@ -139,6 +160,11 @@ describe.each(["staging", "prod"] as const)("reachability of the %s stack", (sta
       };
       for (const service of SERVICES)
         expect(via({ kind: "service", service })).toMatch(/^interface endpoint in /);
+      expect(via({ kind: "service", service: BROKER_SERVICE })).toMatch(
+        brokerCallers(built).includes(n.name)
+          ? /^interface endpoint in /
+          : /the endpoint's security group does not admit this node$/,
+      );
       expect(via({ kind: "s3" })).toBe("S3 gateway endpoint");
       expect(via({ kind: "internet", protocol: "tcp", port: 443 })).toBe(
         n.role === "balancer" ? "internet gateway (EIP on the primary address)" : "NAT gateway",
@@ -168,20 +194,32 @@ describe.each(["staging", "prod"] as const)("reachability of the %s stack", (sta
     }
   });
 
-  test("the interface endpoints span both AZs and admit HTTPS from the node groups only", () => {
+  test("the interface endpoints span both AZs; Lambda's admits the broker callers only, the rest every node group", () => {
     const azs = new Set(built.config.availabilityZones);
     const interfaces = model.endpoints.filter((e) => e.type === "Interface");
+    const service = (s: string) => `com.amazonaws.${built.config.region}.${s}`;
     expect(interfaces.map((e) => e.service).sort()).toEqual(
-      SERVICES.map((s) => `com.amazonaws.${built.config.region}.${s}`).sort(),
+      [...SERVICES, BROKER_SERVICE].map(service).sort(),
     );
+    const nodeGroups = new Set([...model.enis.values()].flatMap((x) => x.groups));
+    const t = built.outputs.topology;
+    const callerCidrs = brokerCallers(built).map((n) => `${t.nodes.find((x) => x.name === n)?.privateIp}/32`);
+    expect(callerCidrs).toHaveLength(brokerCallers(built).length);
     for (const e of interfaces) {
       expect(new Set(e.subnets.map((s) => model.subnets.get(s)?.az))).toEqual(azs);
+      expect(e.groups).toHaveLength(1);
       const rules = model.rules.filter((r) => e.groups.includes(r.group));
       expect(rules.every((r) => r.direction === "ingress" && r.protocol === "tcp" && r.from === 443)).toBe(
         true,
       );
-      const nodeGroups = new Set([...model.enis.values()].flatMap((x) => x.groups));
-      expect(new Set(rules.map((r) => r.ref))).toEqual(nodeGroups);
+      if (e.service === service(BROKER_SERVICE)) {
+        expect(rules.map((r) => r.ref).filter((r) => r !== undefined)).toEqual([]);
+        expect(rules.map((r) => r.cidr).sort()).toEqual([...callerCidrs].sort());
+        // A group of its own: sharing one would admit every node group to Lambda.
+        expect(interfaces.filter((x) => x.groups[0] === e.groups[0])).toEqual([e]);
+      } else {
+        expect(new Set(rules.map((r) => r.ref))).toEqual(nodeGroups);
+      }
     }
     const [s3] = model.endpoints.filter((e) => e.type === "Gateway");
     expect(new Set(s3?.tables)).toEqual(new Set(model.tableOf.values()));

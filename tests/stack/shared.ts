@@ -16,7 +16,11 @@ export function bundleBucket(b: Built) {
 const roleCount = (appServers: number): number => (appServers > 2 ? 4 : 3);
 
 /** The designed security-group rules, written out independently of src/network.ts. */
-export function designedRules(drbdPort: number, overlay: { dbWriter: string; storage: string }): string[] {
+export function designedRules(
+  drbdPort: number,
+  overlay: { dbWriter: string; storage: string },
+  brokerCallers: readonly string[],
+): string[] {
   const pair = (from: string, to: string, proto: string, port: number) => [
     `${from} egress ${proto}/${port} ${to}`,
     `${to} ingress ${proto}/${port} ${from}`,
@@ -44,7 +48,21 @@ export function designedRules(drbdPort: number, overlay: { dbWriter: string; sto
       `${g} egress tcp/80 0.0.0.0/0`,
       `endpoint ingress tcp/443 ${g}`,
     ]),
+    // The Lambda endpoint: only the route brokers' callers, by address.
+    ...brokerCallers.map((address) => `lambda ingress tcp/443 ${address}/32`),
   ].sort();
+}
+
+/** The db nodes and the storage pair (the first two app servers): the nodes that invoke a route broker. */
+export function brokerCallers(b: Built): { writer: string[]; storage: string[] } {
+  const t = b.outputs.topology;
+  return {
+    writer: t.nodes.filter((n) => n.role === "db").map((n) => n.name),
+    storage: t.nodes
+      .filter((n) => n.role === "app")
+      .slice(0, 2)
+      .map((n) => n.name),
+  };
 }
 
 export function sharedStackTests(
@@ -64,13 +82,17 @@ export function sharedStackTests(
     expect(count("aws:ec2/eipAssociation:EipAssociation")).toBe(0);
     expect(count("aws:ebs/volume:Volume")).toBe(4);
     expect(count("aws:ec2/volumeAttachment:VolumeAttachment")).toBe(4);
-    expect(count("aws:ec2/securityGroup:SecurityGroup")).toBe(4);
-    // S3 (gateway) and ssm, ssmmessages, ec2messages, ec2, sts, monitoring (interface).
-    expect(count("aws:ec2/vpcEndpoint:VpcEndpoint")).toBe(7);
+    // The three node groups, the interface endpoints' and the Lambda endpoint's.
+    expect(count("aws:ec2/securityGroup:SecurityGroup")).toBe(5);
+    // S3 (gateway) and ssm, ssmmessages, ec2messages, ec2, sts, monitoring, lambda (interface).
+    expect(count("aws:ec2/vpcEndpoint:VpcEndpoint")).toBe(8);
     expect(count("aws:ec2/subnet:Subnet")).toBe(6);
     expect(count("aws:ssm/parameter:Parameter")).toBe(8);
     expect(count("random:index/randomPassword:RandomPassword")).toBe(5);
-    expect(count("aws:iam/role:Role")).toBe(roleCount(shape.appServers));
+    // The node roles and the two route brokers' execution roles.
+    expect(count("aws:iam/role:Role")).toBe(roleCount(shape.appServers) + 2);
+    expect(count("aws:lambda/function:Function")).toBe(2);
+    expect(count("aws:cloudwatch/logGroup:LogGroup")).toBe(2);
     expect(count("command:local:Command")).toBe(nodeCount + 1);
     const files = Object.values(b.pypi.plannedFiles).flat().length;
     expect(count("aws:s3/bucketObjectv2:BucketObjectv2")).toBe(files);
@@ -90,6 +112,7 @@ export function sharedStackTests(
       "HealthAlarms",
     ])
       expect(count(`pypi:infra:${type}`), type).toBe(1);
+    expect(count("pypi:infra:RouteBroker")).toBe(2);
     // Children are named by role, never by a bare index.
     for (const r of b.resources)
       expect(r.name, r.type).toMatch(/^pypi(-[a-z][a-z0-9]*|-fip-[0-9]+)*(-[a-z].*)?$/);
@@ -175,7 +198,12 @@ export function sharedStackTests(
         return `${groupOf.get(String(r.inputs.securityGroupId))} ${dir} ${r.inputs.ipProtocol}/${r.inputs.fromPort} ${peer}`;
       })
       .sort();
-    expect(actual).toEqual(designedRules(b.outputs.topology.storage.drbdPort, b.outputs.topology.overlay));
+    const t = b.outputs.topology;
+    const callers = Object.values(brokerCallers(b))
+      .flat()
+      .map((n) => t.nodes.find((x) => x.name === n)?.privateIp ?? "?");
+    expect(callers).toHaveLength(4);
+    expect(actual).toEqual(designedRules(t.storage.drbdPort, t.overlay, callers));
     expect(NFS_SERVER_PORTS).toEqual([111, 2049, 20048]);
     const openIngress = actual.filter((a) => a.includes("ingress") && a.endsWith("0.0.0.0/0"));
     expect(openIngress.sort()).toEqual(
@@ -214,7 +242,7 @@ export function sharedStackTests(
     expect(t.overlay.routeTableIds).toHaveLength(2);
   });
 
-  test("IAM: scoped to these allocations, route tables, bundle prefixes and parameters", () => {
+  test("IAM: scoped to these allocations, route brokers, bundle prefixes and parameters", () => {
     const b = get();
     const t = b.outputs.topology;
     const bucketArn = String(bundleBucket(b).state.arn);
@@ -235,8 +263,16 @@ export function sharedStackTests(
     ).toEqual(
       Array(roleCount(shape.appServers)).fill("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
     );
-    const groups = roleGroups(b);
+    const all = roleGroups(b);
+    const groups = all.filter((g) => g.nodes.length > 0);
     expect(groups).toHaveLength(roleCount(shape.appServers));
+    // The only roles no node runs under: the route brokers' (checked in "route brokers" below).
+    expect(
+      all
+        .filter((g) => g.nodes.length === 0)
+        .flatMap((g) => g.policies.map((p) => p.name))
+        .sort(),
+    ).toEqual(["pypi-route-storage-policy", "pypi-route-writer-policy"]);
     // Every node runs under exactly one role, and a role never spans node roles.
     expect(groups.flatMap((g) => g.nodes).sort()).toEqual(t.nodes.map((n) => n.name).sort());
     const roleOf = (name: string) => t.nodes.find((n) => n.name === name)?.role;
@@ -291,12 +327,86 @@ export function sharedStackTests(
       } else {
         expect(may("ec2:AssociateAddress")).toEqual([]);
       }
-      // Route tables only for the overlay holders: the databases and the storage pair.
-      const movesOverlay = role === "db" || nodes.every((n) => storage.includes(n));
-      expect(may("ec2:ReplaceRoute").sort(), nodes.join(",")).toEqual(
-        movesOverlay
-          ? t.overlay.routeTableIds.map((id) => `arn:aws:ec2:us-east-1:123456789012:route-table/${id}`).sort()
+      // No node replaces a route: the overlay holders invoke their own address's broker.
+      expect(may("ec2:ReplaceRoute"), nodes.join(",")).toEqual([]);
+      const broker =
+        role === "db" ? "writer" : role === "app" && nodes.every((n) => storage.includes(n)) ? "storage" : "";
+      expect(may("lambda:InvokeFunction"), nodes.join(",")).toEqual(
+        broker
+          ? [`arn:aws:lambda:us-east-1:123456789012:function:pypi-${b.config.environment}-route-${broker}`]
           : [],
+      );
+      expect(may("ec2:DescribeRouteTables"), nodes.join(",")).toEqual(broker ? ["*"] : []);
+    }
+  });
+
+  test("route brokers: one function per overlay address, its /32 in the private tables, to its holders only", () => {
+    const b = get();
+    const t = b.outputs.topology;
+    const env = b.config.environment;
+    expect(t.overlay.routeBrokers).toEqual({
+      writer: `pypi-${env}-route-writer`,
+      storage: `pypi-${env}-route-storage`,
+    });
+    const enis = b.ofType("aws:ec2/networkInterface:NetworkInterface");
+    const eniOf = (node: string) =>
+      enis.find((e) => (e.inputs.tags as Record<string, string>).Name === node)?.id ?? `?${node}`;
+    const privateTables = b
+      .ofType("aws:ec2/routeTable:RouteTable")
+      .filter((r) => r.name.includes("-private-"))
+      .map((r) => r.id);
+    expect([...t.overlay.routeTableIds].sort()).toEqual(privateTables.sort());
+    const tableArns = privateTables.map((id) => `arn:aws:ec2:us-east-1:123456789012:route-table/${id}`);
+    const callers = brokerCallers(b);
+    expect(callers).toEqual({ writer: ["db-a", "db-b"], storage: ["app-a", "app-b"] });
+    const functions = b.ofType("aws:lambda/function:Function");
+    expect(functions.map((f) => f.inputs.name).sort()).toEqual(
+      [`pypi-${env}-route-storage`, `pypi-${env}-route-writer`].sort(),
+    );
+    const routes = b.ofType("aws:ec2/route:Route");
+    for (const [key, address] of [
+      ["writer", t.overlay.dbWriter],
+      ["storage", t.overlay.storage],
+    ] as const) {
+      const name = `pypi-${env}-route-${key}`;
+      const fn = functions.find((f) => f.inputs.name === name);
+      expect(fn?.inputs, name).toMatchObject({
+        runtime: "nodejs20.x",
+        handler: "index.handler",
+        timeout: 30,
+        memorySize: 128,
+        architectures: ["arm64"],
+        loggingConfig: { logFormat: "Text", logGroup: `/aws/lambda/${name}` },
+      });
+      expect((fn?.inputs.environment as { variables?: unknown } | undefined)?.variables, name).toEqual({
+        PYPI_BROKER_DESTINATION: `${address}/32`,
+        PYPI_BROKER_ROUTE_TABLES: t.overlay.routeTableIds.join(" "),
+        PYPI_BROKER_ALLOWED_ENIS: callers[key].map(eniOf).join(" "),
+      });
+      // Pulumi still creates the route, to the home holder, and leaves its target to the broker.
+      const own = routes.filter((r) => r.inputs.destinationCidrBlock === `${address}/32`);
+      expect(own.map((r) => r.inputs.networkInterfaceId)).toEqual(
+        privateTables.map(() => eniOf(callers[key][0] ?? "")),
+      );
+      const logs = b
+        .ofType("aws:cloudwatch/logGroup:LogGroup")
+        .find((g) => g.inputs.name === `/aws/lambda/${name}`);
+      expect(logs?.inputs.retentionInDays, name).toBe(90);
+      // Its role: only Lambda may assume it; it replaces routes in the private tables only.
+      const role = b.ofType("aws:iam/role:Role").find((r) => r.state.arn === fn?.inputs.role);
+      expect(JSON.parse(String(role?.inputs.assumeRolePolicy)).Statement, name).toEqual([
+        { Effect: "Allow", Principal: { Service: "lambda.amazonaws.com" }, Action: "sts:AssumeRole" },
+      ]);
+      const statements = roleGroups(b)
+        .filter((g) => g.policies.some((p) => p.inputs.role === role?.state.name))
+        .flatMap((g) => g.statements);
+      expect(allowed(statements, "ec2:ReplaceRoute").sort(), name).toEqual([...tableArns].sort());
+      expect(allowed(statements, "ec2:DescribeRouteTables"), name).toEqual(["*"]);
+      const logArn = `arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/${name}:*`;
+      expect(allowed(statements, "logs:CreateLogStream"), name).toEqual([logArn]);
+      expect(allowed(statements, "logs:PutLogEvents"), name).toEqual([logArn]);
+      expect(statements.flatMap((s) => s.Action).sort(), name).toEqual(
+        ["ec2:DescribeRouteTables", "ec2:ReplaceRoute", "logs:CreateLogStream", "logs:PutLogEvents"].sort(),
       );
     }
   });

@@ -73,7 +73,11 @@ describe.each(["staging", "prod"] as const)("the %s stack as shipped: no snapsho
     expect(b.ofType(T.component)).toEqual([]);
     const roles = b.ofType(T.role);
     expect(roles.length).toBeGreaterThan(0);
-    for (const role of roles) expect(trustedServices(role), role.name).toEqual(["ec2.amazonaws.com"]);
+    // The node roles, and the route brokers' (Lambda's).
+    for (const role of roles)
+      expect(trustedServices(role), role.name).toEqual([
+        role.name.startsWith("pypi-route-") ? "lambda.amazonaws.com" : "ec2.amazonaws.com",
+      ]);
     expect(b.ofType(T.attachment).map((a) => a.inputs.policyArn)).not.toContain(DLM_MANAGED_POLICY);
   });
 
