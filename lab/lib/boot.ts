@@ -6,6 +6,7 @@
  */
 import { parse } from "yaml";
 import { BASE_PACKAGES, ROLLOUT_COMMAND, rolloutChains } from "../../src/bring-up.js";
+import { pgBinDir } from "../../src/layout.js";
 import { bootstrapUnitPath, renderCloudInit } from "../../src/render/cloud-init.js";
 import { nodeByName, type Topology } from "../../src/topology.js";
 import type { Lab } from "./lab.js";
@@ -65,10 +66,25 @@ export function bootUnitCommand(plan: UserDataPlan): string[] {
   return exec.split(" ");
 }
 
+/**
+ * What installing a node's packages leaves on its root disk on AWS, which the lab host's
+ * preinstalled packages cannot: Debian's postgresql-<v> postinst creates the `main` cluster
+ * (createcluster.conf's default) and starts it, before the bundle's files are installed. The
+ * agent has to stop it and mount the data volume over it. Only for a Debian-packaged major: the
+ * lab's Postgres 11 (the recovery.conf dialect) has no package.
+ */
+export function packageInstallEffects(t: Topology, name: string): string[][] {
+  const node = nodeByName(t, name);
+  const v = t.postgres.version;
+  if (node.role !== "db" || t.postgres.binDir !== pgBinDir(v)) return [];
+  // The lab's disk shows the host's own cluster directory, which a fresh instance's root disk lacks.
+  return [["sh", "-c", `rm -rf /var/lib/postgresql/${v} && pg_createcluster ${v} main --start >/dev/null`]];
+}
+
 /** One command the lab ran on a node to bring it up, in order, with its duration. */
 export interface BringUpStep {
   readonly node: string;
-  readonly phase: "first boot" | "boot" | "rollout";
+  readonly phase: "packages" | "first boot" | "boot" | "rollout";
   readonly argv: readonly string[];
   readonly seconds: number;
 }
@@ -103,13 +119,15 @@ export async function firstBoot(lab: Lab, name: string): Promise<BringUpStep[]> 
   ]);
   if (missing.stdout.trim())
     throw new Error(`${name}: user data packages not installed: ${missing.stdout.trim()}`);
+  const steps: BringUpStep[] = [];
+  for (const argv of packageInstallEffects(lab.t, name))
+    steps.push(await runStep(lab, name, "packages", argv));
   for (const f of plan.files) {
     await node.sh(
       `mkdir -p "$(dirname ${shq(f.path)})" && cat >${shq(f.path)} && chown ${shq(f.owner)} ${shq(f.path)} && chmod ${shq(f.permissions)} ${shq(f.path)}`,
       { input: f.content },
     );
   }
-  const steps: BringUpStep[] = [];
   for (const argv of plan.runcmd) steps.push(await runStep(lab, name, "first boot", argv));
   return steps;
 }

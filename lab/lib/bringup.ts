@@ -4,9 +4,12 @@
  * app. The nodes coordinate the pairs themselves (pypi-node converge). Each phase is a report
  * check, so a failure says where the lab stopped.
  */
-import type { Topology } from "../../src/topology.js";
+import { readFileSync } from "node:fs";
+import { dataVolumeDevice, pgDataDir } from "../../src/layout.js";
+import { nodesWithRole, type Topology } from "../../src/topology.js";
 import { firstBoot, rollout } from "./boot.js";
 import { type HttpsResult, httpsVia, type Lab, nsOf } from "./lab.js";
+import { namespacePids } from "./netns.js";
 import type { Report } from "./report.js";
 
 const SECTION = "bring-up";
@@ -65,6 +68,59 @@ async function healthyEverywhere(lab: Lab): Promise<string> {
   );
 }
 
+/** Postmasters in a node: processes named postgres whose parent is not one. */
+function postmasters(ns: string): number[] {
+  const comm = (pid: number | string): string => {
+    try {
+      return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+    } catch {
+      return "";
+    }
+  };
+  const parent = (pid: number): string => {
+    try {
+      return (
+        readFileSync(`/proc/${pid}/stat`, "utf8")
+          .replace(/^.*\) /, "")
+          .split(" ")[1] ?? ""
+      );
+    } catch {
+      return "";
+    }
+  };
+  return namespacePids(ns).filter((pid) => comm(pid) === "postgres" && comm(parent(pid)) !== "postgres");
+}
+
+/**
+ * Each db node runs exactly one Postgres, from its data volume: the cluster Debian's package
+ * started on the root disk at first boot is stopped and hidden under the volume.
+ */
+async function dbOnDataVolume(lab: Lab): Promise<string> {
+  const out: string[] = [];
+  for (const n of nodesWithRole(lab.t, "db")) {
+    if (n.dataVolumeId === undefined) throw new Error(`${n.name} has no data volume in the lab topology`);
+    const data = pgDataDir(lab.t.postgres.version);
+    const r = await lab
+      .node(n.name)
+      .execAsync([
+        "sh",
+        "-c",
+        'readlink -f "$(findmnt -n -o SOURCE --target "$1")"; readlink -f "$2"',
+        "sh",
+        data,
+        dataVolumeDevice(n.dataVolumeId),
+      ]);
+    const [source, volume] = r.stdout.trim().split("\n");
+    if (r.status !== 0 || !source || source !== volume)
+      throw new Error(`${n.name}: ${data} is on ${source || "?"}, not on its data volume ${volume || "?"}`);
+    const running = postmasters(nsOf(n.name));
+    if (running.length !== 1)
+      throw new Error(`${n.name} runs ${running.length} postmasters (pids ${running.join(", ")}), not 1`);
+    out.push(`${n.name}: ${data} on ${source}, 1 postmaster`);
+  }
+  return out.join("; ");
+}
+
 async function step(report: Report, name: string, fn: () => Promise<string> | string): Promise<void> {
   if (!(await report.check(SECTION, name, fn))) throw new Error(`bring-up stopped at: ${name}`);
 }
@@ -119,5 +175,10 @@ export async function bringUp(lab: Lab, report: Report): Promise<void> {
     return steps.map((s) => `${s.node} ${s.seconds.toFixed(1)} s`).join(", ");
   });
   await step(report, "floating IPs on their home balancers", () => floatingIpsHome(lab));
+  await step(
+    report,
+    "each db node runs one Postgres, on its data volume (Debian's first cluster stopped)",
+    () => dbOnDataVolume(lab),
+  );
   await step(report, "HTTPS /_health through every floating IP", () => healthyEverywhere(lab));
 }

@@ -207,7 +207,7 @@ export class Report {
             "",
             "## Bring-up steps per node",
             "",
-            "Each node ran only what it runs on AWS: its user data's `runcmd` as cloud-init runs it, the boot unit at a reboot, and the rollout's SSM command.",
+            "Each node ran only what it runs on AWS: its user data's `runcmd` as cloud-init runs it, the boot unit at a reboot, and the rollout's SSM command. Phase `packages` stands in for apt on a db node's first boot: Debian's postgresql postinst creates and starts the `main` cluster on the root disk, which the agent must stop and hide under the data volume.",
             "",
             ...mdTable(
               ["node", "phase", "command", "time"],

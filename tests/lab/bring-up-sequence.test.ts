@@ -6,9 +6,10 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { bootUnitCommand, userDataOf, userDataPlan } from "../../lab/lib/boot.js";
+import { bootUnitCommand, packageInstallEffects, userDataOf, userDataPlan } from "../../lab/lib/boot.js";
 import { loadLabTopology } from "../../lab/lib/config.js";
 import { BASE_PACKAGES, ROLLOUT_COMMAND, rolloutChains } from "../../src/bring-up.js";
+import { buildBundles } from "../../src/bundle.js";
 import { renderApplyScript } from "../../src/components/rollout.js";
 import { bootstrapScriptPath, renderCloudInit, ssmAgentInstall } from "../../src/render/cloud-init.js";
 import { topologyFor } from "../support/topologies.js";
@@ -30,6 +31,21 @@ describe("lab bring-up equals the AWS bring-up", () => {
       }
     });
   }
+
+  it("the one stand-in for apt: a db node's first boot finds Debian's own cluster running, as its bundle's package leaves it", () => {
+    for (const node of lab.nodes) {
+      const effects = packageInstallEffects(lab, node.name);
+      if (node.role !== "db") {
+        expect(effects, node.name).toEqual([]);
+        continue;
+      }
+      const v = lab.postgres.version;
+      expect(effects).toEqual([
+        ["sh", "-c", `rm -rf /var/lib/postgresql/${v} && pg_createcluster ${v} main --start >/dev/null`],
+      ]);
+      expect(buildBundles(lab).find((b) => b.node === node.name)?.packages).toContain(`postgresql-${v}`);
+    }
+  });
 
   it("a later boot runs the unit the user data installs, which is the same bootstrap", () => {
     for (const node of lab.nodes) {
