@@ -1,3 +1,4 @@
+import { posix } from "node:path";
 import { indexAppScript } from "./app-artifact.js";
 import type { BundleFile, NodeBundle, SecretFetch, ServiceName } from "./bundle-types.js";
 import { paths } from "./layout.js";
@@ -123,6 +124,9 @@ function agentFiles(t: Topology, node: NodeSpec, services: readonly ServiceName[
     file(paths.agentConfig, renderAgentEnv(t, node, services)),
   ];
 }
+
+/** Where an older bundle installed the DRBD handler; an upgraded node removes it. */
+export const RETIRED_DRBD_HANDLER = `${posix.dirname(paths.agentLib)}/pypi-drbd-fence`;
 
 /** The role's own tools; the storage pair's resource scripts come with its Heartbeat files. */
 const roleScripts: Record<NodeSpec["role"], AgentScript[]> = {
@@ -274,6 +278,8 @@ function appBundle(t: Topology, node: NodeSpec): NodeBundle {
       ...apacheModulesOfOtherRuntimes(t.app.runtime).flatMap(moduleLinks),
       ...(appServer ? [] : [appServerUnitPath]),
       ...(t.cdnInvalidations ? [] : (["service", "path", "timer"] as const).map(cdnPurgeUnitPath)),
+      // The DRBD handler's name before it carried the first bring-up too (now pypi-drbd).
+      RETIRED_DRBD_HANDLER,
     ],
     secrets: [
       secret(t.secrets.uploadHostKey.parameter, uploadHostKeyPath, "raw", ["ssh"]),

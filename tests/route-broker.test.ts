@@ -184,6 +184,24 @@ describe("moveRoute", () => {
     expect(slept).toEqual([200, 400, 800]);
   });
 
+  test("starts no retry that would end past its deadline, so the function ends within its timeout", async () => {
+    ec2.replaceFailures = Array.from({ length: 10 }, () => awsError("RequestLimitExceeded", 503));
+    let clock = 1_000;
+    const timed = { ...retry, now: () => clock, deadline: 1_500 };
+    const sleeping = {
+      ...timed,
+      sleep: async (ms: number) => {
+        slept.push(ms);
+        clock += ms;
+      },
+    };
+    await expect(moveRoute(ec2, CONFIG, { networkInterfaceId: ENI_STANDBY }, sleeping)).rejects.toThrow(
+      `ReplaceRoute ${DEST} in ${RTB_A} failed after 2 attempt(s): RequestLimitExceeded`,
+    );
+    // 1,000 + 200 is before the deadline; 1,200 + 400 is not.
+    expect(slept).toEqual([200]);
+  });
+
   test("does not retry an error that is not transient", async () => {
     ec2.replaceFailures = [awsError("UnauthorizedOperation", 403)];
     await expect(moveRoute(ec2, CONFIG, { networkInterfaceId: ENI_STANDBY }, retry)).rejects.toThrow(
@@ -260,6 +278,27 @@ describe("the Lambda handler", () => {
       });
     } finally {
       log.mockRestore();
+      error.mockRestore();
+    }
+  });
+});
+
+describe("the handler's deadline comes from Lambda's remaining time", () => {
+  test("with 3 s left, a throttled move is not retried: a request may still take 5 s", async () => {
+    const ec2 = fakeEc2();
+    ec2.replaceFailures = [awsError("Throttling")];
+    const error = vi.spyOn(console, "error").mockImplementation(() => {});
+    try {
+      const handler = brokerHandler(async () => ec2, {
+        [BROKER_ENV.destination]: DEST,
+        [BROKER_ENV.routeTables]: `${RTB_A} ${RTB_B}`,
+        [BROKER_ENV.allowedEnis]: ENI_STANDBY,
+      });
+      await expect(
+        handler({ networkInterfaceId: ENI_STANDBY }, { getRemainingTimeInMillis: () => 3_000 }),
+      ).rejects.toThrow("failed after 1 attempt(s): Throttling");
+      expect(ec2.calls).toHaveLength(1);
+    } finally {
       error.mockRestore();
     }
   });

@@ -40,26 +40,68 @@ ROUTE
 # that right would cover every route of the tables (the other overlay address, the NAT default).
 # This address's broker function may, and moves only this address, only to an interface of a
 # node allowed to hold it. A refusal is final; only a call that got no answer is tried again.
-# Its read timeout covers a cold start and a replace-and-check in every table.
+# The read timeout outlasts the function's own timeout (ROUTE_BROKER_TIMEOUT_SECONDS in
+# src/components/route-broker.ts), so a try that got no answer has ended before the next starts:
+# two moves never run at once for this node.
+ROUTE_BROKER_READ_TIMEOUT=25
 route_move() {
   rm_reply=$(mktemp)
+  rm_stderr=$(mktemp)
+  rm_try=1 rm_why=""
   # shellcheck disable=SC2034 # read by awsc (lib.sh)
-  AWSC_READ_TIMEOUT=20
-  rm_error=$(aws_try 3 lambda invoke --function-name "$broker" --cli-binary-format raw-in-base64-out \
-    --payload "{\"networkInterfaceId\":\"$1\"}" --query FunctionError "$rm_reply") || rm_error=unanswered
+  AWSC_READ_TIMEOUT=$ROUTE_BROKER_READ_TIMEOUT
+  while :; do
+    if rm_error=$( (export AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=1 && awsc lambda invoke \
+      --function-name "$broker" --cli-binary-format raw-in-base64-out \
+      --payload "{\"networkInterfaceId\":\"$1\"}" --query FunctionError "$rm_reply") 2>"$rm_stderr"); then
+      break
+    fi
+    rm_why=$(tr -s '\n' ' ' <"$rm_stderr" | sed 's/^ *//; s/ *$//' | cut -c1-500)
+    # Another try cannot change these answers: the call is not allowed or names nothing.
+    case $rm_why in
+      *"(AccessDenied"* | *"(ResourceNotFoundException)"* | *"(InvalidParameterValueException)"* | *"(InvalidRequestContentException)"* | *"(UnrecognizedClientException)"*)
+        rm_error=final
+        break
+        ;;
+    esac
+    rm_error=unanswered
+    [ "$rm_try" -lt 3 ] || break
+    sleep $(((rm_try + 1) / 2))
+    rm_try=$((rm_try + 1))
+  done
   # shellcheck disable=SC2034
   AWSC_READ_TIMEOUT=5
   rm_body=$(head -c 2000 "$rm_reply")
-  rm -f "$rm_reply"
+  rm -f "$rm_reply" "$rm_stderr"
   case $rm_error in
     None) log "overlay $addr: $broker routed it to $1: $rm_body" ;;
-    unanswered) die "overlay $addr: the route broker $broker did not answer 3 times; no route changed by this node" ;;
+    final) die "overlay $addr: the route broker $broker cannot be called: $rm_why" ;;
+    unanswered) die "overlay $addr: the route broker $broker did not answer 3 times (last: $rm_why); reading the tables shows where the route points" ;;
     *) die "overlay $addr: the route broker $broker refused ($rm_error): $rm_body" ;;
   esac
 }
 
+# Whether every private route table routes the address to interface $1 (one read each).
+routes_name() {
+  for rn_rtb in $PYPI_ROUTE_TABLES; do
+    rn_target=$(aws_try 2 ec2 describe-route-tables --route-table-ids "$rn_rtb" \
+      --query "RouteTables[0].Routes[?DestinationCidrBlock=='$addr/32'].NetworkInterfaceId | [0]") || return 1
+    [ "$rn_target" = "$1" ] || return 1
+  done
+}
+
 cmd_overlay() {
   addr=$1 action=$2
+  # Each node may hold one overlay address: its broker moves that one whatever it is asked.
+  case $action in
+    start | take)
+      case $PYPI_ROLE in
+        db) own=$PYPI_OVERLAY_DB ;;
+        *) own=$PYPI_OVERLAY_STORAGE ;;
+      esac
+      [ "$addr" = "$own" ] || die "overlay $addr: $PYPI_NODE may take only $own"
+      ;;
+  esac
   case $PYPI_BACKEND:$action in
     lab:start | lab:take)
       lab_assoc_set routes "$addr"
@@ -75,6 +117,12 @@ cmd_overlay() {
       broker=${PYPI_ROUTE_BROKER:-}
       [ -n "$broker" ] || die "overlay $addr: PYPI_ROUTE_BROKER is empty"
       ip -o addr show dev lo | grep -q " $addr/" || ip addr add "$addr/32" dev lo
+      # The routes Pulumi creates name the home node: its first take (before the broker function
+      # may exist) and Heartbeat's restarts find them already here and call nobody.
+      if routes_name "$eni"; then
+        log "overlay $addr: every route table already routes it to $eni"
+        return 0
+      fi
       route_move "$eni"
       # The broker checked its own work; this node reads every table back all the same.
       for rtb in $PYPI_ROUTE_TABLES; do

@@ -56,6 +56,10 @@ export interface RetryOptions {
   readonly baseDelayMs?: number;
   /** @default setTimeout */
   readonly sleep?: (ms: number) => Promise<void>;
+  /** No retry starts after this time (epoch ms), so the function ends within its timeout. @default none */
+  readonly deadline?: number;
+  /** @default Date.now */
+  readonly now?: () => number;
 }
 
 const ENI_ID = /^eni-[0-9a-f]{8,17}$/;
@@ -135,11 +139,13 @@ export async function withRetry<T>(
     try {
       return await call();
     } catch (error) {
-      if (!isTransient(error) || attempt >= attempts) {
+      const delay = base * 2 ** (attempt - 1);
+      const late = opts.deadline !== undefined && (opts.now ?? Date.now)() + delay >= opts.deadline;
+      if (!isTransient(error) || attempt >= attempts || late) {
         const name = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
         throw new Error(`${what} failed after ${attempt} attempt(s): ${name}`, { cause: error });
       }
-      await sleep(base * 2 ** (attempt - 1));
+      await sleep(delay);
     }
   }
 }
@@ -180,17 +186,28 @@ export async function moveRoute(
   return { destination, networkInterfaceId: eni, routeTables: tables };
 }
 
+/** The part of Lambda's context object the broker reads. */
+export interface LambdaContext {
+  getRemainingTimeInMillis(): number;
+}
+
+/** Each EC2 request's own bound (the SDK client's requestTimeout). */
+export const REQUEST_TIMEOUT_MS = 5_000;
+
 /** A Lambda entry point over a client factory: the runtime's SDK in `handler`, a fake in tests. */
 export function brokerHandler(
   makeClient: () => Promise<Ec2Routes>,
   env: Readonly<Record<string, string | undefined>> = process.env,
-): (event: unknown) => Promise<MoveResult> {
+): (event: unknown, context?: LambdaContext) => Promise<MoveResult> {
   let client: Ec2Routes | undefined;
-  return async (event) => {
+  return async (event, context) => {
     const config = configFromEnv(env);
     client ??= await makeClient();
+    // A call that starts before the deadline may run its whole request timeout.
+    const left = context?.getRemainingTimeInMillis();
+    const deadline = left === undefined ? undefined : Date.now() + left - REQUEST_TIMEOUT_MS - 1_000;
     try {
-      const result = await moveRoute(client, config, event);
+      const result = await moveRoute(client, config, event, { deadline });
       console.log(JSON.stringify({ moved: result }));
       return result;
     } catch (error) {
@@ -216,5 +233,8 @@ async function ec2Client(): Promise<Ec2Routes> {
   const EC2 = mod.EC2 ?? mod.default?.EC2;
   if (EC2 === undefined) throw new Error(`${sdk} has no EC2 client`);
   // withRetry is the one retry loop; bounded calls turn a hung connection into a retry.
-  return new EC2({ maxAttempts: 1, requestHandler: { connectionTimeout: 2_000, requestTimeout: 5_000 } });
+  return new EC2({
+    maxAttempts: 1,
+    requestHandler: { connectionTimeout: 2_000, requestTimeout: REQUEST_TIMEOUT_MS },
+  });
 }

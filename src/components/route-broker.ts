@@ -7,7 +7,12 @@ import { projectFile, projectRoot } from "../project-files.js";
 import { type AwsAccount, policyJson, routeBrokerRoleStatements } from "./iam.js";
 import { requireRouteTables } from "./node.js";
 
-export const ROUTE_BROKER_RUNTIME = "nodejs20.x";
+export const ROUTE_BROKER_RUNTIME = "nodejs22.x";
+/**
+ * The function's timeout. The agent waits longer for an answer (ROUTE_BROKER_READ_TIMEOUT, 25 s,
+ * in src/agent/pypi-overlay.sh), so a try it gave up on has ended before it tries again.
+ */
+export const ROUTE_BROKER_TIMEOUT_SECONDS = 20;
 /** The archive's one file and its export. */
 export const ROUTE_BROKER_FILE = "index.mjs";
 export const ROUTE_BROKER_HANDLER = "index.handler";
@@ -27,7 +32,7 @@ export function routeBrokerCode(): string {
       absWorkingDir: projectRoot(),
       bundle: true,
       platform: "node",
-      target: "node20",
+      target: "node22",
       format: "esm",
       write: false,
       logLevel: "warning",
@@ -128,7 +133,7 @@ export class RouteBroker extends pulumi.ComponentResource {
         architectures: ["arm64"],
         handler: ROUTE_BROKER_HANDLER,
         memorySize: 128,
-        timeout: 30,
+        timeout: ROUTE_BROKER_TIMEOUT_SECONDS,
         code: new pulumi.asset.AssetArchive({
           [ROUTE_BROKER_FILE]: new pulumi.asset.StringAsset(routeBrokerCode()),
         }),

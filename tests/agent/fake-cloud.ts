@@ -30,7 +30,9 @@ else echo "fake aws: nothing scripted for $op" >&2; exit 255; fi
 status=$(head -n 1 "$f")
 tail -n +2 "$f"
 [ "$op" != invoke ] || [ "$status" != 0 ] || cat "$f.payload" >"$last" 2>/dev/null || : >"$last"
-[ "$status" = 0 ] || echo "An error occurred (Fake) when calling the $op operation" >&2
+if [ "$status" != 0 ]; then
+  if [ -f "$f.stderr" ]; then cat "$f.stderr" >&2; else echo "An error occurred (Fake) when calling the $op operation" >&2; fi
+fi
 exit "$status"
 `;
 
@@ -76,7 +78,10 @@ export interface Run {
 
 export interface FakeCloud {
   /** Scripts the answers of one operation: the nth call gets answers[n-1], later calls the last. */
-  answer(op: string, ...answers: { status?: number; stdout?: string; payload?: string }[]): void;
+  answer(
+    op: string,
+    ...answers: { status?: number; stdout?: string; stderr?: string; payload?: string }[]
+  ): void;
   imdsDown(): void;
   /** The first `calls` IMDS requests time out. */
   imdsFlaky(calls: number): void;
@@ -145,6 +150,7 @@ export function fakeCloud(nodeEnv: string, { realSleep = false } = {}): FakeClou
         const file = join(dir, "answers", last ? op : `${op}.${i + 1}`);
         writeFileSync(file, text);
         if (a.payload !== undefined) writeFileSync(`${file}.payload`, a.payload);
+        if (a.stderr !== undefined) writeFileSync(`${file}.stderr`, a.stderr);
       });
     },
     imdsDown() {

@@ -4,8 +4,10 @@
  * carry their own logic. Each node ships only its role's tools, and `pypi-node` passes a role's
  * verbs to that role's tool (the runbooks keep their names), refusing them on another role.
  */
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { buildBundles } from "../../src/bundle.js";
+import { buildBundles, RETIRED_DRBD_HANDLER } from "../../src/bundle.js";
 import { type AgentScript, agentScript, agentScriptPaths, renderAgentEnv } from "../../src/render/agent.js";
 import { nodeByName, storagePair, type Topology } from "../../src/topology.js";
 import { topologyFor } from "../support/topologies.js";
@@ -33,6 +35,17 @@ describe("each node ships its role's tools and no other's", () => {
     ["app-c", [...common, "pypi-app"]],
   ])("%s", (node, tools) => {
     expect(shipped(node).sort()).toEqual([...tools].sort());
+  });
+
+  it("an upgraded app server removes the DRBD handler's old name; nothing ships it", () => {
+    for (const b of buildBundles(t)) {
+      expect(
+        b.files.some((f) => f.path === RETIRED_DRBD_HANDLER),
+        b.node,
+      ).toBe(false);
+      if (b.role === "app") expect(b.absent, b.node).toContain(RETIRED_DRBD_HANDLER);
+    }
+    expect(RETIRED_DRBD_HANDLER).toBe("/usr/local/lib/pypi-node/pypi-drbd-fence");
   });
 
   it("the storage pair is app-a and app-b in this topology (the cases above depend on it)", () => {
@@ -67,7 +80,7 @@ describe("logic lives in one script", () => {
         .filter((l) => !l.trim().startsWith("#"))
         .join("\n");
     expect(SCRIPTS.filter((name) => /replace-route|ReplaceRoute/i.test(code(name)))).toEqual([]);
-    expect(agentScript("pypi-overlay")).toContain("lambda invoke --function-name");
+    expect(agentScript("pypi-overlay")).toMatch(/lambda invoke \\\n\s+--function-name "\$broker"/);
   });
 
   it("pypi-node keeps apply, check and status; the role verbs are in the role tools", () => {
@@ -110,5 +123,65 @@ describe("pypi-node passes a role's verbs to its tool", { timeout: 30_000 }, () 
     expect(r.stderr).toContain("upload-backend: enable|disable NODE");
     const d = run("db-a", ["db-sync"]);
     expect(d.stderr).toContain("usage: pypi-db COMMAND");
+  });
+});
+
+describe("every verb the runbooks, units, Heartbeat and the lab use reaches its tool with its arguments", {
+  timeout: 60_000,
+}, () => {
+  /** Runs `pypi-node ARGS` on NODE with every tool replaced by a recorder; returns what was called. */
+  const dispatched = (node: string, args: string[]): string => {
+    const cloud = fakeCloud(renderAgentEnv(t, nodeByName(t, node), []));
+    try {
+      for (const name of SCRIPTS.filter((n) => !["lib", "pypi-node"].includes(n)))
+        writeFileSync(
+          join(cloud.dir, name),
+          `#!/bin/sh\necho "${name} $*" >>'${join(cloud.dir, "calls")}'\n`,
+          { mode: 0o755 },
+        );
+      const r = cloud.run("pypi-node", args);
+      expect(r.status, r.stderr).toBe(0);
+      return readFileSync(join(cloud.dir, "calls"), "utf8").trim();
+    } finally {
+      cloud.cleanup();
+    }
+  };
+  const writer = t.overlay.dbWriter;
+  const storage = t.overlay.storage;
+  const fip = t.floatingIps[0]?.address ?? "";
+
+  it.each([
+    ["lb-a", "converge", "pypi-balancer converge"],
+    ["lb-a", "watch", "pypi-balancer watch"],
+    ["lb-a", "upload-backend disable app-a", "pypi-balancer upload-backend disable app-a"],
+    ["lb-a", "upload-backends --wait app-a", "pypi-balancer upload-backends --wait app-a"],
+    ["lb-a", `fip ${fip} start`, `pypi-fip ${fip} start`],
+    ["lb-a", "health --publish", "pypi-health --publish"],
+    ["db-a", "converge", "pypi-db converge"],
+    ["db-a", "db-promote", "pypi-db promote"],
+    ["db-a", "db-fence", "pypi-db fence"],
+    ["db-a", "db-sync off", "pypi-db sync off"],
+    ["db-a", "db-replication --wait db-b", "pypi-db replication --wait db-b"],
+    ["db-a", "db-backup full", "pypi-db backup full"],
+    ["db-a", "db-restore --force", "pypi-db restore --force"],
+    ["db-a", `overlay ${writer} take`, `pypi-overlay ${writer} take`],
+    ["db-a", "disk-report", "pypi-volume report"],
+    ["db-a", "volume-grow data", "pypi-volume grow data"],
+    ["app-a", "converge", "pypi-app converge"],
+    ["app-a", "db-writer-check", "pypi-app writer-check"],
+    ["app-a", "storage-check", "pypi-app storage-check"],
+    ["app-a", "app-migrate", "pypi-app migrate"],
+    ["app-a", "register", "pypi-app register"],
+    ["app-a", "files-copy", "pypi-app files-copy"],
+    ["app-a", "files-restore --all", "pypi-app files-restore --all"],
+    ["app-a", "package-layout /srv/x", "pypi-app package-layout /srv/x"],
+    ["app-a", "nfs start", "pypi-nfs start"],
+    ["app-a", `overlay ${storage} status`, `pypi-overlay ${storage} status`],
+  ])("%s: pypi-node %s -> %s", (node, args, expected) => {
+    expect(dispatched(node, args.split(" "))).toBe(expected);
+  });
+
+  it("status on a db node asks the database tool for its part", () => {
+    expect(dispatched("db-a", ["status"])).toBe("pypi-db status");
   });
 });

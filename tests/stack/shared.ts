@@ -371,9 +371,9 @@ export function sharedStackTests(
       const name = `pypi-${env}-route-${key}`;
       const fn = functions.find((f) => f.inputs.name === name);
       expect(fn?.inputs, name).toMatchObject({
-        runtime: "nodejs20.x",
+        runtime: "nodejs22.x",
         handler: "index.handler",
-        timeout: 30,
+        timeout: 20,
         memorySize: 128,
         architectures: ["arm64"],
         loggingConfig: { logFormat: "Text", logGroup: `/aws/lambda/${name}` },
